@@ -1,0 +1,21 @@
+# The two commands of the README: `make demo` (the main job) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench setup clean
+
+setup:
+	scripts/bootstrap.sh all
+
+demo: setup
+	$(VENV)/bin/espgw demo
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis
