@@ -16,7 +16,7 @@ TS = TrafficSelector.from_cidr
 def udp4(src: str, dst: str, sport: int = 1000, dport: int = 53, frag_offset: int = 0) -> bytes:
     ip = dpkt.ip.IP(src=ipaddress.ip_address(src).packed, dst=ipaddress.ip_address(dst).packed, p=17,
                     data=dpkt.udp.UDP(sport=sport, dport=dport, data=b"x"))
-    ip.offset = frag_offset * 8  # in bytes
+    ip.offset = frag_offset  # dpkt: in 8 byte units
     return bytes(ip)
 
 
