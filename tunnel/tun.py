@@ -1,0 +1,142 @@
+"""The gateway's TUN interface: opened through /dev/net/tun, configured with pyroute2.
+
+The device is non-persistent, so the kernel deletes it (and every route through it) when the
+file descriptor closes -- also when the process dies. Reads are non-blocking and batched: the
+daemon calls ``read_batch`` when the fd is readable and gets up to ``max_packets`` packets
+without a poll per packet. Offloads are switched off (TUNSETOFFLOAD 0) because we do not speak
+the virtio-net header, so the kernel never hands us GSO super-packets.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import os
+import struct
+from typing import Iterable
+
+import structlog
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+__all__ = ["TunDevice", "TunError"]
+
+log = structlog.get_logger(__name__)
+
+_TUNSETIFF = 0x400454CA
+_TUNSETOFFLOAD = 0x400454D0
+_IFF_TUN = 0x0001
+_IFF_NO_PI = 0x1000
+_IFNAMSIZ = 16
+_IFA_F_NODAD = 0x02  # no duplicate address detection: the address is usable at once
+_MAX_PACKET = 65535
+
+
+class TunError(OSError):
+    """The TUN device could not be created or configured."""
+
+
+class TunDevice:
+    """An open TUN interface in the current network namespace.
+
+    Attributes: ``fd`` (non-blocking, for selectors), ``name``, ``ifindex``, ``mtu`` and
+    ``counters`` (``read``, ``written``, ``write_dropped``).
+    """
+
+    def __init__(self, fd: int, name: str, ifindex: int, mtu: int) -> None:
+        self.fd = fd
+        self.name = name
+        self.ifindex = ifindex
+        self.mtu = mtu
+        self.counters = {"read": 0, "written": 0, "write_dropped": 0}
+        self._closed = False
+
+    @classmethod
+    def create(cls, name: str, mtu: int, addresses: Iterable[str] = (), txqueuelen: int = 4096,
+               accept_local: bool = True) -> "TunDevice":
+        """Create TUN ``name`` (IFF_TUN | IFF_NO_PI), set MTU and queue length, add addresses, bring it up.
+
+        ``addresses`` are "address/prefix" strings, IPv4 or IPv6 (IPv6 ones skip DAD).
+        ``accept_local`` sets net.ipv4.conf.NAME.accept_local, without which Linux drops as
+        martian the ICMP errors we write with one of the host's own addresses as source.
+        """
+        encoded = name.encode()
+        if not encoded or len(encoded) >= _IFNAMSIZ:
+            raise TunError(errno.EINVAL, f"interface name {name!r} must be 1..15 bytes")
+        parsed = [ipaddress.ip_interface(a) for a in addresses]
+        try:
+            fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise TunError(exc.errno, f"cannot open /dev/net/tun: {exc.strerror}") from None
+        try:
+            fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", encoded, _IFF_TUN | _IFF_NO_PI))
+            fcntl.ioctl(fd, _TUNSETOFFLOAD, 0)
+            with IPRoute() as ipr:
+                ifindex = ipr.link_lookup(ifname=name)[0]
+                ipr.link("set", index=ifindex, mtu=mtu, txqlen=txqueuelen)
+                for iface in parsed:
+                    extra = {"flags": _IFA_F_NODAD} if iface.version == 6 else {}
+                    ipr.addr("add", index=ifindex, address=str(iface.ip), prefixlen=iface.network.prefixlen, **extra)
+                ipr.link("set", index=ifindex, state="up")
+            if accept_local:
+                with open(f"/proc/sys/net/ipv4/conf/{name}/accept_local", "w") as knob:
+                    knob.write("1")
+        except (OSError, NetlinkError, IndexError) as exc:
+            os.close(fd)
+            raise TunError(getattr(exc, "errno", None) or errno.EIO, f"cannot set up TUN {name!r}: {exc}") from None
+        log.info("tun.created", ifname=name, mtu=mtu, addresses=[str(a) for a in parsed], txqueuelen=txqueuelen)
+        return cls(fd, name, ifindex, mtu)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def read_batch(self, max_packets: int = 64) -> list[bytes]:
+        """Up to ``max_packets`` packets, stopping early when the queue is empty (never blocks)."""
+        packets = []
+        read = os.read
+        fd = self.fd
+        try:
+            for _ in range(max_packets):
+                packets.append(read(fd, _MAX_PACKET))
+        except BlockingIOError:
+            pass
+        self.counters["read"] += len(packets)
+        return packets
+
+    def write(self, packet: bytes) -> bool:
+        """Hand one IP packet to the kernel; a full queue or a packet it rejects is a counted drop."""
+        try:
+            os.write(self.fd, packet)
+        except OSError:  # EAGAIN (queue full), EINVAL (not an IP packet), EIO (device down)
+            self.counters["write_dropped"] += 1
+            return False
+        self.counters["written"] += 1
+        return True
+
+    def set_mtu(self, mtu: int) -> None:
+        """Change the interface MTU (e.g. after a path MTU change)."""
+        try:
+            with IPRoute() as ipr:
+                ipr.link("set", index=self.ifindex, mtu=mtu)
+        except NetlinkError as exc:
+            raise TunError(exc.code, f"cannot set MTU {mtu} on {self.name}: {exc}") from None
+        self.mtu = mtu
+        log.info("tun.mtu", ifname=self.name, mtu=mtu)
+
+    def close(self) -> None:
+        """Close the fd, which deletes the interface and its routes; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        os.close(self.fd)
+        log.info("tun.closed", ifname=self.name, **self.counters)
+
+    def __enter__(self) -> "TunDevice":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TunDevice(name={self.name!r}, fd={self.fd}, mtu={self.mtu}, closed={self._closed})"
