@@ -102,3 +102,26 @@ def test_fit_to_mtu_decisions():
 
     assert fit_to_mtu(b"\x45" + bytes(1500), 1400) == ([], None)  # malformed: dropped
     assert fit_to_mtu(b"\x00" * 1500, 1400) == ([], None)
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=1, max_size=300), st.integers(min_value=0, max_value=400))
+def test_fuzz_fit_to_mtu_never_raises(data, mtu):
+    verdict = fit_to_mtu(data, mtu, icmp_source_v4="10.1.0.1", icmp_source_v6="fd01::1")
+    assert all(len(p) <= max(mtu, len(data) if len(data) <= mtu else 0) for p in verdict.packets)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=40).map(lambda o: o[: len(o) // 4 * 4]), st.integers(min_value=200, max_value=3000),
+       st.integers(min_value=0, max_value=1600))
+def test_fuzz_options_and_sizes(options, size, mtu):
+    packet = ip4(max(size, 20 + len(options)), options=options)
+    try:
+        fragments = fragment_ipv4(packet, mtu)
+    except FragmentError:
+        return
+    assert all(len(f) <= mtu for f in fragments) or fragments == [packet]
+    assert b"".join(f[(f[0] & 0x0F) * 4:] for f in fragments) == packet[(packet[0] & 0x0F) * 4:]

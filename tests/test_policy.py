@@ -134,3 +134,17 @@ def test_invalid_selectors_rejected():
     with pytest.raises(ValueError):
         table.add("x", [bad], [TS("10.0.0.0/8")], "sa")
     assert len(table) == 0
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=80))
+def test_fuzz_never_raises(data):
+    table = PolicyTable()
+    table.add("v4", [TS("0.0.0.0/0")], [TS("10.0.0.0/8", protocol=17, start_port=53, end_port=53)], "sa4")
+    table.add("v6", [TS("::/0")], [TS("fd00::/8")], "sa6")
+    table.lookup_outbound(data)
+    table.check_inbound("sa4", data)
+    table.check_inbound("sa6", data)

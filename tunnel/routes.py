@@ -47,11 +47,10 @@ class RouteTable:
             raise RouteError(errno.ENODEV, f"no interface {self.ifname!r}")
         return found[0]
 
-    def _request(self, command: str, net, src: str | None, ifindex: int | None = None, ipr=None) -> None:
+    def _request(self, ipr: IPRoute, command: str, net, src: str | None, ifindex: int) -> None:
         spec = {"dst": str(net.network_address), "dst_len": net.prefixlen,
                 "family": 10 if net.version == 6 else 2}
-        if ifindex is not None:
-            spec["oif"] = ifindex
+        spec["oif"] = ifindex
         if self.metric:
             spec["priority"] = self.metric
         if src is not None:
@@ -65,7 +64,7 @@ class RouteTable:
             return
         try:
             with IPRoute() as ipr:
-                self._request("add", net, src, self._ifindex(ipr), ipr)
+                self._request(ipr, "add", net, src, self._ifindex(ipr))
         except NetlinkError as exc:
             raise RouteError(exc.code, f"cannot add route {net} via {self.ifname}: {exc}") from None
         self._routes[net] = src
@@ -81,7 +80,7 @@ class RouteTable:
             with IPRoute() as ipr:
                 found = ipr.link_lookup(ifname=self.ifname)
                 if found:
-                    self._request("del", net, src, found[0], ipr)
+                    self._request(ipr, "del", net, src, found[0])
         except NetlinkError as exc:
             if exc.code not in _GONE:
                 raise RouteError(exc.code, f"cannot remove route {net}: {exc}") from None
