@@ -23,7 +23,6 @@ from tunnel.keyexport import (
     KeyExportError,
     esp_sa_line,
     ikev2_line,
-    parse_esp_transform,
     write_wireshark_keys,
 )
 
@@ -186,18 +185,22 @@ def test_ikev2_line_format():
     assert '"AES-CBC-128 [RFC3602]"' in line and line.endswith('"HMAC_SHA2_256_128 [RFC4868]"')
 
 
-@pytest.mark.parametrize("name, keymat_len", [
-    ("aes256gcm16", 36), ("aes128gcm16", 20), ("aes128-sha256", 48), ("aes256-sha1", 52),
-    ("aes128ctr-sha256", 52), ("chacha20poly1305", 36), ("aes256-sha512", 96),
+@pytest.mark.parametrize("name, keymat", [
+    ("aes256gcm16-sha256", bytes(36)), ("blowfish-sha1", bytes(36)), ("aes128-sha3", bytes(48)),
+    ("", bytes(0)), ("aes256gcm16", bytes(35)), ("chacha20poly1305", bytes(36)),
 ])
-def test_transform_keymat_lengths(name, keymat_len):
-    assert parse_esp_transform(name).keymat_len == keymat_len
-
-
-@pytest.mark.parametrize("name", ["aes256gcm16-sha256", "aes128", "blowfish-sha1", "aes128-sha3", ""])
-def test_bad_transforms_are_typed_errors(name):
+def test_unknown_unsupported_or_short_transforms_are_typed_errors(name, keymat):
     with pytest.raises(KeyExportError):
-        parse_esp_transform(name)
+        esp_sa_line(GW_A, GW_B, 1, name, keymat)
+
+
+def test_ike_unknown_or_unsupported_algorithms():
+    with pytest.raises(KeyExportError, match="cannot decrypt"):
+        ikev2_line(SPI_I, SPI_R, "chacha20poly1305", bytes(36), bytes(36), "none", b"", b"")
+    with pytest.raises(KeyExportError, match="unknown IKE integrity"):
+        ikev2_line(SPI_I, SPI_R, "aes128", bytes(16), bytes(16), "sha3", bytes(32), bytes(32))
+    with pytest.raises(KeyExportError, match="SK_e keys must be 20 bytes"):
+        ikev2_line(SPI_I, SPI_R, "aes128gcm16", bytes(16), bytes(16), "none", b"", b"")
 
 
 def test_bad_snapshot_entries_are_skipped_with_reasons(tmp_path):
@@ -212,6 +215,8 @@ def test_bad_snapshot_entries_are_skipped_with_reasons(tmp_path):
     assert result.esp_rows == 0 and result.ike_rows == 0
     assert len(result.skipped) == 6
     assert all("00" * 30 not in reason for reason in result.skipped)  # no key material in reasons
+    with pytest.raises(KeyExportError):
+        esp_sa_line(GW_A, "2001:db8::1", 1, "aes256gcm16", bytes(36))
     with pytest.raises(KeyExportError):
         write_wireshark_keys(["not", "a", "dict"], tmp_path)
     with pytest.raises(KeyExportError):

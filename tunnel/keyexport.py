@@ -11,8 +11,9 @@ The input is the ``keys`` snapshot the daemon returns on its control socket::
          "integ_alg": "none", "sk_ai": "", "sk_ar": ""}]}                # sk_e* include a GCM salt
 
 Row formats and algorithm labels follow Wireshark's UAT tables (packet-ipsec.c ``esp_sa``,
-packet-isakmp.c ``ikev2_decryption_table``) as Debian 12's tshark 4.0 accepts them. Algorithms
-that tshark 4.0 cannot decrypt (ChaCha20-Poly1305) are left out and listed in ``skipped``.
+packet-isakmp.c ``ikev2_decryption_table``) as Debian 12's tshark 4.0 accepts them; ESP rows are
+made by ``esp.wireshark.esp_sa_line``. SAs tshark 4.0 cannot decrypt (ChaCha20-Poly1305, GMAC)
+are left out and listed in ``skipped``.
 """
 
 from __future__ import annotations
@@ -24,18 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from esp.transforms import transform_by_name
+from esp.wireshark import esp_sa_line as wireshark_esp_sa_line
+
 ESP_SA_FILE = "esp_sa"
 IKEV2_FILE = "ikev2_decryption_table"
 
-# integrity keyword -> (key bytes, Wireshark ESP label, Wireshark IKEv2 label)
-_INTEG = {
-    "md5": (16, "HMAC-MD5-96 [RFC2403]", "HMAC_MD5_96 [RFC2403]"),
-    "sha1": (20, "HMAC-SHA-1-96 [RFC2404]", "HMAC_SHA1_96 [RFC2404]"),
-    "sha256": (32, "HMAC-SHA-256-128 [RFC4868]", "HMAC_SHA2_256_128 [RFC4868]"),
-    "sha384": (48, "HMAC-SHA-384-192 [RFC4868]", "HMAC_SHA2_384_192 [RFC4868]"),
-    "sha512": (64, "HMAC-SHA-512-256 [RFC4868]", "HMAC_SHA2_512_256 [RFC4868]"),
-    "sha256_96": (32, "HMAC-SHA-256-96 [draft-ietf-ipsec-ciph-sha-256-00]",
-                  "HMAC_SHA2_256_96 [draft-ietf-ipsec-ciph-sha-256-00]"),
+# IKE integrity keyword (strongSwan) -> Wireshark ikev2_decryption_table label
+_IKE_INTEG = {
+    "md5": "HMAC_MD5_96 [RFC2403]",
+    "sha1": "HMAC_SHA1_96 [RFC2404]",
+    "sha256": "HMAC_SHA2_256_128 [RFC4868]",
+    "sha384": "HMAC_SHA2_384_192 [RFC4868]",
+    "sha512": "HMAC_SHA2_512_256 [RFC4868]",
+    "sha256_96": "HMAC_SHA2_256_96 [draft-ietf-ipsec-ciph-sha-256-00]",
 }
 _GCM_ICV = {"8": 8, "12": 12, "16": 16, "64": 8, "96": 12, "128": 16}
 _AEAD_SALT = 4
@@ -46,81 +49,40 @@ class KeyExportError(Exception):
 
 
 @dataclass(frozen=True)
-class _Cipher:
-    key_len: int  # bytes Wireshark wants in the encryption key field (salt/nonce included)
-    esp_label: str | None  # None: tshark 4.0 cannot decrypt it
-    ike_label: str | None
-    aead_icv: int = 0  # ICV bytes for AEAD ciphers, 0 for ciphers paired with an integrity alg
+class _IkeCipher:
+    key_len: int  # bytes of each SK_e key (salt/nonce included)
+    label: str | None  # Wireshark's name; None: tshark 4.0 cannot decrypt it
+    aead: bool = False
 
 
-def _cipher(name: str) -> _Cipher | None:
-    """A strongSwan encryption keyword (``aes256``, ``aes128ctr``, ``aes256gcm16``...)."""
+def _ike_cipher(name: str) -> _IkeCipher | None:
+    """A strongSwan IKE encryption keyword (``aes256``, ``aes128ctr``, ``aes256gcm16``...)."""
     match = re.fullmatch(r"aes(128|192|256)(ctr|gcm(8|12|16|64|96|128)|)", name)
     if match:
         bits, mode, icv = match.group(1), match.group(2), match.group(3)
         key_len = int(bits) // 8
         if mode == "":
-            return _Cipher(key_len, "AES-CBC [RFC3602]", f"AES-CBC-{bits} [RFC3602]")
+            return _IkeCipher(key_len, f"AES-CBC-{bits} [RFC3602]")
         if mode == "ctr":
-            return _Cipher(key_len + 4, "AES-CTR [RFC3686]", f"AES-CTR-{bits} [RFC5930]")
-        octets = _GCM_ICV[icv]
-        return _Cipher(key_len + _AEAD_SALT, f"AES-GCM with {octets} octet ICV [RFC4106]",
-                       f"AES-GCM-{bits} with {octets} octet ICV [RFC5282]", octets)
+            return _IkeCipher(key_len + 4, f"AES-CTR-{bits} [RFC5930]")
+        return _IkeCipher(key_len + _AEAD_SALT, f"AES-GCM-{bits} with {_GCM_ICV[icv]} octet ICV [RFC5282]", True)
     if name == "3des":
-        return _Cipher(24, "TripleDES-CBC [RFC2451]", "3DES [RFC2451]")
-    if name == "null":
-        return _Cipher(0, "NULL", "NULL [RFC2410]")
+        return _IkeCipher(24, "3DES [RFC2451]")
     if name == "chacha20poly1305":
-        return _Cipher(32 + _AEAD_SALT, None, None, 16)
+        return _IkeCipher(32 + _AEAD_SALT, None, True)
     return None
 
 
-@dataclass(frozen=True)
-class EspTransform:
-    """An esp/ transform name split into what Wireshark needs."""
-
-    name: str
-    cipher: _Cipher
-    integ: str | None  # integrity keyword, None for AEAD
-
-    @property
-    def keymat_len(self) -> int:
-        return self.cipher.key_len + (_INTEG[self.integ][0] if self.integ else 0)
-
-
-def parse_esp_transform(name: str) -> EspTransform:
-    """``aes256gcm16``, ``chacha20poly1305``, ``aes128-sha256``, ``aes256-sha1``, ``null-sha256``."""
-    encr, _, integ = name.lower().partition("-")
-    cipher = _cipher(encr)
-    if cipher is None:
-        raise KeyExportError(f"unknown ESP transform {name!r}")
-    if cipher.aead_icv:
-        if integ:
-            raise KeyExportError(f"ESP transform {name!r}: an AEAD cipher takes no integrity algorithm")
-        return EspTransform(name, cipher, None)
-    if integ not in _INTEG:
-        raise KeyExportError(f"ESP transform {name!r}: expected an integrity algorithm like sha256")
-    return EspTransform(name, cipher, integ)
-
-
 def esp_sa_line(src: str, dst: str, spi: int, transform: str, keymat: bytes) -> str:
-    """One ``esp_sa`` row: protocol, src, dst, SPI, encryption + key, authentication + key."""
-    parsed = parse_esp_transform(transform)
-    if parsed.cipher.esp_label is None:
-        raise KeyExportError(f"tshark 4.0 cannot decrypt ESP {transform}")
-    if len(keymat) != parsed.keymat_len:
-        raise KeyExportError(f"ESP {transform}: keymat is {len(keymat)} bytes, expected {parsed.keymat_len}")
-    family = "IPv6" if ipaddress.ip_address(src).version == 6 else "IPv4"
-    if ipaddress.ip_address(dst).version != ipaddress.ip_address(src).version:
-        raise KeyExportError("ESP SA: source and destination address families differ")
-    encr_key = keymat[: parsed.cipher.key_len]
-    if parsed.integ:
-        auth_label = _INTEG[parsed.integ][1]
-        auth_key = keymat[parsed.cipher.key_len:]
-    else:
-        auth_label, auth_key = "NULL", b""  # the AEAD tag is checked by the cipher itself
-    fields = [family, src, dst, f"0x{spi:08x}", parsed.cipher.esp_label, _hex0x(encr_key), auth_label, _hex0x(auth_key)]
-    return ",".join(f'"{value}"' for value in fields)
+    """One ``esp_sa`` row for an esp/ transform name; the row itself is esp.wireshark's."""
+    try:
+        src_ip, dst_ip = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+        if src_ip.version != dst_ip.version:
+            raise ValueError("source and destination address families differ")
+        return wireshark_esp_sa_line(family=f"ipv{src_ip.version}", src=str(src_ip), dst=str(dst_ip), spi=spi,
+                                     transform=transform_by_name(transform), keymat=keymat)
+    except (ValueError, KeyError) as exc:  # esp/ messages name sizes and algorithms, never keys
+        raise KeyExportError(str(exc).strip("'\"")) from None
 
 
 def ikev2_line(spi_i: bytes, spi_r: bytes, encr_alg: str, sk_ei: bytes, sk_er: bytes,
@@ -128,26 +90,22 @@ def ikev2_line(spi_i: bytes, spi_r: bytes, encr_alg: str, sk_ei: bytes, sk_er: b
     """One ``ikev2_decryption_table`` row, as strongSwan's save-keys plugin writes it."""
     if len(spi_i) != 8 or len(spi_r) != 8:
         raise KeyExportError("IKE SA: SPIs must be 8 bytes")
-    cipher = _cipher(encr_alg.lower())
+    cipher = _ike_cipher(encr_alg.lower())
     if cipher is None:
         raise KeyExportError(f"unknown IKE encryption algorithm {encr_alg!r}")
-    if cipher.ike_label is None:
+    if cipher.label is None:
         raise KeyExportError(f"tshark 4.0 cannot decrypt IKE {encr_alg}")
     if len(sk_ei) != cipher.key_len or len(sk_er) != cipher.key_len:
         raise KeyExportError(f"IKE {encr_alg}: SK_e keys must be {cipher.key_len} bytes")
     integ = integ_alg.lower()
-    if cipher.aead_icv:
+    if cipher.aead:
         integ_label, sk_ai, sk_ar = "NONE [RFC4306]", b"", b""
-    elif integ in _INTEG:
-        integ_label = _INTEG[integ][2]
+    elif integ in _IKE_INTEG:
+        integ_label = _IKE_INTEG[integ]
     else:
         raise KeyExportError(f"unknown IKE integrity algorithm {integ_alg!r}")
-    return (f'{spi_i.hex()},{spi_r.hex()},{sk_ei.hex()},{sk_er.hex()},"{cipher.ike_label}",'
+    return (f'{spi_i.hex()},{spi_r.hex()},{sk_ei.hex()},{sk_er.hex()},"{cipher.label}",'
             f'{sk_ai.hex()},{sk_ar.hex()},"{integ_label}"')
-
-
-def _hex0x(data: bytes) -> str:
-    return "0x" + data.hex() if data else ""
 
 
 # ----------------------------------------------------------------------------- snapshot -> files
