@@ -118,7 +118,7 @@ def test_routes_added_and_removed(netns, tun):
     routes.add("fd42::/48")
     routes.add("10.200.0.0/16")  # already ours: no error
     routes.add("10.202.0.0/16", src="10.99.0.1")
-    assert "10.202.0.0/16 scope link src 10.99.0.1" in netns.ip("route", "show", "dev", tun.name)
+    assert "10.202.0.0/16 proto static scope link src 10.99.0.1" in netns.ip("route", "show", "dev", tun.name)
     assert "10.200.0.0/16" in netns.ip("route", "show", "dev", tun.name)
     assert "fd42::/48" in netns.ip("-6", "route", "show", "dev", tun.name)
     sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)

@@ -51,6 +51,7 @@ class RouteTable:
         spec = {"dst": str(net.network_address), "dst_len": net.prefixlen,
                 "family": 10 if net.version == 6 else 2}
         spec["oif"] = ifindex
+        spec["scope"] = 253  # link: the remote subnet is reached directly through the device, as `ip route ... dev`
         if self.metric:
             spec["priority"] = self.metric
         if src is not None:
