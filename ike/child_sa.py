@@ -1,0 +1,78 @@
+"""CHILD SA state and traffic selector narrowing (RFC 7296 s2.9)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from ike.config import ChildConfig, TrafficSelector
+
+
+def intersect(a: TrafficSelector, b: TrafficSelector) -> TrafficSelector | None:
+    if a.version != b.version:
+        return None
+    start, end = max(a.start_addr, b.start_addr), min(a.end_addr, b.end_addr)
+    if start > end:
+        return None
+    if a.protocol and b.protocol and a.protocol != b.protocol:
+        return None
+    sport, eport = max(a.start_port, b.start_port), min(a.end_port, b.end_port)
+    if sport > eport:
+        return None
+    return TrafficSelector(start, end, a.protocol or b.protocol, sport, eport)
+
+
+def narrow(offered: list[TrafficSelector], configured: list[TrafficSelector]) -> list[TrafficSelector]:
+    """The responder's answer: every non-empty intersection of the offer with its own selectors,
+    in the offer's order (so an initiator's packet selector, sent first, is honoured), no repeats."""
+    out: list[TrafficSelector] = []
+    for theirs in offered:
+        for mine in configured:
+            ts = intersect(theirs, mine)
+            if ts is not None and ts not in out:
+                out.append(ts)
+    return out
+
+
+def is_subset(ts: TrafficSelector, of: list[TrafficSelector]) -> bool:
+    return any(intersect(ts, o) == ts for o in of)
+
+
+def host_selector(addr: str, protocol: int = 0, port: int | None = None) -> TrafficSelector:
+    ip = ipaddress.ip_address(addr)
+    if port is None:
+        return TrafficSelector(ip, ip, protocol)
+    return TrafficSelector(ip, ip, protocol, port, port)
+
+
+@dataclass
+class ChildSa:
+    """One negotiated CHILD SA pair, as held by its IKE SA."""
+
+    config: ChildConfig
+    unique_id: int
+    inbound_spi: int
+    outbound_spi: int
+    proposal: str
+    esp_transform: str
+    esn: bool
+    local_ts: tuple[TrafficSelector, ...]
+    remote_ts: tuple[TrafficSelector, ...]
+    established: float
+    rekey_at: float | None  # absolute time this side starts a rekey (None = never)
+    expire_at: float  # absolute hard lifetime
+    inbound_keymat: bytes = field(repr=False, default=b"")
+    outbound_keymat: bytes = field(repr=False, default=b"")
+    state: str = "installed"  # installed | rekeying | rekeyed | deleting
+    rekeyed_from: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def status(self) -> dict:
+        return {"name": self.name, "unique_id": self.unique_id, "state": self.state,
+                "inbound_spi": f"{self.inbound_spi:08x}", "outbound_spi": f"{self.outbound_spi:08x}",
+                "proposal": self.proposal, "local_ts": [str(t) for t in self.local_ts],
+                "remote_ts": [str(t) for t in self.remote_ts], "established": self.established,
+                "rekey_at": self.rekey_at, "expire_at": self.expire_at}

@@ -1,0 +1,251 @@
+"""The gateway's IKE endpoint: all IKE SAs in both roles, sans-I/O (modelled on aioquic).
+
+Bytes and the current time go in (``receive_datagram``, ``handle_timer`` and the commands);
+datagrams to send, events and the next timer deadline come out. Nothing here reads a clock,
+opens a socket or draws randomness other than from the injected ``rng``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import structlog
+
+from ike import message as codec
+from ike.config import ConnectionConfig, TrafficSelector
+from ike.constants import ExchangeType
+from ike.cookies import CookieJar
+from ike.events import IkeSaDown
+from ike.ike_sa import IkeSa
+
+log = structlog.get_logger("ike")
+
+Address = tuple[str, int]
+Event = object
+
+
+@dataclass
+class Datagram:
+    """IKE message bytes; for port 4500 the daemon adds/strips the non-ESP marker itself."""
+
+    data: bytes
+    src: Address
+    dst: Address
+
+
+def _addr_match(pattern: str, addr: str) -> bool:
+    if pattern in ("%any", "%any4", "%any6", "0.0.0.0", "::"):
+        return True
+    try:
+        if "/" in pattern:
+            return ipaddress.ip_address(addr) in ipaddress.ip_network(pattern, strict=False)
+        return ipaddress.ip_address(pattern) == ipaddress.ip_address(addr)
+    except ValueError:
+        return False  # a host name: not resolved in the sans-I/O core
+
+
+class IkeEndpoint:
+    def __init__(self, connections: list[ConnectionConfig], *, rng: Callable[[int], bytes],
+                 cookie_threshold: int = 10, now: float = 0.0):
+        self.connections = {c.name: c for c in connections}
+        self.rng = rng
+        self.cookie_threshold = cookie_threshold
+        self.cookies = CookieJar(rng, now)
+        self.sas: dict[bytes, IkeSa] = {}  # by our SPI
+        self.half_open: dict[tuple[bytes, Address], IkeSa] = {}  # responder: (SPIi, peer address)
+        self.child_index: dict[int, IkeSa] = {}  # inbound ESP SPI -> IKE SA
+        self._out: list[Datagram] = []
+        self._events: deque = deque()
+        self._unique = 0
+        self.drops: dict[str, int] = {}
+
+    # --- services for IKE SAs and tasks -------------------------------------------------------
+    def send(self, data: bytes, src: Address, dst: Address) -> None:
+        self._out.append(Datagram(data, src, dst))
+
+    def emit(self, event) -> None:
+        self._events.append(event)
+
+    def next_unique_id(self) -> int:
+        self._unique += 1
+        return self._unique
+
+    def count_drop(self, reason: str) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+
+    def new_ike_spi(self) -> bytes:
+        while True:
+            spi = self.rng(8)
+            if spi != bytes(8) and spi not in self.sas:
+                return spi
+
+    def register(self, sa: IkeSa, half_open_key: tuple[bytes, Address] | None = None) -> None:
+        self.sas[sa.our_spi] = sa
+        if half_open_key is not None:
+            sa.half_open_key = half_open_key
+            self.half_open[half_open_key] = sa
+
+    def unregister(self, sa: IkeSa) -> None:
+        if self.sas.get(sa.our_spi) is sa:
+            del self.sas[sa.our_spi]
+        key = getattr(sa, "half_open_key", None)
+        if key is not None and self.half_open.get(key) is sa:
+            del self.half_open[key]
+
+    def half_open_count(self) -> int:
+        return sum(1 for sa in self.half_open.values() if sa.state == "connecting")
+
+    def configs_for(self, local: Address, remote: Address) -> list[ConnectionConfig]:
+        return [c for c in self.connections.values()
+                if any(_addr_match(p, local[0]) for p in c.local_addrs or ["%any"])
+                and any(_addr_match(p, remote[0]) for p in c.remote_addrs or ["%any"])]
+
+    def first_contact(self, sa: IkeSa) -> bool:
+        """Whether no other IKE SA of this connection to the same peer is up (send INITIAL_CONTACT)."""
+        return not any(o is not sa and o.name == sa.name and o.remote[0] == sa.remote[0]
+                       and o.established_at is not None and o.state != "dead" for o in self.sas.values())
+
+    def initial_contact(self, sa: IkeSa, now: float) -> None:
+        """The peer says it has no other SAs with us: drop the stale ones with the same peer ID."""
+        for other in list(self.sas.values()):
+            if other is not sa and other.remote_id == sa.remote_id and other.name == sa.name \
+                    and other.established_at is not None:
+                other.log("replaced_by_initial_contact", new_ike_id=sa.unique_id)
+                other.destroy("replaced", now)
+
+    # --- the public API ----------------------------------------------------------------------
+    def receive_datagram(self, data: bytes, src: Address, dst: Address, now: float) -> None:
+        try:
+            msg = codec.decode(data)
+        except codec.MessageError as exc:
+            self.count_drop(type(exc).__name__)
+            log.debug("datagram_dropped", src=src, reason=str(exc))
+            return
+        except Exception as exc:  # never let a malformed datagram take the daemon down
+            self.count_drop("internal error")
+            log.error("datagram_crashed_parser", src=src, error=repr(exc))
+            return
+        try:
+            self._dispatch(data, msg, src, dst, now)
+        except Exception as exc:
+            self.count_drop("internal error")
+            log.exception("datagram_processing_failed", src=src, exchange=msg.exchange_name)
+
+    def _dispatch(self, data: bytes, msg: codec.Message, src: Address, dst: Address, now: float) -> None:
+        if msg.exchange == ExchangeType.IKE_SA_INIT and not msg.response:
+            if msg.spi_r != bytes(8) or not msg.initiator or msg.message_id != 0:
+                self.count_drop("bad IKE_SA_INIT request header")
+                return
+            sa = self.half_open.get((msg.spi_i, src))
+            if sa is not None:
+                sa.receive(data, msg, src, dst, now)
+                return
+            from ike.tasks.ike_init import respond_init
+            respond_init(self, data, msg, src, dst, now)
+            return
+        our_spi = msg.spi_r if msg.initiator else msg.spi_i
+        sa = self.sas.get(our_spi)
+        if sa is None or (sa.initiator == msg.initiator):
+            self.count_drop("unknown IKE SPI")
+            return
+        if msg.exchange != ExchangeType.IKE_SA_INIT and (msg.spi_i != sa.spi_i or msg.spi_r != sa.spi_r):
+            self.count_drop("SPI mismatch")
+            return
+        sa.receive(data, msg, src, dst, now)
+
+    def datagrams_to_send(self, now: float) -> list[Datagram]:
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self):
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        deadlines = [d for sa in self.sas.values() for d in sa.deadlines()]
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> None:
+        for sa in list(self.sas.values()):
+            if any(d <= now for d in sa.deadlines()):
+                try:
+                    sa.handle_timer(now)
+                except Exception:
+                    log.exception("timer_failed", ike=sa.name)
+                    sa.destroy("internal error", now)
+
+    def _established_for(self, name: str) -> IkeSa | None:
+        for sa in self.sas.values():
+            if sa.name == name and sa.state in ("connecting", "established"):
+                return sa
+        return None
+
+    def initiate(self, connection: str, child: str | None, now: float, *,
+                 packet_ts: tuple[TrafficSelector, TrafficSelector] | None = None) -> None:
+        from ike.tasks.child_create import ChildCreate
+        from ike.tasks.ike_auth import IkeAuth
+        from ike.tasks.ike_init import IkeInit
+
+        config = self.connections[connection]
+        children = [config.child(child)] if child is not None else list(config.children)
+        sa = self._established_for(connection)
+        if sa is not None:
+            for cfg in children:
+                if not any(c.config is cfg for c in sa.children.values()) or packet_ts is not None:
+                    sa.queue_task(ChildCreate(cfg, packet_ts), now)
+            return
+        remote_ip = next((a for a in config.remote_addrs if a not in ("%any", "%any4", "%any6")), None)
+        if remote_ip is None:
+            raise ValueError(f"connection {connection!r} has no concrete remote address to initiate to")
+        local_ip = next((a for a in config.local_addrs if a not in ("%any", "%any4", "%any6")),
+                        "::" if ":" in remote_ip else "0.0.0.0")
+        sa = IkeSa(self, config, initiator=True, local=(local_ip, config.local_port),
+                   remote=(remote_ip, config.remote_port), spi_i=self.new_ike_spi(), spi_r=bytes(8),
+                   unique_id=self.next_unique_id(), now=now)
+        self.register(sa)
+        sa.queue.append(IkeInit(sa))
+        sa.queue.append(IkeAuth(children[0] if children else None, packet_ts))
+        for cfg in children[1:]:
+            sa.queue.append(ChildCreate(cfg))
+        sa.log("initiating", remote=sa.remote)
+        sa.kick(now)
+
+    def terminate_ike(self, connection: str, now: float) -> None:
+        from ike.tasks.informational import IkeDelete
+        for sa in list(self.sas.values()):
+            if sa.name != connection or sa.state == "dead":
+                continue
+            if sa.established:
+                sa.queue_task(IkeDelete("deleted"), now, first=True)
+            else:
+                sa.destroy("deleted", now)
+
+    def terminate_child(self, child: str, now: float) -> None:
+        from ike.tasks.child_delete import ChildDelete
+        for sa in list(self.sas.values()):
+            for c in list(sa.children.values()):
+                if c.name == child and c.state in ("installed", "rekeying"):
+                    sa.queue_task(ChildDelete(c, "deleted"), now)
+
+    def rekey_child(self, inbound_spi: int, now: float) -> None:
+        from ike.tasks.child_rekey import ChildRekey
+        sa = self.child_index.get(inbound_spi)
+        child = sa.children.get(inbound_spi) if sa else None
+        if sa is None or child is None or child.state != "installed" or not sa.established:
+            return
+        child.rekey_at = None
+        if not any(isinstance(t, ChildRekey) and t.child is child for t in sa.queue):
+            sa.queue_task(ChildRekey(child), now)
+
+    def note_inbound_esp(self, inbound_spi: int, now: float) -> None:
+        sa = self.child_index.get(inbound_spi)
+        if sa is not None and now > sa.last_inbound:
+            sa.last_inbound = now
+
+    def status(self) -> list[dict]:
+        return [sa.status() for sa in self.sas.values() if sa.state != "dead"]
+
+
+__all__ = ["Datagram", "IkeEndpoint", "IkeSaDown"]

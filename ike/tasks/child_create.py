@@ -1,0 +1,272 @@
+"""CHILD SA negotiation: the first one inside IKE_AUTH and more with CREATE_CHILD_SA (RFC 7296
+s1.3.1, s2.9, s2.17). Also the building blocks child_rekey reuses."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ike.child_sa import ChildSa, is_subset, narrow
+from ike.config import ChildConfig, TrafficSelector
+from ike.constants import ExchangeType, NotifyType, ProtocolId, TransformType
+from ike.dh import InvalidKeyExchange, KeyExchange, key_exchange
+from ike.events import NegotiationFailed
+from ike.keys import child_keymat, split_child_keymat
+from ike.payloads import KePayload, NoncePayload, NotifyPayload, Payload, SaPayload, TsiPayload, TsrPayload
+from ike.proposals import Proposal, format_proposal, negotiated, parse_proposals, select_proposal, without_dh
+from ike.tasks.base import DONE, RETRY, Task, uniform
+
+if TYPE_CHECKING:
+    from ike.ike_sa import IkeSa
+    from ike.message import Message
+
+NONCE_LEN = 32
+
+
+class ChildFailure(Exception):
+    def __init__(self, notify: NotifyType, message: str, data: bytes = b""):
+        super().__init__(message)
+        self.notify, self.data = notify, data
+
+
+def new_spi(sa: "IkeSa") -> int:
+    while True:
+        spi = struct.unpack("!I", sa.rng(4))[0]
+        if spi >= 256 and spi not in sa.endpoint.child_index:  # 1-255 are reserved (RFC 4303)
+            return spi
+
+
+@dataclass
+class ChildOffer:
+    """What the initiator of a CHILD SA negotiation sent, to check and complete the answer."""
+
+    config: ChildConfig
+    spi: int
+    proposals: list[Proposal]
+    tsi: list[TrafficSelector]
+    tsr: list[TrafficSelector]
+    nonce: bytes = field(default=b"", repr=False)
+    ke: KeyExchange | None = field(default=None, repr=False)
+    rekey_of: ChildSa | None = None
+
+
+def make_offer(sa: "IkeSa", cfg: ChildConfig, *, in_auth: bool, packet_ts=None, rekey_of: ChildSa | None = None,
+               group: int | None = None) -> ChildOffer:
+    proposals = parse_proposals(cfg.esp_proposals, ProtocolId.ESP)
+    spi = new_spi(sa)
+    if rekey_of is not None:
+        tsi, tsr = list(rekey_of.local_ts), list(rekey_of.remote_ts)
+    else:
+        tsi, tsr = list(cfg.local_ts), list(cfg.remote_ts)
+        if packet_ts is not None:  # RFC 7296 s2.9: the triggering packet's selectors first
+            tsi, tsr = [packet_ts[0]] + tsi, [packet_ts[1]] + tsr
+    if in_auth:
+        return ChildOffer(cfg, spi, without_dh(proposals), tsi, tsr, rekey_of=rekey_of)
+    offer = ChildOffer(cfg, spi, proposals, tsi, tsr, nonce=sa.rng(NONCE_LEN), rekey_of=rekey_of)
+    groups = [t.id for p in proposals for t in p.of_type(TransformType.DH) if t.id != 0]
+    if groups:
+        offer.ke = key_exchange(group if group in groups else groups[0], sa.rng)
+    return offer
+
+
+def offer_payloads(offer: ChildOffer) -> list[Payload]:
+    spi = struct.pack("!I", offer.spi)
+    proposals = [Proposal(p.protocol, p.transforms, p.number, spi) for p in offer.proposals]
+    out: list[Payload] = []
+    if offer.rekey_of is not None:
+        out.append(NotifyPayload(NotifyType.REKEY_SA, b"", ProtocolId.ESP, struct.pack("!I", offer.rekey_of.inbound_spi)))
+    out.append(SaPayload(proposals))
+    if offer.nonce:
+        out.append(NoncePayload(offer.nonce))
+    if offer.ke is not None:
+        out.append(KePayload(offer.ke.group, offer.ke.public))
+    out += [TsiPayload(list(offer.tsi)), TsrPayload(list(offer.tsr))]
+    return out
+
+
+def _lifetimes(sa: "IkeSa", cfg: ChildConfig, now: float) -> tuple[float | None, float]:
+    life = cfg.effective_life_time
+    if cfg.rekey_time <= 0:
+        return None, now + life
+    rand = cfg.rand_time if cfg.rand_time is not None else max(life - cfg.rekey_time, 0.0)
+    return now + cfg.rekey_time - uniform(sa.rng, 0.0, rand), now + life
+
+
+def build_child(sa: "IkeSa", cfg: ChildConfig, chosen: Proposal, *, exchange_initiator: bool, our_spi: int,
+                peer_spi: int, ni: bytes, nr: bytes, g_ir: bytes | None, local_ts, remote_ts, now: float,
+                rekeyed_from: int | None = None) -> ChildSa:
+    neg = negotiated(chosen)
+    assert sa.neg is not None and sa.keys is not None
+    keymat = child_keymat(sa.neg.prf, sa.keys.sk_d, ni, nr, 2 * neg.child_keymat_len(), g_ir)
+    i2r, r2i = split_child_keymat(keymat)
+    rekey_at, expire_at = _lifetimes(sa, cfg, now)
+    return ChildSa(
+        cfg, sa.endpoint.next_unique_id(), our_spi, peer_spi, format_proposal(chosen), neg.esp_transform_name,
+        neg.esn, tuple(local_ts), tuple(remote_ts), now, rekey_at, expire_at,
+        inbound_keymat=r2i if exchange_initiator else i2r, outbound_keymat=i2r if exchange_initiator else r2i,
+        rekeyed_from=rekeyed_from)
+
+
+def accept_answer(sa: "IkeSa", offer: ChildOffer, msg: "Message", ni: bytes, nr: bytes, now: float) -> ChildSa:
+    """Initiator: check the responder's answer against the offer; the new CHILD SA or ChildFailure."""
+    for p in msg.payloads:
+        if isinstance(p, NotifyPayload) and p.notify_type < 16384:
+            raise ChildFailure(NotifyType(p.notify_type) if p.notify_type in NotifyType._value2member_map_
+                               else NotifyType.INVALID_SYNTAX, f"peer answered {p.name}", p.data)
+    sa_p, tsi_p, tsr_p = msg.get(SaPayload), msg.get(TsiPayload), msg.get(TsrPayload)
+    if sa_p is None or tsi_p is None or tsr_p is None:
+        raise ChildFailure(NotifyType.INVALID_SYNTAX, "answer lacks SA, TSi or TSr")
+    if len(sa_p.proposals) != 1 or len(sa_p.proposals[0].spi) != 4:
+        raise ChildFailure(NotifyType.NO_PROPOSAL_CHOSEN, "answer must hold one ESP proposal with a 4-byte SPI")
+    answer = sa_p.proposals[0]
+    if select_proposal(offer.proposals, [answer]) is None:
+        raise ChildFailure(NotifyType.NO_PROPOSAL_CHOSEN, "peer chose a proposal we did not offer")
+    try:
+        neg = negotiated(answer)
+        neg.esp_transform_name
+    except ValueError as exc:
+        raise ChildFailure(NotifyType.NO_PROPOSAL_CHOSEN, str(exc)) from None
+    g_ir = None
+    if neg.dh:
+        ke = msg.get(KePayload)
+        if offer.ke is None or ke is None or ke.group != neg.dh or offer.ke.group != neg.dh:
+            raise ChildFailure(NotifyType.INVALID_KE_PAYLOAD, "PFS key exchange does not match the proposal")
+        try:
+            g_ir = offer.ke.shared_secret(ke.data)
+        except InvalidKeyExchange as exc:
+            raise ChildFailure(NotifyType.INVALID_KE_PAYLOAD, str(exc)) from None
+    if not tsi_p.selectors or not tsr_p.selectors or not all(is_subset(t, offer.tsi) for t in tsi_p.selectors) \
+            or not all(is_subset(t, offer.tsr) for t in tsr_p.selectors):
+        raise ChildFailure(NotifyType.TS_UNACCEPTABLE, "answered traffic selectors are not within the offer")
+    peer_spi = struct.unpack("!I", answer.spi)[0]
+    return build_child(sa, offer.config, answer, exchange_initiator=True, our_spi=offer.spi, peer_spi=peer_spi,
+                       ni=ni, nr=nr, g_ir=g_ir, local_ts=tsi_p.selectors, remote_ts=tsr_p.selectors, now=now,
+                       rekeyed_from=offer.rekey_of.inbound_spi if offer.rekey_of else None)
+
+
+def pick_config(sa: "IkeSa", tsi: list[TrafficSelector], tsr: list[TrafficSelector]):
+    """Responder: the first CHILD config whose selectors intersect the offer, with the narrowed
+    selectors (ours: local = narrowed TSr, remote = narrowed TSi)."""
+    for cfg in sa.config.children:
+        remote, local = narrow(tsi, cfg.remote_ts), narrow(tsr, cfg.local_ts)
+        if remote and local:
+            return cfg, remote, local
+    return None, [], []
+
+
+def answer_offer(sa: "IkeSa", msg: "Message", now: float, *, in_auth: bool, ni: bytes | None = None,
+                 rekey_of: ChildSa | None = None) -> tuple[list[Payload], ChildSa]:
+    """Responder: negotiate a CHILD SA from a request; (answer payloads, new CHILD SA) or ChildFailure.
+    ``ni`` is the IKE_SA_INIT nonce pair's Ni in IKE_AUTH; CREATE_CHILD_SA carries fresh nonces."""
+    sa_p, tsi_p, tsr_p = msg.get(SaPayload), msg.get(TsiPayload), msg.get(TsrPayload)
+    if sa_p is None or tsi_p is None or tsr_p is None:
+        raise ChildFailure(NotifyType.INVALID_SYNTAX, "request lacks SA, TSi or TSr")
+    if rekey_of is not None:
+        cfg = rekey_of.config
+        remote, local = narrow(tsi_p.selectors, cfg.remote_ts), narrow(tsr_p.selectors, cfg.local_ts)
+    else:
+        cfg, remote, local = pick_config(sa, tsi_p.selectors, tsr_p.selectors)
+    if cfg is None or not remote or not local:
+        raise ChildFailure(NotifyType.TS_UNACCEPTABLE, "no CHILD config matches the traffic selectors")
+    own = parse_proposals(cfg.esp_proposals, ProtocolId.ESP)
+    offered = [p for p in sa_p.proposals if p.protocol == ProtocolId.ESP and len(p.spi) == 4]
+    chosen = select_proposal(own, offered, skip_dh=in_auth)
+    if chosen is None:
+        raise ChildFailure(NotifyType.NO_PROPOSAL_CHOSEN, "no acceptable ESP proposal", b"")
+    try:
+        negotiated(chosen).esp_transform_name
+    except ValueError as exc:
+        raise ChildFailure(NotifyType.NO_PROPOSAL_CHOSEN, str(exc)) from None
+    neg = negotiated(chosen)
+    answer: list[Payload] = []
+    g_ir, our_ke = None, None
+    if in_auth:
+        nonce_i, nonce_r = sa.ni, sa.nr
+    else:
+        nonce_p = msg.get(NoncePayload)
+        if nonce_p is None:
+            raise ChildFailure(NotifyType.INVALID_SYNTAX, "CREATE_CHILD_SA request without a nonce")
+        nonce_i, nonce_r = nonce_p.data, sa.rng(NONCE_LEN)
+        if neg.dh:
+            ke = msg.get(KePayload)
+            if ke is None or ke.group != neg.dh:
+                raise ChildFailure(NotifyType.INVALID_KE_PAYLOAD, "KE group differs from the chosen one",
+                                   struct.pack("!H", neg.dh))
+            our_ke = key_exchange(neg.dh, sa.rng)
+            try:
+                g_ir = our_ke.shared_secret(ke.data)
+            except InvalidKeyExchange as exc:
+                raise ChildFailure(NotifyType.INVALID_SYNTAX, str(exc)) from None
+    our_spi = new_spi(sa)
+    peer_spi = struct.unpack("!I", chosen.spi)[0]
+    child = build_child(sa, cfg, chosen, exchange_initiator=False, our_spi=our_spi, peer_spi=peer_spi,
+                        ni=nonce_i, nr=nonce_r, g_ir=g_ir, local_ts=local, remote_ts=remote, now=now,
+                        rekeyed_from=rekey_of.inbound_spi if rekey_of else None)
+    answer.append(SaPayload([Proposal(chosen.protocol, chosen.transforms, chosen.number, struct.pack("!I", our_spi))]))
+    if not in_auth:
+        answer.append(NoncePayload(nonce_r))
+        child_nonces[id(child)] = (nonce_i, nonce_r)
+    if our_ke is not None:
+        answer.append(KePayload(our_ke.group, our_ke.public))
+    answer += [TsiPayload(remote), TsrPayload(local)]
+    return answer, child
+
+
+# nonces of CHILD SAs created as responder in CREATE_CHILD_SA, for rekey collision checks; keyed by
+# id() only for the duration of one respond() call (popped right after)
+child_nonces: dict[int, tuple[bytes, bytes]] = {}
+
+
+def failure_event(sa: "IkeSa", stage: str, exc: ChildFailure, child_name: str | None) -> NegotiationFailed:
+    return NegotiationFailed(sa.name, stage, exc.notify.name, str(exc), child_name)
+
+
+class ChildCreate(Task):
+    """Initiator: an additional CHILD SA over an established IKE SA."""
+
+    exchange = ExchangeType.CREATE_CHILD_SA
+
+    def __init__(self, config: ChildConfig, packet_ts=None):
+        self.config, self.packet_ts = config, packet_ts
+        self.offer: ChildOffer | None = None
+        self.group: int | None = None
+
+    def build(self, sa, now):
+        if not sa.established:
+            return None
+        self.offer = make_offer(sa, self.config, in_auth=False, packet_ts=self.packet_ts, group=self.group)
+        return offer_payloads(self.offer)
+
+    def process(self, sa, msg, raw, src, dst, now):
+        assert self.offer is not None
+        nonce = msg.get(NoncePayload)
+        try:
+            if nonce is None and not any(isinstance(p, NotifyPayload) and p.notify_type < 16384 for p in msg.payloads):
+                raise ChildFailure(NotifyType.INVALID_SYNTAX, "answer without a nonce")
+            child = accept_answer(sa, self.offer, msg, self.offer.nonce, nonce.data if nonce else b"", now)
+        except ChildFailure as exc:
+            if exc.notify == NotifyType.INVALID_KE_PAYLOAD and len(exc.data) == 2 and self.group is None:
+                self.group = struct.unpack("!H", exc.data)[0]
+                return RETRY
+            if exc.notify == NotifyType.TEMPORARY_FAILURE:
+                sa.postpone(ChildCreate(self.config, self.packet_ts), now)
+                return DONE
+            sa.emit(failure_event(sa, "CREATE_CHILD_SA", exc, self.config.name))
+            sa.log("child_sa_failed", child=self.config.name, notify=exc.notify.name, error=str(exc))
+            return DONE
+        sa.add_child(child)
+        return DONE
+
+
+def respond_create(sa: "IkeSa", msg: "Message", now: float) -> list[Payload]:
+    """Responder: CREATE_CHILD_SA for a new CHILD SA (no REKEY_SA, no IKE proposal)."""
+    try:
+        payloads, child = answer_offer(sa, msg, now, in_auth=False)
+    except ChildFailure as exc:
+        sa.emit(failure_event(sa, "CREATE_CHILD_SA", exc, None))
+        sa.log("child_sa_failed", notify=exc.notify.name, error=str(exc))
+        return [NotifyPayload(int(exc.notify), exc.data)]
+    child_nonces.pop(id(child), None)
+    sa.add_child(child)
+    return payloads

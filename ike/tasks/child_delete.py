@@ -1,0 +1,50 @@
+"""Deleting CHILD SAs (RFC 7296 s1.4.1): each side lists the SPIs it receives on; the answer
+lists ours for the same pairs, then both remove them."""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from ike.child_sa import ChildSa
+from ike.constants import ExchangeType, ProtocolId
+from ike.payloads import DeletePayload, Payload
+from ike.tasks.base import DONE, Task
+
+if TYPE_CHECKING:
+    from ike.ike_sa import IkeSa
+
+
+class ChildDelete(Task):
+    exchange = ExchangeType.INFORMATIONAL
+
+    def __init__(self, child: ChildSa, reason: str = "deleted"):
+        self.child, self.reason = child, reason
+
+    def build(self, sa, now):
+        if self.child.inbound_spi not in sa.children or sa.state not in ("established", "rekeyed"):
+            return None
+        self.child.state = "deleting"
+        return [DeletePayload(ProtocolId.ESP, [struct.pack("!I", self.child.inbound_spi)], 4)]
+
+    def process(self, sa, msg, raw, src, dst, now):
+        sa.remove_child(self.child, self.reason)
+        return DONE
+
+
+def respond_child_deletes(sa: "IkeSa", deletes: list[DeletePayload], now: float) -> list[Payload]:
+    ours: list[bytes] = []
+    for d in deletes:
+        if d.spi_size != 4:
+            continue
+        for raw in d.spis:
+            child = sa.child_by_outbound(struct.unpack("!I", raw)[0])
+            if child is None:
+                continue
+            # a CHILD SA we are deleting ourselves already (collision): the answer still lists it
+            ours.append(struct.pack("!I", child.inbound_spi))
+            reason = "rekeyed" if child.state == "rekeyed" else "deleted by peer"
+            if child.state == "redundant":
+                reason = "rekey collision"
+            sa.remove_child(child, reason)
+    return [DeletePayload(ProtocolId.ESP, ours, 4)] if ours else []

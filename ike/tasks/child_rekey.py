@@ -1,0 +1,136 @@
+"""CHILD SA rekeying (RFC 7296 s1.3.3, s2.8) with simultaneous-rekey collisions (s2.8.1).
+
+Make-before-break: the new SA is announced (ChildSaUp with rekeyed_from) before the old one is
+deleted. In a collision both exchanges create an SA; the one whose exchange has the lowest of the
+four nonces is redundant and deleted by the side that initiated that exchange, while the other
+side (the winner) deletes the old SA, as strongSwan's child_rekey.c does.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from ike.child_sa import ChildSa
+from ike.constants import ExchangeType, NotifyType, ProtocolId
+from ike.payloads import NoncePayload, NotifyPayload, Payload
+from ike.tasks.base import DONE, RETRY, Task
+from ike.tasks.child_create import (ChildFailure, ChildOffer, accept_answer, answer_offer, child_nonces,
+                                    failure_event, make_offer, offer_payloads)
+from ike.tasks.child_delete import ChildDelete
+
+if TYPE_CHECKING:
+    from ike.ike_sa import IkeSa
+    from ike.message import Message
+
+
+def lower_nonce(nonces: tuple[bytes, bytes]) -> bytes:
+    return min(nonces)
+
+
+def lost_collision(ours: tuple[bytes, bytes], theirs: tuple[bytes, bytes]) -> bool:
+    """We lose when our exchange holds the lowest nonce (compared over the shorter length)."""
+    a, b = lower_nonce(ours), lower_nonce(theirs)
+    n = min(len(a), len(b))
+    return a[:n] < b[:n]
+
+
+class ChildRekey(Task):
+    exchange = ExchangeType.CREATE_CHILD_SA
+
+    def __init__(self, child: ChildSa):
+        self.child = child
+        self.offer: ChildOffer | None = None
+        self.group: int | None = None
+        self.collision: tuple[ChildSa, tuple[bytes, bytes]] | None = None
+
+    def build(self, sa, now):
+        child = self.child
+        if not sa.established or sa.children.get(child.inbound_spi) is not child or child.state != "installed":
+            return None
+        child.state = "rekeying"
+        self.offer = make_offer(sa, child.config, in_auth=False, rekey_of=child, group=self.group)
+        return offer_payloads(self.offer)
+
+    def process(self, sa, msg, raw, src, dst, now):
+        assert self.offer is not None
+        child = self.child
+        nonce = msg.get(NoncePayload)
+        try:
+            new = accept_answer(sa, self.offer, msg, self.offer.nonce, nonce.data if nonce else b"", now)
+            if nonce is None:
+                raise ChildFailure(NotifyType.INVALID_SYNTAX, "answer without a nonce")
+        except ChildFailure as exc:
+            return self._failed(sa, exc, now)
+        if self.collision is not None:
+            other, other_nonces = self.collision
+            if lost_collision((self.offer.nonce, nonce.data), other_nonces):
+                sa.log("child_rekey_collision_lost", child=child.name, spi_in=f"{child.inbound_spi:08x}")
+                new.state = "redundant"
+                new.rekey_at = None
+                sa.add_child(new)
+                child.state = "rekeyed"  # the winner deletes the old SA
+                sa.queue.insert(0, ChildDelete(new, "rekey collision"))
+                return DONE
+            sa.log("child_rekey_collision_won", child=child.name, spi_in=f"{child.inbound_spi:08x}")
+            if other.inbound_spi in sa.children:
+                other.state = "redundant"  # the loser deletes it
+                other.rekey_at = None
+        sa.add_child(new)
+        child.state = "rekeyed"
+        child.rekey_at = None
+        sa.queue.insert(0, ChildDelete(child, "rekeyed"))
+        return DONE
+
+    def _failed(self, sa, exc: ChildFailure, now) -> str:
+        child = self.child
+        if exc.notify == NotifyType.INVALID_KE_PAYLOAD and len(exc.data) == 2 and self.group is None:
+            self.group = struct.unpack("!H", exc.data)[0]
+            child.state = "installed"
+            return RETRY
+        if self.collision is not None and child.inbound_spi in sa.children:
+            child.state = "rekeyed"  # the peer's rekey of this SA went through; it deletes the old one
+            return DONE
+        if exc.notify == NotifyType.TEMPORARY_FAILURE:
+            if child.inbound_spi in sa.children and child.state == "rekeying":
+                child.state = "installed"
+                sa.postpone(ChildRekey(child), now)
+            return DONE
+        if exc.notify == NotifyType.CHILD_SA_NOT_FOUND:
+            sa.remove_child(child, "deleted by peer")
+            return DONE
+        sa.emit(failure_event(sa, "CREATE_CHILD_SA", exc, child.name))
+        sa.log("child_rekey_failed", child=child.name, notify=exc.notify.name, error=str(exc))
+        if child.inbound_spi in sa.children and child.state == "rekeying":
+            child.state = "installed"
+        return DONE
+
+    def timed_out(self, sa, now):
+        pass
+
+
+def respond_child_rekey(sa: "IkeSa", msg: "Message", now: float) -> list[Payload]:
+    note = msg.notifies()[NotifyType.REKEY_SA]
+    if note.protocol != ProtocolId.ESP or len(note.spi) != 4:
+        return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
+    child = sa.child_by_outbound(struct.unpack("!I", note.spi)[0])
+    if child is None:
+        return [NotifyPayload(NotifyType.CHILD_SA_NOT_FOUND, b"", ProtocolId.ESP, note.spi)]
+    active = sa.active.task if sa.active else None
+    colliding = isinstance(active, ChildRekey) and active.child is child
+    if child.state != "installed" and not colliding:
+        return [NotifyPayload(NotifyType.TEMPORARY_FAILURE)]
+    try:
+        payloads, new = answer_offer(sa, msg, now, in_auth=False, rekey_of=child)
+    except ChildFailure as exc:
+        sa.emit(failure_event(sa, "CREATE_CHILD_SA", exc, child.name))
+        sa.log("child_rekey_refused", child=child.name, notify=exc.notify.name, error=str(exc))
+        return [NotifyPayload(int(exc.notify), exc.data)]
+    nonces = child_nonces.pop(id(new))
+    sa.add_child(new)
+    if colliding:
+        active.collision = (new, nonces)
+    else:
+        child.state = "rekeyed"  # the initiator deletes it
+        child.rekey_at = None
+    return payloads

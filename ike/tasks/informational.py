@@ -1,0 +1,74 @@
+"""INFORMATIONAL exchanges (RFC 7296 s1.4): liveness checks, IKE SA deletion, and the responder
+side for deletes and error notifications. CHILD SA deletion is in child_delete."""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from ike.constants import ExchangeType, NotifyType, ProtocolId
+from ike.payloads import DeletePayload, NotifyPayload, Payload
+from ike.tasks.base import DONE, Task
+
+if TYPE_CHECKING:
+    from ike.ike_sa import IkeSa
+    from ike.message import Message
+
+
+class IkeDpd(Task):
+    """An empty INFORMATIONAL request; any answer proves the peer alive (RFC 7296 s2.4)."""
+
+    exchange = ExchangeType.INFORMATIONAL
+
+    def build(self, sa, now):
+        return [] if sa.established else None
+
+    def process(self, sa, msg, raw, src, dst, now):
+        return DONE
+
+
+class IkeDelete(Task):
+    """Delete the IKE SA (and with it its CHILD SAs); done when answered or unanswered."""
+
+    exchange = ExchangeType.INFORMATIONAL
+
+    def __init__(self, reason: str = "deleted"):
+        self.reason = reason
+
+    def build(self, sa, now):
+        if sa.state == "dead":
+            return None
+        sa.state = "deleting"
+        sa.rekey_at = None
+        return [DeletePayload(ProtocolId.IKE, [], 0)]
+
+    def process(self, sa, msg, raw, src, dst, now):
+        sa.destroy(self.reason, now)
+        return DONE
+
+    def timed_out(self, sa, now):
+        sa.destroy(self.reason, now)
+
+
+def respond_informational(sa: "IkeSa", msg: "Message", now: float) -> list[Payload]:
+    from ike.tasks.child_delete import respond_child_deletes
+
+    deletes = msg.all(DeletePayload)
+    if any(d.protocol == ProtocolId.IKE for d in deletes):
+        sa.log("ike_delete_received")
+        sa.delete_after_response = "rekeyed" if sa.state == "rekeyed" else "deleted by peer"
+        return []
+    out: list[Payload] = []
+    child_deletes = [d for d in deletes if d.protocol in (ProtocolId.ESP, ProtocolId.AH)]
+    if child_deletes:
+        out += respond_child_deletes(sa, child_deletes, now)
+    for p in msg.all(NotifyPayload):
+        if p.notify_type < 16384:
+            sa.log("error_notify_received", notify=p.name)
+            if p.notify_type in (NotifyType.AUTHENTICATION_FAILED, NotifyType.INVALID_SYNTAX) and not sa.established:
+                sa.delete_after_response = "auth failed"
+    return out
+
+
+def spi_bytes(spi: int) -> bytes:
+    return struct.pack("!I", spi)
