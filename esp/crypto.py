@@ -98,9 +98,10 @@ def make_opener(t: Transform, keymat: bytes, esn: bool) -> Opener:
         esn_pack = ESN_AAD.pack
 
         def open_(esp, seq: int) -> bytes:
-            aad = esn_pack(HEADER.unpack_from(esp)[0], seq) if esn else esp[:8]
+            mv = memoryview(esp)           # slices of a memoryview do not copy the payload
+            aad = esn_pack(HEADER.unpack_from(esp)[0], seq) if esn else mv[:8]
             try:
-                return decrypt(salt + esp[8:iv_end], esp[iv_end:], aad)
+                return decrypt(salt + mv[8:iv_end], mv[iv_end:], aad)
             except InvalidTag:
                 raise _auth_failed() from None
         return open_

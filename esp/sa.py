@@ -15,7 +15,7 @@ from typing import Callable
 
 from .crypto import HEADER, make_opener, make_sealer
 from .errors import Counters, Drop, DropReason, SAExpired
-from .padding import strip_trailer, trailer_table
+from .padding import PAD_BYTES, trailer_table
 from .replay import ReplayWindow
 from .transforms import Transform, transform_by_name
 
@@ -165,8 +165,8 @@ class InboundSA(_LimitedSA):
         if spi != self.spi:
             raise self._drop(DropReason.UNKNOWN_SPI, f"packet SPI 0x{spi:08x}")
         replay = self.replay
-        seq = replay.infer(seq_lo)
-        if not replay.check(seq):
+        seq = replay.infer(seq_lo) if self.esn else seq_lo
+        if seq <= replay.top and not replay.check(seq) or seq <= 0:
             raise self._drop(DropReason.REPLAY, f"seq {seq_lo}")
         try:
             plaintext = self._open(esp, seq)
@@ -174,26 +174,30 @@ class InboundSA(_LimitedSA):
             self.counters.drops[d.reason] += 1
             raise
         replay.update(seq)
-        parsed = strip_trailer(plaintext)
-        if parsed is None:
+        # trailer: pad bytes 1, 2, 3, ..., pad length, next header (RFC 4303 s2.4)
+        n = len(plaintext)
+        pad = plaintext[-2] if n >= 2 else 255
+        end = n - 2 - pad
+        if end < 0 or (pad and plaintext[end:n - 2] != PAD_BYTES[:pad]):
             raise self._drop(DropReason.BAD_PADDING)
-        nh, payload = parsed
-        if nh == NH_NONE:
-            raise self._drop(DropReason.DUMMY)
+        nh = plaintext[-1]
         if nh == NH_IPV4:
-            if len(payload) < 20 or payload[0] >> 4 != 4:
+            if end < 20 or plaintext[0] >> 4 != 4:
                 raise self._drop(DropReason.BAD_INNER, "not an IPv4 header")
-            length = _U16.unpack_from(payload, 2)[0]
+            length = _U16.unpack_from(plaintext, 2)[0]
+            if length < 20:
+                raise self._drop(DropReason.BAD_INNER, "IPv4 total length below 20")
         elif nh == NH_IPV6:
-            if len(payload) < 40 or payload[0] >> 4 != 6:
+            if end < 40 or plaintext[0] >> 4 != 6:
                 raise self._drop(DropReason.BAD_INNER, "not an IPv6 header")
-            length = 40 + _U16.unpack_from(payload, 4)[0]
+            length = 40 + _U16.unpack_from(plaintext, 4)[0]
+        elif nh == NH_NONE:
+            raise self._drop(DropReason.DUMMY)
         else:
-            length = len(payload)
-        if length > len(payload) or (nh == NH_IPV4 and length < 20):
+            length = end
+        if length > end:
             raise self._drop(DropReason.BAD_INNER, "inner length exceeds payload")
-        if length < len(payload):
-            payload = payload[:length]     # TFC padding
+        payload = plaintext[:length]       # drops TFC padding too
         c = self.counters
         c.packets += 1
         c.bytes += length
