@@ -1,0 +1,527 @@
+"""``espgw run``: the gateway daemon.
+
+One thread, one selector loop. It owns every piece of I/O the sans-I/O cores need: the TUN
+device, raw ESP sockets, UDP 500/4500, the control socket and the clock. IKE (``ike.endpoint``)
+gets datagrams and time and answers with datagrams, events and a deadline; the events install
+and remove CHILD SAs in the data plane (``tunnel.datapath``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import selectors
+import signal
+import socket
+import time
+from collections import deque
+from typing import Any, Callable
+
+import structlog
+from pyroute2 import IPRoute
+
+from esp.sadb import SADatabase
+from ike.config import ChildConfig, ConnectionConfig, TrafficSelector
+from ike.endpoint import IkeEndpoint
+from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed
+from tunnel.config import Config
+from tunnel.control import ControlError, ControlServer
+from tunnel.datapath import ChildPath, DropLog, inner_mtu, make_transmit, receive_esp, send_with_mtu
+from tunnel.log import configure_logging
+from tunnel.policy import PolicyTable, parse_packet
+from tunnel.routes import RouteTable
+from tunnel.sockets import RawEspSocket, UdpIkeSockets
+from tunnel.tun import TunDevice
+
+log = structlog.get_logger("espgw")
+
+BATCH = 64
+HOUSEKEEPING_INTERVAL = 1.0
+NAT_KEEPALIVE_INTERVAL = 20.0  # strongSwan's charon.keep_alive default
+DEFAULT_PATH_MTU = 1500
+
+
+class _Trap:
+    """A ``start_action = trap`` child: the first matching packet starts the negotiation."""
+
+    def __init__(self, conn: ConnectionConfig, child: ChildConfig, queue_size: int) -> None:
+        self.conn, self.child = conn, child
+        self.queue: deque[bytes] = deque(maxlen=queue_size)
+        self.pending_since: float | None = None
+
+
+def _concrete(addrs: list[str]) -> list[str]:
+    return [a for a in addrs if not a.startswith("%") and "/" not in a]
+
+
+class Gateway:
+    """The daemon's state; ``run()`` loops until SIGTERM/SIGINT or ``stop()``."""
+
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic,
+                 rng: Callable[[int], bytes] = os.urandom) -> None:
+        self.config = config
+        self.settings = config.gateway
+        self.clock = clock
+        self.started = clock()
+        self.force_udp = self.settings.esp_encap == "udp"
+        if self.force_udp:  # both sides must agree to encapsulate: IKE then fakes NAT detection
+            for conn in config.connections:
+                conn.encap = True
+        self.ike = IkeEndpoint(config.connections, rng=rng, now=self.started)
+        self.sadb = SADatabase()
+        self.policy = PolicyTable()
+        self.traps = PolicyTable()
+        self.children: dict[int, ChildPath] = {}  # by inbound SPI
+        self.ike_sas: dict[int, IkeSaUp] = {}  # by unique id
+        self.failures: deque[dict] = deque(maxlen=20)
+        self.drop_log = DropLog(clock)
+        self.selector = selectors.DefaultSelector()
+        self._stopping = False
+        self._next_housekeeping = self.started
+        self._next_keepalive = self.started + NAT_KEEPALIVE_INTERVAL
+        self._wakeup_r = self._wakeup_w = -1
+        self.tun: TunDevice | None = None
+        self.routes: RouteTable | None = None
+        self.raw_v4 = self.raw_v6 = None
+        self.udp: UdpIkeSockets | None = None
+        self.control: ControlServer | None = None
+        self.icmp_v4: str | None = None
+        self.icmp_v6: str | None = None
+
+    # --- set-up and tear-down ---------------------------------------------------------------
+    def open(self) -> None:
+        local = sorted({a for c in self.config.connections for a in c.local_addrs})
+        concrete = _concrete(local)
+        wildcard = len(concrete) != len(local)
+        v4 = [a for a in concrete if ipaddress.ip_address(a).version == 4]
+        v6 = [a for a in concrete if ipaddress.ip_address(a).version == 6]
+        udp_addrs = (["0.0.0.0", "::"] if wildcard else concrete)
+        self.udp = UdpIkeSockets(udp_addrs)
+        self.raw_v4 = RawEspSocket(socket.AF_INET, v4[0] if v4 and not wildcard else "0.0.0.0")
+        if v6 or wildcard:
+            self.raw_v6 = RawEspSocket(socket.AF_INET6, v6[0] if v6 and not wildcard else "::")
+        self.tun = TunDevice.create(self.settings.tun_name, self.settings.mtu)
+        self.routes = RouteTable(self.tun.name)
+        self._install_routes()
+        self.control = ControlServer(self.settings.control_socket, self.handle_control, selector=self.selector)
+        self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        self.selector.register(self.tun.fd, selectors.EVENT_READ, self._on_tun)
+        self.selector.register(self.raw_v4.fd, selectors.EVENT_READ, lambda _m: self._on_raw(self.raw_v4))
+        if self.raw_v6 is not None:
+            self.selector.register(self.raw_v6.fd, selectors.EVENT_READ, lambda _m: self._on_raw(self.raw_v6))
+        for fd in self.udp.fds():
+            self.selector.register(fd, selectors.EVENT_READ, lambda _m, fd=fd: self._on_udp(fd))
+        self.selector.register(self._wakeup_r, selectors.EVENT_READ, self._on_wakeup)
+        log.info("started", tun=self.tun.name, mtu=self.tun.mtu, connections=[c.name for c in self.config.connections],
+                 udp_ports=(self.udp.ike_port, self.udp.nat_port), esp_encap=self.settings.esp_encap)
+        self._start_connections()
+
+    def _install_routes(self) -> None:
+        """Route every child's remote subnets into the TUN, sourced from our address in its local subnets."""
+        own = _local_addresses()
+        for conn in self.config.connections:
+            for child in conn.children:
+                for remote in child.remote_ts:
+                    src = next((str(a) for a in own for ts in child.local_ts
+                                if a.version == remote.version and ts.contains_addr(a)), None)
+                    if remote.version == 4 and src and not self.icmp_v4:
+                        self.icmp_v4 = src
+                    if remote.version == 6 and src and not self.icmp_v6:
+                        self.icmp_v6 = src
+                    for net in ipaddress.summarize_address_range(remote.start_addr, remote.end_addr):
+                        if str(net) not in self.routes.routes:
+                            self.routes.add(str(net), src=src)
+
+    def _start_connections(self) -> None:
+        now = self.clock()
+        for conn in self.config.connections:
+            for child in conn.children:
+                if child.start_action == "trap":
+                    self.traps.add(("trap", conn.name, child.name), child.local_ts, child.remote_ts,
+                                   _Trap(conn, child, self.settings.queue_size))
+            starting = [c.name for c in conn.children if c.start_action == "start"]
+            if starting:
+                self._initiate(conn.name, None if len(starting) == len(conn.children) else starting[0], now)
+                for name in starting[1:] if len(starting) != len(conn.children) else []:
+                    self._initiate(conn.name, name, now)
+        self._pump(now)
+
+    def close(self) -> None:
+        """Delete our IKE SAs at the peer (best effort), then release every resource."""
+        if self.udp is not None:
+            now = self.clock()
+            for name in {sa.name for sa in self.ike_sas.values()}:
+                self.ike.terminate_ike(name, now)
+            self._pump(now)
+        for closer in (self.control, self.tun, self.raw_v4, self.raw_v6, self.udp):
+            if closer is not None:
+                try:
+                    closer.close()
+                except OSError:
+                    pass
+        if self.routes is not None:
+            self.routes.remove_all()
+        if self._wakeup_w >= 0:
+            signal.set_wakeup_fd(-1)
+            os.close(self._wakeup_r)
+            os.close(self._wakeup_w)
+            self._wakeup_r = self._wakeup_w = -1
+        self.selector.close()
+        log.info("stopped")
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self._stopping = True
+
+    def _on_wakeup(self, _mask: int) -> None:
+        try:
+            os.read(self._wakeup_r, 512)
+        except BlockingIOError:
+            pass
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    # --- the loop ---------------------------------------------------------------------------
+    def run(self) -> None:
+        select = self.selector.select
+        while not self._stopping:
+            now = self.clock()
+            deadline = min(self._next_housekeeping, self.ike.get_timer() or float("inf"))
+            for key, mask in select(max(0.0, deadline - now)):
+                key.data(mask)
+            now = self.clock()
+            timer = self.ike.get_timer()
+            if timer is not None and timer <= now:
+                self.ike.handle_timer(now)
+            if now >= self._next_housekeeping:
+                self._housekeeping(now)
+            self._pump(now)
+
+    def _pump(self, now: float) -> None:
+        """Send what IKE wants sent and act on its events."""
+        ike, udp = self.ike, self.udp
+        while True:
+            for dg in ike.datagrams_to_send(now):
+                udp.send_ike(dg.data, dg.dst, dg.src)
+            event = ike.next_event()
+            if event is None:
+                return
+            self._on_event(event, now)
+
+    # --- packets ----------------------------------------------------------------------------
+    def _on_tun(self, _mask: int) -> None:
+        lookup = self.policy.lookup_outbound
+        write = self.tun.write
+        for packet in self.tun.read_batch(BATCH):
+            path = lookup(packet)
+            if path is None:
+                self._unprotected(packet)
+            elif len(packet) <= path.mtu:
+                path.send(packet)
+            else:
+                send_with_mtu(path, packet, write, self.icmp_v4, self.icmp_v6)
+
+    def _unprotected(self, packet: bytes) -> None:
+        """No CHILD SA covers the packet: start a trapped child, or drop it."""
+        trap = self.traps.lookup_outbound(packet)
+        if trap is None:
+            self.drop_log("no_policy")
+            return
+        trap.queue.append(packet)
+        now = self.clock()
+        if trap.pending_since is None or now - trap.pending_since > 30.0:
+            trap.pending_since = now
+            fields = parse_packet(packet)
+            packet_ts = None
+            if fields is not None:
+                version = 4 if packet[0] >> 4 == 4 else 6
+                make = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+                src, dst = make(fields.src), make(fields.dst)
+                packet_ts = (TrafficSelector(src, src), TrafficSelector(dst, dst))
+            log.info("acquire", connection=trap.conn.name, child=trap.child.name)
+            self._initiate(trap.conn.name, trap.child.name, now, packet_ts=packet_ts)
+            self._pump(now)
+
+    def _on_raw(self, sock: RawEspSocket) -> None:
+        seen: dict[int, Any] = {}
+        sadb, policy, write, drop_log = self.sadb, self.policy, self.tun.write, self.drop_log
+        for dg in sock.recv_batch(BATCH):
+            receive_esp(sadb, policy, write, dg.esp, dg.ecn, drop_log, seen)
+        self._note_alive(seen)
+
+    def _on_udp(self, fd: int) -> None:
+        seen: dict[int, Any] = {}
+        now = None
+        for dg in self.udp.read_batch(fd, BATCH):
+            if dg.kind == "esp":
+                receive_esp(self.sadb, self.policy, self.tun.write, dg.data, dg.ecn, self.drop_log, seen)
+            else:
+                now = self.clock()
+                try:
+                    self.ike.receive_datagram(dg.data, dg.remote, dg.local, now)
+                except Exception:  # the core should never raise; a bug here must not kill the gateway
+                    log.exception("ike.receive_failed", remote=dg.remote)
+        self._note_alive(seen)
+        if now is not None:
+            self._pump(now)
+
+    def _note_alive(self, seen: dict) -> None:
+        if seen:
+            now = self.clock()
+            for spi in seen:
+                self.ike.note_inbound_esp(spi, now)
+
+    # --- IKE events -------------------------------------------------------------------------
+    def _initiate(self, conn: str, child: str | None, now: float, **kw) -> None:
+        try:
+            self.ike.initiate(conn, child, now, **kw)
+        except (KeyError, ValueError) as exc:
+            log.error("initiate_failed", connection=conn, child=child, error=str(exc))
+
+    def _on_event(self, event: Any, now: float) -> None:
+        if isinstance(event, ChildSaUp):
+            self._install_child(event, now)
+        elif isinstance(event, ChildSaDown):
+            self._remove_child(event)
+        elif isinstance(event, IkeSaUp):
+            self.ike_sas[event.unique_id] = event
+            log.info("ike_sa.up", connection=event.name, id=event.unique_id, remote=event.remote,
+                     proposal=event.proposal, initiator=event.initiator)
+        elif isinstance(event, IkeSaDown):
+            self.ike_sas.pop(event.unique_id, None)
+            log.info("ike_sa.down", connection=event.name, id=event.unique_id, reason=event.reason)
+            self._maybe_restart(event, now)
+        elif isinstance(event, NegotiationFailed):
+            self.failures.append({"connection": event.name, "stage": event.stage, "notify": event.notify,
+                                  "message": event.message, "child": event.child_name})
+            log.warning("negotiation_failed", connection=event.name, stage=event.stage, notify=event.notify,
+                        message=event.message, child=event.child_name)
+
+    def _install_child(self, up: ChildSaUp, now: float) -> None:
+        path_mtu = DEFAULT_PATH_MTU
+        conn = self.config.connection(up.ike_name) if up.ike_name in {c.name for c in self.config.connections} else None
+        child_cfg = next((c for c in conn.children if c.name == up.child_name), None) if conn else None
+        transmit = make_transmit(up, raw_v4=self.raw_v4, raw_v6=self.raw_v6, udp=self.udp, force_udp=self.force_udp)
+        path = ChildPath(up, transmit=transmit, mtu=inner_mtu(self.tun.mtu, path_mtu, up, self.force_udp),
+                         rekey_packets=child_cfg.rekey_packets if child_cfg else 0,
+                         rekey_bytes=child_cfg.rekey_bytes if child_cfg else 0, now=now)
+        # Make-before-break: the new inbound SA is live at once; the old one stays until its delete.
+        self.sadb.add_inbound(path.inbound)
+        self.children[up.inbound_spi] = path
+        self.policy.add(path.key, up.local_ts, up.remote_ts, path)
+        self.policy.bind_inbound(path.key, path.inbound)
+        old = self.children.get(up.rekeyed_from) if up.rekeyed_from is not None else None
+        if old is not None:
+            self.policy.remove(old.key)
+            self.policy.bind_inbound(path.key, old.inbound)  # packets still in flight on the old SA
+        log.info("child_sa.up", connection=up.ike_name, child=up.child_name, id=up.unique_id,
+                 spi_in=f"{up.inbound_spi:08x}", spi_out=f"{up.outbound_spi:08x}", proposal=up.proposal,
+                 encap=up.encap or self.force_udp, local_ts=[str(t) for t in up.local_ts],
+                 remote_ts=[str(t) for t in up.remote_ts], rekeyed_from=up.rekeyed_from)
+        self._flush_trap(up, path)
+
+    def _flush_trap(self, up: ChildSaUp, path: ChildPath) -> None:
+        for _key, trap in self._trap_entries():
+            if trap.conn.name == up.ike_name and trap.child.name == up.child_name:
+                trap.pending_since = None
+                while trap.queue:
+                    packet = trap.queue.popleft()
+                    if self.policy.lookup_outbound(packet) is path:
+                        if len(packet) <= path.mtu:
+                            path.send(packet)
+                        else:
+                            send_with_mtu(path, packet, self.tun.write, self.icmp_v4, self.icmp_v6)
+
+    def _trap_entries(self):
+        return [(key, rules[0].sa) for key, rules in self.traps._by_child.items()]
+
+    def _remove_child(self, down: ChildSaDown) -> None:
+        path = self.children.pop(down.inbound_spi, None)
+        self.sadb.remove_inbound(down.inbound_spi)
+        if path is not None and self.policy._by_child.get(path.key):
+            self.policy.remove(path.key)
+        log.info("child_sa.down", connection=down.ike_name, child=down.child_name, id=down.unique_id,
+                 spi_in=f"{down.inbound_spi:08x}", reason=down.reason)
+
+    def _maybe_restart(self, down: IkeSaDown, now: float) -> None:
+        """dpd_action/close_action = restart, as strongSwan: bring a dead connection back."""
+        if self._stopping or down.reason not in ("dead peer", "deleted by peer"):
+            return
+        try:
+            conn = self.config.connection(down.name)
+        except KeyError:
+            return
+        action = "dpd_action" if down.reason == "dead peer" else "close_action"
+        if any(getattr(c, action) == "restart" for c in conn.children):
+            log.info("restarting", connection=conn.name, reason=down.reason)
+            self._initiate(conn.name, None, now)
+
+    # --- timers -----------------------------------------------------------------------------
+    def _housekeeping(self, now: float) -> None:
+        self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
+        for path in list(self.children.values()):
+            if not path.rekey_requested and (path.outbound.rekey_needed or path.inbound.rekey_needed):
+                path.rekey_requested = True
+                log.info("child_sa.volume_rekey", child=path.up.child_name, spi_in=f"{path.up.inbound_spi:08x}")
+                self.ike.rekey_child(path.up.inbound_spi, now)
+        if now >= self._next_keepalive:
+            self._next_keepalive = now + NAT_KEEPALIVE_INTERVAL
+            for sa in self.ike_sas.values():
+                if sa.nat_local:
+                    self.udp.send_keepalive((sa.remote[0], sa.remote[1]), (sa.local[0], sa.local[1]))
+
+    # --- control socket ---------------------------------------------------------------------
+    def handle_control(self, request: dict) -> Any:
+        cmd = request.get("cmd")
+        now = self.clock()
+        if cmd == "status":
+            return self.status(now)
+        if cmd == "list-sas":
+            sas = self.list_sas(now)
+            if request.get("ike"):
+                sas = [sa for sa in sas if sa.get("name") == request["ike"]]
+            return {"ike_sas": sas}
+        if cmd == "initiate":
+            return self._control_initiate(request, now)
+        if cmd == "terminate":
+            return self._control_terminate(request, now)
+        if cmd == "keys":
+            return self.key_snapshot()
+        raise ControlError(f"unknown command {cmd!r}")
+
+    def _control_initiate(self, request: dict, now: float) -> dict:
+        if request.get("child"):
+            try:
+                conn, child = self.config.find_child(request["child"])
+            except KeyError as exc:
+                raise ControlError(str(exc.args[0]) if exc.args else "no such child") from None
+            self._initiate(conn.name, child.name, now)
+            self._pump(now)
+            return {"message": f"initiating CHILD SA {child.name} of {conn.name}"}
+        name = request.get("ike")
+        if name not in {c.name for c in self.config.connections}:
+            raise ControlError(f"no connection named {name!r}")
+        self._initiate(name, None, now)
+        self._pump(now)
+        return {"message": f"initiating IKE SA {name}"}
+
+    def _control_terminate(self, request: dict, now: float) -> dict:
+        if request.get("child"):
+            self.ike.terminate_child(request["child"], now)
+            self._pump(now)
+            return {"message": f"terminating CHILD SA {request['child']}"}
+        name = request.get("ike")
+        if not name:
+            raise ControlError("terminate needs ike or child")
+        self.ike.terminate_ike(name, now)
+        self._pump(now)
+        return {"message": f"terminating IKE SA {name}"}
+
+    def list_sas(self, now: float) -> list[dict]:
+        """IKE SAs with their CHILD SAs in the fields ``espgw list-sas`` renders (times relative to now)."""
+        return [self._describe_ike(sa, now) for sa in self.ike.status()]
+
+    def _describe_ike(self, sa: dict, now: float) -> dict:
+        local, remote = sa.get("local") or ("?", 0), sa.get("remote") or ("?", 0)
+        out = {
+            "name": sa.get("name"), "unique_id": sa.get("unique_id"), "state": str(sa.get("state", "?")).upper(),
+            "version": 2, "spi_i": sa.get("spi_i"), "spi_r": sa.get("spi_r"), "initiator": sa.get("initiator"),
+            "local_addr": local[0], "local_port": local[1], "local_id": sa.get("local_id"),
+            "remote_addr": remote[0], "remote_port": remote[1], "remote_id": sa.get("remote_id"),
+            "nat_local": sa.get("nat_local"), "nat_remote": sa.get("nat_remote"), "proposal": sa.get("proposal"),
+            "established": _ago(sa.get("established"), now), "rekey_in": _until(sa.get("rekey_at"), now),
+            "children": [],
+        }
+        for child in sa.get("children", []):
+            spi_in = child.get("inbound_spi")
+            path = self.children.get(int(spi_in, 16)) if isinstance(spi_in, str) else None
+            entry = {
+                "name": child.get("name"), "unique_id": child.get("unique_id"),
+                "state": str(child.get("state", "?")).upper(), "mode": "tunnel", "proposal": child.get("proposal"),
+                "spi_in": spi_in, "spi_out": child.get("outbound_spi"), "local_ts": child.get("local_ts", []),
+                "remote_ts": child.get("remote_ts", []), "installed": _ago(child.get("established"), now),
+                "rekey_in": _until(child.get("rekey_at"), now), "expires_in": _until(child.get("expire_at"), now),
+            }
+            if path is not None:
+                entry.update(path.describe(now))
+                entry["state"] = str(child.get("state", "installed")).upper()
+            out["children"].append(entry)
+        return out
+
+    def status(self, now: float) -> dict:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            ver = version("espgw")
+        except PackageNotFoundError:
+            ver = "dev"
+        drops: dict[str, int] = {}
+        for path in self.children.values():
+            for counters in (path.inbound.counters, path.outbound.counters):
+                for reason, count in counters.drops.items():
+                    drops[reason.name.lower()] = drops.get(reason.name.lower(), 0) + count
+        for reason, count in self.sadb.counters.drops.items():
+            drops[reason.name.lower()] = drops.get(reason.name.lower(), 0) + count
+        for name, count in self.policy.counters.items():
+            if count:
+                drops[f"policy_{name}"] = drops.get(f"policy_{name}", 0) + count
+        for name, count in self.ike.drops.items():
+            drops[f"ike_{name}"] = count
+        udp = self.udp.counters
+        return {
+            "version": ver, "pid": os.getpid(), "uptime": round(now - self.started, 1),
+            "tun_name": self.tun.name, "mtu": self.tun.mtu, "control_socket": self.settings.control_socket,
+            "esp_encap": self.settings.esp_encap,
+            "connections": [{"name": c.name, "local_addrs": c.local_addrs, "remote_addrs": c.remote_addrs,
+                             "children": [ch.name for ch in c.children]} for c in self.config.connections],
+            "ike_sas": self.list_sas(now),
+            "counters": {
+                "packets_in": sum(p.inbound.counters.packets for p in self.children.values()),
+                "packets_out": sum(p.outbound.counters.packets for p in self.children.values()),
+                "bytes_in": sum(p.inbound.counters.bytes for p in self.children.values()),
+                "bytes_out": sum(p.outbound.counters.bytes for p in self.children.values()),
+                "tun": dict(self.tun.counters), "udp": udp,
+                "raw_esp": dict(self.raw_v4.counters),
+            },
+            "drops": drops,
+            "failures": list(self.failures),
+        }
+
+    def key_snapshot(self) -> dict:
+        rows = [row for path in self.children.values() for row in path.key_rows()]
+        ike_keys = getattr(self.ike, "key_snapshot", None)
+        return {"child_sas": rows, "ike_sas": ike_keys() if ike_keys else []}
+
+
+def _ago(when: float | None, now: float) -> float | None:
+    return round(now - when, 1) if isinstance(when, (int, float)) else None
+
+
+def _until(when: float | None, now: float) -> float | None:
+    return round(when - now, 1) if isinstance(when, (int, float)) else None
+
+
+def _local_addresses() -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    with IPRoute() as ipr:
+        return [ipaddress.ip_address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr()
+                if a.get_attr("IFA_ADDRESS")]
+
+
+def run(config: Config) -> int:
+    """Run the gateway in the foreground until SIGTERM or Ctrl-C; the exit status."""
+    configure_logging(config.gateway.log_level, config.gateway.log_format)
+    gateway = Gateway(config)
+    try:
+        gateway.open()
+    except OSError as exc:
+        log.error("startup_failed", error=str(exc))
+        gateway.close()
+        return 1
+    try:
+        gateway.run()
+    finally:
+        gateway.close()
+    return 0
