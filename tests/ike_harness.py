@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+
+import structlog
 from dataclasses import dataclass, field
 
 from ike.config import AuthConfig, ChildConfig, ConnectionConfig, TrafficSelector
@@ -110,6 +112,7 @@ class Pair:
                 self.sent += 1
                 target = self.ips.get(d.dst[0])
                 if target is not None:
+                    structlog.contextvars.bind_contextvars(side=self.side(target), t=round(self.now, 3))
                     target.receive_datagram(d.data, d.src, d.dst, self.now)
                     moved = True
         self._collect()
@@ -131,7 +134,9 @@ class Pair:
             if until is None and idle_stop:
                 return
             self.now = max(self.now, nxt)
+            structlog.contextvars.bind_contextvars(side="a", t=round(self.now, 3))
             self.a.handle_timer(self.now)
+            structlog.contextvars.bind_contextvars(side="b")
             self.b.handle_timer(self.now)
             self._collect()
 

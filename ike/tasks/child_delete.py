@@ -43,8 +43,16 @@ def respond_child_deletes(sa: "IkeSa", deletes: list[DeletePayload], now: float)
                 continue
             # a CHILD SA we are deleting ourselves already (collision): the answer still lists it
             ours.append(struct.pack("!I", child.inbound_spi))
-            reason = "rekeyed" if child.state == "rekeyed" else "deleted by peer"
+            reason = "rekeyed" if child.state == "rekeyed" or _collided(sa, child) else "deleted by peer"
             if child.state == "redundant":
                 reason = "rekey collision"
             sa.remove_child(child, reason)
     return [DeletePayload(ProtocolId.ESP, ours, 4)] if ours else []
+
+
+def _collided(sa: "IkeSa", child: ChildSa) -> bool:
+    """Our rekey of ``child`` is out and the peer's rekey of it created its successor."""
+    from ike.tasks.child_rekey import ChildRekey
+
+    task = sa.active.task if sa.active else None
+    return isinstance(task, ChildRekey) and task.child is child and task.collision is not None

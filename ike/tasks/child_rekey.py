@@ -88,16 +88,23 @@ class ChildRekey(Task):
             self.group = struct.unpack("!H", exc.data)[0]
             child.state = "installed"
             return RETRY
-        if self.collision is not None and child.inbound_spi in sa.children:
-            child.state = "rekeyed"  # the peer's rekey of this SA went through; it deletes the old one
+        if self.collision is not None:
+            if child.inbound_spi in sa.children:
+                child.state = "rekeyed"  # the peer's rekey of this SA went through; it deletes the old one
             return DONE
+        if child.inbound_spi not in sa.children:
+            return DONE  # the peer deleted it meanwhile: respect that
         if exc.notify == NotifyType.TEMPORARY_FAILURE:
             if child.inbound_spi in sa.children and child.state == "rekeying":
                 child.state = "installed"
                 sa.postpone(ChildRekey(child), now)
             return DONE
         if exc.notify == NotifyType.CHILD_SA_NOT_FOUND:
-            sa.remove_child(child, "deleted by peer")
+            # the peer lost it: replace it with a fresh CHILD SA, as strongSwan does
+            from ike.tasks.child_create import ChildCreate
+            sa.log("child_rekey_not_found", child=child.name, spi_in=f"{child.inbound_spi:08x}")
+            sa.remove_child(child, "not found by peer")
+            sa.queue.insert(0, ChildCreate(child.config))
             return DONE
         sa.emit(failure_event(sa, "CREATE_CHILD_SA", exc, child.name))
         sa.log("child_rekey_failed", child=child.name, notify=exc.notify.name, error=str(exc))
@@ -114,9 +121,12 @@ def respond_child_rekey(sa: "IkeSa", msg: "Message", now: float) -> list[Payload
     if note.protocol != ProtocolId.ESP or len(note.spi) != 4:
         return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
     child = sa.child_by_outbound(struct.unpack("!I", note.spi)[0])
-    if child is None:
-        return [NotifyPayload(NotifyType.CHILD_SA_NOT_FOUND, b"", ProtocolId.ESP, note.spi)]
     active = sa.active.task if sa.active else None
+    if child is None:
+        from ike.tasks.child_create import ChildCreate
+        if isinstance(active, (ChildRekey, ChildCreate)):  # our answer may be about to create it
+            return [NotifyPayload(NotifyType.TEMPORARY_FAILURE)]
+        return [NotifyPayload(NotifyType.CHILD_SA_NOT_FOUND, b"", ProtocolId.ESP, note.spi)]
     colliding = isinstance(active, ChildRekey) and active.child is child
     if child.state != "installed" and not colliding:
         return [NotifyPayload(NotifyType.TEMPORARY_FAILURE)]

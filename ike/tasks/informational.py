@@ -56,6 +56,7 @@ def respond_informational(sa: "IkeSa", msg: "Message", now: float) -> list[Paylo
     deletes = msg.all(DeletePayload)
     if any(d.protocol == ProtocolId.IKE for d in deletes):
         sa.log("ike_delete_received")
+        _finish_colliding_rekey(sa, now)
         sa.delete_after_response = "rekeyed" if sa.state == "rekeyed" else "deleted by peer"
         return []
     out: list[Payload] = []
@@ -72,3 +73,14 @@ def respond_informational(sa: "IkeSa", msg: "Message", now: float) -> list[Paylo
 
 def spi_bytes(spi: int) -> bytes:
     return struct.pack("!I", spi)
+
+
+def _finish_colliding_rekey(sa: "IkeSa", now: float) -> None:
+    """The peer deletes an IKE SA we were rekeying while it rekeyed it too: its rekey won (it may
+    not have seen the collision), so the SA it created takes over before this one goes."""
+    from ike.tasks.ike_rekey import IkeRekey, hand_over
+
+    task = sa.active.task if sa.active else None
+    if isinstance(task, IkeRekey) and task.collision is not None and task.collision[0].state == "established":
+        hand_over(sa, task.collision[0], now)
+        sa.active = None
