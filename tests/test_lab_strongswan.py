@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import struct
 
 import dpkt
@@ -10,7 +12,8 @@ from pyroute2 import netns
 
 from tunnel.lab.configs import site_to_site
 from tunnel.lab.netns import Lab
-from tunnel.lab.strongswan import StrongSwan
+from tunnel.lab.record_fixtures import record as record_fixture
+from tunnel.lab.strongswan import StrongSwan, StrongSwanError
 
 pytestmark = [pytest.mark.lab, pytest.mark.strongswan]
 # ARP and ICMPv6 neighbour discovery (types 133-137) are the only plain traffic allowed
@@ -71,3 +74,20 @@ def test_strongswan_pair_tunnel(version):
             print(f"--- gwA charon.log\n{gw_a.log_tail(60)}\n--- gwB charon.log\n{gw_b.log_tail(60)}")
             raise
     assert not [n for n in netns.listnetns() if n.startswith(lab.prefix)]
+
+
+def test_bad_config_is_a_typed_error():
+    with Lab(ipv6=False) as lab:
+        gw = StrongSwan(lab, lab.gwA, "5.9").start()
+        with pytest.raises(StrongSwanError, match="load-all"):
+            gw.load_all([site_to_site(lab, "A", proposals=["no-such-cipher"])])
+        assert gw.running
+        pid = gw.pid
+    assert not os.path.exists(f"/proc/{pid}")
+
+
+def test_rekey_terminate_and_logged_keys(tmp_path):
+    """The fixture recorder end to end: both rekeys, delete, keys that open every SK payload."""
+    record = json.loads(record_fixture("6.0", "gcm", tmp_path).read_text())
+    assert record["encrypted_messages_checked"] == 12
+    assert (tmp_path / record["pcap"]).stat().st_size > 0

@@ -27,7 +27,7 @@ import structlog
 
 from ike.config import ConnectionConfig
 from tunnel.lab.netns import WORK_BASE, CommandFailed, Gateway, Lab, LabError
-from tunnel.lab.rootfs import ensure_trixie_rootfs
+from tunnel.lab.rootfs import ensure_trixie_rootfs, rootfs_strongswan_version
 from tunnel.lab.sas import parse_list_sas
 from tunnel.lab.swanctl_conf import render_swanctl_conf
 
@@ -157,9 +157,8 @@ swanctl {{
             self.rootfs = ensure_trixie_rootfs()
         self.write_config()
         self.vici_path.unlink(missing_ok=True)
-        with _raised_rmem(self.rmem_default):
-            self._proc = self.lab.spawn(self.gateway, *self._argv(CHARON),
-                                        stdout=open(self.dir / "charon.stdout", "wb"),
+        with _raised_rmem(self.rmem_default), open(self.dir / "charon.stdout", "wb") as stdout:
+            self._proc = self.lab.spawn(self.gateway, *self._argv(CHARON), stdout=stdout,
                                         stderr=subprocess.STDOUT)
             self.lab.on_close(self.stop)
             deadline = time.monotonic() + timeout
@@ -180,8 +179,6 @@ swanctl {{
             return
         proc, self._proc = self._proc, None
         self.lab.stop(proc, timeout=timeout)
-        if proc.stdout:
-            proc.stdout.close()
         if os.path.exists(f"/proc/{proc.pid}") and _comm(proc.pid) == "charon-systemd":
             raise StrongSwanError(f"{self.gateway.role}: charon pid {proc.pid} survived SIGKILL")
         self.vici_path.unlink(missing_ok=True)
@@ -271,7 +268,6 @@ swanctl {{
 
     def version_string(self) -> str:
         if self.version == "6.0":
-            from tunnel.lab.rootfs import rootfs_strongswan_version
             return rootfs_strongswan_version(self.rootfs or ensure_trixie_rootfs())
         done = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libstrongswan"],
                               capture_output=True, text=True, timeout=10)
