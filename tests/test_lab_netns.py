@@ -98,11 +98,12 @@ def _lab_in_child(prefix: str) -> subprocess.Popen:
     return child
 
 
-def test_sigterm_removes_the_lab():
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_removes_the_lab(sig):
     prefix = "egt" + os.urandom(3).hex()
     child = _lab_in_child(prefix)
     try:
-        child.send_signal(signal.SIGTERM)
+        child.send_signal(sig)
         child.wait(15)
         assert _ours(prefix) == []
     finally:
