@@ -28,7 +28,7 @@ import structlog
 from ike.config import ConnectionConfig
 from tunnel.lab.netns import WORK_BASE, CommandFailed, Gateway, Lab, LabError
 from tunnel.lab.rootfs import ensure_trixie_rootfs, rootfs_strongswan_version
-from tunnel.lab.sas import parse_list_sas
+from tunnel.lab.sas import ListSasParseError, parse_list_sas
 from tunnel.lab.swanctl_conf import render_swanctl_conf
 
 log = structlog.get_logger(__name__)
@@ -231,7 +231,10 @@ swanctl {{
 
     def list_sas(self) -> list[dict]:
         """IKE SAs as dicts (vici's list-sa fields, e.g. 'name', 'state', 'child-sas')."""
-        return parse_list_sas(self.swanctl("list-sas", "--pretty").stdout)
+        try:
+            return parse_list_sas(self.swanctl("list-sas", "--pretty").stdout)
+        except ListSasParseError as exc:
+            raise StrongSwanError(f"{self.gateway.role}: unexpected swanctl --list-sas output: {exc}") from None
 
     def child_sas(self, child: str | None = None, state: str | None = "INSTALLED") -> list[dict]:
         """All CHILD SAs (flattened, each with 'ike' and 'ike-state' added), filtered."""
