@@ -140,7 +140,7 @@ class IkeEndpoint:
                 self.count_drop("bad IKE_SA_INIT request header")
                 return
             sa = self.half_open.get((msg.spi_i, src))
-            if sa is not None:
+            if sa is not None and sa.init_request == data:  # a retransmission (strongSwan: init hash)
                 sa.receive(data, msg, src, dst, now)
                 return
             from ike.tasks.ike_init import respond_init
