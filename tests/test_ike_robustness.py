@@ -1,0 +1,141 @@
+"""Fragmentation (RFC 7383), INITIAL_CONTACT, half-open cleanup, cookies under load."""
+
+from __future__ import annotations
+
+import pytest
+
+from ike.config import TrafficSelector
+from ike.endpoint import IkeEndpoint
+from ike_harness import (A_IP, B_IP, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed, Pair, Wire,
+                         mirrored, seeded_rng)
+
+MANY_A = ",".join(f"10.1.{i}.0/24" for i in range(40))
+MANY_B = ",".join(f"10.2.{i}.0/24" for i in range(40))
+
+
+def fragmenting_pair(wire=None, **kw):
+    a, b = mirrored(local_ts=MANY_A, remote_ts=MANY_B, b_local_ts=MANY_B, b_remote_ts=MANY_A,
+                    fragment_size=576, **kw)
+    sizes = []
+
+    def record(d):
+        sizes.append(len(d.data))
+        return d
+
+    wire = wire or Wire()
+    wire.tamper = record
+    pair = Pair([a], [b], wire=wire)
+    pair.sizes = sizes
+    return pair
+
+
+def test_ike_auth_fragmented_both_ways():
+    pair = fragmenting_pair()
+    pair.a.initiate("site", None, 0.0)
+    pair.run()
+    (ca,), (cb,) = pair.of("a", ChildSaUp), pair.of("b", ChildSaUp)
+    assert len(ca.local_ts) == 40 and ca.outbound_keymat == cb.inbound_keymat
+    assert max(pair.sizes) <= 576 - 28 and len(pair.sizes) > 6  # IKE_AUTH went as several fragments
+
+
+def test_no_fragments_unless_both_announce():
+    pair = fragmenting_pair(b_fragmentation="no")
+    pair.a.initiate("site", None, 0.0)
+    pair.run()
+    assert pair.of("a", ChildSaUp) and max(pair.sizes) > 1000 and len(pair.sizes) == 4
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fragments_survive_loss_and_reordering(seed):
+    pair = fragmenting_pair(wire=Wire(loss=0.1, dup=0.1, reorder=0.1, seed=seed))
+    pair.a.initiate("site", None, 0.0)
+    pair.advance(300)
+    assert pair.of("a", ChildSaUp) and pair.of("b", ChildSaUp)
+
+
+def test_child_rekey_fragmented():
+    pair = fragmenting_pair()
+    pair.a.initiate("site", None, 0.0)
+    pair.run()
+    (ca,) = pair.of("a", ChildSaUp)
+    pair.b.rekey_child(pair.of("b", ChildSaUp)[0].inbound_spi, pair.now)
+    pair.run()
+    assert len(pair.of("a", ChildSaUp)) == 2 and [d.reason for d in pair.of("a", ChildSaDown)] == ["rekeyed"]
+
+
+def test_initial_contact_replaces_stale_sa():
+    pair = Pair(*[[c] for c in mirrored()])
+    pair.a.initiate("site", None, 0.0)
+    pair.run()
+    # A reboots: a new endpoint with the same config, the old state is gone
+    a_cfg = pair.a.connections["site"]
+    pair.a = IkeEndpoint([a_cfg], rng=seeded_rng(99))
+    pair.ips[A_IP] = pair.a
+    pair.events["a"].clear()
+    pair.a.initiate("site", None, pair.now)
+    pair.run()
+    assert [d.reason for d in pair.of("b", IkeSaDown)] == ["replaced"]
+    assert len([s for s in pair.b.status()]) == 1
+    assert len(pair.of("b", ChildSaUp)) == 2 and len(pair.of("b", ChildSaDown)) == 1
+
+
+def test_half_open_sa_expires():
+    a, b = mirrored()
+    pair = Pair([a], [b])
+    pair.a.initiate("site", None, 0.0)
+    (init,) = pair.a.datagrams_to_send(0.0)
+    pair.b.receive_datagram(init.data, init.src, init.dst, 0.0)
+    assert pair.b.half_open_count() == 1
+    assert pair.b.get_timer() == 30.0
+    pair.b.handle_timer(30.0)
+    assert pair.b.half_open_count() == 0 and not pair.b.sas
+    assert pair.b.next_event() is None  # never up, so no IkeSaDown
+
+
+def test_cookies_under_a_flood_still_let_the_real_peer_in():
+    a, b = mirrored(b_remote_addrs=["%any"])
+    pair = Pair([a], [b], cookie_threshold=5)
+    # 20 spoofed initiators fill the half-open table
+    for i in range(20):
+        spoof = IkeEndpoint([mirrored(b_remote_addrs=["%any"])[0]], rng=seeded_rng(500 + i))
+        spoof.initiate("site", None, 0.0)
+        (d,) = spoof.datagrams_to_send(0.0)
+        pair.b.receive_datagram(d.data, (f"203.0.113.{i + 1}", 500), d.dst, 0.0)
+    pair.b.datagrams_to_send(0.0)
+    assert pair.b.half_open_count() == 5
+    assert pair.b.drops["cookie required"] == 15
+    pair.a.initiate("site", None, 0.0)
+    pair.run()
+    assert pair.of("a", IkeSaUp) and pair.of("b", IkeSaUp)
+
+
+def test_cookie_secret_rotation():
+    from ike.cookies import CookieJar
+    jar = CookieJar(seeded_rng(1), 0.0)
+    c = jar.make(b"n" * 32, "192.0.2.1", b"s" * 8, 0.0)
+    assert jar.verify(c, b"n" * 32, "192.0.2.1", b"s" * 8, 61.0)  # previous secret still good
+    assert not jar.verify(c, b"n" * 32, "192.0.2.9", b"s" * 8, 61.0)
+    assert not jar.verify(c, b"n" * 32, "192.0.2.1", b"s" * 8, 200.0)  # two rotations later
+    assert not jar.verify(b"", b"n" * 32, "192.0.2.1", b"s" * 8, 0.0)
+
+
+def test_status_reports_deadlines_and_no_keys():
+    pair = Pair(*[[c] for c in mirrored()])
+    pair.a.initiate("site", None, 0.0)
+    pair.run()
+    [s] = pair.a.status()
+    assert s["proposal"] == "aes256gcm16-prfsha256-ecp256" and s["rekey_at"] > 0
+    [child] = s["children"]
+    assert child["rekey_at"] < child["expire_at"] and child["proposal"] == "aes256gcm16"
+    assert "keymat" not in repr(s)
+
+
+def test_commands_for_unknown_things_are_harmless():
+    pair = Pair(*[[c] for c in mirrored()])
+    pair.a.rekey_child(12345, 0.0)
+    pair.a.note_inbound_esp(12345, 0.0)
+    pair.a.terminate_child("nope", 0.0)
+    pair.a.terminate_ike("site", 0.0)
+    with pytest.raises(KeyError):
+        pair.a.initiate("nope", None, 0.0)
+    assert pair.a.datagrams_to_send(0.0) == [] and pair.a.get_timer() is None
