@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench setup clean
+.PHONY: demo test bench fuzz setup clean
 
 setup:
 	scripts/bootstrap.sh all
@@ -15,7 +15,11 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
+	$(VENV)/bin/pip install -q -e '.[test,bench]'
 	$(PY) -m bench
+
+fuzz: setup
+	$(PY) -m bench.reliability_fuzz
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
