@@ -11,7 +11,11 @@ python_env() {
     if [[ -f $stamp && $stamp -nt pyproject.toml ]]; then return; fi
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q --upgrade pip >/dev/null 2>&1 || true
-    "$VENV/bin/pip" install -q -e '.[test]'
+    # the build backend's warnings are noise here; show pip's output only when it fails
+    if ! "$VENV/bin/pip" install -q -e '.[test]' >"$VENV/pip-install.log" 2>&1; then
+        cat "$VENV/pip-install.log" >&2
+        exit 1
+    fi
     touch "$stamp"
 }
 
