@@ -116,6 +116,20 @@ class IkeEndpoint:
                 other.log("replaced_by_initial_contact", new_ike_id=sa.unique_id)
                 other.destroy("replaced", now)
 
+    def after_dead_peer(self, sa: IkeSa, now: float) -> None:
+        """dpd_action = restart: bring the CHILD SAs that ask for it up again (strongSwan)."""
+        restart = [c.name for c in sa.config.children if c.dpd_action == "restart"]
+        if not restart or sa.config.name not in self.connections:
+            return
+        if not any(a not in ("%any", "%any4", "%any6") for a in sa.config.remote_addrs):
+            return
+        sa.log("restarting_after_dead_peer", children=restart)
+        if len(restart) == len(sa.config.children):
+            self.initiate(sa.config.name, None, now)
+        else:
+            for name in restart:
+                self.initiate(sa.config.name, name, now)
+
     # --- the public API ----------------------------------------------------------------------
     def receive_datagram(self, data: bytes, src: Address, dst: Address, now: float) -> None:
         try:

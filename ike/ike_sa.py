@@ -35,6 +35,7 @@ log = structlog.get_logger("ike")
 
 HALF_OPEN_TIMEOUT = 30.0  # strongSwan's charon.half_open_timeout
 RETRY_AFTER_TEMPORARY_FAILURE = 10.0
+CHILD_GRACE = 30.0  # a superseded CHILD SA the peer never deletes goes this long after its hard lifetime
 
 
 @dataclass
@@ -215,6 +216,8 @@ class IkeSa:
             self.emit(IkeSaDown(self.name, self.unique_id, reason))
         self.log("ike_sa_down", reason=reason)
         self.endpoint.unregister(self)
+        if reason == "dead peer" and was_up:
+            self.endpoint.after_dead_peer(self, now)
 
     # --- sending -----------------------------------------------------------------------------
     def _packets(self, msg: codec.Message) -> list[bytes]:
@@ -385,7 +388,7 @@ class IkeSa:
             for child in self.children.values():
                 if child.rekey_at is not None and child.state == "installed":
                     out.append(child.rekey_at)
-                out.append(child.expire_at)
+                out.append(child.expire_at if child.state in ("installed", "rekeying") else child.expire_at + CHILD_GRACE)
         return out
 
     def handle_timer(self, now: float) -> None:
@@ -422,13 +425,12 @@ class IkeSa:
             if not self.has_task(IkeRekey):
                 self.queue_task(IkeRekey(), now)
         for child in list(self.children.values()):
-            if now >= child.expire_at:
+            if child.state in ("installed", "rekeying") and now >= child.expire_at:
                 child.rekey_at = None
-                if child.state in ("installed", "rekeying"):
-                    child.state = "deleting"
-                    self.queue_task(ChildDelete(child, "expired"), now, first=True)
-                elif child.state == "deleting" and now >= child.expire_at + 30:
-                    self.remove_child(child, "expired")
+                child.state = "deleting"
+                self.queue_task(ChildDelete(child, "expired"), now, first=True)
+            elif child.state not in ("installed", "rekeying") and now >= child.expire_at + CHILD_GRACE:
+                self.remove_child(child, "expired")  # the peer never deleted it
             elif child.rekey_at is not None and now >= child.rekey_at and child.state == "installed":
                 child.rekey_at = None
                 self.queue_task(ChildRekey(child), now)

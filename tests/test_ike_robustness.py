@@ -139,3 +139,44 @@ def test_commands_for_unknown_things_are_harmless():
     with pytest.raises(KeyError):
         pair.a.initiate("nope", None, 0.0)
     assert pair.a.datagrams_to_send(0.0) == [] and pair.a.get_timer() is None
+
+
+def test_dpd_action_restart_reconnects():
+    a, b = mirrored(dpd_delay=30.0, child_dpd_action="restart", b_child_dpd_action="clear")
+    pair = Pair([a], [b])
+    pair.a.initiate("site", None, 0.0)
+    pair.run()
+    pair.wire.loss = 1.0
+    pair.advance(250)
+    assert [d.reason for d in pair.of("a", IkeSaDown)] == ["dead peer"]
+    pair.wire.loss = 0.0
+    pair.advance(100)
+    assert len(pair.of("a", IkeSaUp)) == 2 and len(pair.of("a", ChildSaUp)) == 2
+
+
+def test_peer_floating_to_4500_without_nat():
+    from ike.endpoint import Datagram
+
+    def float_a(d):  # A switches to port 4500 after IKE_SA_INIT although no NAT is in between
+        if d.src[0] == A_IP and d.data[18] != 34:  # not IKE_SA_INIT
+            return Datagram(d.data, (A_IP, 4500), (d.dst[0], 4500))
+        return d
+
+    pair = Pair(*[[c] for c in mirrored()], wire=Wire(tamper=float_a))
+    pair.a.initiate("site", None, 0.0)
+    pair.run()
+    (ib,) = pair.of("b", IkeSaUp)
+    assert ib.remote == (A_IP, 4500) and ib.local == (B_IP, 4500)
+    assert not ib.nat_remote and pair.of("a", ChildSaUp)
+
+
+def test_superseded_child_removed_if_never_deleted():
+    pair = Pair(*[[c] for c in mirrored(child_rekey_time=0.0, child_life_time=100.0, b_child_rekey_time=0.0)])
+    pair.a.initiate("site", None, 0.0)
+    pair.run()
+    sa = next(iter(pair.a.sas.values()))
+    (child,) = sa.children.values()
+    child.state = "rekeyed"  # as if the peer rekeyed it and then never sent the delete
+    assert pair.a.get_timer() == pytest.approx(child.expire_at + 30.0)
+    pair.a.handle_timer(child.expire_at + 30.0)
+    assert sa.children == {}
