@@ -7,8 +7,10 @@ gateways (``pair`` fixture) and stops them afterwards, so tests do not leak SAs 
 from __future__ import annotations
 
 import dataclasses
+import struct
 import time
 
+import dpkt
 import pytest
 
 from ike.config import ChildConfig, TrafficSelector
@@ -85,3 +87,96 @@ def test_tcp_50mb_with_checksum(lab, pair, inner):
     assert _ping_ok(lab, lab.hostA, dst)
     sent, received = tcp_transfer(lab, lab.hostA, lab.hostB, dst, 50 * 1024 * 1024, seed=inner)
     assert sent == received and sent.startswith(str(50 * 1024 * 1024))
+
+
+def _wire(pcap_path) -> dict:
+    """What crossed the public link: SPIs of raw ESP and of ESP-in-UDP, IKE packets, anything else."""
+    seen = {"esp_raw": set(), "esp_udp": set(), "ike": 0, "clear": 0}
+    with open(pcap_path, "rb") as f:
+        for _, buf in dpkt.pcap.Reader(f):
+            ip = dpkt.ethernet.Ethernet(buf).data
+            if not isinstance(ip, (dpkt.ip.IP, dpkt.ip6.IP6)):
+                continue
+            v4 = isinstance(ip, dpkt.ip.IP)
+            proto = ip.p if v4 else ip.nxt
+            payload = bytes(buf)[14 + (ip.hl * 4 if v4 else 40):]  # dpkt may have parsed it already
+            if proto == 50:
+                seen["esp_raw"].add(struct.unpack("!I", payload[:4])[0])
+            elif proto == 17 and 4500 in struct.unpack("!HH", payload[:4]) and payload[8:12] != bytes(4):
+                if len(payload) > 9:  # a 1-byte 0xff is a NAT-T keepalive
+                    seen["esp_udp"].add(struct.unpack("!I", payload[8:12])[0])
+            elif proto == 17 and {500, 4500} & set(struct.unpack("!HH", payload[:4])):
+                seen["ike"] += 1
+            elif not (proto == 58 and payload[0] in range(133, 138)):  # neighbour discovery is fine
+                seen["clear"] += 1
+    return seen
+
+
+@pytest.mark.parametrize("outer,encap", [(6, "raw"), (4, "udp"), (6, "udp")])
+def test_outer_family_and_esp_in_udp(lab, pair, outer, encap):
+    pair.start(ipv6_outer=outer == 6, settings=GatewaySettings(esp_encap=encap))
+    pcap = lab.workdir / f"wan-{outer}-{encap}.pcap"
+    with lab.capture(lab.gwA, lab.gwA.wan_iface, pcap, bpf="not arp"):
+        assert _ping_ok(lab, lab.hostA, lab.hostB.addr4)
+        assert _ping_ok(lab, lab.hostA, lab.hostB.addr6)
+        sent, received = tcp_transfer(lab, lab.hostA, lab.hostB, lab.hostB.addr4, 2 * 1024 * 1024)
+        assert sent == received
+    (child,) = pair.a.children()
+    spis = {int(child["spi_in"], 16), int(child["spi_out"], 16)}
+    wire = _wire(pcap)
+    assert wire[f"esp_{encap}"] == spis and not wire["esp_udp" if encap == "raw" else "esp_raw"]
+    assert wire["ike"] >= 4 and wire["clear"] == 0
+    (ike,) = pair.a.ike_sas()
+    assert (":" in ike["remote_addr"]) == (outer == 6)
+    assert child.get("encap") == (encap == "udp")
+
+
+def test_two_children_on_one_ike_sa(lab, pair):
+    """IPv4 and IPv6 LANs as two CHILD SAs: the second is a CREATE_CHILD_SA on the same IKE SA."""
+    pair.start(ipv6_ts=False)
+    for gw, me, peer in ((pair.a, lab.gwA, lab.gwB), (pair.b, lab.gwB, lab.gwA)):
+        gw.conns[0].children.append(ChildConfig(
+            name="net6", local_ts=[TrafficSelector.from_cidr(str(me.lan_net6))],
+            remote_ts=[TrafficSelector.from_cidr(str(peer.lan_net6))],
+            start_action="trap" if gw is pair.a else "none"))
+        gw.restart()
+    assert _ping_ok(lab, lab.hostA, lab.hostB.addr4)
+    assert _ping_ok(lab, lab.hostA, lab.hostB.addr6)
+    (ike_a,) = pair.a.ike_sas()
+    (ike_b,) = pair.b.ike_sas()
+    assert sorted(c["name"] for c in ike_a["children"]) == ["net", "net6"]
+    assert sorted(c["name"] for c in ike_b["children"]) == ["net", "net6"]
+    by_name = {c["name"]: c for c in ike_a["children"]}
+    assert by_name["net"]["packets_out"] >= 3 and by_name["net6"]["packets_out"] >= 3
+    assert by_name["net"]["remote_ts"][-1] == str(lab.gwB.lan_net4)
+    # (the first selector may be the trapped packet's own /128, RFC 7296 s2.9)
+    assert by_name["net6"]["remote_ts"][-1] == str(lab.gwB.lan_net6)
+
+
+def _ping_raw(lab, src, *argv) -> str:
+    done = lab.run(src, "ping", "-n", "-c", "2", "-i", "0.2", "-W", "2", *argv, check=False)
+    return done.stdout + done.stderr
+
+
+def test_df_and_pmtu(lab, pair):
+    """TUN MTU 1500 > the SA's MTU, so the daemon itself must answer too-big or fragment."""
+    pair.start(settings=GatewaySettings(mtu=1500))
+    try:
+        assert _ping_ok(lab, lab.hostA, lab.hostB.addr4)
+        (child,) = pair.a.children()
+        sa_mtu = child["mtu"]
+        assert 1400 < sa_mtu < 1500
+        big = sa_mtu + 20  # ICMP payload: the IPv4 packet is sa_mtu + 48 bytes
+        out = _ping_raw(lab, lab.hostA, "-M", "do", "-s", big, lab.hostB.addr4)
+        assert f"mtu = {sa_mtu}" in out or f"mtu={sa_mtu}" in out, out
+        assert " 0 received" in out
+        out = _ping_raw(lab, lab.hostA, "-M", "dont", "-s", big, lab.hostB.addr4)
+        assert "2 received" in out, out  # fragmented by gwA, reassembled by hostB
+        assert _ping_ok(lab, lab.hostA, lab.hostB.addr6)
+        out = _ping_raw(lab, lab.hostA, "-M", "do", "-s", big - 20, lab.hostB.addr6)  # 40-byte header
+        assert f"mtu={sa_mtu}" in out or f"mtu = {sa_mtu}" in out, out
+        out = _ping_raw(lab, lab.hostA, "-s", sa_mtu - 48 - 20, lab.hostB.addr4)  # exactly fits
+        assert "2 received" in out, out
+    finally:  # the hosts cache the learned PMTU; later tests start clean
+        lab.run(lab.hostA, "ip", "route", "flush", "cache", check=False)
+        lab.run(lab.hostA, "ip", "-6", "route", "flush", "cache", check=False)
