@@ -137,6 +137,8 @@ class IkeEndpoint:
         except codec.MessageError as exc:
             self.count_drop(type(exc).__name__)
             log.debug("datagram_dropped", src=src, reason=str(exc))
+            if isinstance(exc, codec.UnsupportedCriticalPayload):
+                self._reject_critical_init(data, exc, src, dst)
             return
         except Exception as exc:  # never let a malformed datagram take the daemon down
             self.count_drop("internal error")
@@ -147,6 +149,15 @@ class IkeEndpoint:
         except Exception as exc:
             self.count_drop("internal error")
             log.exception("datagram_processing_failed", src=src, exchange=msg.exchange_name)
+
+    def _reject_critical_init(self, data: bytes, exc, src: Address, dst: Address) -> None:
+        """An IKE_SA_INIT request with an unknown critical payload is answered (RFC 7296 s2.5)."""
+        from ike.constants import NotifyType
+        from ike.tasks.ike_init import _error_response
+        msg = codec.parse_header(data)
+        if msg.exchange == ExchangeType.IKE_SA_INIT and not msg.response and msg.message_id == 0:
+            _error_response(self, msg, src, dst, NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD,
+                            bytes([exc.payload_type & 0xFF]))
 
     def _dispatch(self, data: bytes, msg: codec.Message, src: Address, dst: Address, now: float) -> None:
         if msg.exchange == ExchangeType.IKE_SA_INIT and not msg.response:

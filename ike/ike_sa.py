@@ -78,6 +78,7 @@ class IkeSa:
         self.last_response: tuple[int, list[bytes]] | None = None
         self.reassembly: dict[tuple[bool, int], Reassembly] = {}
         self.delete_after_response: str | None = None
+        self.inner_error: codec.MessageError | None = None
         # timers
         self.last_inbound = now
         self.rekey_at: float | None = None
@@ -269,6 +270,7 @@ class IkeSa:
 
     def _unprotect(self, raw: bytes, msg: codec.Message) -> codec.Message | None:
         """Decrypt an SK message or collect an SKF fragment; None if dropped or incomplete."""
+        self.inner_error = None
         if msg.exchange == ExchangeType.IKE_SA_INIT:
             return msg
         sk = codec.encrypted_payload(msg)
@@ -277,11 +279,11 @@ class IkeSa:
             return None
         try:
             plaintext = codec.open_sk(raw, msg, self.cipher_in)
-            if not isinstance(sk, SkfPayload):
-                return codec.decode_inner(msg, sk.first_inner, plaintext)
         except codec.MessageError as exc:
             self._drop(type(exc).__name__, error=str(exc))
             return None
+        if not isinstance(sk, SkfPayload):
+            return self._decode_inner(msg, sk.first_inner, plaintext)
         if not self.peer_fragmentation or sk.total > MAX_FRAGMENTS:
             self._drop("unexpected fragment")
             return None
@@ -293,10 +295,16 @@ class IkeSa:
         if whole is None:
             return None
         del self.reassembly[key]
+        return self._decode_inner(msg, entry.first_inner, whole)
+
+    def _decode_inner(self, msg: codec.Message, first: int, plaintext: bytes) -> codec.Message | None:
+        """Parse an authentic plaintext chain; a parse error is kept in ``inner_error`` so a
+        request can be answered with it (RFC 7296 s2.5, s3.10.1)."""
         try:
-            return codec.decode_inner(msg, entry.first_inner, whole)
+            return codec.decode_inner(msg, first, plaintext)
         except codec.MessageError as exc:
             self._drop(type(exc).__name__, error=str(exc))
+            self.inner_error = exc
             return None
 
     def _peer_moved(self, src: tuple[str, int], dst: tuple[str, int]) -> None:
@@ -352,12 +360,15 @@ class IkeSa:
             self._drop("unexpected message ID", mid=msg.message_id, expected=self.peer_mid)
             return
         full = self._unprotect(raw, msg)
-        if full is None:
+        if full is None and self.inner_error is None:
             return
         self.last_inbound = now
         self._peer_moved(src, dst)
-        from ike.tasks.dispatch import respond
-        payloads = respond(self, full, now)
+        if full is None:
+            payloads = [self._error_answer(msg)]
+        else:
+            from ike.tasks.dispatch import respond
+            payloads = respond(self, full, now)
         if self.state == "dead":
             return
         reply = codec.Message(self.spi_i, self.spi_r, msg.exchange, msg.message_id, self.initiator, True, payloads)
@@ -370,6 +381,14 @@ class IkeSa:
             self.destroy(reason, now)
             return
         self.kick(now)
+
+    def _error_answer(self, msg: codec.Message) -> NotifyPayload:
+        exc, self.inner_error = self.inner_error, None
+        if self.state == "connecting":  # a broken IKE_AUTH ends the half-open SA
+            self.delete_after_response = "invalid IKE_AUTH"
+        if isinstance(exc, codec.UnsupportedCriticalPayload):
+            return NotifyPayload(NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, bytes([exc.payload_type & 0xFF]))
+        return NotifyPayload(NotifyType.INVALID_SYNTAX)
 
     # --- timers ------------------------------------------------------------------------------
     def deadlines(self) -> list[float]:

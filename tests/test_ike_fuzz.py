@@ -144,7 +144,7 @@ def test_fuzz_stage(name, quiet_logs):
     before = fingerprint(target)
     rebuilt = 0
     for i in range(PER_STAGE):
-        data = reseal_inner(r, genuine.data, sender) if sender is not None and i % 2 else mutate(r, genuine.data)
+        data = reseal_inner(r, genuine.data, sender) if sender is not None and i % 4 == 1 else mutate(r, genuine.data)
         target.receive_datagram(data, genuine.src, genuine.dst, pair.now)
         target.datagrams_to_send(pair.now)
         no_crashes(pair)
@@ -169,4 +169,4 @@ def test_fuzz_stage(name, quiet_logs):
         assert len(pair.of("a", IkeSaUp)) == 2 and pair.of("b", IkeSaDown)
     else:
         assert pair.of("a", ChildSaUp) and pair.of("b", ChildSaUp)
-    assert rebuilt < PER_STAGE // 2
+    assert rebuilt < PER_STAGE * 0.3

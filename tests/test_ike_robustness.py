@@ -180,3 +180,28 @@ def test_superseded_child_removed_if_never_deleted():
     assert pair.a.get_timer() == pytest.approx(child.expire_at + 30.0)
     pair.a.handle_timer(child.expire_at + 30.0)
     assert sa.children == {}
+
+
+def test_unknown_critical_payload_answered_and_sa_survives():
+    from ike import message as codec
+    from ike.payloads import UnknownPayload
+    pair = Pair(*[[c] for c in mirrored()])
+    pair.a.initiate("site", None, 0.0)
+    pair.run()
+    sa_a = next(iter(pair.a.sas.values()))
+    sa_b = next(iter(pair.b.sas.values()))
+    msg = codec.Message(sa_a.spi_i, sa_a.spi_r, 37, sa_a.my_mid, True, False,
+                        [UnknownPayload(222, b"x", critical=True)])
+    data = codec.seal(msg, sa_a.cipher_out, seeded_rng(3))
+    pair.b.receive_datagram(data, sa_a.local, sa_a.remote, 1.0)
+    (answer,) = pair.b.datagrams_to_send(1.0)
+    reply = codec.decode(answer.data)
+    inner = codec.decode_inner(reply, reply.payloads[-1].first_inner,
+                               codec.open_sk(answer.data, reply, sa_a.cipher_in))
+    assert inner.payloads[0].notify_type == 1 and inner.payloads[0].data == bytes([222])
+    assert sa_b.peer_mid == sa_a.my_mid + 1 and sa_b.state == "established"
+    # an IKE_SA_INIT request with one is answered without creating state
+    init = codec.Message(b"\x01" * 8, bytes(8), 34, 0, True, False, [UnknownPayload(222, b"x", critical=True)])
+    pair.b.receive_datagram(codec.encode(init), (A_IP, 500), (B_IP, 500), 1.0)
+    (answer,) = pair.b.datagrams_to_send(1.0)
+    assert codec.decode(answer.data).payloads[0].notify_type == 1 and len(pair.b.sas) == 1
