@@ -217,8 +217,10 @@ class IkeEndpoint:
         children = [config.child(child)] if child is not None else list(config.children)
         sa = self._established_for(connection)
         if sa is not None:
+            pending = sa.pending_child_configs()
             for cfg in children:
-                if not any(c.config is cfg for c in sa.children.values()) or packet_ts is not None:
+                busy = any(c.config is cfg for c in sa.children.values()) or any(p is cfg for p in pending)
+                if not busy or (packet_ts is not None and sa.established):
                     sa.queue_task(ChildCreate(cfg, packet_ts), now)
             return
         remote_ip = next((a for a in config.remote_addrs if a not in ("%any", "%any4", "%any6")), None)

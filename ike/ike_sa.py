@@ -237,6 +237,19 @@ class IkeSa:
         for data in packets:
             self.endpoint.send(data, self.local, self.remote)
 
+    def send_once(self, exchange: ExchangeType, payloads: list[Payload]) -> None:
+        """A request sent without waiting for (or retransmitting) an answer: for the last words
+        of an SA that is being torn down locally."""
+        msg = codec.Message(self.spi_i, self.spi_r, exchange, self.my_mid, self.initiator, False, payloads)
+        self.my_mid += 1
+        self.send(self._packets(msg))
+
+    def pending_child_configs(self) -> list:
+        """CHILD configs an outstanding or queued task is negotiating."""
+        tasks = ([self.active.task] if self.active else []) + self.queue + self.postponed
+        return [t.child_config if hasattr(t, "child_config") else t.config for t in tasks
+                if type(t).__name__ in ("IkeAuth", "ChildCreate")]
+
     def kick(self, now: float) -> None:
         """Start the next queued task if no request is outstanding."""
         while self.active is None and self.queue and self.state != "dead":
@@ -335,15 +348,14 @@ class IkeSa:
             self._peer_moved(src, dst)
         task = self.active.task
         self.active = None
+        self.my_mid += 1
         outcome = task.process(self, full, raw, src, dst, now)
         if self.state == "dead":
             return
         if outcome == "retry":
             self.queue.insert(0, task)
-            if task.exchange != ExchangeType.IKE_SA_INIT:
-                self.my_mid += 1
-        else:
-            self.my_mid += 1
+            if task.exchange == ExchangeType.IKE_SA_INIT:
+                self.my_mid = 0  # COOKIE / INVALID_KE_PAYLOAD: IKE_SA_INIT again with ID 0
         self.kick(now)
 
     def _receive_request(self, raw, msg, src, dst, now) -> None:

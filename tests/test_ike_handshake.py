@@ -192,3 +192,30 @@ def test_nat_detected_moves_to_4500():
     assert ib.remote == (nat_ip, 14500)
     (ca,), (cb,) = pair.of("a", ChildSaUp), pair.of("b", ChildSaUp)
     assert ca.encap and cb.encap
+
+
+def test_initiator_rejecting_responder_tells_it():
+    # B's identity is not what A expects: A fails IKE_AUTH and tells B, which drops its SA too
+    a, b = mirrored()
+    pair = Pair([a], [b])
+    pair.a.initiate("site", None, 0.0)
+    for src, dst in ((pair.a, pair.b), (pair.b, pair.a), (pair.a, pair.b)):  # up to the IKE_AUTH request
+        (d,) = src.datagrams_to_send(0.0)
+        dst.receive_datagram(d.data, d.src, d.dst, 0.0)
+    a.remote.id = "@somebody.else"  # checked when B's answer arrives
+    pair.run()
+    pair._collect()
+    (fa,), (fb,) = pair.of("a", NegotiationFailed), pair.of("b", NegotiationFailed)
+    assert fa.notify == fb.notify == "AUTHENTICATION_FAILED"
+    assert [d.reason for d in pair.of("b", IkeSaDown)] == ["auth failed"]
+    assert not pair.a.sas and not pair.b.sas
+
+
+def test_initiate_twice_does_not_duplicate_children():
+    a, b = mirrored()
+    pair = Pair([a], [b])
+    pair.a.initiate("site", None, 0.0)
+    pair.a.initiate("site", None, 0.0)
+    pair.a.initiate("site", "net", 0.0)
+    pair.run()
+    assert len(pair.of("a", ChildSaUp)) == 1 and len(pair.of("a", IkeSaUp)) == 1

@@ -70,9 +70,11 @@ class IkeAuth(Task):
             out += offer_payloads(self.offer)
         return out
 
-    def _fail(self, sa, notify: str, text: str, now) -> str:
+    def _fail(self, sa, notify: str, text: str, now, tell_peer: bool = False) -> str:
         sa.emit(NegotiationFailed(sa.name, "IKE_AUTH", notify, text))
         sa.log("ike_auth_failed", notify=notify, error=text)
+        if tell_peer:  # the responder thinks the SA is up: tell it, once (as strongSwan does)
+            sa.send_once(ExchangeType.INFORMATIONAL, [NotifyPayload(NotifyType.AUTHENTICATION_FAILED)])
         sa.destroy("auth failed", now)
         return DONE
 
@@ -83,10 +85,11 @@ class IkeAuth(Task):
             name = err.name if err else "INVALID_SYNTAX"
             return self._fail(sa, name, f"responder answered IKE_AUTH with {name}", now)
         if not _auth_ok(_auth_data(sa, sa.config.psk, False, idr), auth):
-            return self._fail(sa, "AUTHENTICATION_FAILED", "responder's AUTH payload does not verify", now)
+            return self._fail(sa, "AUTHENTICATION_FAILED", "responder's AUTH payload does not verify", now, True)
         sa.remote_id = Identity(idr.id_type, idr.data)
         if not id_matches(sa.config.remote.id, sa.remote_id):
-            return self._fail(sa, "AUTHENTICATION_FAILED", f"responder identity {sa.remote_id} is not the configured one", now)
+            return self._fail(sa, "AUTHENTICATION_FAILED", f"responder identity {sa.remote_id} is not the configured one",
+                              now, True)
         sa.set_established(now)
         sa.emit(sa.ike_up_event())
         if self.offer is not None:

@@ -66,7 +66,11 @@ def respond_informational(sa: "IkeSa", msg: "Message", now: float) -> list[Paylo
     for p in msg.all(NotifyPayload):
         if p.notify_type < 16384:
             sa.log("error_notify_received", notify=p.name)
-            if p.notify_type in (NotifyType.AUTHENTICATION_FAILED, NotifyType.INVALID_SYNTAX) and not sa.established:
+            if p.notify_type == NotifyType.AUTHENTICATION_FAILED or (
+                    p.notify_type == NotifyType.INVALID_SYNTAX and not sa.established):
+                # the initiator rejected our AUTH right after IKE_AUTH (RFC 7296 s2.21.2)
+                from ike.events import NegotiationFailed
+                sa.emit(NegotiationFailed(sa.name, "IKE_AUTH", p.name, "peer rejected the authentication"))
                 sa.delete_after_response = "auth failed"
     return out
 
