@@ -33,20 +33,17 @@ def connection(name: str, local: str, remote: str, *, ike: str = "aes256gcm16-pr
 
 
 def mirrored(ike="aes256gcm16-prfsha256-ecp256", esp="aes256gcm16", **kw):
-    """A pair of matching configs for A (10.1/16) and B (10.2/16)."""
-    a_kw = {k: v for k, v in kw.items() if not k.startswith("b_")}
-    b_kw = {k[2:]: v for k, v in kw.items() if k.startswith("b_")}
-    for k in list(a_kw):
-        if k.startswith("a_"):
-            a_kw[k[2:]] = a_kw.pop(k)
-    b_defaults = {k: v for k, v in a_kw.items() if k not in b_kw}
-    b_defaults.update(b_kw)
-    b_defaults.setdefault("ike", ike)
-    b_defaults.setdefault("esp", esp)
-    a = connection("site", A_IP, B_IP, ike=ike, esp=esp, **a_kw)
-    b_defaults.setdefault("local_ts", "10.2.0.0/16")
-    b_defaults.setdefault("remote_ts", "10.1.0.0/16")
-    b = connection("site", B_IP, A_IP, **b_defaults)
+    """A pair of matching configs for A (10.1/16) and B (10.2/16). Plain keywords apply to both,
+    ``a_``/``b_`` prefixed ones to one side only."""
+    common = {k: v for k, v in kw.items() if not k.startswith(("a_", "b_"))}
+    a_kw = dict(common, **{k[2:]: v for k, v in kw.items() if k.startswith("a_")})
+    b_kw = dict(common, **{k[2:]: v for k, v in kw.items() if k.startswith("b_")})
+    b_kw.setdefault("ike", ike)
+    b_kw.setdefault("esp", esp)
+    b_kw.setdefault("local_ts", "10.2.0.0/16")
+    b_kw.setdefault("remote_ts", "10.1.0.0/16")
+    a = connection("site", A_IP, B_IP, ike=a_kw.pop("ike", ike), esp=a_kw.pop("esp", esp), **a_kw)
+    b = connection("site", B_IP, A_IP, **b_kw)
     return a, b
 
 

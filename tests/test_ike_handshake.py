@@ -219,3 +219,14 @@ def test_initiate_twice_does_not_duplicate_children():
     pair.a.initiate("site", "net", 0.0)
     pair.run()
     assert len(pair.of("a", ChildSaUp)) == 1 and len(pair.of("a", IkeSaUp)) == 1
+
+
+@pytest.mark.parametrize("side", ["a", "b"])
+def test_forced_encapsulation_fakes_nat(side):
+    pair = established(**{f"{side}_encap": True})
+    (ia,), (ib,) = pair.of("a", IkeSaUp), pair.of("b", IkeSaUp)
+    forcing, other = (ia, ib) if side == "a" else (ib, ia)
+    assert other.nat_remote and not forcing.nat_remote and not forcing.nat_local
+    assert ia.local[1] == ia.remote[1] == 4500 and ib.local[1] == ib.remote[1] == 4500
+    (ca,), (cb,) = pair.of("a", ChildSaUp), pair.of("b", ChildSaUp)
+    assert ca.encap and cb.encap

@@ -32,7 +32,11 @@ def nat_hash(spi_i: bytes, spi_r: bytes, addr: tuple[str, int]) -> bytes:
     return hashlib.sha1(spi_i + spi_r + ipaddress.ip_address(addr[0]).packed + struct.pack("!H", addr[1])).digest()
 
 
-def nat_notifies(spi_i: bytes, spi_r: bytes, src, dst) -> list[NotifyPayload]:
+def nat_notifies(spi_i: bytes, spi_r: bytes, src, dst, rng=None) -> list[NotifyPayload]:
+    """With ``rng`` (encap = yes) the source hash is of a random address, so the peer believes we
+    are behind a NAT and encapsulates ESP in UDP (strongSwan's force_encap)."""
+    if rng is not None:
+        src = (str(ipaddress.IPv4Address(rng(4))), src[1])
     return [NotifyPayload(NotifyType.NAT_DETECTION_SOURCE_IP, nat_hash(spi_i, spi_r, src)),
             NotifyPayload(NotifyType.NAT_DETECTION_DESTINATION_IP, nat_hash(spi_i, spi_r, dst))]
 
@@ -71,7 +75,7 @@ class IkeInit(Task):
             sa.ni = sa.rng(NONCE_LEN)
         out = [NotifyPayload(NotifyType.COOKIE, self.cookie)] if self.cookie else []
         out += [SaPayload(self.proposals), KePayload(self.group, self.ke.public), NoncePayload(sa.ni)]
-        out += nat_notifies(sa.spi_i, ZERO_SPI, sa.local, sa.remote)
+        out += nat_notifies(sa.spi_i, ZERO_SPI, sa.local, sa.remote, sa.rng if sa.config.encap else None)
         if sa.config.fragmentation != "no":
             out.append(NotifyPayload(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
         out.append(NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, HASH_ALGORITHMS))
@@ -131,7 +135,7 @@ class IkeInit(Task):
             sa.nat_local, sa.nat_remote = nat
         sa.peer_fragmentation = (NotifyType.IKEV2_FRAGMENTATION_SUPPORTED in notifies
                                  and sa.config.fragmentation != "no")
-        if sa.nat_local or sa.nat_remote:  # RFC 7296 s2.23: continue on port 4500
+        if sa.nat_local or sa.nat_remote or sa.config.encap:  # RFC 7296 s2.23: continue on port 4500
             sa.local = (sa.local[0], NAT_T_PORT)
             if sa.remote[1] == 500:
                 sa.remote = (sa.remote[0], NAT_T_PORT)
@@ -204,7 +208,7 @@ def respond_init(endpoint: "IkeEndpoint", raw: bytes, msg: codec.Message, src, d
         sa.nat_local, sa.nat_remote = nat
     sa.peer_fragmentation = NotifyType.IKEV2_FRAGMENTATION_SUPPORTED in notifies and config.fragmentation != "no"
     payloads = [SaPayload([chosen]), KePayload(neg.dh, our_ke.public), NoncePayload(sa.nr)]
-    payloads += nat_notifies(sa.spi_i, sa.spi_r, dst, src)
+    payloads += nat_notifies(sa.spi_i, sa.spi_r, dst, src, endpoint.rng if config.encap else None)
     if sa.peer_fragmentation:
         payloads.append(NotifyPayload(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
     if NotifyType.SIGNATURE_HASH_ALGORITHMS in notifies:
