@@ -10,10 +10,10 @@ a list of records, each an op byte and its operands:
   op 2, k, len16, chain: genuine message k's header and keys, with ``chain`` (first byte = type of
                       the first payload) as the encrypted payload chain: reaches the handlers;
   op 3, secs16:       advance the clock and run the responder's timers.
-Invariants: nothing escapes receive_datagram or handle_timer (the endpoint counts such an escape
-as an "internal error" drop), status() and get_timer() still work, and for one input in 16
-(chosen by a hash of the input, so replays reproduce it) a fresh initiator still completes a
-handshake with the same responder afterwards.
+Invariants: nothing escapes receive_datagram or handle_timer (the endpoint catches, counts as an
+"internal error" drop and logs at error level what would: see fuzzlib.ERRORS), status() and
+get_timer() still work, and for one input in 16 (chosen by a hash of the input, so replays
+reproduce it) a fresh initiator still completes a handshake with the same responder afterwards.
 """
 
 if __name__ == "__main__":
@@ -28,6 +28,7 @@ from ike.constants import ExchangeType, PayloadType
 from ike.events import ChildSaUp, IkeSaUp
 from ike.tasks.informational import IkeDpd
 
+import fuzzlib
 import ikepair
 from ikepair import INITIATOR_IP, RESPONDER_IP
 
@@ -125,6 +126,7 @@ def _fresh_handshake_completes(b, now: float, seed: int) -> None:
 
 
 def TestOneInput(data: bytes) -> None:
+    fuzzlib.ERRORS.clear()
     b = ikepair.endpoint(ikepair.responder_config(), RESPONDER_SEED)
     now, pos, n = 0.0, 0, len(SCRIPT)
     while pos < len(data):
@@ -154,7 +156,8 @@ def TestOneInput(data: bytes) -> None:
             b.handle_timer(now)
         else:
             break
-        assert b.drops.get(INTERNAL_ERROR, 0) == 0, f"exception inside the endpoint: {b.drops}"
+        assert b.drops.get(INTERNAL_ERROR, 0) == 0 and not fuzzlib.ERRORS, \
+            f"exception inside the endpoint: {b.drops} {fuzzlib.ERRORS}"
     b.datagrams_to_send(now)
     ikepair.drain(b)
     b.status()
