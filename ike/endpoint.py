@@ -56,6 +56,7 @@ class IkeEndpoint:
         self.cookies = CookieJar(rng, now)
         self.sas: dict[bytes, IkeSa] = {}  # by our SPI
         self.half_open: dict[tuple[bytes, Address], IkeSa] = {}  # responder: (SPIi, peer address)
+        self._connecting: set[IkeSa] = set()  # responder SAs not yet authenticated
         self.child_index: dict[int, IkeSa] = {}  # inbound ESP SPI -> IKE SA
         self._out: list[Datagram] = []
         self._events: deque = deque()
@@ -87,6 +88,7 @@ class IkeEndpoint:
         if half_open_key is not None:
             sa.half_open_key = half_open_key
             self.half_open[half_open_key] = sa
+            self._connecting.add(sa)
 
     def unregister(self, sa: IkeSa) -> None:
         if self.sas.get(sa.our_spi) is sa:
@@ -94,9 +96,14 @@ class IkeEndpoint:
         key = getattr(sa, "half_open_key", None)
         if key is not None and self.half_open.get(key) is sa:
             del self.half_open[key]
+        self._connecting.discard(sa)
+
+    def sa_established(self, sa: IkeSa) -> None:
+        self._connecting.discard(sa)
 
     def half_open_count(self) -> int:
-        return sum(1 for sa in self.half_open.values() if sa.state == "connecting")
+        """Responder IKE SAs waiting for IKE_AUTH (RFC 7296 s2.6 cookie threshold)."""
+        return len(self._connecting)
 
     def configs_for(self, local: Address, remote: Address) -> list[ConnectionConfig]:
         return [c for c in self.connections.values()

@@ -144,6 +144,7 @@ class IkeSa:
     def set_established(self, now: float) -> None:
         self.state = "established"
         self.established_at = now
+        self.endpoint.sa_established(self)
         self.last_inbound = now
         if self.config.rekey_time > 0:
             jitter = int.from_bytes(self.rng(2), "big") / 65535.0 * 0.1 * self.config.rekey_time

@@ -148,8 +148,11 @@ def test_fuzz_stage(name, quiet_logs):
         target.receive_datagram(data, genuine.src, genuine.dst, pair.now)
         target.datagrams_to_send(pair.now)
         no_crashes(pair)
+        if name == "init request -> responder":  # new half-open SAs are expected there
+            target._events.clear()
+            continue
         moved = bool(target._events) or fingerprint(target) != before
-        if moved and name != "init request -> responder":
+        if moved:
             # a mutated message was accepted (unauthenticated IKE_SA_INIT, or authentic but
             # altered content): legitimate progress, start again from a fresh state
             pair, target, genuine, sender = stage(name, r)
