@@ -65,6 +65,7 @@ class ChildSa:
     outbound_keymat: bytes = field(repr=False, default=b"")
     state: str = "installed"  # installed | rekeying | rekeyed | deleting
     rekeyed_from: int | None = None
+    nonces: tuple[bytes, bytes] = field(repr=False, default=(b"", b""))  # of the creating exchange
 
     @property
     def name(self) -> str:

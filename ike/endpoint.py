@@ -8,6 +8,7 @@ opens a socket or draws randomness other than from the injected ``rng``.
 from __future__ import annotations
 
 import ipaddress
+import traceback
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
@@ -18,7 +19,6 @@ from ike import message as codec
 from ike.config import ConnectionConfig, TrafficSelector
 from ike.constants import ExchangeType
 from ike.cookies import CookieJar
-from ike.events import IkeSaDown
 from ike.ike_sa import IkeSa
 
 log = structlog.get_logger("ike")
@@ -34,6 +34,11 @@ class Datagram:
     data: bytes
     src: Address
     dst: Address
+
+
+def _trace(exc: BaseException) -> str:
+    """Where an unexpected error came from, without local variables (they may hold keys)."""
+    return "".join(traceback.format_exception(exc, limit=-4)).strip()
 
 
 def _addr_match(pattern: str, addr: str) -> bool:
@@ -149,13 +154,13 @@ class IkeEndpoint:
             return
         except Exception as exc:  # never let a malformed datagram take the daemon down
             self.count_drop("internal error")
-            log.error("datagram_crashed_parser", src=src, error=repr(exc))
+            log.error("datagram_crashed_parser", src=src, error=_trace(exc))
             return
         try:
             self._dispatch(data, msg, src, dst, now)
         except Exception as exc:
             self.count_drop("internal error")
-            log.exception("datagram_processing_failed", src=src, exchange=msg.exchange_name)
+            log.error("datagram_processing_failed", src=src, exchange=msg.exchange_name, error=_trace(exc))
 
     def _reject_critical_init(self, data: bytes, exc, src: Address, dst: Address) -> None:
         """An IKE_SA_INIT request with an unknown critical payload is answered (RFC 7296 s2.5)."""
@@ -204,8 +209,8 @@ class IkeEndpoint:
             if any(d <= now for d in sa.deadlines()):
                 try:
                     sa.handle_timer(now)
-                except Exception:
-                    log.exception("timer_failed", ike=sa.name)
+                except Exception as exc:
+                    log.error("timer_failed", ike=sa.name, error=_trace(exc))
                     sa.destroy("internal error", now)
 
     def _established_for(self, name: str) -> IkeSa | None:
@@ -281,5 +286,3 @@ class IkeEndpoint:
     def status(self) -> list[dict]:
         return [sa.status() for sa in self.sas.values() if sa.state != "dead"]
 
-
-__all__ = ["Datagram", "IkeEndpoint", "IkeSaDown"]

@@ -8,7 +8,6 @@ the last response is cached and resent when the peer repeats its request.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -17,7 +16,7 @@ import structlog
 from ike import message as codec
 from ike.child_sa import ChildSa
 from ike.config import ConnectionConfig
-from ike.constants import NAT_T_PORT, ExchangeType, NotifyType, PayloadType, ProtocolId
+from ike.constants import NAT_T_PORT, ExchangeType, NotifyType
 from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp
 from ike.fragments import MAX_FRAGMENTS, Reassembly, fragment_limit
 from ike.ids import Identity
@@ -70,6 +69,7 @@ class IkeSa:
         self.remote_id: Identity | None = None
         self.nat_local = self.nat_remote = False
         self.peer_fragmentation = False
+        self.proposal_name = ""  # strongSwan-style, e.g. "aes256gcm16-prfsha256-ecp256"
         # message IDs and the task manager
         self.my_mid = 0
         self.peer_mid = 0
@@ -151,14 +151,6 @@ class IkeSa:
             self.rekey_at = now + self.config.rekey_time - jitter
         self.log("ike_sa_established", local=self.local, remote=self.remote, initiator=self.initiator,
                  proposal=self.proposal_name)
-
-    @property
-    def proposal_name(self) -> str:
-        return getattr(self, "_proposal_name", "")
-
-    @proposal_name.setter
-    def proposal_name(self, value: str) -> None:
-        self._proposal_name = value
 
     def ike_up_event(self) -> IkeSaUp:
         return IkeSaUp(self.name, self.unique_id, self.local, self.remote, self.spi_i, self.spi_r, self.initiator,
@@ -480,21 +472,3 @@ class IkeSa:
             "nat_local": self.nat_local, "nat_remote": self.nat_remote, "established": self.established_at,
             "rekey_at": self.rekey_at, "children": [c.status() for c in self.children.values()],
         }
-
-
-def error_notify(notify: NotifyType, data: bytes = b"") -> NotifyPayload:
-    return NotifyPayload(int(notify), data)
-
-
-def first_error(msg: codec.Message) -> NotifyPayload | None:
-    for p in msg.payloads:
-        if isinstance(p, NotifyPayload) and p.notify_type < 16384:
-            return p
-    return None
-
-
-def spi_int(spi: bytes) -> int:
-    return struct.unpack("!I", spi)[0] if len(spi) == 4 else -1
-
-
-__all__ = ["IkeSa", "error_notify", "first_error", "spi_int", "PayloadType", "ProtocolId", "Payload"]

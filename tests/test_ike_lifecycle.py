@@ -233,7 +233,6 @@ def test_retransmit_same_bytes_and_cached_response():
 def test_wrong_message_id_ignored():
     pair = up()
     sa_b = only_sa(pair.b)
-    from ike import message as codec
     from ike.tasks.informational import IkeDpd
     sa_a = only_sa(pair.a)
     sa_a.my_mid += 5  # skip ahead: the responder must ignore it

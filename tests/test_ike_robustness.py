@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ike.config import TrafficSelector
 from ike.endpoint import IkeEndpoint
-from ike_harness import (A_IP, B_IP, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed, Pair, Wire,
+from ike_harness import (A_IP, B_IP, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, Pair, Wire,
                          mirrored, seeded_rng)
 
 MANY_A = ",".join(f"10.1.{i}.0/24" for i in range(40))

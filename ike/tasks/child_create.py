@@ -206,16 +206,11 @@ def answer_offer(sa: "IkeSa", msg: "Message", now: float, *, in_auth: bool, ni: 
     answer.append(SaPayload([Proposal(chosen.protocol, chosen.transforms, chosen.number, struct.pack("!I", our_spi))]))
     if not in_auth:
         answer.append(NoncePayload(nonce_r))
-        child_nonces[id(child)] = (nonce_i, nonce_r)
+        child.nonces = (nonce_i, nonce_r)
     if our_ke is not None:
         answer.append(KePayload(our_ke.group, our_ke.public))
     answer += [TsiPayload(remote), TsrPayload(local)]
     return answer, child
-
-
-# nonces of CHILD SAs created as responder in CREATE_CHILD_SA, for rekey collision checks; keyed by
-# id() only for the duration of one respond() call (popped right after)
-child_nonces: dict[int, tuple[bytes, bytes]] = {}
 
 
 def failure_event(sa: "IkeSa", stage: str, exc: ChildFailure, child_name: str | None) -> NegotiationFailed:
@@ -267,6 +262,5 @@ def respond_create(sa: "IkeSa", msg: "Message", now: float) -> list[Payload]:
         sa.emit(failure_event(sa, "CREATE_CHILD_SA", exc, None))
         sa.log("child_sa_failed", notify=exc.notify.name, error=str(exc))
         return [NotifyPayload(int(exc.notify), exc.data)]
-    child_nonces.pop(id(child), None)
     sa.add_child(child)
     return payloads

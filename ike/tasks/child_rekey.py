@@ -15,7 +15,7 @@ from ike.child_sa import ChildSa
 from ike.constants import ExchangeType, NotifyType, ProtocolId
 from ike.payloads import NoncePayload, NotifyPayload, Payload
 from ike.tasks.base import DONE, RETRY, Task
-from ike.tasks.child_create import (ChildFailure, ChildOffer, accept_answer, answer_offer, child_nonces,
+from ike.tasks.child_create import (ChildFailure, ChildOffer, accept_answer, answer_offer,
                                     failure_event, make_offer, offer_payloads)
 from ike.tasks.child_delete import ChildDelete
 
@@ -136,10 +136,9 @@ def respond_child_rekey(sa: "IkeSa", msg: "Message", now: float) -> list[Payload
         sa.emit(failure_event(sa, "CREATE_CHILD_SA", exc, child.name))
         sa.log("child_rekey_refused", child=child.name, notify=exc.notify.name, error=str(exc))
         return [NotifyPayload(int(exc.notify), exc.data)]
-    nonces = child_nonces.pop(id(new))
     sa.add_child(new)
     if colliding:
-        active.collision = (new, nonces)
+        active.collision = (new, new.nonces)
     else:
         child.state = "rekeyed"  # the initiator deletes it
         child.rekey_at = None

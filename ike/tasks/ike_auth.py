@@ -6,7 +6,6 @@ ends it with AUTHENTICATION_FAILED.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import TYPE_CHECKING
 
 from ike.config import ConnectionConfig
@@ -125,7 +124,7 @@ def respond_auth(sa: "IkeSa", msg: "Message", now: float) -> list[Payload]:
         return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
     idi = Identity(idi_p.id_type, idi_p.data)
     cfg = _pick_connection(sa, idi, Identity(idr_p.id_type, idr_p.data) if idr_p else None)
-    if cfg is None or not _auth_ok(_auth_data_peer(sa, cfg.psk, idi_p), auth):
+    if cfg is None or not _auth_ok(_auth_data(sa, cfg.psk, True, idi_p), auth):
         text = f"peer {idi} not authenticated" if cfg else f"no connection accepts identity {idi}"
         sa.emit(NegotiationFailed(cfg.name if cfg else sa.name, "IKE_AUTH", "AUTHENTICATION_FAILED", text))
         sa.log("ike_auth_failed", peer_id=str(idi), error=text)
@@ -154,8 +153,3 @@ def respond_auth(sa: "IkeSa", msg: "Message", now: float) -> list[Payload]:
     return out
 
 
-def _auth_data_peer(sa: "IkeSa", psk: bytes, idi: IdPayload) -> bytes:
-    return _auth_data(sa, psk, True, idi)
-
-
-__all__ = ["IkeAuth", "respond_auth", "local_identity", "ipaddress"]

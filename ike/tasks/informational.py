@@ -3,7 +3,6 @@ side for deletes and error notifications. CHILD SA deletion is in child_delete."
 
 from __future__ import annotations
 
-import struct
 from typing import TYPE_CHECKING
 
 from ike.constants import ExchangeType, NotifyType, ProtocolId
@@ -73,10 +72,6 @@ def respond_informational(sa: "IkeSa", msg: "Message", now: float) -> list[Paylo
                 sa.emit(NegotiationFailed(sa.name, "IKE_AUTH", p.name, "peer rejected the authentication"))
                 sa.delete_after_response = "auth failed"
     return out
-
-
-def spi_bytes(spi: int) -> bytes:
-    return struct.pack("!I", spi)
 
 
 def _finish_colliding_rekey(sa: "IkeSa", now: float) -> None:
