@@ -88,6 +88,18 @@ def make_sealer(t: Transform, keymat: bytes, spi: int, esn: bool) -> Sealer:
     return seal
 
 
+def direct_aead(t: Transform, keymat: bytes) -> tuple[Callable | None, bytes]:
+    """(decrypt, salt) for transforms InboundSA opens inline, else (None, b"").
+
+    Only GCM with the full 16-byte tag and ChaCha20-Poly1305: their wire ICV is
+    the tag the one-shot AEAD call expects, so ciphertext||ICV goes in as is.
+    """
+    if t.kind not in ("gcm", "chacha") or t.icv_len != 16:
+        return None, b""
+    enc, salt, _ = split_keymat(t, keymat)
+    return (AESGCM(enc) if t.kind == "gcm" else ChaCha20Poly1305(enc)).decrypt, salt
+
+
 def make_opener(t: Transform, keymat: bytes, esn: bool) -> Opener:
     enc, salt, integ = split_keymat(t, keymat)
     iv_end = 8 + t.iv_len

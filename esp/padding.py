@@ -5,6 +5,8 @@ from __future__ import annotations
 from functools import lru_cache
 
 PAD_BYTES = bytes(range(1, 256))
+# PAD_PREFIX[n] == PAD_BYTES[:n]: the receiver compares without slicing the table
+PAD_PREFIX = tuple(PAD_BYTES[:n] for n in range(256))
 
 
 @lru_cache(maxsize=None)

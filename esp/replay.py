@@ -1,8 +1,15 @@
-"""Anti-replay window (RFC 4303 s3.4.3) as an RFC 6479 ring of 64-bit words,
-with ESN high-bit inference (RFC 4303 Appendix A2).
+"""Anti-replay window (RFC 4303 s3.4.3) with ESN high-bit inference (RFC 4303
+Appendix A2).
+
+The window is a ring of one byte per sequence number (``seen``), in the spirit
+of RFC 6479: moving the top only clears the slots it passes, and an in-order
+packet only sets its own slot.  A byte per number instead of a bit lets the
+per-packet path in esp.sa test and set a slot with one subscript, without
+shifts or new int objects (64 KiB at the largest window).
 
 check() runs before the ICV and never changes state; update() runs only after
-the ICV verified, so forged packets cannot move the window.
+the ICV verified, so forged packets cannot move the window.  InboundSA inlines
+both for the common cases and calls these methods for the rest.
 """
 
 from __future__ import annotations
@@ -18,17 +25,17 @@ class ReplayWindow:
         self.size = size
         self.esn = esn
         self.top = 0      # highest authenticated sequence number (full 64 bits with ESN)
-        # ring of words; one spare word so the top block never shares a word with the oldest
-        nwords = 1
-        while nwords * 64 < size + 64:
-            nwords *= 2
-        self._mask = nwords - 1
-        self._words = [0] * nwords
+        ring = 64
+        while ring < size:
+            ring *= 2
+        self.ring_mask = ring - 1
+        # seen[seq & ring_mask] is 1 once seq in (top - ring, top] was accepted
+        self.seen = bytearray(ring)
 
     def reset(self, top: int) -> None:
         """Start as if ``top`` was the last packet received (rekey, tests)."""
         self.top = top
-        self._words = [0] * len(self._words)
+        self.seen[:] = bytes(len(self.seen))    # in place: the ring object stays the same
 
     def infer(self, seq_lo: int) -> int:
         """Full sequence number for the 32 bits on the wire (Appendix A2.2)."""
@@ -47,22 +54,25 @@ class ReplayWindow:
         if seq <= 0:
             return False
         top = self.top
-        if seq > top:
-            return True
-        if not self.size:
+        if seq > top or not self.size:
             return True
         if top - seq >= self.size:
             return False
-        return not (self._words[(seq >> 6) & self._mask] >> (seq & 63)) & 1
+        return not self.seen[seq & self.ring_mask]
 
     def update(self, seq: int) -> None:
-        words, mask = self._words, self._mask
+        """Record an authenticated ``seq``; slide the window if it is new."""
+        seen, mask = self.seen, self.ring_mask
         top = self.top
         if seq > top:
-            block, new_block = top >> 6, seq >> 6
-            # clear the words the window slides over (all of them on a big jump)
-            for b in range(block + 1, min(new_block, block + mask + 1) + 1):
-                words[b & mask] = 0
+            if seq - top > mask:                        # jumped past the whole ring
+                seen[:] = bytes(mask + 1)
+            else:                                       # clear the slots top+1 .. seq-1
+                start, stop = (top + 1) & mask, seq & mask
+                if start <= stop:
+                    seen[start:stop] = bytes(stop - start)
+                else:
+                    seen[start:] = bytes(mask + 1 - start)
+                    seen[:stop] = bytes(stop)
             self.top = seq
-        if self.size:
-            words[(seq >> 6) & mask] |= 1 << (seq & 63)
+        seen[seq & mask] = 1
