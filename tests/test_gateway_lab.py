@@ -7,12 +7,18 @@ gateways (``pair`` fixture) and stops them afterwards, so tests do not leak SAs 
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
+import socket
 import struct
+import sys
 import time
 
 import dpkt
+from pathlib import Path
 import pytest
 
+from esp.sa import OutboundSA
 from ike.config import ChildConfig, TrafficSelector
 from tunnel.lab.configs import site_to_site
 from tunnel.lab.espgw import EspgwGateway, GatewaySettings, tcp_transfer, wait_until
@@ -49,8 +55,8 @@ class Pair:
             if gw is not None:
                 gw.stop()
 
-    def logs(self) -> str:
-        return "\n".join(f"--- {gw.name} log\n{gw.log_tail(60)}" for gw in (self.a, self.b) if gw)
+    def logs(self, lines: int = 60) -> str:
+        return "\n".join(f"--- {gw.name} log\n{gw.log_tail(lines)}" for gw in (self.a, self.b) if gw)
 
 
 @pytest.fixture
@@ -58,7 +64,12 @@ def pair(lab):
     p = Pair(lab)
     yield p
     print(p.logs())  # pytest shows captured output only for a failed test
+    if os.environ.get("ESPGW_GATEWAY_LOGS"):
+        (Path(os.environ["ESPGW_GATEWAY_LOGS"]) / "last.log").write_text(p.logs(10000))
     p.stop()
+    for host in (lab.hostA, lab.hostB):  # learned PMTUs would leak into the next test
+        lab.run(host, "ip", "route", "flush", "cache", check=False)
+        lab.run(host, "ip", "-6", "route", "flush", "cache", check=False)
 
 
 def _ping_ok(lab, src, dst, **kw) -> bool:
@@ -159,24 +170,78 @@ def _ping_raw(lab, src, *argv) -> str:
 
 
 def test_df_and_pmtu(lab, pair):
-    """TUN MTU 1500 > the SA's MTU, so the daemon itself must answer too-big or fragment."""
+    """TUN MTU 1500 > the SA's MTU, so the daemon itself must answer too-big or fragment.
+    (The pair fixture flushes the PMTUs the hosts learn here.)"""
     pair.start(settings=GatewaySettings(mtu=1500))
-    try:
-        assert _ping_ok(lab, lab.hostA, lab.hostB.addr4)
-        (child,) = pair.a.children()
-        sa_mtu = child["mtu"]
-        assert 1400 < sa_mtu < 1500
-        big = sa_mtu + 20  # ICMP payload: the IPv4 packet is sa_mtu + 48 bytes
-        out = _ping_raw(lab, lab.hostA, "-M", "do", "-s", big, lab.hostB.addr4)
-        assert f"mtu = {sa_mtu}" in out or f"mtu={sa_mtu}" in out, out
-        assert " 0 received" in out
-        out = _ping_raw(lab, lab.hostA, "-M", "dont", "-s", big, lab.hostB.addr4)
-        assert "2 received" in out, out  # fragmented by gwA, reassembled by hostB
-        assert _ping_ok(lab, lab.hostA, lab.hostB.addr6)
-        out = _ping_raw(lab, lab.hostA, "-M", "do", "-s", big - 20, lab.hostB.addr6)  # 40-byte header
-        assert f"mtu={sa_mtu}" in out or f"mtu = {sa_mtu}" in out, out
-        out = _ping_raw(lab, lab.hostA, "-s", sa_mtu - 48 - 20, lab.hostB.addr4)  # exactly fits
-        assert "2 received" in out, out
-    finally:  # the hosts cache the learned PMTU; later tests start clean
-        lab.run(lab.hostA, "ip", "route", "flush", "cache", check=False)
-        lab.run(lab.hostA, "ip", "-6", "route", "flush", "cache", check=False)
+    assert _ping_ok(lab, lab.hostA, lab.hostB.addr4)
+    (child,) = pair.a.children()
+    sa_mtu = child["mtu"]
+    assert 1400 < sa_mtu < 1500
+    big = sa_mtu + 20  # ICMP payload: the IPv4 packet is sa_mtu + 48 bytes
+    out = _ping_raw(lab, lab.hostA, "-M", "do", "-s", big, lab.hostB.addr4)
+    assert f"mtu = {sa_mtu}" in out or f"mtu={sa_mtu}" in out, out
+    assert " 0 received" in out
+    out = _ping_raw(lab, lab.hostA, "-M", "dont", "-s", big, lab.hostB.addr4)
+    assert "2 received" in out, out  # fragmented by gwA, reassembled by hostB
+    assert _ping_ok(lab, lab.hostA, lab.hostB.addr6)
+    out = _ping_raw(lab, lab.hostA, "-M", "do", "-s", big - 20, lab.hostB.addr6)  # 40-byte header
+    assert f"mtu={sa_mtu}" in out or f"mtu = {sa_mtu}" in out, out
+    out = _ping_raw(lab, lab.hostA, "-s", sa_mtu - 48 - 20, lab.hostB.addr4)  # exactly fits
+    assert "2 received" in out, out
+
+
+def _crafted_esp(keys: dict, src: str, dst: str, inner_src: str, inner_dst: str, seq: int) -> bytes:
+    """An ICMP echo from inner_src to inner_dst, sealed with the src -> dst SA's real keys."""
+    row = next(r for r in keys["child_sas"] if r["src"] == src and r["dst"] == dst)
+    echo = dpkt.icmp.ICMP(type=8, data=dpkt.icmp.ICMP.Echo(id=7, seq=1, data=b"crafted"))
+    inner = dpkt.ip.IP(src=socket.inet_aton(inner_src), dst=socket.inet_aton(inner_dst), p=1, ttl=64, data=echo)
+    inner.len = len(bytes(inner))
+    sa = OutboundSA(row["spi"], row["esp_transform"], bytes.fromhex(row["keymat"]), initial_seq=seq)
+    return sa.encapsulate(bytes(inner), 4)
+
+
+def test_inner_address_outside_the_sa_is_dropped_and_counted(lab, pair):
+    """gwA's real SA keys seal a packet from 10.0.9.9 (not in gwA's LAN): gwB must drop it."""
+    pair.start()
+    assert _ping_ok(lab, lab.hostA, lab.hostB.addr4)
+    keys = pair.a.request("keys")
+    wan_a, wan_b = lab.gwA.wan_addr4, lab.gwB.wan_addr4
+    spoofed = _crafted_esp(keys, wan_a, wan_b, "10.0.9.9", lab.hostB.addr4, seq=1_000_000)
+    genuine = _crafted_esp(keys, wan_a, wan_b, lab.hostA.addr4, lab.hostB.addr4, seq=1_000_001)
+    (before,) = pair.b.children()
+    send = ("import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_RAW, 50)\n"
+            "for h in sys.argv[2:]: s.sendto(bytes.fromhex(h), (sys.argv[1], 0))")
+    lab.run(lab.gwA, sys.executable, "-c", send, wan_b, spoofed.hex(), genuine.hex())
+    wait_until(lambda: pair.b.children()[0]["packets_in"] > before["packets_in"], 5, "the genuine packet")
+    status = pair.b.status()
+    assert status["drops"] == {"inner_mismatch": 1}, status["drops"]  # counted once, not per layer
+    (after,) = pair.b.children()
+    assert after["drops"] == {"inner_mismatch": 1}
+    assert after["packets_in"] == before["packets_in"] + 2  # both authenticated; one was dropped after
+    text = pair.b.cli("status").stdout
+    assert "inner_mismatch 1" in text, text
+
+
+def _spis(gw: EspgwGateway) -> set[str]:
+    return {c["spi_in"] for c in gw.children()}
+
+
+def test_child_rekey_under_traffic_loses_nothing(lab, pair):
+    """Both sides rekey every ~2.5 s (so collisions happen too) while pings fly every 10 ms."""
+    pair.start(ipv6_ts=False)
+    for gw in (pair.a, pair.b):
+        child = gw.conns[0].children[0]
+        child.rekey_time, child.life_time, child.rand_time = 2.5, 6.0, 0.5
+        gw.restart()
+    assert _ping_ok(lab, lab.hostA, lab.hostB.addr4)
+    first_a, first_b = _spis(pair.a), _spis(pair.b)
+    result = lab.ping(lab.hostA, lab.hostB.addr4, count=700, interval=0.01, wait=1)
+    assert result.transmitted == 700 and result.received == 700, result.output[-300:]
+    sent, received = tcp_transfer(lab, lab.hostA, lab.hostB, lab.hostB.addr4, 20 * 1024 * 1024)
+    assert sent == received
+    assert not _spis(pair.a) & first_a and not _spis(pair.b) & first_b
+    for gw in (pair.a, pair.b):
+        log = gw.log_path.read_text()
+        assert len(re.findall(r'"rekeyed_from": \d', log)) >= 2 and '"child_sa.switched"' in log
+        status = gw.status()
+        assert not {k: v for k, v in status["drops"].items() if not k.startswith("ike_")}, status["drops"]

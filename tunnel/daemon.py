@@ -39,6 +39,7 @@ BATCH = 64
 HOUSEKEEPING_INTERVAL = 1.0
 NAT_KEEPALIVE_INTERVAL = 20.0  # strongSwan's charon.keep_alive default
 DEFAULT_PATH_MTU = 1500
+REKEY_GRACE = 2.0  # seconds a rekeyed inbound SA keeps accepting packets after its delete
 
 
 class _Trap:
@@ -72,6 +73,15 @@ class Gateway:
         self.policy = PolicyTable()
         self.traps = PolicyTable()
         self.children: dict[int, ChildPath] = {}  # by inbound SPI
+        # A lineage is a CHILD SA and its rekeyed successors: one policy (keyed by the first SA's
+        # key) that sends through one of them, ``routed``, and accepts what arrives on any of them.
+        self.routed: dict[tuple, ChildPath] = {}
+        self.pending: dict[int, ChildPath] = {}  # inbound SPI -> a successor not yet sent through
+        self.retiring: deque[tuple[float, ChildPath]] = deque()  # (when, rekeyed SA) in order
+        self.dying: set[int] = set()  # inbound SPIs of deleted SAs still accepting stragglers
+        self._generation = 0
+        self.totals = Totals()
+        self.drops: dict[str, int] = {}  # gateway-level drops (no SA for a packet, trap queue full)
         self.ike_sas: dict[int, IkeSaUp] = {}  # by unique id
         self.failures: deque[dict] = deque(maxlen=20)
         self.drop_log = DropLog(clock)
@@ -228,8 +238,12 @@ class Gateway:
         """No CHILD SA covers the packet: start a trapped child, or drop it."""
         trap = self.traps.lookup_outbound(packet)
         if trap is None:
-            self.drop_log("no_policy")
+            if not _link_local_noise(packet):
+                _count(self.drops, "no_policy", 1)
+                self.drop_log("no_policy")
             return
+        if len(trap.queue) == trap.queue.maxlen:
+            _count(self.drops, "trap_queue_full", 1)  # the oldest queued packet makes room
         trap.queue.append(packet)
         now = self.clock()
         if trap.pending_since is None or now - trap.pending_since > 30.0:
@@ -273,6 +287,8 @@ class Gateway:
             now = self.clock()
             for spi in seen:
                 self.ike.note_inbound_esp(spi, now)
+                if spi in self.pending:
+                    self._route(self.pending[spi])
 
     # --- IKE events -------------------------------------------------------------------------
     def _initiate(self, conn: str, child: str | None, now: float, **kw) -> None:
@@ -285,7 +301,7 @@ class Gateway:
         if isinstance(event, ChildSaUp):
             self._install_child(event, now)
         elif isinstance(event, ChildSaDown):
-            self._remove_child(event)
+            self._remove_child(event, now)
         elif isinstance(event, IkeSaUp):
             self.ike_sas[event.unique_id] = event
             log.info("ike_sa.up", connection=event.name, id=event.unique_id, remote=event.remote,
@@ -308,15 +324,20 @@ class Gateway:
         path = ChildPath(up, transmit=transmit, mtu=inner_mtu(self.tun.mtu, path_mtu, up, self.force_udp),
                          rekey_packets=child_cfg.rekey_packets if child_cfg else 0,
                          rekey_bytes=child_cfg.rekey_bytes if child_cfg else 0, now=now)
-        # Make-before-break: the new inbound SA is live at once; the old one stays until its delete.
+        self._generation += 1
+        path.generation = self._generation
         self.sadb.add_inbound(path.inbound)
         self.children[up.inbound_spi] = path
-        self.policy.add(path.key, up.local_ts, up.remote_ts, path)
-        self.policy.bind_inbound(path.key, path.inbound)
         old = self.children.get(up.rekeyed_from) if up.rekeyed_from is not None else None
-        if old is not None:
-            self.policy.remove(old.key)
-            self.policy.bind_inbound(path.key, old.inbound)  # packets still in flight on the old SA
+        if old is None or old.lineage not in self.routed:
+            self._route(path)
+        else:
+            # Make-before-break: the new inbound SA is live at once; we keep sending on the old
+            # SA until the peer shows it can receive on the new one (ESP arriving on the new
+            # SA, or its delete of the old one), so neither side drops packets it cannot open.
+            path.lineage = old.lineage
+            self.policy.bind_inbound(path.lineage, path.inbound)
+            self.pending[up.inbound_spi] = path
         log.info("child_sa.up", connection=up.ike_name, child=up.child_name, id=up.unique_id,
                  spi_in=f"{up.inbound_spi:08x}", spi_out=f"{up.outbound_spi:08x}", proposal=up.proposal,
                  encap=up.encap or self.force_udp, local_ts=[str(t) for t in up.local_ts],
@@ -338,13 +359,49 @@ class Gateway:
     def _trap_entries(self):
         return [(key, rules[0].sa) for key, rules in self.traps._by_child.items()]
 
-    def _remove_child(self, down: ChildSaDown) -> None:
-        path = self.children.pop(down.inbound_spi, None)
-        self.sadb.remove_inbound(down.inbound_spi)
-        if path is not None and self.policy._by_child.get(path.key):
-            self.policy.remove(path.key)
+    def _route(self, path: ChildPath) -> None:
+        """Send the lineage's packets through ``path``; every live SA of it still receives."""
+        lineage = path.lineage
+        previous = self.routed.get(lineage)
+        self.policy.remove(lineage)
+        self.policy.add(lineage, path.up.local_ts, path.up.remote_ts, path)
+        for member in self.children.values():
+            if member.lineage == lineage:
+                self.policy.bind_inbound(lineage, member.inbound)
+        self.routed[lineage] = path
+        self.pending.pop(path.up.inbound_spi, None)
+        if previous is not None and previous is not path:
+            log.info("child_sa.switched", child=path.up.child_name, spi_out=f"{path.up.outbound_spi:08x}",
+                     old_spi_out=f"{previous.up.outbound_spi:08x}")
+
+    def _remove_child(self, down: ChildSaDown, now: float) -> None:
+        path = self.children.get(down.inbound_spi)
+        if path is None:
+            self.sadb.remove_inbound(down.inbound_spi)
+            return
+        self.pending.pop(down.inbound_spi, None)
+        others = [p for p in self.children.values() if p.lineage == path.lineage and p is not path
+                  and p.up.inbound_spi not in self.dying]
+        if self.routed.get(path.lineage) is path:
+            if others:
+                self._route(max(others, key=lambda p: p.generation))
+            else:
+                self.policy.remove(path.lineage)
+                del self.routed[path.lineage]
+        if others:  # rekeyed: what the peer sent just before switching may still be in flight
+            self.dying.add(down.inbound_spi)
+            self.retiring.append((now + REKEY_GRACE, path))
+        else:
+            self._retire(path)
         log.info("child_sa.down", connection=down.ike_name, child=down.child_name, id=down.unique_id,
                  spi_in=f"{down.inbound_spi:08x}", reason=down.reason)
+
+    def _retire(self, path: ChildPath) -> None:
+        """Forget an SA for good; its counters live on in the gateway's totals."""
+        self.children.pop(path.up.inbound_spi, None)
+        self.dying.discard(path.up.inbound_spi)
+        self.sadb.remove_inbound(path.up.inbound_spi)
+        self.totals.add(path)
 
     def _maybe_restart(self, down: IkeSaDown, now: float) -> None:
         """dpd_action/close_action = restart, as strongSwan: bring a dead connection back."""
@@ -362,6 +419,8 @@ class Gateway:
     # --- timers -----------------------------------------------------------------------------
     def _housekeeping(self, now: float) -> None:
         self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
+        while self.retiring and self.retiring[0][0] <= now:
+            self._retire(self.retiring.popleft()[1])
         for path in list(self.children.values()):
             if not path.rekey_requested and (path.outbound.rekey_needed or path.inbound.rekey_needed):
                 path.rekey_requested = True
@@ -458,18 +517,18 @@ class Gateway:
             ver = version("espgw")
         except PackageNotFoundError:
             ver = "dev"
-        drops: dict[str, int] = {}
+        totals = Totals()
+        totals.merge(self.totals)
         for path in self.children.values():
-            for counters in (path.inbound.counters, path.outbound.counters):
-                for reason, count in counters.drops.items():
-                    drops[reason.name.lower()] = drops.get(reason.name.lower(), 0) + count
-        for reason, count in self.sadb.counters.drops.items():
-            drops[reason.name.lower()] = drops.get(reason.name.lower(), 0) + count
-        for name, count in self.policy.counters.items():
-            if count:
-                drops[f"policy_{name}"] = drops.get(f"policy_{name}", 0) + count
+            totals.add(path)
+        drops = dict(totals.drops)
+        for reason, count in self.sadb.counters.drops.items():  # unknown SPI, malformed ESP...
+            _count(drops, reason.name.lower(), count)
+        for reason, count in self.drops.items():
+            _count(drops, reason, count)
+        _count(drops, "malformed_inner", self.policy.counters["malformed"])
         for name, count in self.ike.drops.items():
-            drops[f"ike_{name}"] = count
+            _count(drops, f"ike_{name}", count)
         udp = self.udp.counters
         return {
             "version": ver, "pid": os.getpid(), "uptime": round(now - self.started, 1),
@@ -479,10 +538,8 @@ class Gateway:
                              "children": [ch.name for ch in c.children]} for c in self.config.connections],
             "ike_sas": self.list_sas(now),
             "counters": {
-                "packets_in": sum(p.inbound.counters.packets for p in self.children.values()),
-                "packets_out": sum(p.outbound.counters.packets for p in self.children.values()),
-                "bytes_in": sum(p.inbound.counters.bytes for p in self.children.values()),
-                "bytes_out": sum(p.outbound.counters.bytes for p in self.children.values()),
+                "packets_in": totals.packets_in, "packets_out": totals.packets_out,
+                "bytes_in": totals.bytes_in, "bytes_out": totals.bytes_out,
                 "tun": dict(self.tun.counters), "udp": udp,
                 "raw_esp": dict(self.raw_v4.counters),
             },
@@ -494,6 +551,42 @@ class Gateway:
         rows = [row for path in self.children.values() for row in path.key_rows()]
         ike_keys = getattr(self.ike, "key_snapshot", None)
         return {"child_sas": rows, "ike_sas": ike_keys() if ike_keys else []}
+
+
+class Totals:
+    """Traffic and drop counters summed over CHILD SAs, also those already gone."""
+
+    def __init__(self) -> None:
+        self.packets_in = self.packets_out = self.bytes_in = self.bytes_out = 0
+        self.drops: dict[str, int] = {}
+
+    def add(self, path: ChildPath) -> None:
+        inb, out = path.inbound.counters, path.outbound.counters
+        self.packets_in += inb.packets
+        self.packets_out += out.packets
+        self.bytes_in += inb.bytes
+        self.bytes_out += out.bytes
+        for counters in (inb, out):
+            for reason, count in counters.drops.items():
+                _count(self.drops, reason.name.lower(), count)
+
+    def merge(self, other: "Totals") -> None:
+        self.packets_in += other.packets_in
+        self.packets_out += other.packets_out
+        self.bytes_in += other.bytes_in
+        self.bytes_out += other.bytes_out
+        for reason, count in other.drops.items():
+            _count(self.drops, reason, count)
+
+
+def _count(drops: dict[str, int], reason: str, count: int) -> None:
+    if count:
+        drops[reason] = drops.get(reason, 0) + count
+
+
+def _link_local_noise(packet: bytes) -> bool:
+    """IPv6 packets the kernel sends on the TUN itself (router solicitations, MLD): not traffic."""
+    return len(packet) >= 40 and packet[0] >> 4 == 6 and (packet[8:10] in (b"\xfe\x80", bytes(2)))
 
 
 def _ago(when: float | None, now: float) -> float | None:

@@ -43,6 +43,8 @@ class ChildPath:
                  rekey_packets: int = 0, rekey_bytes: int = 0, now: float = 0.0) -> None:
         self.up = up
         self.key = (up.ike_name, up.child_name, up.unique_id)
+        self.lineage = self.key  # the policy key it shares with the SAs it was rekeyed from
+        self.generation = 0  # install order: the newest SA of a lineage wins
         lifetime = _lifetime(up, rekey_packets, rekey_bytes)
         self.inbound = InboundSA(up.inbound_spi, up.esp_transform, up.inbound_keymat, esn=up.esn,
                                  replay_window=up.replay_window, lifetime=lifetime)
