@@ -245,3 +245,25 @@ def test_child_rekey_under_traffic_loses_nothing(lab, pair):
         assert len(re.findall(r'"rekeyed_from": \d', log)) >= 2 and '"child_sa.switched"' in log
         status = gw.status()
         assert not {k: v for k, v in status["drops"].items() if not k.startswith("ike_")}, status["drops"]
+
+
+@pytest.mark.parametrize("victim", ["gwA", "gwB"])
+def test_gateway_killed_and_restarted_recovers(lab, pair, victim):
+    """SIGKILL leaves the survivor with stale SAs; the restarted side's new IKE SA carries
+    INITIAL_CONTACT, so the survivor drops the old ones. Both sides are on-demand here."""
+    pair.start()
+    for child in pair.b.conns[0].children:
+        child.start_action = "trap"
+    pair.b.restart()
+    assert _ping_ok(lab, lab.hostA, lab.hostB.addr4)
+    gw, survivor = (pair.a, pair.b) if victim == "gwA" else (pair.b, pair.a)
+    (old_ike,) = survivor.ike_sas()
+    gw.kill()
+    gw.start()
+    # traffic from the restarted side's LAN triggers its new IKE SA
+    near, far = (lab.hostA, lab.hostB) if victim == "gwA" else (lab.hostB, lab.hostA)
+    assert _ping_ok(lab, near, far.addr4)
+    assert lab.ping(far, near.addr4, count=3, interval=0.1).ok
+    (new_ike,) = wait_until(lambda: len(survivor.ike_sas()) == 1 and survivor.ike_sas(), 5,
+                            "the survivor to drop its stale IKE SA")
+    assert new_ike["unique_id"] != old_ike["unique_id"]
