@@ -296,6 +296,8 @@ class IkeSa:
         key = (msg.response, msg.message_id)
         entry = self.reassembly.get(key)
         if entry is None or entry.total != sk.total:
+            for stale in [k for k in self.reassembly if k[0] == msg.response and k != key]:
+                del self.reassembly[stale]  # an older message of this direction never completed
             entry = self.reassembly[key] = Reassembly(msg.message_id, sk.total)
         whole = entry.add(sk.number, sk.total, sk.first_inner, plaintext)
         if whole is None:

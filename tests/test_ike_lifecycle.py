@@ -257,3 +257,25 @@ def test_lossy_network_converges(seed):
     assert len(live_a) == len(live_b) == 1
     assert_consistent(pair)
     keymat_pairs_match(pair)
+
+
+def test_child_rekey_invalid_ke_retry_with_requested_group():
+    pair = up(a_esp="aes256gcm16-ecp256-x25519", b_esp="aes256gcm16-x25519")
+    (old,) = pair.of("a", ChildSaUp)
+    pair.a.rekey_child(old.inbound_spi, pair.now)
+    pair.run()
+    ups = pair.of("a", ChildSaUp)
+    assert len(ups) == 2 and ups[1].rekeyed_from == old.inbound_spi
+    assert not pair.of("a", NegotiationFailed)
+    keymat_pairs_match(pair)
+    assert_consistent(pair)
+
+
+def test_child_rekey_pfs_refused_keeps_old_sa():
+    pair = up(a_esp="aes256gcm16-ecp256", b_esp="aes256gcm16")
+    (old,) = pair.of("a", ChildSaUp)
+    pair.a.rekey_child(old.inbound_spi, pair.now)
+    pair.run()
+    (fail,) = pair.of("a", NegotiationFailed)
+    assert fail.notify == "NO_PROPOSAL_CHOSEN" and fail.stage == "CREATE_CHILD_SA"
+    assert_consistent(pair)
