@@ -91,6 +91,33 @@ def test_rfc3602_esp_packet_case5():
     assert HEADER.pack(int(c["spi"], 16), c["seq"]) == h("0000432100000001")
 
 
+RFC3602_ESP = load("rfc3602-s4.json")["esp_cases"]
+
+
+def test_rfc3602_has_every_case():
+    doc = load("rfc3602-s4.json")
+    assert [c["case"] for c in doc["cipher_cases"]] == [1, 2, 3, 4]
+    assert [c["case"] for c in RFC3602_ESP] == [5, 6, 7, 8]
+
+
+@pytest.mark.parametrize("c", RFC3602_ESP, ids=lambda c: f"case{c['case']}")
+def test_rfc3602_esp_packets_through_the_sa(c):
+    """The RFC's unauthenticated packets are our aes128-sha1 packets minus the ICV."""
+    key, iv, data, nh = h(c["key"]), h(c["iv"]), h(c["data"]), c["next_header"]
+    spi, seq = int(c["spi"], 16), c["seq"]
+    padded = data + trailer(len(data), nh, 16)
+    assert padded == h(c["padded"])
+    rfc_packet = HEADER.pack(spi, seq) + iv + h(c["encrypted"])
+    t = transform_by_name("aes128-sha1")
+    keymat = key + bytes(range(20))                 # the RFC's cases carry no integrity key
+    packet = make_sealer(t, keymat, spi, False)(seq, iv, padded)
+    assert packet[:-t.icv_len] == rfc_packet
+    sa = InboundSA(spi, t, keymat)
+    assert sa.decapsulate(packet) == (nh, data)
+    if nh == 4:                                     # tunnel mode: a whole inner IPv4 packet
+        assert ipv4_checksum(data[:20]) == 0 and int.from_bytes(data[2:4], "big") == len(data)
+
+
 def test_rfc4231_hmac_sha2():
     for v in load("rfc4231-s4.json")["vectors"]:
         for hash_name, out in v["hmac"].items():
