@@ -88,8 +88,8 @@ def make_sealer(t: Transform, keymat: bytes, spi: int, esn: bool) -> Sealer:
     return seal
 
 
-def direct_aead(t: Transform, keymat: bytes) -> tuple[Callable | None, bytes]:
-    """(decrypt, salt) for transforms InboundSA opens inline, else (None, b"").
+def direct_aead(t: Transform, keymat: bytes, encrypt: bool = False) -> tuple[Callable | None, bytes]:
+    """(decrypt or encrypt, salt) for transforms the SAs call inline, else (None, b"").
 
     Only GCM with the full 16-byte tag and ChaCha20-Poly1305: their wire ICV is
     the tag the one-shot AEAD call expects, so ciphertext||ICV goes in as is.
@@ -97,7 +97,8 @@ def direct_aead(t: Transform, keymat: bytes) -> tuple[Callable | None, bytes]:
     if t.kind not in ("gcm", "chacha") or t.icv_len != 16:
         return None, b""
     enc, salt, _ = split_keymat(t, keymat)
-    return (AESGCM(enc) if t.kind == "gcm" else ChaCha20Poly1305(enc)).decrypt, salt
+    aead = AESGCM(enc) if t.kind == "gcm" else ChaCha20Poly1305(enc)
+    return (aead.encrypt if encrypt else aead.decrypt), salt
 
 
 def make_opener(t: Transform, keymat: bytes, esn: bool) -> Opener:

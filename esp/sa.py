@@ -9,6 +9,7 @@ Drop.  No clocks here: time-based lifetimes belong to the caller (IKE).
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,6 +26,8 @@ _SEQ_SPAN = {False: 1 << 32, True: 1 << 64}
 _REKEY_MARGIN = 1 << 16     # rekey this many packets before the counter would wrap
 _MAX_INNER = 0xFFFF + 40    # no inner packet is longer (IPv6: header + 16-bit payload length)
 _unpack_header = HEADER.unpack_from
+_pack_header = HEADER.pack
+_pack_iv = struct.Struct("!Q").pack
 
 
 @dataclass
@@ -80,6 +83,7 @@ class OutboundSA(_LimitedSA):
         self._soft_seq = span - _REKEY_MARGIN
         self._init_limits(lifetime, None)
         self._seal = make_sealer(t, keymat, spi, esn)
+        self._encrypt, self._salt = direct_aead(t, keymat, encrypt=True)
         self._trailers = trailer_table(t.align)
         self._align = t.align
         # AEAD: IV is the 64-bit counter, unique under the key (RFC 4106 s3.1);
@@ -115,8 +119,15 @@ class OutboundSA(_LimitedSA):
         self.seq = seq
         c.packets += 1
         c.bytes += n
-        iv = seq.to_bytes(8, "big") if self._counter_iv else self._rng(16)
-        return self._seal(seq, iv, inner + self._trailers[next_header][len(inner) % self._align])
+        plaintext = inner + self._trailers[next_header][len(inner) % self._align]
+        encrypt = self._encrypt
+        if encrypt is not None:            # AEAD, full tag: the per-packet case, inlined
+            iv = _pack_iv(seq)             # the counter is unique under the key (RFC 4106 s3.1)
+            header = _pack_header(self.spi, seq & 0xFFFFFFFF)
+            return header + iv + encrypt(self._salt + iv, plaintext,
+                                         ESN_AAD.pack(self.spi, seq) if self.esn else header)
+        iv = _pack_iv(seq) if self._counter_iv else self._rng(16)
+        return self._seal(seq, iv, plaintext)
 
     def encapsulate_dummy(self, size: int = 0) -> bytes:
         """A next-header-59 packet for traffic-flow confidentiality (RFC 4303 s2.6)."""
