@@ -283,6 +283,11 @@ class IkeEndpoint:
         if sa is not None and now > sa.last_inbound:
             sa.last_inbound = now
 
+    def key_snapshot(self) -> list[dict]:
+        """IKE keys of the live SAs for ``tunnel.keyexport`` (the operator asked for them)."""
+        rows = [sa.key_row() for sa in self.sas.values() if sa.state != "dead"]
+        return [r for r in rows if r is not None]
+
     def status(self) -> list[dict]:
         return [sa.status() for sa in self.sas.values() if sa.state != "dead"]
 

@@ -70,6 +70,7 @@ class IkeSa:
         self.nat_local = self.nat_remote = False
         self.peer_fragmentation = False
         self.proposal_name = ""  # strongSwan-style, e.g. "aes256gcm16-prfsha256-ecp256"
+        self.chosen = None  # the selected IKE proposal (ike.proposals.Proposal)
         # message IDs and the task manager
         self.my_mid = 0
         self.peer_mid = 0
@@ -463,6 +464,23 @@ class IkeSa:
         if (self.config.dpd_delay > 0 and self.active is None and not self.queue
                 and now >= self.last_inbound + self.config.dpd_delay):
             self.queue_task(IkeDpd(), now)
+
+    def key_row(self) -> dict | None:
+        """This SA's SK_e*/SK_a* for a Wireshark decryption table; only for an explicit key
+        export (tunnel.keyexport), never logged."""
+        if self.keys is None or self.chosen is None:
+            return None
+        from ike.constants import ProtocolId, TransformType
+        from ike.proposals import Proposal, format_proposal
+
+        def name(t: TransformType) -> str:
+            found = self.chosen.of_type(t)
+            return format_proposal(Proposal(ProtocolId.IKE, found[:1])) if found else "none"
+
+        k = self.keys
+        return {"spi_i": self.spi_i.hex(), "spi_r": self.spi_r.hex(), "encr_alg": name(TransformType.ENCR),
+                "sk_ei": k.sk_ei.hex(), "sk_er": k.sk_er.hex(), "integ_alg": name(TransformType.INTEG),
+                "sk_ai": k.sk_ai.hex(), "sk_ar": k.sk_ar.hex()}
 
     # --- status ------------------------------------------------------------------------------
     def status(self) -> dict:

@@ -204,3 +204,17 @@ def test_unknown_critical_payload_answered_and_sa_survives():
     pair.b.receive_datagram(codec.encode(init), (A_IP, 500), (B_IP, 500), 1.0)
     (answer,) = pair.b.datagrams_to_send(1.0)
     assert codec.decode(answer.data).payloads[0].notify_type == 1 and len(pair.b.sas) == 1
+
+
+@pytest.mark.parametrize("ike,encr,integ", [("aes256gcm16-prfsha256-ecp256", "aes256gcm16", "none"),
+                                            ("aes128-sha256-modp2048", "aes128", "sha256")])
+def test_key_snapshot_for_wireshark_export(ike, encr, integ):
+    from tunnel.keyexport import ikev2_lines
+    pair = Pair(*[[c] for c in mirrored(ike)])
+    pair.a.initiate("site", None, 0.0)
+    pair.run()
+    (row,) = pair.a.key_snapshot()
+    assert row["encr_alg"] == encr and row["integ_alg"] == integ
+    assert pair.b.key_snapshot() == [row]
+    lines, skipped = ikev2_lines({"child_sas": [], "ike_sas": [row]})
+    assert len(lines) == 1 and not skipped

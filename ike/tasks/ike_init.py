@@ -130,6 +130,7 @@ class IkeInit(Task):
         sa.init_response = raw
         sa.install_keys(neg, derive_ike_keys(neg, sa.ni, sa.nr, g_ir, sa.spi_i, sa.spi_r))
         sa.proposal_name = format_proposal(chosen)
+        sa.chosen = chosen
         nat = detect_nat(msg, sa.spi_i, sa.spi_r, src, dst)
         if nat is not None:
             sa.nat_local, sa.nat_remote = nat
@@ -202,6 +203,7 @@ def respond_init(endpoint: "IkeEndpoint", raw: bytes, msg: codec.Message, src, d
     sa.init_request = raw
     sa.install_keys(neg, derive_ike_keys(neg, sa.ni, sa.nr, g_ir, sa.spi_i, sa.spi_r))
     sa.proposal_name = format_proposal(chosen)
+    sa.chosen = chosen
     notifies = msg.notifies()
     nat = detect_nat(msg, sa.spi_i, ZERO_SPI, src, dst)
     if nat is not None:

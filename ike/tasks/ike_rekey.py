@@ -38,6 +38,7 @@ def make_rekeyed_sa(old: "IkeSa", *, initiator: bool, spi_i: bytes, spi_r: bytes
     new.ni, new.nr = ni, nr
     new.install_keys(neg, keys)
     new.proposal_name = format_proposal(chosen)
+    new.chosen = chosen
     new.local_id, new.remote_id = old.local_id, old.remote_id
     new.nat_local, new.nat_remote = old.nat_local, old.nat_remote
     new.peer_fragmentation = old.peer_fragmentation
