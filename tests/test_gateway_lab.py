@@ -89,6 +89,11 @@ def test_ping_ipv4_and_ipv6_inner_over_ipv4_outer(lab, pair):
     (child_b,) = pair.b.children()
     assert child_a["spi_out"] == child_b["spi_in"] and child_a["spi_in"] == child_b["spi_out"]
     assert child_a["packets_out"] >= 8 and child_b["packets_in"] == child_a["packets_out"]
+    listing = pair.a.cli("list-sas").stdout  # what a user reads
+    assert "lab: #1, ESTABLISHED, IKEv2" in listing and "net: #2, INSTALLED, TUNNEL, ESP:aes256gcm16" in listing
+    assert f"in  {child_a['spi_in']}," in listing and f"out {child_a['spi_out']}," in listing
+    status = pair.b.cli("status").stdout
+    assert "lab: 192.0.2.2...192.0.2.1 IKEv2, up" in status and "drops: none" in status, status
 
 
 @pytest.mark.parametrize("inner", [4, 6])

@@ -190,8 +190,6 @@ def _repo_root() -> str:
     return str(Path(__file__).resolve().parents[2])
 
 
-__all__ = ["EspgwGateway", "GatewaySettings", "config_toml", "tcp_transfer", "wait_until"]
-
 
 def tcp_transfer(lab: Lab, client, server, dst: str, size: int, *, port: int = 5001, seed: int = 1,
                  timeout: float = 120) -> tuple[str, str]:
@@ -243,6 +241,8 @@ def _source(host: str, port: int, size: int, seed: int) -> None:
         conn.sendall(data)
     print(size, hashlib.sha256(data).hexdigest(), flush=True)
 
+
+__all__ = ["EspgwGateway", "GatewaySettings", "config_toml", "tcp_transfer", "wait_until"]
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["sink"]:
