@@ -21,7 +21,7 @@ python_env() {
 
 # The lab's tools: strongSwan 5.9.8 (the reference peer), iproute2/nftables for the
 # namespaces and loss, iperf3/tcpdump/tshark for traffic, debootstrap for strongSwan 6.
-SYSTEM_PKGS=(iproute2 iputils-ping nftables iperf3 tcpdump tshark debootstrap
+SYSTEM_PKGS=(iproute2 iputils-ping nftables iperf3 tcpdump tshark debootstrap curl util-linux
              strongswan-swanctl charon-systemd libcharon-extra-plugins
              libstrongswan-standard-plugins)
 
