@@ -66,6 +66,7 @@ class IkeEndpoint:
         self._out: list[Datagram] = []
         self._events: deque = deque()
         self._unique = 0
+        self._restarts: list[tuple[ConnectionConfig, object]] = []  # close_action = start
         self.drops: dict[str, int] = {}
 
     # --- services for IKE SAs and tasks -------------------------------------------------------
@@ -120,13 +121,41 @@ class IkeEndpoint:
         return not any(o is not sa and o.name == sa.name and o.remote[0] == sa.remote[0]
                        and o.established_at is not None and o.state != "dead" for o in self.sas.values())
 
+    def duplicates(self, sa: IkeSa) -> list[IkeSa]:
+        """Other live IKE SAs of the same connection with the same peer identity."""
+        return [o for o in self.sas.values() if o is not sa and o.name == sa.name and o.remote_id == sa.remote_id
+                and o.established_at is not None and o.state != "dead"]
+
     def initial_contact(self, sa: IkeSa, now: float) -> None:
-        """The peer says it has no other SAs with us: drop the stale ones with the same peer ID."""
-        for other in list(self.sas.values()):
-            if other is not sa and other.remote_id == sa.remote_id and other.name == sa.name \
-                    and other.established_at is not None:
-                other.log("replaced_by_initial_contact", new_ike_id=sa.unique_id)
-                other.destroy("replaced", now)
+        """INITIAL_CONTACT (or unique = replace): drop the other SAs with the same peer ID. Without
+        the notify the peer may still hold them, so it is told; with it, they are gone already."""
+        for other in self.duplicates(sa):
+            other.log("replaced", new_ike_id=sa.unique_id)
+            other.destroy("replaced", now)
+
+    def retry_connect(self, sa: IkeSa, now: float) -> None:
+        """keyingtries: a connection attempt that got no answer is started again (0 = forever)."""
+        tries = sa.config.keyingtries
+        if sa.config.name not in self.connections or (tries and sa.attempt >= tries):
+            return
+        children, packet_ts = sa.initiated or ([], None)
+        sa.log("retrying_connect", attempt=sa.attempt + 1, keyingtries=tries)
+        new = self._start_ike(sa.config, children, packet_ts, now)
+        new.attempt = sa.attempt + 1
+
+    def restart_later(self, config: ConnectionConfig, child) -> None:
+        if (config, child) not in self._restarts:
+            self._restarts.append((config, child))
+
+    def run_restarts(self, now: float) -> None:
+        """close_action = start: bring up again what the peer closed (after the current message
+        is handled, so the new negotiation does not interleave with it)."""
+        restarts, self._restarts = self._restarts, []
+        for config, child in restarts:
+            if config.name in self.connections and any(
+                    a not in ("%any", "%any4", "%any6") for a in config.remote_addrs):
+                log.info("restarting_closed_child", ike=config.name, child=child.name)
+                self.initiate(config.name, child.name, now)
 
     def after_dead_peer(self, sa: IkeSa, now: float) -> None:
         """dpd_action = restart: bring the CHILD SAs that ask for it up again (strongSwan)."""
@@ -158,6 +187,7 @@ class IkeEndpoint:
             return
         try:
             self._dispatch(data, msg, src, dst, now)
+            self.run_restarts(now)
         except Exception as exc:
             self.count_drop("internal error")
             log.error("datagram_processing_failed", src=src, exchange=msg.exchange_name, error=_trace(exc))
@@ -212,6 +242,7 @@ class IkeEndpoint:
                 except Exception as exc:
                     log.error("timer_failed", ike=sa.name, error=_trace(exc))
                     sa.destroy("internal error", now)
+        self.run_restarts(now)
 
     def _established_for(self, name: str) -> IkeSa | None:
         for sa in self.sas.values():
@@ -222,8 +253,6 @@ class IkeEndpoint:
     def initiate(self, connection: str, child: str | None, now: float, *,
                  packet_ts: tuple[TrafficSelector, TrafficSelector] | None = None) -> None:
         from ike.tasks.child_create import ChildCreate
-        from ike.tasks.ike_auth import IkeAuth
-        from ike.tasks.ike_init import IkeInit
 
         config = self.connections[connection]
         children = [config.child(child)] if child is not None else list(config.children)
@@ -235,21 +264,30 @@ class IkeEndpoint:
                 if not busy or (packet_ts is not None and sa.established):
                     sa.queue_task(ChildCreate(cfg, packet_ts), now)
             return
+        self._start_ike(config, children, packet_ts, now)
+
+    def _start_ike(self, config: ConnectionConfig, children: list, packet_ts, now: float) -> IkeSa:
+        from ike.tasks.child_create import ChildCreate
+        from ike.tasks.ike_auth import IkeAuth
+        from ike.tasks.ike_init import IkeInit
+
         remote_ip = next((a for a in config.remote_addrs if a not in ("%any", "%any4", "%any6")), None)
         if remote_ip is None:
-            raise ValueError(f"connection {connection!r} has no concrete remote address to initiate to")
+            raise ValueError(f"connection {config.name!r} has no concrete remote address to initiate to")
         local_ip = next((a for a in config.local_addrs if a not in ("%any", "%any4", "%any6")),
                         "::" if ":" in remote_ip else "0.0.0.0")
         sa = IkeSa(self, config, initiator=True, local=(local_ip, config.local_port),
                    remote=(remote_ip, config.remote_port), spi_i=self.new_ike_spi(), spi_r=bytes(8),
                    unique_id=self.next_unique_id(), now=now)
+        sa.initiated = (list(children), packet_ts)
         self.register(sa)
         sa.queue.append(IkeInit(sa))
         sa.queue.append(IkeAuth(children[0] if children else None, packet_ts))
         for cfg in children[1:]:
             sa.queue.append(ChildCreate(cfg))
-        sa.log("initiating", remote=sa.remote)
+        sa.log("initiating", remote=sa.remote, attempt=sa.attempt)
         sa.kick(now)
+        return sa
 
     def terminate_ike(self, connection: str, now: float) -> None:
         from ike.tasks.informational import IkeDelete

@@ -83,6 +83,9 @@ class IkeSa:
         # timers
         self.last_inbound = now
         self.rekey_at: float | None = None
+        self.expire_at: float | None = None  # hard lifetime: rekey time + over_time
+        self.attempt = 1  # keyingtries: which connection attempt this initiator SA is
+        self.initiated: tuple[list, object] | None = None  # (CHILD configs, packet_ts) asked for
         self.retry_at: float | None = None  # a postponed task (after TEMPORARY_FAILURE)
         self.postponed: list["Task"] = []
         # CHILD SAs by inbound SPI
@@ -148,8 +151,11 @@ class IkeSa:
         self.endpoint.sa_established(self)
         self.last_inbound = now
         if self.config.rekey_time > 0:
+            # strongSwan: rand_time and over_time default to 10% of rekey_time
+            over = self.config.over_time if self.config.over_time is not None else 0.1 * self.config.rekey_time
             jitter = int.from_bytes(self.rng(2), "big") / 65535.0 * 0.1 * self.config.rekey_time
             self.rekey_at = now + self.config.rekey_time - jitter
+            self.expire_at = self.rekey_at + over
         self.log("ike_sa_established", local=self.local, remote=self.remote, initiator=self.initiator,
                  proposal=self.proposal_name)
 
@@ -178,6 +184,8 @@ class IkeSa:
             del self.endpoint.child_index[child.inbound_spi]
         self.emit(ChildSaDown(self.name, child.name, child.unique_id, child.inbound_spi, child.outbound_spi, reason))
         self.log("child_sa_down", child=child.name, spi_in=f"{child.inbound_spi:08x}", reason=reason)
+        if reason == "deleted by peer" and child.config.close_action in ("start", "restart"):
+            self.endpoint.restart_later(self.config, child.config)
 
     def child_by_outbound(self, spi: int) -> ChildSa | None:
         for child in self.children.values():
@@ -213,6 +221,10 @@ class IkeSa:
         self.endpoint.unregister(self)
         if reason == "dead peer" and was_up:
             self.endpoint.after_dead_peer(self, now)
+        if reason == "deleted by peer" and was_up:
+            for cfg in self.config.children:
+                if cfg.close_action in ("start", "restart"):
+                    self.endpoint.restart_later(self.config, cfg)
 
     # --- sending -----------------------------------------------------------------------------
     def _packets(self, msg: codec.Message) -> list[bytes]:
@@ -220,7 +232,7 @@ class IkeSa:
             return [codec.encode(msg)]
         assert self.cipher_out is not None
         limit = fragment_limit(self.config.fragment_size, self.remote[0], NAT_T_PORT in (self.local[1], self.remote[1]))
-        if self.peer_fragmentation and self.config.fragmentation != "no" and msg.exchange != ExchangeType.IKE_SA_INIT:
+        if self.peer_fragmentation and self.config.fragmentation in ("yes", "force"):
             whole = codec.seal(msg, self.cipher_out, self.rng)
             if len(whole) > limit or self.config.fragmentation == "force":
                 return codec.seal_fragments(msg, self.cipher_out, self.rng, limit)
@@ -408,6 +420,8 @@ class IkeSa:
         if self.state == "established":
             if self.rekey_at is not None:
                 out.append(self.rekey_at)
+            if self.expire_at is not None:
+                out.append(self.expire_at)
             if self.config.dpd_delay > 0 and self.active is None:
                 out.append(self.last_inbound + self.config.dpd_delay)
             if self.retry_at is not None:
@@ -433,9 +447,12 @@ class IkeSa:
             elif action == "give up":
                 task = self.active.task
                 self.log("peer_unresponsive", mid=self.active.message_id)
+                connecting = self.established_at is None
                 task.timed_out(self, now)
                 if self.state != "dead":
                     self.destroy("dead peer", now)
+                if connecting and self.initiator:
+                    self.endpoint.retry_connect(self, now)
                 return
         if self.state == "connecting" and not self.initiator and now >= self.created + HALF_OPEN_TIMEOUT:
             self.destroy("half-open timeout", now)
@@ -447,6 +464,12 @@ class IkeSa:
             tasks, self.postponed = self.postponed, []
             for task in tasks:
                 self.queue_task(task, now)
+        if self.expire_at is not None and now >= self.expire_at:
+            from ike.tasks.informational import IkeDelete
+            self.expire_at = self.rekey_at = None
+            self.log("ike_sa_expired")
+            self.queue_task(IkeDelete("expired"), now, first=True)
+            return
         if self.rekey_at is not None and now >= self.rekey_at:
             self.rekey_at = None
             if not self.has_task(IkeRekey):
@@ -490,5 +513,6 @@ class IkeSa:
             "remote": list(self.remote), "local_id": str(self.local_id) if self.local_id else None,
             "remote_id": str(self.remote_id) if self.remote_id else None, "proposal": self.proposal_name,
             "nat_local": self.nat_local, "nat_remote": self.nat_remote, "established": self.established_at,
-            "rekey_at": self.rekey_at, "children": [c.status() for c in self.children.values()],
+"rekey_at": self.rekey_at, "expire_at": self.expire_at,
+            "children": [c.status() for c in self.children.values()],
         }

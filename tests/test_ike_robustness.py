@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ike.endpoint import IkeEndpoint
-from ike_harness import (A_IP, B_IP, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, Pair, Wire,
+from ike_harness import (A_IP, B_IP, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed, Pair, Wire,
                          mirrored, seeded_rng)
 
 MANY_A = ",".join(f"10.1.{i}.0/24" for i in range(40))
@@ -218,3 +218,63 @@ def test_key_snapshot_for_wireshark_export(ike, encr, integ):
     assert pair.b.key_snapshot() == [row]
     lines, skipped = ikev2_lines({"child_sas": [], "ike_sas": [row]})
     assert len(lines) == 1 and not skipped
+
+
+def test_ike_sa_expires_when_rekey_keeps_failing():
+    pair = Pair(*[[c] for c in mirrored(rekey_time=100.0, over_time=20.0, b_rekey_time=0.0,
+                                       b_ike="aes256gcm16-prfsha256-ecp256")])
+    pair.a.initiate("site", None, 0.0)
+    pair.run()
+    b_sa = next(iter(pair.b.sas.values()))
+    b_sa.config.proposals = ["aes128-sha256-modp2048"]  # B now refuses A's rekey proposals
+    pair.advance(200)
+    assert [d.reason for d in pair.of("a", IkeSaDown)] == ["expired"]
+    assert [d.reason for d in pair.of("b", IkeSaDown)] == ["deleted by peer"]
+
+
+def test_close_action_start_recreates_child_deleted_by_peer():
+    pair = Pair(*[[c] for c in mirrored(a_child_close_action="start")])
+    pair.a.initiate("site", None, 0.0)
+    pair.run()
+    pair.b.terminate_child("net", pair.now)
+    pair.run()
+    assert len(pair.of("a", ChildSaUp)) == 2 and len(pair.of("b", ChildSaUp)) == 2
+    pair.b.terminate_ike("site", pair.now)
+    pair.run()
+    assert len(pair.of("a", IkeSaUp)) == 2 and len(pair.of("a", ChildSaUp)) == 3
+
+
+def test_keyingtries_retries_unanswered_connect():
+    a, b = mirrored(a_keyingtries=3)
+    pair = Pair([a], [b], wire=Wire(loss=1.0))
+    pair.a.initiate("site", None, 0.0)
+    pair.advance(170 * 2 + 10)  # two attempts time out
+    assert len(pair.of("a", NegotiationFailed)) == 2
+    pair.wire.loss = 0.0
+    pair.advance(200)
+    assert pair.of("a", IkeSaUp) and pair.of("a", ChildSaUp)
+    assert len(pair.a.status()) == 1
+
+
+def test_fragmentation_accept_reassembles_but_never_sends_fragments():
+    pair = fragmenting_pair(a_fragmentation="accept")
+    pair.a.initiate("site", None, 0.0)
+    pair.run()
+    assert pair.of("a", ChildSaUp) and pair.of("b", ChildSaUp)
+    sent_by_a = [d for d in pair.sizes]
+    assert max(sent_by_a) > 1000  # A's IKE_AUTH went whole; B's answer came in fragments
+
+
+@pytest.mark.parametrize("unique,expect_b_downs", [("replace", ["replaced"]), ("keep", []), ("never", [])])
+def test_unique_policy(unique, expect_b_downs):
+    a, b = mirrored(b_unique=unique)
+    pair = Pair([a], [b])
+    pair.a.initiate("site", None, 0.0)
+    pair.run()
+    # a second IKE SA from the same peer identity (A not rebooted: no INITIAL_CONTACT is sent)
+    next(iter(pair.a.sas.values())).state = "deleting"  # so A does not reuse it
+    pair.a.initiate("site", None, pair.now)
+    pair.run()
+    assert [d.reason for d in pair.of("b", IkeSaDown)] == expect_b_downs
+    if unique == "keep":
+        assert pair.of("b", NegotiationFailed)[0].notify == "AUTHENTICATION_FAILED"

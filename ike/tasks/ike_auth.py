@@ -133,9 +133,15 @@ def respond_auth(sa: "IkeSa", msg: "Message", now: float) -> list[Payload]:
     sa.config = cfg
     sa.remote_id = idi
     sa.local_id = local_identity(cfg, sa.local[0])
+    duplicates = sa.endpoint.duplicates(sa)
+    if duplicates and cfg.unique == "keep":  # strongSwan: keep the existing SA, refuse the new one
+        sa.emit(NegotiationFailed(cfg.name, "IKE_AUTH", "AUTHENTICATION_FAILED",
+                                  f"an IKE SA with {idi} exists and unique = keep"))
+        sa.delete_after_response = "unique policy"
+        return [NotifyPayload(NotifyType.AUTHENTICATION_FAILED)]
     idr = IdrPayload(sa.local_id.id_type, sa.local_id.data)
     out: list[Payload] = [idr, AuthPayload(AuthMethod.SHARED_KEY_MIC, _auth_data(sa, cfg.psk, False, idr))]
-    if NotifyType.INITIAL_CONTACT in msg.notifies():
+    if cfg.unique == "replace" or (NotifyType.INITIAL_CONTACT in msg.notifies() and cfg.unique != "never"):
         sa.endpoint.initial_contact(sa, now)
     sa.set_established(now)
     sa.emit(sa.ike_up_event())
