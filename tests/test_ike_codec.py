@@ -106,3 +106,56 @@ def test_sk_seal_open_and_fragments_round_trip():
     tampered[-1] ^= 1
     with pytest.raises(m.DecryptionFailed):
         m.open_sk(bytes(tampered), m.decode(bytes(tampered)), cipher)
+
+
+# --- property: any message built from valid payloads survives encode -> decode -> encode ------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from ike.constants import TransformType  # noqa: E402
+from ike.proposals import Proposal, Transform  # noqa: E402
+
+_bytes = st.binary(max_size=40)
+_v4 = st.integers(0, 2**32 - 1).map(lambda n: __import__("ipaddress").IPv4Address(n))
+_v6 = st.integers(0, 2**128 - 1).map(lambda n: __import__("ipaddress").IPv6Address(n))
+
+
+@st.composite
+def _selector(draw):
+    a, b = sorted(draw(st.lists(st.one_of(_v4), min_size=2, max_size=2))) if draw(st.booleans()) else \
+        sorted(draw(st.lists(_v6, min_size=2, max_size=2)))
+    p1, p2 = sorted(draw(st.lists(st.integers(0, 65535), min_size=2, max_size=2)))
+    return TrafficSelector(a, b, draw(st.integers(0, 255)), p1, p2)
+
+
+_transform = st.builds(Transform, st.sampled_from(list(TransformType)), st.integers(0, 65535),
+                       st.one_of(st.none(), st.integers(0, 65535)))
+_proposal = st.builds(lambda proto, ts, n, spi: Proposal(proto, ts, n, spi), st.sampled_from(list(ProtocolId)),
+                      st.lists(_transform, max_size=6), st.integers(0, 255), st.sampled_from([b"", b"1234", b"12345678"]))
+_payload = st.one_of(
+    st.builds(lambda ps: p.SaPayload(ps), st.lists(_proposal, min_size=1, max_size=3)),
+    st.builds(p.KePayload, st.integers(0, 65535), _bytes),
+    st.builds(p.NoncePayload, st.binary(min_size=16, max_size=64)),
+    st.builds(p.IdiPayload, st.integers(0, 255), _bytes), st.builds(p.IdrPayload, st.integers(0, 255), _bytes),
+    st.builds(p.AuthPayload, st.integers(0, 255), _bytes),
+    st.builds(p.CertPayload, st.integers(0, 255), _bytes), st.builds(p.CertReqPayload, st.integers(0, 255), _bytes),
+    st.builds(p.NotifyPayload, st.integers(0, 65535), _bytes, st.integers(0, 255), st.sampled_from([b"", b"abcd"])),
+    st.builds(lambda spis: p.DeletePayload(3, spis, 4), st.lists(st.binary(min_size=4, max_size=4), max_size=4)),
+    st.builds(p.VendorIdPayload, _bytes),
+    st.builds(p.TsiPayload, st.lists(_selector(), max_size=3)), st.builds(p.TsrPayload, st.lists(_selector(), max_size=3)),
+    st.builds(p.CpPayload, st.integers(0, 255), st.lists(st.tuples(st.integers(0, 0x7FFF), _bytes), max_size=3)),
+    st.builds(lambda t, d, c: p.UnknownPayload(t, d, critical=c), st.sampled_from([48, 49, 54, 99, 200]), _bytes,
+              st.just(False)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_payload, max_size=8), st.booleans(), st.booleans(), st.integers(0, 2**32 - 1))
+def test_property_encode_decode_encode(payloads, initiator, response, mid):
+    msg = m.Message(b"I" * 8, b"R" * 8, ExchangeType.INFORMATIONAL, mid, initiator, response, payloads)
+    raw = m.encode(msg)
+    back = m.decode(raw)
+    assert m.encode(back) == raw
+    assert (back.initiator, back.response, back.message_id) == (initiator, response, mid)
+    assert [x.type for x in back.payloads] == [x.type for x in payloads]
