@@ -143,6 +143,21 @@ class IkeEndpoint:
         new = self._start_ike(sa.config, children, packet_ts, now)
         new.attempt = sa.attempt + 1
 
+    def reauthenticate(self, old: IkeSa, now: float) -> None:
+        """reauth_time: a fresh IKE SA (new IKE_SA_INIT + IKE_AUTH) with the same CHILD SAs; the
+        old one is deleted once they are all up (make-before-break, as strongSwan)."""
+        if old.config.name not in self.connections or not any(
+                a not in ("%any", "%any4", "%any6") for a in old.config.remote_addrs):
+            old.log("reauth_skipped", why="no concrete remote address to initiate to")
+            return
+        children = []
+        for child in old.children.values():
+            if child.state in ("installed", "rekeying") and child.config not in children:
+                children.append(child.config)
+        old.log("reauthenticating", children=[c.name for c in children])
+        new = self._start_ike(old.config, children, None, now)
+        new.replaces = old
+
     def restart_later(self, config: ConnectionConfig, child) -> None:
         if (config, child) not in self._restarts:
             self._restarts.append((config, child))

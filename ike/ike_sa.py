@@ -84,6 +84,8 @@ class IkeSa:
         self.last_inbound = now
         self.rekey_at: float | None = None
         self.expire_at: float | None = None  # hard lifetime: rekey time + over_time
+        self.reauth_at: float | None = None
+        self.replaces: "IkeSa | None" = None  # reauthentication: the SA this one takes over from
         self.attempt = 1  # keyingtries: which connection attempt this initiator SA is
         self.initiated: tuple[list, object] | None = None  # (CHILD configs, packet_ts) asked for
         self.retry_at: float | None = None  # a postponed task (after TEMPORARY_FAILURE)
@@ -156,6 +158,12 @@ class IkeSa:
             jitter = int.from_bytes(self.rng(2), "big") / 65535.0 * 0.1 * self.config.rekey_time
             self.rekey_at = now + self.config.rekey_time - jitter
             self.expire_at = self.rekey_at + over
+        if self.config.reauth_time > 0:  # make-before-break reauthentication (strongSwan 5.3+)
+            jitter = int.from_bytes(self.rng(2), "big") / 65535.0 * 0.1 * self.config.reauth_time
+            self.reauth_at = now + self.config.reauth_time - jitter
+            self.rekey_at = None if self.config.rekey_time <= 0 else self.rekey_at
+            over = self.config.over_time if self.config.over_time is not None else 0.1 * self.config.reauth_time
+            self.expire_at = min(self.expire_at or float("inf"), self.reauth_at + over)
         self.log("ike_sa_established", local=self.local, remote=self.remote, initiator=self.initiator,
                  proposal=self.proposal_name)
 
@@ -165,6 +173,10 @@ class IkeSa:
                        self.nat_remote, self.rekeyed_from)
 
     def add_child(self, child: ChildSa) -> None:
+        if self.replaces is not None and child.rekeyed_from is None:  # reauthentication successor
+            old = next((c for c in self.replaces.children.values() if c.name == child.name
+                        and not any(n.rekeyed_from == c.inbound_spi for n in self.children.values())), None)
+            child.rekeyed_from = old.inbound_spi if old else None
         self.children[child.inbound_spi] = child
         self.endpoint.child_index[child.inbound_spi] = self
         self.emit(ChildSaUp(
@@ -210,7 +222,7 @@ class IkeSa:
             return
         was_up = self.established_at is not None
         for child in list(self.children.values()):
-            self.remove_child(child, "ike down" if reason != "rekeyed" else reason)
+            self.remove_child(child, reason if reason in ("rekeyed", "reauthenticated") else "ike down")
         self.state = "dead"
         self.active = None
         self.queue.clear()
@@ -272,6 +284,11 @@ class IkeSa:
             self.log("request_sent", exchange=msg.exchange_name, mid=mid, task=type(task).__name__,
                      fragments=len(packets))
             self.send(packets)
+        if self.active is None and not self.queue and self.replaces is not None and self.established:
+            old, self.replaces = self.replaces, None  # all CHILD SAs are over: the old SA can go
+            if old.state != "dead":
+                from ike.tasks.informational import IkeDelete
+                old.queue_task(IkeDelete("reauthenticated"), now, first=True)
 
     # --- receiving ---------------------------------------------------------------------------
     def receive(self, raw: bytes, msg: codec.Message, src: tuple[str, int], dst: tuple[str, int], now: float) -> None:
@@ -422,6 +439,8 @@ class IkeSa:
                 out.append(self.rekey_at)
             if self.expire_at is not None:
                 out.append(self.expire_at)
+            if self.reauth_at is not None:
+                out.append(self.reauth_at)
             if self.config.dpd_delay > 0 and self.active is None:
                 out.append(self.last_inbound + self.config.dpd_delay)
             if self.retry_at is not None:
@@ -470,6 +489,9 @@ class IkeSa:
             self.log("ike_sa_expired")
             self.queue_task(IkeDelete("expired"), now, first=True)
             return
+        if self.reauth_at is not None and now >= self.reauth_at:
+            self.reauth_at = None
+            self.endpoint.reauthenticate(self, now)
         if self.rekey_at is not None and now >= self.rekey_at:
             self.rekey_at = None
             if not self.has_task(IkeRekey):

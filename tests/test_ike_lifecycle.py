@@ -279,3 +279,22 @@ def test_child_rekey_pfs_refused_keeps_old_sa():
     (fail,) = pair.of("a", NegotiationFailed)
     assert fail.notify == "NO_PROPOSAL_CHOSEN" and fail.stage == "CREATE_CHILD_SA"
     assert_consistent(pair)
+
+
+@pytest.mark.parametrize("side", ["a", "b"])
+def test_reauthentication_make_before_break(side):
+    kw = {f"{side}_reauth_time": 300.0}
+    pair = up(**kw)
+    (old_child,) = pair.of(side, ChildSaUp)
+    pair.advance(400)
+    ups, downs = pair.of(side, IkeSaUp), pair.of(side, IkeSaDown)
+    assert len(ups) == 2 and [d.reason for d in downs] == ["reauthenticated"] and ups[1].rekeyed_from is None
+    new_child = pair.of(side, ChildSaUp)[1]
+    assert new_child.rekeyed_from == old_child.inbound_spi and new_child.ike_unique_id == ups[1].unique_id
+    evs = [type(e).__name__ for e in pair.events[side] if isinstance(e, (ChildSaUp, ChildSaDown))]
+    assert evs == ["ChildSaUp", "ChildSaUp", "ChildSaDown"]
+    assert [d.reason for d in pair.of(side, ChildSaDown)] == ["reauthenticated"]
+    other = "b" if side == "a" else "a"
+    assert [d.reason for d in pair.of(other, IkeSaDown)] == ["deleted by peer"]
+    assert len(pair.a.sas) == len(pair.b.sas) == 1
+    assert_consistent(pair)
