@@ -527,6 +527,10 @@ class Gateway:
         for reason, count in self.drops.items():
             _count(drops, reason, count)
         _count(drops, "malformed_inner", self.policy.counters["malformed"])
+        # shorter than an ESP header, or runts on UDP 4500: no SA to charge, the sockets count them
+        for raw in filter(None, (self.raw_v4, self.raw_v6)):
+            _count(drops, "truncated", raw.counters["recv_malformed"])
+        _count(drops, "udp_malformed", self.udp.counters["malformed"])
         for name, count in self.ike.drops.items():
             _count(drops, f"ike_{name}", count)
         udp = self.udp.counters
