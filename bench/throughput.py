@@ -1,0 +1,81 @@
+"""Every setup x ESP suite in one lab: ping RTT, TCP goodput (+ CPU s/GB), UDP packet floods.
+
+A setup that fails to come up is recorded with its error and the run goes on, so one broken
+combination never hides the others' numbers.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+
+import structlog
+
+from bench.setups import ESP_SUITES, SETUPS, Setup, lab_prefix, tunnel_up
+from bench.traffic import Guard, ping_rtt, tcp_goodput, udp_flood
+from tunnel.lab.netns import Lab
+
+log = structlog.get_logger("bench")
+FLOOD_SIZES = (1400, 64)
+
+
+@dataclass
+class Plan:
+    seconds: float = 10.0  # per iperf3 TCP run
+    runs: int = 3
+    flood_seconds: float = 5.0
+    pings: int = 40
+    setups: tuple[str, ...] = tuple(s.name for s in SETUPS)
+    suites: tuple[str, ...] = ESP_SUITES
+    floods: bool = True
+    # load control (see traffic.Guard): repeats of a disturbed run, and the seconds the whole
+    # suite may spend waiting for a quiet machine and repeating
+    retries: int = 2
+    max_wait: float = 10.0
+    patience: float = 600.0
+
+
+def measure_one(guard: Guard, setup: Setup, esp: str, plan: Plan) -> dict:
+    started = time.monotonic()
+    with tunnel_up(guard.lab, setup, esp) as pids:
+        out = {"setup": setup.name, "label": setup.label, "esp": esp if setup.encap != "none" else None,
+               "gateways": {"gwA": setup.gw_a, "gwB": setup.gw_b}, "encap": setup.encap,
+               "ping": ping_rtt(guard, plan.pings),
+               "tcp": tcp_goodput(guard, pids, plan.seconds, plan.runs)}
+        if plan.floods:
+            out["flood"] = {str(size): udp_flood(guard, pids, size, plan.flood_seconds)
+                            for size in FLOOD_SIZES}
+    out["elapsed_s"] = round(time.monotonic() - started, 1)
+    out["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    return out
+
+
+def run_all(plan: Plan, prefix: str | None = None, progress=print) -> list[dict]:
+    results = []
+    with Lab(prefix=prefix or lab_prefix(), ipv6=False) as lab:
+        guard = Guard(lab, retries=plan.retries, max_wait=plan.max_wait, budget=plan.patience)
+        for setup in (s for s in SETUPS if s.name in plan.setups):
+            suites = plan.suites if setup.encap != "none" else plan.suites[:1]
+            for esp in suites:
+                try:
+                    row = measure_one(guard, setup, esp, plan)
+                except Exception as exc:  # record and carry on with the next combination
+                    log.error("bench.setup_failed", setup=setup.name, esp=esp, error=str(exc))
+                    row = {"setup": setup.name, "label": setup.label, "esp": esp, "encap": setup.encap,
+                           "gateways": {"gwA": setup.gw_a, "gwB": setup.gw_b},
+                           "error": f"{type(exc).__name__}: {exc}"[:2000],
+                           "traceback": traceback.format_exc(limit=5)[-2000:]}
+                results.append(row)
+                progress(summary_line(row))
+    return results
+
+
+def summary_line(row: dict) -> str:
+    name = f"{row['setup']:<18} {row.get('esp') or '-':<17}"
+    if "error" in row:
+        return f"{name} FAILED: {row['error'][:150]}"
+    flood = row.get("flood", {})
+    pps = " ".join(f"{size}B:{f.get('delivered_pps', 0):>7}pps" for size, f in flood.items())
+    return (f"{name} tcp {row['tcp']['median_mbit_s']:>7.1f} Mbit/s  ping {row['ping']['median_ms']} ms  "
+            f"{pps}  cpu/GB {row['tcp']['cpu_s_per_gb']}")
