@@ -95,6 +95,7 @@ class IkeSa:
         self.rekeyed_from: int | None = None
         self.rekey_collision = None  # ike_rekey: an IKE SA the peer created while our rekey was out
         self.silent = False  # a redundant SA from a rekey collision: no events for it
+        self.redundant_until: float | None = None  # the collision loser should delete it by then
         self.stats = {"dropped": 0}
 
     # --- helpers for tasks -------------------------------------------------------------------
@@ -434,6 +435,8 @@ class IkeSa:
             out.append(self.active.retransmit.deadline)
         if self.state == "connecting" and not self.initiator:
             out.append(self.created + HALF_OPEN_TIMEOUT)
+        if self.redundant_until is not None:
+            out.append(self.redundant_until)
         if self.state == "established":
             if self.rekey_at is not None:
                 out.append(self.rekey_at)
@@ -475,6 +478,9 @@ class IkeSa:
                 return
         if self.state == "connecting" and not self.initiator and now >= self.created + HALF_OPEN_TIMEOUT:
             self.destroy("half-open timeout", now)
+            return
+        if self.redundant_until is not None and now >= self.redundant_until:
+            self.destroy("rekey collision", now)  # the loser never deleted it (strongSwan does the same)
             return
         if self.state != "established":
             return

@@ -74,8 +74,9 @@ class ChildRekey(Task):
                 return DONE
             sa.log("child_rekey_collision_won", child=child.name, spi_in=f"{child.inbound_spi:08x}")
             if other.inbound_spi in sa.children:
-                other.state = "redundant"  # the loser deletes it
+                other.state = "redundant"  # the loser deletes it, else it goes CHILD_GRACE from now
                 other.rekey_at = None
+                other.expire_at = min(other.expire_at, now)
         sa.add_child(new)
         child.state = "rekeyed"
         child.rekey_at = None

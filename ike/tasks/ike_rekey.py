@@ -16,6 +16,7 @@ from ike.keys import derive_rekeyed_ike_keys
 from ike.payloads import KePayload, NoncePayload, NotifyPayload, Payload, SaPayload
 from ike.proposals import Proposal, format_proposal, negotiated, parse_proposals, select_proposal
 from ike.tasks.base import DONE, RETRY, Task
+from ike.ike_sa import HALF_OPEN_TIMEOUT
 from ike.tasks.child_rekey import lost_collision
 
 if TYPE_CHECKING:
@@ -119,7 +120,8 @@ class IkeRekey(Task):
                 winner = other
             else:
                 sa.log("ike_rekey_collision_won")
-                other.silent = True  # the loser deletes it
+                other.silent = True  # the loser deletes it, or it times out
+                other.redundant_until = now + HALF_OPEN_TIMEOUT
         hand_over(sa, winner, now)
         if winner is new:
             from ike.tasks.informational import IkeDelete
