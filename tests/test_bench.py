@@ -1,0 +1,99 @@
+"""The benchmark's bookkeeping without a lab: targets, ratios, selection, merging, chart, /proc readers."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from bench import chart, targets
+from bench.__main__ import _merged, _selection
+from bench.system import LoadProbe, cpu_seconds, rss_bytes
+from bench.throughput import summary_line
+
+
+def _row(setup, esp, mbit, ping, pps=None):
+    row = {"setup": setup, "esp": esp, "label": setup, "encap": "raw",
+           "tcp": {"median_mbit_s": mbit, "cpu_s_per_gb": {}}, "ping": {"median_ms": ping}}
+    if pps:
+        row["flood"] = {"1400": {"per_core_pps": {"gwA": pps[0], "gwB": pps[1]}, "delivered_pps": 1000}}
+    return row
+
+
+ROWS = [
+    _row("plain", None, 7000, 0.05),
+    _row("sswan6-raw", "aes256gcm16", 200, 0.40),
+    _row("sswan59-udp", "aes256gcm16", 500, 0.40),
+    _row("espgw-raw", "aes256gcm16", 900, 0.30, pps=(300_000, 240_000)),
+    _row("espgw-udp", "aes256gcm16", 1000, 0.50, pps=(260_000, 260_000)),
+    _row("espgw-sswan6-raw", "aes256gcm16", 190, 0.4),
+    {"setup": "espgw-sswan59-udp", "esp": "aes256gcm16", "error": "LabError: no tunnel"},
+]
+
+
+def _by_name(evaluated):
+    return {t["target"]: t for t in evaluated}
+
+
+def test_targets_met_not_met_and_unknown():
+    got = _by_name(targets.evaluate(ROWS, {"child_sas": 10_000, "rss_mb": 80.0}))
+    assert got["goodput espgw-raw / sswan6-raw"]["value"] == 4.5
+    assert got["goodput espgw-raw / sswan6-raw"]["met"] is True
+    assert got["goodput espgw-udp / sswan59-udp"]["met"] is False  # 2.0 < 3
+    assert got["goodput espgw-sswan6-raw / sswan6-raw"]["met"] is True  # 0.95
+    assert got["goodput espgw-sswan59-udp / sswan59-udp"]["met"] is None  # setup failed: no value
+    assert got["espgw-raw gwA (encrypt) 1400-byte packets/s per core"]["met"] is True
+    assert got["espgw-raw gwB (decrypt) 1400-byte packets/s per core"]["met"] is False
+    assert got["added ping RTT espgw-raw vs sswan6-raw (ms)"]["met"] is True  # 0.25 <= 0.35
+    assert got["added ping RTT espgw-udp vs sswan59-udp (ms)"]["met"] is False
+    assert got["RSS with 10000 CHILD SAs (MB)"]["met"] is True
+
+
+def test_rss_target_is_not_judged_on_a_partial_count():
+    got = _by_name(targets.evaluate(ROWS, {"child_sas": 1000, "rss_mb": 60.0}))
+    assert got["RSS with 1000 CHILD SAs (MB)"]["met"] is None
+
+
+def test_ratios_side_by_side():
+    (raw, udp, mixed) = targets.ratios(ROWS)
+    assert (raw["espgw"], raw["strongswan"], raw["ratio"]) == ("espgw-raw", "sswan6-raw", 4.5)
+    assert udp["ratio"] == 2.0 and mixed["ratio"] == 0.95
+
+
+def test_selection_of_parts_setups_and_suites():
+    assert _selection([]) == ({"throughput", "ike"}, _selection([])[1], _selection([])[2])
+    parts, setups, suites = _selection(["espgw-raw", "chacha20poly1305"])
+    assert parts == {"throughput"} and setups == ("espgw-raw",) and suites == ("chacha20poly1305",)
+    assert _selection(["ike"])[0] == {"ike"}
+    with pytest.raises(SystemExit):
+        _selection(["no-such-thing"])
+
+
+def test_partial_run_replaces_only_its_rows(tmp_path):
+    path = tmp_path / "throughput.json"
+    path.write_text(json.dumps({"results": ROWS[:3]}))
+    merged = _merged(path, [_row("sswan6-raw", "aes256gcm16", 250, 0.3)])
+    assert [r["setup"] for r in merged] == ["plain", "sswan59-udp", "sswan6-raw"]
+    assert merged[-1]["tcp"]["median_mbit_s"] == 250
+    assert _merged(tmp_path / "missing.json", ROWS[:1]) == ROWS[:1]
+
+
+def test_summary_line_for_good_and_failed_rows():
+    assert "FAILED" in summary_line(ROWS[-1])
+    assert "900.0 Mbit/s" in summary_line(ROWS[3])
+
+
+def test_chart_is_drawn(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = chart.draw(ROWS, tmp_path / "t.png", "test")
+    assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_proc_readers():
+    assert cpu_seconds(os.getpid()) > 0
+    assert rss_bytes(os.getpid()) > 1 << 20
+    assert cpu_seconds(2**22 + 1) == 0.0 and rss_bytes(2**22 + 1) == 0  # beyond pid_max: gone
+    probe = LoadProbe(set())
+    probe.start()
+    assert probe.stop() >= 0.0
