@@ -3,8 +3,13 @@
 The device is non-persistent, so the kernel deletes it (and every route through it) when the
 file descriptor closes -- also when the process dies. Reads are non-blocking and batched: the
 daemon calls ``read_batch`` when the fd is readable and gets up to ``max_packets`` packets
-without a poll per packet. Offloads are switched off (TUNSETOFFLOAD 0) because we do not speak
-the virtio-net header, so the kernel never hands us GSO super-packets.
+without a poll per packet. Offloads are switched off (TUNSETOFFLOAD 0), so the kernel never hands
+us GSO super-packets: splitting them in Python costs more than it saves.
+
+With ``vnet_hdr=True`` (IFF_VNET_HDR) every packet in either direction carries a 10-byte
+virtio-net header. Reads strip it; ``write`` prepends an empty one; ``write_gso`` hands the
+kernel one TCP super-packet (GSO + checksum offload) built by ``tunnel.gro``, which the stack
+then treats like a packet its own GRO merged.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ _TUNSETIFF = 0x400454CA
 _TUNSETOFFLOAD = 0x400454D0
 _IFF_TUN = 0x0001
 _IFF_NO_PI = 0x1000
+_IFF_VNET_HDR = 0x4000
+VNET_HDR_LEN = 10  # struct virtio_net_hdr without num_buffers (TUNSETVNETHDRSZ left at 10)
+_EMPTY_VNET_HDR = bytes(VNET_HDR_LEN)
 _IFNAMSIZ = 16
 _IFA_F_NODAD = 0x02  # no duplicate address detection: the address is usable at once
 _MAX_PACKET = 65535
@@ -40,26 +48,33 @@ class TunError(OSError):
 class TunDevice:
     """An open TUN interface in the current network namespace.
 
-    Attributes: ``fd`` (non-blocking, for selectors), ``name``, ``ifindex``, ``mtu`` and
-    ``counters`` (``read``, ``written``, ``write_dropped``).
+    Attributes: ``fd`` (non-blocking, for selectors), ``name``, ``ifindex``, ``mtu``,
+    ``vnet_hdr`` and ``counters`` (``read``, ``read_dropped``, ``written``, ``write_dropped``,
+    ``gso_written``: super-packets, ``gso_segments``: the packets they carried).
     """
 
-    def __init__(self, fd: int, name: str, ifindex: int, mtu: int) -> None:
+    def __init__(self, fd: int, name: str, ifindex: int, mtu: int, vnet_hdr: bool = False) -> None:
         self.fd = fd
         self.name = name
         self.ifindex = ifindex
         self.mtu = mtu
-        self.counters = {"read": 0, "written": 0, "write_dropped": 0}
+        self.vnet_hdr = vnet_hdr
+        self.counters = {"read": 0, "read_dropped": 0, "written": 0, "write_dropped": 0, "gso_written": 0,
+                         "gso_segments": 0}
         self._closed = False
+        if vnet_hdr:
+            self.read_batch = self._read_batch_vnet
+            self.write = self._write_vnet
 
     @classmethod
     def create(cls, name: str, mtu: int, addresses: Iterable[str] = (), txqueuelen: int = 4096,
-               accept_local: bool = True) -> "TunDevice":
+               accept_local: bool = True, vnet_hdr: bool = False) -> "TunDevice":
         """Create TUN ``name`` (IFF_TUN | IFF_NO_PI), set MTU and queue length, add addresses, bring it up.
 
         ``addresses`` are "address/prefix" strings, IPv4 or IPv6 (IPv6 ones skip DAD).
         ``accept_local`` sets net.ipv4.conf.NAME.accept_local, without which Linux drops as
         martian the ICMP errors we write with one of the host's own addresses as source.
+        ``vnet_hdr`` adds IFF_VNET_HDR, needed for ``write_gso``.
         """
         encoded = name.encode()
         if not encoded or len(encoded) >= _IFNAMSIZ:
@@ -70,7 +85,8 @@ class TunDevice:
         except OSError as exc:
             raise TunError(exc.errno, f"cannot open /dev/net/tun: {exc.strerror}") from None
         try:
-            fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", encoded, _IFF_TUN | _IFF_NO_PI))
+            flags = _IFF_TUN | _IFF_NO_PI | (_IFF_VNET_HDR if vnet_hdr else 0)
+            fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", encoded, flags))
             fcntl.ioctl(fd, _TUNSETOFFLOAD, 0)
             with IPRoute() as ipr:
                 ifindex = ipr.link_lookup(ifname=name)[0]
@@ -85,8 +101,9 @@ class TunDevice:
         except (OSError, NetlinkError, IndexError) as exc:
             os.close(fd)
             raise TunError(getattr(exc, "errno", None) or errno.EIO, f"cannot set up TUN {name!r}: {exc}") from None
-        log.info("tun.created", ifname=name, mtu=mtu, addresses=[str(a) for a in parsed], txqueuelen=txqueuelen)
-        return cls(fd, name, ifindex, mtu)
+        log.info("tun.created", ifname=name, mtu=mtu, addresses=[str(a) for a in parsed], txqueuelen=txqueuelen,
+                 vnet_hdr=vnet_hdr)
+        return cls(fd, name, ifindex, mtu, vnet_hdr)
 
     def fileno(self) -> int:
         return self.fd
@@ -103,6 +120,52 @@ class TunDevice:
             pass
         self.counters["read"] += len(packets)
         return packets
+
+    def _read_batch_vnet(self, max_packets: int = 64) -> list[bytes]:
+        """``read_batch`` with IFF_VNET_HDR: the header is stripped; a GSO packet (never sent with
+        offloads off) would be a counted drop."""
+        packets = []
+        read = os.read
+        fd = self.fd
+        dropped = 0
+        try:
+            for _ in range(max_packets):
+                data = read(fd, _MAX_PACKET + VNET_HDR_LEN)
+                if data[1] or len(data) <= VNET_HDR_LEN:  # gso_type set, or nothing after the header
+                    dropped += 1
+                else:
+                    packets.append(data[VNET_HDR_LEN:])
+        except BlockingIOError:
+            pass
+        self.counters["read"] += len(packets)
+        self.counters["read_dropped"] += dropped
+        return packets
+
+    def _write_vnet(self, packet: bytes) -> bool:
+        """``write`` with IFF_VNET_HDR: an empty header (no offload) in front of the packet."""
+        try:
+            os.writev(self.fd, (_EMPTY_VNET_HDR, packet))
+        except OSError:
+            self.counters["write_dropped"] += 1
+            return False
+        self.counters["written"] += 1
+        return True
+
+    def write_gso(self, parts: list, segments: int) -> bool:
+        """Write one super-packet: ``parts`` = [virtio-net header, IP+TCP header, payloads...].
+
+        ``segments`` is how many received packets it carries (for the counters). A refused
+        super-packet counts as ``segments`` dropped writes.
+        """
+        try:
+            os.writev(self.fd, parts)
+        except OSError:  # EINVAL: a header the kernel's virtio_net_hdr_to_skb rejects; EAGAIN
+            self.counters["write_dropped"] += segments
+            return False
+        self.counters["written"] += segments
+        self.counters["gso_written"] += 1
+        self.counters["gso_segments"] += segments
+        return True
 
     def write(self, packet: bytes) -> bool:
         """Hand one IP packet to the kernel; a full queue or a packet it rejects is a counted drop."""
