@@ -26,7 +26,8 @@ from ike.endpoint import IkeEndpoint
 from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed
 from tunnel.config import Config
 from tunnel.control import ControlError, ControlServer
-from tunnel.datapath import ChildPath, DropLog, inner_mtu, make_transmit, receive_esp, send_with_mtu
+from tunnel.datapath import ChildPath, DropLog, InboundFilter, UdpBatcher, inner_mtu, make_transmit, receive_esp, send_with_mtu
+from tunnel.gro import TcpCoalescer
 from tunnel.log import configure_logging
 from tunnel.policy import PolicyTable, parse_packet
 from tunnel.routes import RouteTable
@@ -71,6 +72,7 @@ class Gateway:
         self.ike = IkeEndpoint(config.connections, rng=rng, now=self.started)
         self.sadb = SADatabase()
         self.policy = PolicyTable()
+        self.inbound_ok = InboundFilter(self.policy)  # cleared on every policy change below
         self.traps = PolicyTable()
         self.children: dict[int, ChildPath] = {}  # by inbound SPI
         # A lineage is a CHILD SA and its rekeyed successors: one policy (keyed by the first SA's
@@ -91,9 +93,11 @@ class Gateway:
         self._next_keepalive = self.started + NAT_KEEPALIVE_INTERVAL
         self._wakeup_r = self._wakeup_w = -1
         self.tun: TunDevice | None = None
+        self.gro: TcpCoalescer | None = None  # decrypted TCP segments merged per receive batch
         self.routes: RouteTable | None = None
         self.raw_v4 = self.raw_v6 = None
         self.udp: UdpIkeSockets | None = None
+        self.udp_out = UdpBatcher()  # ESP-in-UDP queued per SA, sent with GSO once per loop turn
         self.control: ControlServer | None = None
         self.icmp_v4: str | None = None
         self.icmp_v6: str | None = None
@@ -106,11 +110,12 @@ class Gateway:
         v4 = [a for a in concrete if ipaddress.ip_address(a).version == 4]
         v6 = [a for a in concrete if ipaddress.ip_address(a).version == 6]
         udp_addrs = (["0.0.0.0", "::"] if wildcard else concrete)
-        self.udp = UdpIkeSockets(udp_addrs)
+        self.udp = UdpIkeSockets(udp_addrs, gro=True)
         self.raw_v4 = RawEspSocket(socket.AF_INET, v4[0] if v4 and not wildcard else "0.0.0.0")
         if v6 or wildcard:
             self.raw_v6 = RawEspSocket(socket.AF_INET6, v6[0] if v6 and not wildcard else "::")
-        self.tun = TunDevice.create(self.settings.tun_name, self.settings.mtu)
+        self.tun = TunDevice.create(self.settings.tun_name, self.settings.mtu, vnet_hdr=True)
+        self.gro = TcpCoalescer(self.tun.write, self.tun.write_gso)
         self.routes = RouteTable(self.tun.name)
         self._install_routes()
         self.control = ControlServer(self.settings.control_socket, self.handle_control, selector=self.selector)
@@ -202,6 +207,7 @@ class Gateway:
             deadline = min(self._next_housekeeping, self.ike.get_timer() or float("inf"))
             for key, mask in select(max(0.0, deadline - now)):
                 key.data(mask)
+            self.udp_out.flush()
             now = self.clock()
             timer = self.ike.get_timer()
             if timer is not None and timer <= now:
@@ -209,6 +215,7 @@ class Gateway:
             if now >= self._next_housekeeping:
                 self._housekeeping(now)
             self._pump(now)
+            self.udp_out.flush()  # what IKE events queued (e.g. a trap's packets on a new SA)
 
     def _pump(self, now: float) -> None:
         """Send what IKE wants sent and act on its events."""
@@ -261,9 +268,23 @@ class Gateway:
 
     def _on_raw(self, sock: RawEspSocket) -> None:
         seen: dict[int, Any] = {}
-        sadb, policy, write, drop_log = self.sadb, self.policy, self.tun.write, self.drop_log
-        for dg in sock.recv_batch(BATCH):
-            receive_esp(sadb, policy, write, dg.esp, dg.ecn, drop_log, seen)
+        sadb, inbound_ok, gro, drop_log = self.sadb, self.inbound_ok, self.gro, self.drop_log
+        add = gro.add
+        if sock.family == socket.AF_INET:
+            # the outer IPv4 header parsed inline: no tuple, no address string per packet
+            malformed = 0
+            for datagram in sock.read_batch(BATCH):
+                ihl = (datagram[0] & 0x0F) << 2
+                if ihl < 20 or len(datagram) < ihl + 8:
+                    malformed += 1
+                    continue
+                receive_esp(sadb, inbound_ok, add, datagram[ihl:], datagram[1] & 3, drop_log, seen)
+            if malformed:
+                sock.counters["recv_malformed"] += malformed
+        else:
+            for dg in sock.recv_batch(BATCH):
+                receive_esp(sadb, inbound_ok, add, dg.esp, dg.ecn, drop_log, seen)
+        gro.flush()
         self._note_alive(seen)
 
     def _on_udp(self, fd: int) -> None:
@@ -271,13 +292,14 @@ class Gateway:
         now = None
         for dg in self.udp.read_batch(fd, BATCH):
             if dg.kind == "esp":
-                receive_esp(self.sadb, self.policy, self.tun.write, dg.data, dg.ecn, self.drop_log, seen)
+                receive_esp(self.sadb, self.inbound_ok, self.gro.add, dg.data, dg.ecn, self.drop_log, seen)
             else:
                 now = self.clock()
                 try:
                     self.ike.receive_datagram(dg.data, dg.remote, dg.local, now)
                 except Exception:  # the core should never raise; a bug here must not kill the gateway
                     log.exception("ike.receive_failed", remote=dg.remote)
+        self.gro.flush()
         self._note_alive(seen)
         if now is not None:
             self._pump(now)
@@ -320,7 +342,8 @@ class Gateway:
         path_mtu = DEFAULT_PATH_MTU
         conn = self.config.connection(up.ike_name) if up.ike_name in {c.name for c in self.config.connections} else None
         child_cfg = next((c for c in conn.children if c.name == up.child_name), None) if conn else None
-        transmit = make_transmit(up, raw_v4=self.raw_v4, raw_v6=self.raw_v6, udp=self.udp, force_udp=self.force_udp)
+        transmit = make_transmit(up, raw_v4=self.raw_v4, raw_v6=self.raw_v6, udp=self.udp, force_udp=self.force_udp,
+                                 batcher=self.udp_out)
         path = ChildPath(up, transmit=transmit, mtu=inner_mtu(self.tun.mtu, path_mtu, up, self.force_udp),
                          rekey_packets=child_cfg.rekey_packets if child_cfg else 0,
                          rekey_bytes=child_cfg.rekey_bytes if child_cfg else 0, now=now)
@@ -337,6 +360,7 @@ class Gateway:
             # SA, or its delete of the old one), so neither side drops packets it cannot open.
             path.lineage = old.lineage
             self.policy.bind_inbound(path.lineage, path.inbound)
+            self.inbound_ok.clear()
             self.pending[up.inbound_spi] = path
         log.info("child_sa.up", connection=up.ike_name, child=up.child_name, id=up.unique_id,
                  spi_in=f"{up.inbound_spi:08x}", spi_out=f"{up.outbound_spi:08x}", proposal=up.proposal,
@@ -368,6 +392,7 @@ class Gateway:
         for member in self.children.values():
             if member.lineage == lineage:
                 self.policy.bind_inbound(lineage, member.inbound)
+        self.inbound_ok.clear()
         self.routed[lineage] = path
         self.pending.pop(path.up.inbound_spi, None)
         if previous is not None and previous is not path:
@@ -387,6 +412,7 @@ class Gateway:
                 self._route(max(others, key=lambda p: p.generation))
             else:
                 self.policy.remove(path.lineage)
+                self.inbound_ok.clear()
                 del self.routed[path.lineage]
         if others:  # rekeyed: what the peer sent just before switching may still be in flight
             self.dying.add(down.inbound_spi)
@@ -401,6 +427,7 @@ class Gateway:
         self.children.pop(path.up.inbound_spi, None)
         self.dying.discard(path.up.inbound_spi)
         self.sadb.remove_inbound(path.up.inbound_spi)
+        self.inbound_ok.clear()  # its verdicts hold the SA (and so its keys) alive
         self.totals.add(path)
 
     def _maybe_restart(self, down: IkeSaDown, now: float) -> None:
@@ -544,7 +571,7 @@ class Gateway:
             "counters": {
                 "packets_in": totals.packets_in, "packets_out": totals.packets_out,
                 "bytes_in": totals.bytes_in, "bytes_out": totals.bytes_out,
-                "tun": dict(self.tun.counters), "udp": udp,
+                "tun": dict(self.tun.counters), "gro": dict(self.gro.counters), "udp": udp,
                 "raw_esp": dict(self.raw_v4.counters),
             },
             "drops": drops,

@@ -92,12 +92,53 @@ class ChildPath:
         ]
 
 
-def make_transmit(up: ChildSaUp, *, raw_v4, raw_v6, udp, force_udp: bool) -> Callable[[bytes, bytes], bool]:
-    """The function that puts one ESP packet on the wire for this SA: raw protocol 50 or UDP 4500."""
+class UdpBatcher:
+    """ESP-in-UDP packets of one wake-up, queued per SA and sent together with UDP GSO.
+
+    One ``sendmsg`` with UDP_SEGMENT carries a run of equal-sized datagrams, so the kernel's
+    send path runs once per run instead of once per packet. The daemon calls ``flush()`` when
+    it has handled what its sockets and TUN had to offer, before it waits again.
+    """
+
+    def __init__(self) -> None:
+        self._dirty: list[Callable[[], None]] = []
+
+    def transmitter(self, udp, remote: tuple[str, int], local: tuple[str, int]) -> Callable[[bytes, bytes], bool]:
+        queue: list[bytes] = []
+        dirty = self._dirty
+        send_batch = udp.send_esp_batch
+
+        def flush() -> None:
+            packets = queue[:]
+            queue.clear()
+            send_batch(packets, remote, local)
+
+        def transmit_batched(esp: bytes, inner: bytes) -> bool:
+            if not queue:
+                dirty.append(flush)
+            queue.append(esp)
+            return True
+
+        return transmit_batched
+
+    def flush(self) -> None:
+        dirty = self._dirty
+        while dirty:
+            dirty.pop()()
+
+
+def make_transmit(up: ChildSaUp, *, raw_v4, raw_v6, udp, force_udp: bool,
+                  batcher: UdpBatcher | None = None) -> Callable[[bytes, bytes], bool]:
+    """The function that puts one ESP packet on the wire for this SA: raw protocol 50 or UDP 4500.
+
+    With a ``batcher``, ESP-in-UDP packets wait for its ``flush()`` (GSO); raw ESP always goes at once.
+    """
     local_ip, remote_ip = up.local[0], up.remote[0]
     if up.encap or force_udp:
         remote = (remote_ip, up.remote[1] if up.remote[1] != 500 else NAT_T_PORT)
         local = (local_ip, NAT_T_PORT)
+        if batcher is not None:
+            return batcher.transmitter(udp, remote, local)
         send_esp = udp.send_esp
 
         def transmit_udp(esp: bytes, inner: bytes) -> bool:
@@ -148,15 +189,65 @@ class DropLog:
             self._last[reason] = now
 
 
-def receive_esp(sadb, policy, tun_write, esp: bytes, ecn: int, drop_log: DropLog, seen: dict) -> None:
-    """Decapsulate one ESP packet, check it against its SA's selectors, hand it to the TUN."""
+_PORT_PROTOCOLS = frozenset((6, 17, 132, 136))  # TCP, UDP, SCTP, UDP-Lite: ports right after the IP header
+_ICMP_PROTOCOLS = frozenset((1, 58))  # type and code stand in for the ports (RFC 4301 s4.4.1.1)
+
+
+class InboundFilter:
+    """``policy.check_inbound`` with its verdicts cached per (SA, protocol, addresses, ports).
+
+    The verdict depends only on the SA's selectors and those header bytes, so a flow costs one
+    full check. Packets whose port bytes are not where the key takes them (IPv4 options or
+    non-first fragments, IPv6 extension headers) always get the full check. ``clear()`` must
+    follow every change to the policy; the cache also restarts when it reaches ``max_entries``.
+    """
+
+    def __init__(self, policy, max_entries: int = 65536) -> None:
+        self._check = policy.check_inbound
+        self._cache: dict[tuple, bool] = {}
+        self._max = max_entries
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def __call__(self, sa, packet: bytes) -> bool:
+        first = packet[0]
+        if first == 0x45 and not (packet[6] & 0x1F or packet[7]):
+            proto = packet[9]
+            end = 24 if proto in _PORT_PROTOCOLS else 22 if proto == 1 else 20
+            key = (sa, proto, packet[12:end])
+        elif first >> 4 == 6 and len(packet) >= 40:
+            proto = packet[6]
+            if proto in _PORT_PROTOCOLS:
+                key = (sa, proto, packet[8:44])
+            elif proto == 58:
+                key = (sa, proto, packet[8:42])
+            else:
+                return self._check(sa, packet)
+        else:
+            return self._check(sa, packet)
+        cache = self._cache
+        verdict = cache.get(key)
+        if verdict is None:
+            verdict = self._check(sa, packet)
+            if len(cache) >= self._max:
+                cache.clear()
+            cache[key] = verdict
+        return verdict
+
+
+def receive_esp(sadb, inbound_ok, tun_write, esp: bytes, ecn: int, drop_log: DropLog, seen: dict) -> None:
+    """Decapsulate one ESP packet, check it against its SA's selectors, hand it to the TUN.
+
+    ``inbound_ok(sa, inner)`` is the selector check (``InboundFilter`` or ``policy.check_inbound``).
+    """
     try:
         sa, next_header, inner = sadb.decapsulate(esp)
     except Drop as drop:
         if drop.reason is not DropReason.DUMMY:
             drop_log(drop.reason.name.lower(), spi=esp[:4].hex() if len(esp) >= 4 else None)
         return
-    if not inner or (next_header == NH_IPV4) != (inner[0] >> 4 == 4) or not policy.check_inbound(sa, inner):
+    if not inner or (next_header == NH_IPV4) != (inner[0] >> 4 == 4) or not inbound_ok(sa, inner):
         sa.counters.drop(DropReason.INNER_MISMATCH)
         drop_log("inner_mismatch", spi=f"{sa.spi:08x}")
         return
@@ -175,4 +266,4 @@ def send_with_mtu(path: ChildPath, packet: bytes, tun_write, icmp_v4: str | None
         tun_write(verdict.icmp_reply)
 
 
-__all__ = ["ChildPath", "make_transmit", "inner_mtu", "receive_esp", "send_with_mtu", "DropLog", "OuterIPv6"]
+__all__ = ["ChildPath", "UdpBatcher", "make_transmit", "inner_mtu", "receive_esp", "InboundFilter", "send_with_mtu", "DropLog", "OuterIPv6"]

@@ -247,7 +247,7 @@ class UdpEndpoint:
         self.local_addr = local_addr
         self.natt = natt
         self.counters = {"ike": 0, "esp": 0, "keepalive": 0, "malformed": 0, "recv_errors": 0, "sent": 0,
-                         "send_dropped": 0}
+                         "send_dropped": 0, "gso_sends": 0}
         self._sock = socket.socket(self.family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         try:
             _big_buffers(self._sock, buffer_size)
@@ -381,6 +381,7 @@ class UdpEndpoint:
                     cmsg = self._source_cmsg(source) + [(_SOL_UDP, _UDP_SEGMENT, struct.pack("=H", size))]
                     self._sock.sendmsg([b"".join(run)], cmsg, 0, remote)
                     self.counters["sent"] += len(run)
+                    self.counters["gso_sends"] += 1
                     sent += len(run)
                 except OSError as exc:
                     if exc.errno in (errno.EAGAIN, errno.ENOBUFS):
