@@ -260,10 +260,13 @@ class IkeEndpoint:
         self.run_restarts(now)
 
     def _established_for(self, name: str) -> IkeSa | None:
-        for sa in self.sas.values():
-            if sa.name == name and sa.state in ("connecting", "established"):
-                return sa
-        return None
+        """The IKE SA new CHILD SAs of a connection go to: an established one (not a collision's
+        undecided SA, preferring the one holding CHILD SAs), else one being set up."""
+        live = [sa for sa in self.sas.values() if sa.name == name and not sa.silent and sa.replaces is None]
+        up = [sa for sa in live if sa.state == "established"]
+        if up:
+            return max(up, key=lambda sa: (len(sa.children), sa.unique_id))
+        return next((sa for sa in live if sa.state == "connecting"), None)
 
     def initiate(self, connection: str, child: str | None, now: float, *,
                  packet_ts: tuple[TrafficSelector, TrafficSelector] | None = None) -> None:

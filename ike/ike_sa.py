@@ -92,9 +92,11 @@ class IkeSa:
         self.postponed: list["Task"] = []
         # CHILD SAs by inbound SPI
         self.children: dict[int, ChildSa] = {}
+        self.peer_deleted_spis: set[int] = set()  # outbound SPIs deleted before we installed them
         self.rekeyed_from: int | None = None
         self.rekey_collision = None  # ike_rekey: an IKE SA the peer created while our rekey was out
-        self.silent = False  # a redundant SA from a rekey collision: no events for it
+        self.silent = False  # a rekey collision's SA not (yet) known to survive: events are held
+        self.held_events: list = []
         self.redundant_until: float | None = None  # the collision loser should delete it by then
         self.stats = {"dropped": 0}
 
@@ -128,7 +130,15 @@ class IkeSa:
         log.info(event, ike=self.name, ike_id=self.unique_id, **fields)
 
     def emit(self, event) -> None:
-        if not self.silent:
+        if self.silent:  # held until a rekey collision decides whether this SA lives
+            self.held_events.append(event)
+        else:
+            self.endpoint.emit(event)
+
+    def unsilence(self) -> None:
+        self.silent = False
+        held, self.held_events = self.held_events, []
+        for event in held:
             self.endpoint.emit(event)
 
     def queue_task(self, task: "Task", now: float, first: bool = False) -> None:
@@ -376,6 +386,7 @@ class IkeSa:
         self.active = None
         self.my_mid += 1
         outcome = task.process(self, full, raw, src, dst, now)
+        self.peer_deleted_spis.clear()
         if self.state == "dead":
             return
         if outcome == "retry":

@@ -230,6 +230,9 @@ class ChildCreate(Task):
     def build(self, sa, now):
         if not sa.established:
             return None
+        if self.packet_ts is None and any(c.config is self.config and c.state in ("installed", "rekeying")
+                                          for c in sa.children.values()):
+            return None  # already up (asked twice, or moved here by an IKE rekey)
         self.offer = make_offer(sa, self.config, in_auth=False, packet_ts=self.packet_ts, group=self.group)
         return offer_payloads(self.offer)
 
@@ -249,6 +252,9 @@ class ChildCreate(Task):
                 return DONE
             sa.emit(failure_event(sa, "CREATE_CHILD_SA", exc, self.config.name))
             sa.log("child_sa_failed", child=self.config.name, notify=exc.notify.name, error=str(exc))
+            return DONE
+        if child.outbound_spi in sa.peer_deleted_spis:
+            sa.log("child_sa_deleted_before_installed", child=child.name, spi_out=f"{child.outbound_spi:08x}")
             return DONE
         sa.add_child(child)
         return DONE

@@ -38,8 +38,13 @@ def respond_child_deletes(sa: "IkeSa", deletes: list[DeletePayload], now: float)
         if d.spi_size != 4:
             continue
         for raw in d.spis:
-            child = sa.child_by_outbound(struct.unpack("!I", raw)[0])
+            spi = struct.unpack("!I", raw)[0]
+            child = sa.child_by_outbound(spi)
             if child is None:
+                # maybe an SA our outstanding CREATE_CHILD_SA is about to install: the peer
+                # deleted it before our answer arrived (strongSwan's deleted_spis)
+                if sa.active is not None and sa.active.task.exchange == ExchangeType.CREATE_CHILD_SA:
+                    sa.peer_deleted_spis.add(spi)
                 continue
             # a CHILD SA we are deleting ourselves already (collision): the answer still lists it
             ours.append(struct.pack("!I", child.inbound_spi))

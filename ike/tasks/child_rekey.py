@@ -62,6 +62,11 @@ class ChildRekey(Task):
                 raise ChildFailure(NotifyType.INVALID_SYNTAX, "answer without a nonce")
         except ChildFailure as exc:
             return self._failed(sa, exc, now)
+        if new.outbound_spi in sa.peer_deleted_spis:  # the peer closed the new SA already
+            sa.log("child_sa_deleted_before_installed", child=new.name, spi_out=f"{new.outbound_spi:08x}")
+            if child.inbound_spi in sa.children and child.state == "rekeying":
+                child.state = "installed"
+            return DONE
         if self.collision is not None:
             other, other_nonces = self.collision
             if lost_collision((self.offer.nonce, nonce.data), other_nonces):

@@ -54,7 +54,6 @@ def hand_over(old: "IkeSa", new: "IkeSa", now: float) -> None:
     from ike.tasks.child_delete import ChildDelete
     from ike.tasks.child_rekey import ChildRekey
 
-    new.silent = False
     new.rekeyed_from = old.unique_id
     new.adopt_children(old)
     movable = (ChildCreate, ChildRekey, ChildDelete)
@@ -63,7 +62,9 @@ def hand_over(old: "IkeSa", new: "IkeSa", now: float) -> None:
     old.postponed = []
     old.state = "rekeyed"
     old.rekey_at = None
+    new.silent = False
     new.emit(new.ike_up_event())
+    new.unsilence()  # what happened on it while the collision was open
     new.log("ike_sa_rekeyed", old_ike_id=old.unique_id)
     new.kick(now)
 
