@@ -76,6 +76,7 @@ def config_toml(conns: list[ConnectionConfig], settings: GatewaySettings, contro
                   f"local_addrs = {_list(conn.local_addrs)}", f"remote_addrs = {_list(conn.remote_addrs)}",
                   f"proposals = {_list(conn.proposals)}", f"rekey_time = {conn.rekey_time}",
                   f"dpd_delay = {conn.dpd_delay}", f"encap = {'true' if conn.encap else 'false'}",
+                  *([f"over_time = {conn.over_time}"] if conn.over_time is not None else []),
                   f"[connections.{conn.name}.local]", f'auth = "psk"', f"id = {_quote(conn.local.id)}",
                   f"[connections.{conn.name}.remote]", f'auth = "psk"', f"id = {_quote(conn.remote.id)}"]
         for child in conn.children:
