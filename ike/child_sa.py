@@ -76,4 +76,4 @@ class ChildSa:
                 "inbound_spi": f"{self.inbound_spi:08x}", "outbound_spi": f"{self.outbound_spi:08x}",
                 "proposal": self.proposal, "local_ts": [str(t) for t in self.local_ts],
                 "remote_ts": [str(t) for t in self.remote_ts], "established": self.established,
-                "rekey_at": self.rekey_at, "expire_at": self.expire_at}
+                "rekey_at": self.rekey_at, "expire_at": None if self.expire_at == float("inf") else self.expire_at}

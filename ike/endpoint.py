@@ -246,7 +246,7 @@ class IkeEndpoint:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        deadlines = [d for sa in self.sas.values() for d in sa.deadlines()]
+        deadlines = [d for sa in self.sas.values() for d in sa.deadlines() if d != float("inf")]
         return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> None:

@@ -6,6 +6,7 @@ exchange is a task module under ``ike.tasks``.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Callable
 
 import structlog
@@ -29,6 +30,10 @@ log = structlog.get_logger("ike")
 
 HALF_OPEN_TIMEOUT = 30.0  # strongSwan's charon.half_open_timeout
 CHILD_GRACE = 30.0  # a superseded CHILD SA the peer never deletes goes this long after its hard lifetime
+
+
+def _finite(seconds: float) -> float:
+    return 0.0 if seconds == math.inf else seconds  # events say "never" with 0
 
 
 class IkeSa(TaskManager):
@@ -167,7 +172,7 @@ class IkeSa(TaskManager):
             self.name, self.unique_id, child.name, child.unique_id, child.inbound_spi, child.outbound_spi,
             child.esp_transform, child.esn, child.config.mode, child.local_ts, child.remote_ts, self.local,
             self.remote, self.encap, (child.rekey_at - child.established) if child.rekey_at else 0.0,
-            child.expire_at - child.established, child.config.replay_window, child.config.tfc_padding,
+            _finite(child.expire_at - child.established), child.config.replay_window, child.config.tfc_padding,
             child.proposal, child.inbound_keymat, child.outbound_keymat, child.rekeyed_from))
         self.log("child_sa_established", child=child.name, spi_in=f"{child.inbound_spi:08x}",
                  spi_out=f"{child.outbound_spi:08x}", proposal=child.proposal,

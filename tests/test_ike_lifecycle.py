@@ -345,3 +345,13 @@ def test_lossy_simultaneous_rekeys_and_deletes(seed):
     pair.a.terminate_ike("site", pair.now)
     pair.advance(600)
     assert not pair.a.sas and not pair.b.sas
+
+
+def test_zero_rekey_and_life_time_mean_never():
+    pair = up(child_rekey_time=0.0, rekey_time=0.0)
+    (ca,) = pair.of("a", ChildSaUp)
+    assert ca.rekey_time == 0.0 and ca.life_time == 0.0
+    assert pair.a.get_timer() is None
+    pair.advance(10 ** 6)
+    assert len(pair.of("a", ChildSaUp)) == 1 and not pair.of("a", ChildSaDown)
+    assert pair.a.status()[0]["children"][0]["expire_at"] is None

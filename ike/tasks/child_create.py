@@ -3,6 +3,7 @@ s1.3.1, s2.9, s2.17). Also the building blocks child_rekey reuses."""
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -86,7 +87,10 @@ def offer_payloads(offer: ChildOffer) -> list[Payload]:
 
 
 def _lifetimes(sa: "IkeSa", cfg: ChildConfig, now: float) -> tuple[float | None, float]:
+    """(rekey_at, expire_at); a rekey time or lifetime of 0 means never (as in swanctl.conf)."""
     life = cfg.effective_life_time
+    if life <= 0:
+        life = math.inf
     if cfg.rekey_time <= 0:
         return None, now + life
     rand = cfg.rand_time if cfg.rand_time is not None else max(life - cfg.rekey_time, 0.0)
