@@ -88,7 +88,8 @@ def memory_per_sa(ike: str, esp: str, n: int) -> dict:
 def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     seconds = float(os.environ.get("BENCH_SECONDS", "3"))
-    results = {"python": sys.version.split()[0], "machine": platform.machine(), "processor": platform.processor(),
+    results = {"python": sys.version.split()[0], "machine": platform.machine(), "cpus": os.cpu_count(),
+               "load_average_before": [round(x, 2) for x in os.getloadavg()],
                "note": "both ends in one process: a handshake is the work of initiator and responder together",
                "handshakes_per_second": {}, "memory": {}}
     for name, (ike, esp) in PROPOSALS.items():
