@@ -279,7 +279,8 @@ class IkeSa(TaskManager):
             self.destroy("half-open timeout", now)
             return
         if self.redundant_until is not None and now >= self.redundant_until:
-            self.destroy("rekey collision", now)  # the loser never deleted it (strongSwan does the same)
+            # the peer never deleted it: a collision loser's SA, or an old SA after a rekey
+            self.destroy("rekeyed" if self.state == "rekeyed" else "rekey collision", now)
             return
         if self.state != "established":
             return

@@ -355,3 +355,14 @@ def test_zero_rekey_and_life_time_mean_never():
     pair.advance(10 ** 6)
     assert len(pair.of("a", ChildSaUp)) == 1 and not pair.of("a", ChildSaDown)
     assert pair.a.status()[0]["children"][0]["expire_at"] is None
+
+
+def test_old_ike_sa_goes_even_if_the_peer_never_deletes_it():
+    pair = up()
+    sa = only_sa(pair.a)
+    sa.rekey_at = pair.now
+    pair.wire.tamper = lambda d: None if d.data[18] == 37 else d  # INFORMATIONALs (the delete) vanish
+    pair.a.handle_timer(pair.now)
+    pair.advance(200)
+    assert [d.reason for d in pair.of("b", IkeSaDown)] == ["rekeyed"]
+    assert len(pair.b.sas) == 1 and len(pair.a.sas) == 1

@@ -61,7 +61,8 @@ def hand_over(old: "IkeSa", new: "IkeSa", now: float) -> None:
     old.queue = [t for t in old.queue if not isinstance(t, movable)]
     old.postponed = []
     old.state = "rekeyed"
-    old.rekey_at = None
+    old.rekey_at = old.expire_at = old.reauth_at = None
+    old.redundant_until = now + HALF_OPEN_TIMEOUT  # if the peer never deletes it
     new.silent = False
     new.emit(new.ike_up_event())
     new.unsilence()  # what happened on it while the collision was open
