@@ -88,7 +88,6 @@ class IkeSa(TaskManager):
         self.children: dict[int, ChildSa] = {}
         self.peer_deleted_spis: set[int] = set()  # outbound SPIs deleted before we installed them
         self.rekeyed_from: int | None = None
-        self.rekey_collision = None  # ike_rekey: an IKE SA the peer created while our rekey was out
         self.silent = False  # a rekey collision's SA not (yet) known to survive: events are held
         self.held_events: list = []
         self.redundant_until: float | None = None  # the collision loser should delete it by then
@@ -150,7 +149,6 @@ class IkeSa(TaskManager):
         if self.config.reauth_time > 0:  # make-before-break reauthentication (strongSwan 5.3+)
             jitter = int.from_bytes(self.rng(2), "big") / 65535.0 * 0.1 * self.config.reauth_time
             self.reauth_at = now + self.config.reauth_time - jitter
-            self.rekey_at = None if self.config.rekey_time <= 0 else self.rekey_at
             over = self.config.over_time if self.config.over_time is not None else 0.1 * self.config.reauth_time
             self.expire_at = min(self.expire_at or float("inf"), self.reauth_at + over)
         self.log("ike_sa_established", local=self.local, remote=self.remote, initiator=self.initiator,
