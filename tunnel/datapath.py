@@ -146,17 +146,28 @@ def make_transmit(up: ChildSaUp, *, raw_v4, raw_v6, udp, force_udp: bool,
 
         return transmit_udp
     if ipaddress.ip_address(remote_ip).version == 4:
+        if getattr(raw_v4, "kernel_header", False):
+            send_esp = raw_v4.esp_sender(remote_ip, local_ip)
+
+            def transmit_v4_kernel_header(esp: bytes, inner: bytes) -> bool:
+                # RFC 6040 normal mode: outer TOS (DSCP and ECN) copied from the inner packet; DF
+                # copied from IPv4, always set for IPv6 (it is never fragmented en route)
+                if inner[0] >> 4 == 4:
+                    return send_esp(esp, inner[1], inner[6] & 0x40 != 0)
+                return send_esp(esp, (inner[0] & 0x0F) << 4 | inner[1] >> 4, True)
+
+            return transmit_v4_kernel_header
         outer = OuterIPv4(socket.inet_aton(local_ip), socket.inet_aton(remote_ip), df="copy")
-        build, send = outer.build, raw_v4.send
+        build, send = outer.build, raw_v4.sender(remote_ip)
 
         def transmit_v4(esp: bytes, inner: bytes) -> bool:
-            return send(build(len(esp), inner) + esp, remote_ip)
+            return send(build(len(esp), inner) + esp)
 
         return transmit_v4
-    send_v6 = raw_v6.send_esp
+    send_v6 = raw_v6.sender(remote_ip)  # the kernel builds the outer IPv6 header
 
     def transmit_v6(esp: bytes, inner: bytes) -> bool:
-        return send_v6(esp, remote_ip)
+        return send_v6(esp)
 
     return transmit_v6
 
