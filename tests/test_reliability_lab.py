@@ -52,7 +52,7 @@ def test_hostile_esp_and_ike_junk_dropped_counted_traffic_flows(lab, rel):
 def test_ten_percent_loss_ike_up_and_tcp_transfer_intact(lab, rel):
     result = rel.loss(lab, percent=10.0, transfer_bytes=2 << 20)
     assert result["transfer_ok"], json.dumps(result)
-    assert result["ike_child_up_s"] < 120 and result["transfer_s"] < 120, json.dumps(result)
+    assert result["ike_child_up_max_s"] < 120 and result["transfer_s"] < 120, json.dumps(result)
 
 
 def test_rekey_every_5s_under_iperf3_no_stall_no_rejected_esp(lab, rel):
