@@ -6,6 +6,8 @@ Each harness runs as its own subprocess (one at a time, under ``nice``), startin
 corpus (tests/fuzz/corpus/<target>/, read-only) plus the crash regressions; libFuzzer's new
 inputs go to a scratch directory that is thrown away. A crash stops that harness's run and its
 input is saved to tests/fuzz/crashes/<target>/ (make it a regression: fix the bug, keep the file).
+A run stopped early with SIGINT (kill -INT on the harness process) records what it reached,
+marked ``interrupted``.
 Results: executions, edge coverage (``cov``), features (``ft``), corpus size, time and crashes
 per target, in bench/results/fuzz.json.
 """
@@ -38,7 +40,8 @@ _ARTIFACT = re.compile(r"Test unit written to (\S+)")
 
 def parse_libfuzzer(output: str) -> dict:
     """Executions, coverage and artifacts from libFuzzer's stderr."""
-    result = {"executions": 0, "cov": 0, "ft": 0, "corpus_units": 0, "artifacts": []}
+    result = {"executions": 0, "cov": 0, "ft": 0, "corpus_units": 0, "artifacts": [],
+              "interrupted": "run interrupted" in output}
     for line in output.splitlines():
         m = _STATUS.match(line)
         if m:
@@ -74,7 +77,7 @@ def run_target(target: str, runs: int, python: str, log_dir: Path) -> dict:
     result = parse_libfuzzer(proc.stderr)
     result.update(target=target, requested_runs=runs, seconds=round(elapsed, 1),
                   exit_code=proc.returncode, crashes=len(result["artifacts"]))
-    if proc.returncode != 0 and not result["artifacts"]:
+    if proc.returncode != 0 and not result["artifacts"] and not result["interrupted"]:
         result["error"] = proc.stderr[-2000:]
     return result
 
