@@ -1,10 +1,11 @@
 """espgw <-> strongSwan in the namespace lab: espgw on gwA, a strongSwan reference peer on gwB.
 
 ``Peering`` configures both ends for one proposal pair from the same ``site_to_site`` configs,
-brings the CHILD SA up from the chosen side and tears it down again, checking that neither side
-keeps any state. ``FastStrongSwan`` is a ``StrongSwan`` whose retransmissions give up within a
-few seconds, so dead-peer detection fits in a test. ``paced_transfer`` keeps a TCP stream
-running for a while (across rekeys), ``wire_summary`` says what crossed the public link.
+brings the CHILD SA up from the chosen side, waits for states on both sides to agree, and
+clears both sides afterwards. ``FastStrongSwan`` is a ``StrongSwan`` whose retransmissions give
+up within a few seconds, so dead-peer detection fits in a test. ``PacedTransfer`` keeps a TCP
+stream running for a while (across rekeys), ``one_way_udp`` sends traffic nothing answers,
+``wire_summary`` says what crossed the public link.
 """
 
 from __future__ import annotations
