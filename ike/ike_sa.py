@@ -90,7 +90,7 @@ class IkeSa(TaskManager):
         self.rekeyed_from: int | None = None
         self.silent = False  # a rekey collision's SA not (yet) known to survive: events are held
         self.held_events: list = []
-        self.redundant_until: float | None = None  # the collision loser should delete it by then
+        self.redundant_until: float | None = None  # when to drop it if the peer never deletes it
         self.stats = {"dropped": 0}
 
     # --- helpers for tasks -------------------------------------------------------------------

@@ -363,6 +363,6 @@ def test_old_ike_sa_goes_even_if_the_peer_never_deletes_it():
     sa.rekey_at = pair.now
     pair.wire.tamper = lambda d: None if d.data[18] == 37 else d  # INFORMATIONALs (the delete) vanish
     pair.a.handle_timer(pair.now)
-    pair.advance(200)
+    pair.advance(400)
     assert [d.reason for d in pair.of("b", IkeSaDown)] == ["rekeyed"]
     assert len(pair.b.sas) == 1 and len(pair.a.sas) == 1

@@ -20,7 +20,7 @@ def respond(sa: "IkeSa", msg: "Message", now: float) -> list[Payload]:
     if msg.exchange == ExchangeType.INFORMATIONAL:
         return informational.respond_informational(sa, msg, now)
     if msg.exchange == ExchangeType.CREATE_CHILD_SA:
-        if not sa.established:
+        if not sa.established or sa.silent:  # silent: an IKE rekey collision is still undecided
             return [NotifyPayload(NotifyType.TEMPORARY_FAILURE)]
         sa_p = msg.get(SaPayload)
         if sa_p is not None and sa_p.proposals and sa_p.proposals[0].protocol == ProtocolId.IKE:

@@ -16,7 +16,7 @@ from ike.keys import derive_rekeyed_ike_keys
 from ike.payloads import KePayload, NoncePayload, NotifyPayload, Payload, SaPayload
 from ike.proposals import Proposal, format_proposal, negotiated, parse_proposals, select_proposal
 from ike.tasks.base import DONE, RETRY, Task
-from ike.ike_sa import HALF_OPEN_TIMEOUT
+from ike.retransmit import total_lifetime
 from ike.tasks.child_rekey import lost_collision
 
 if TYPE_CHECKING:
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from ike.message import Message
 
 NONCE_LEN = 32
+# how long an SA the peer is expected to delete may wait for that delete: the peer's last message
+# (its rekey request, or its delete) may need its whole retransmission schedule to get through
+AWAIT_PEER_DELETE = total_lifetime() + 15.0
 
 
 def make_rekeyed_sa(old: "IkeSa", *, initiator: bool, spi_i: bytes, spi_r: bytes, ni: bytes, nr: bytes,
@@ -62,7 +65,7 @@ def hand_over(old: "IkeSa", new: "IkeSa", now: float) -> None:
     old.postponed = []
     old.state = "rekeyed"
     old.rekey_at = old.expire_at = old.reauth_at = None
-    old.redundant_until = now + HALF_OPEN_TIMEOUT  # if the peer never deletes it
+    old.redundant_until = now + AWAIT_PEER_DELETE  # if the peer never deletes it
     new.silent = False
     new.emit(new.ike_up_event())
     new.unsilence()  # what happened on it while the collision was open
@@ -123,7 +126,7 @@ class IkeRekey(Task):
             else:
                 sa.log("ike_rekey_collision_won")
                 other.silent = True  # the loser deletes it, or it times out
-                other.redundant_until = now + HALF_OPEN_TIMEOUT
+                other.redundant_until = now + AWAIT_PEER_DELETE
         hand_over(sa, winner, now)
         if winner is new:
             from ike.tasks.informational import IkeDelete
