@@ -201,3 +201,74 @@ def test_refused_super_packet_is_not_counted_as_merged():
     gro.add(seg(10, b"b" * 10))
     gro.flush()
     assert gro.counters == {"merged": 0, "super_packets": 0}
+
+
+def udp_datagram(payload: bytes, *, v6: bool = False, sport: int = 7000, tos: int = 0) -> bytes:
+    udp = dpkt.udp.UDP(sport=sport, dport=5201, data=payload)
+    udp.ulen = len(udp)
+    if v6:
+        ip = dpkt.ip6.IP6(src=A6, dst=B6, nxt=17, hlim=63, fc=tos, data=udp)
+        ip.plen = len(udp)
+        ip.extension_hdrs = {}
+    else:
+        ip = dpkt.ip.IP(src=A4, dst=B4, p=17, ttl=63, tos=tos, data=udp)
+    return bytes(ip)
+
+
+def split_udp(vnet: bytes, packet: bytes) -> list[bytes]:
+    """What the kernel makes of a GSO_UDP_L4 super-packet: checksum completed, cut at gso_size."""
+    flags, gso_type, hdr_len, size, csum_start, csum_offset = struct.unpack("=BBHHHH", vnet)
+    v6 = packet[0] >> 4 == 6
+    ip_len = 40 if v6 else 20
+    assert (flags, gso_type, hdr_len, csum_start, csum_offset) == (NEEDS_CSUM, 5, ip_len + 8, ip_len, 6)
+    udp_part = bytearray(packet[ip_len:])
+    assert struct.unpack("!H", udp_part[4:6])[0] == len(udp_part)
+    udp_part[6:8] = struct.pack("!H", ~checksum(bytes(udp_part)) & 0xFFFF)
+    src, dst = (packet[8:24], packet[24:40]) if v6 else (packet[12:16], packet[16:20])
+    pseudo = src + dst + (struct.pack("!IxxxB", len(udp_part), 17) if v6 else struct.pack("!HH", 17, len(udp_part)))
+    assert checksum(pseudo + bytes(udp_part)) == 0xFFFF
+    if not v6:
+        assert checksum(packet[:20]) == 0xFFFF and struct.unpack("!H", packet[2:4])[0] == len(packet)
+    payload = bytes(udp_part[8:])
+    return [payload[i:i + size] for i in range(0, len(payload), size)]
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_udp_datagrams_of_one_flow_merge_at_their_boundaries(v6):
+    sink = Sink()
+    gro = TcpCoalescer(sink.write, sink.write_gso)
+    payloads = [bytes([i]) * 1372 for i in range(4)] + [b"last" * 10]
+    for p in payloads:
+        gro.add(udp_datagram(p, v6=v6))
+    gro.add(udp_datagram(b"after the short one" * 3, v6=v6))  # the short datagram closed the run
+    gro.flush()
+    assert [o[0] for o in sink.out] == ["gso", "plain"]
+    assert split_udp(sink.out[0][1], sink.out[0][2]) == payloads and sink.out[0][3] == 5
+
+
+def test_udp_and_tcp_with_the_same_ports_stay_apart():
+    sink = Sink()
+    gro = TcpCoalescer(sink.write, sink.write_gso)
+    tcp = [seg(i * 100, b"t" * 100, sport=7000) for i in range(3)]
+    udp = [udp_datagram(b"u" * 100, sport=7000) for _ in range(3)]
+    for t, u in zip(tcp, udp):
+        gro.add(t)
+        gro.add(u)
+    gro.flush()
+    kinds = sorted((o[2][9], o[3]) for o in sink.out)
+    assert kinds == [(6, 3), (17, 3)]
+    udp_out = next(o for o in sink.out if o[2][9] == 17)
+    assert split_udp(udp_out[1], udp_out[2]) == [b"u" * 100] * 3
+
+
+def test_udp_with_a_wrong_length_or_other_tos_is_not_merged():
+    sink = Sink()
+    gro = TcpCoalescer(sink.write, sink.write_gso)
+    good = udp_datagram(b"a" * 100)
+    bad = bytearray(udp_datagram(b"b" * 100))
+    bad[24:26] = struct.pack("!H", 50)  # UDP length disagrees with the IP length
+    other_tos = udp_datagram(b"c" * 100, tos=4)
+    for p in (good, bytes(bad), other_tos):
+        gro.add(p)
+    gro.flush()
+    assert sink.out == [("plain", good), ("plain", bytes(bad)), ("plain", other_tos)]

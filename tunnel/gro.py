@@ -13,8 +13,10 @@ The merge rules are those of the kernel's tcp_gro_receive, so the receiver sees 
 GRO would give it: same addresses, ports, TOS/traffic class, TTL/hop limit, DF, ACK number,
 window and TCP options (timestamps included), sequence numbers back to back, flags ACK (PSH
 allowed and ending the run), every segment but the last of the same size, no IP options, IPv6
-extension headers or fragments. Anything else passes through unchanged, after the queued segments
-of its own flow, so no flow is reordered. The segments' own checksums are not verified (that
+extension headers or fragments. UDP datagrams of one flow merge the same way into one
+GSO_UDP_L4 packet (equal sizes but the last, same IP header fields): the kernel splits them again
+at the original boundaries, in C, where a socket without UDP_GRO needs them. Anything else passes
+through unchanged, after the queued packets of its own flow, so no flow is reordered. The segments' own checksums are not verified (that
 costs more than the merge saves); the ESP ICV already vouches for every byte since the peer.
 """
 
@@ -23,10 +25,10 @@ from __future__ import annotations
 import struct
 from typing import Callable
 
-__all__ = ["TcpCoalescer", "vnet_header", "GSO_TCPV4", "GSO_TCPV6", "NEEDS_CSUM"]
+__all__ = ["TcpCoalescer", "vnet_header", "GSO_TCPV4", "GSO_TCPV6", "GSO_UDP_L4", "NEEDS_CSUM"]
 
 NEEDS_CSUM = 1  # VIRTIO_NET_HDR_F_NEEDS_CSUM
-GSO_TCPV4, GSO_TCPV6 = 1, 4  # VIRTIO_NET_HDR_GSO_*
+GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4 = 1, 4, 5  # VIRTIO_NET_HDR_GSO_*
 MAX_IP_PACKET = 65535
 _TCP_ACK, _TCP_PSH = 0x10, 0x08
 _ACK_PSH = 0x18
@@ -36,8 +38,8 @@ _H = struct.Struct("!H")
 
 
 def vnet_header(gso_type: int, header_len: int, mss: int, ip_header_len: int) -> bytes:
-    """The virtio-net header of a TCP super-packet: segment at ``mss``, fill in the TCP checksum."""
-    return _VNET.pack(NEEDS_CSUM, gso_type, header_len, mss, ip_header_len, 16)
+    """The virtio-net header of a super-packet: segment at ``mss``, fill in the TCP/UDP checksum."""
+    return _VNET.pack(NEEDS_CSUM, gso_type, header_len, mss, ip_header_len, 6 if gso_type == GSO_UDP_L4 else 16)
 
 
 def _fold(total: int) -> int:
@@ -54,10 +56,11 @@ class _Run:
     number and TCP checksum), so the common case costs a few slice compares.
     """
 
-    __slots__ = ("first", "length", "ip_len", "hlen", "packets", "next_seq", "mss", "size", "open", "psh",
+    __slots__ = ("key", "first", "length", "ip_len", "hlen", "packets", "next_seq", "mss", "size", "open", "psh",
                  "ip_a", "ip_b", "tcp_a", "tcp_b")
 
-    def __init__(self, first: bytes, ip_len: int, hlen: int, seq: int, payload: int, psh: bool) -> None:
+    def __init__(self, key: bytes, first: bytes, ip_len: int, hlen: int, seq: int, payload: int, psh: bool) -> None:
+        self.key = key
         self.first = first
         self.length = len(first)
         self.ip_len = ip_len
@@ -77,7 +80,8 @@ class _Run:
 
 
 class TcpCoalescer:
-    """Merges in-order TCP segments per flow within one batch; ``flush()`` writes them out.
+    """Merges in-order TCP segments (and equal-sized UDP datagrams) per flow within one batch;
+    ``flush()`` writes them out.
 
     ``write(packet)`` writes one unchanged packet, ``write_gso(parts, segments)`` one
     super-packet given as buffers (virtio-net header, IP+TCP header, payloads).
@@ -125,10 +129,17 @@ class TcpCoalescer:
     def _add_slow(self, packet: bytes, key: bytes, run: _Run | None, ip_len: int) -> None:
         """A segment that starts a run, ends one (short or pushed), or cannot be merged at all."""
         if ip_len == 20:
-            # TCP without IP options, not a fragment (MF clear, offset 0), length as received
-            if packet[9] != 6 or packet[6] & 0x3F or packet[7] or _H.unpack_from(packet, 2)[0] != len(packet):
-                return self._pass(packet, None)  # not TCP, or its ports are not where the key has them
-        elif packet[6] != 6 or _H.unpack_from(packet, 4)[0] != len(packet) - 40:  # no extension headers
+            # no IP options, not a fragment (MF clear, offset 0), length as received
+            if packet[6] & 0x3F or packet[7] or _H.unpack_from(packet, 2)[0] != len(packet):
+                return self._pass(packet, None)  # the ports are not where the key has them
+            protocol = packet[9]
+        elif _H.unpack_from(packet, 4)[0] != len(packet) - 40:
+            return self._pass(packet, None)
+        else:
+            protocol = packet[6]  # TCP or UDP only right after the fixed header
+        if protocol != 6:
+            if protocol == 17:
+                return self._add_udp(packet, b"U" + key, ip_len)
             return self._pass(packet, None)
         flags = packet[ip_len + 13]
         hlen = ip_len + (packet[ip_len + 12] >> 4) * 4
@@ -148,7 +159,27 @@ class TcpCoalescer:
                     run.psh = flags == _ACK_PSH
                 return None
             self._emit(run)
-        self._runs[key] = _Run(packet, ip_len, hlen, seq, payload, flags == _ACK_PSH)
+        self._runs[key] = _Run(key, packet, ip_len, hlen, seq, payload, flags == _ACK_PSH)
+        return None
+
+    def _add_udp(self, packet: bytes, key: bytes, ip_len: int) -> None:
+        """UDP datagrams of one flow, equal-sized but the last, leave as one GSO_UDP_L4 packet."""
+        payload = len(packet) - ip_len - 8
+        if payload <= 0 or _H.unpack_from(packet, ip_len + 4)[0] != payload + 8:
+            return self._pass(packet, key)
+        run = self._runs.get(key)
+        if run is not None:
+            head = run.first
+            if (run.open and payload <= run.mss and run.size + payload <= MAX_IP_PACKET
+                    and (packet[1] == head[1] and packet[6:10] == head[6:10] if ip_len == 20
+                         else packet[0:4] == head[0:4] and packet[7] == head[7])):
+                run.packets.append(packet)
+                run.size += payload
+                if payload < run.mss:
+                    run.open = False  # only the last datagram may be shorter
+                return None
+            self._emit(run)
+        self._runs[key] = _Run(key, packet, ip_len, ip_len + 8, 0, payload, False)
         return None
 
     @staticmethod
@@ -185,31 +216,33 @@ class TcpCoalescer:
     def _emit(self, run: _Run) -> None:
         head = run.first
         ip_len, hlen = run.ip_len, run.hlen
-        if ip_len == 20:
-            del self._runs[head[12:24]]
-        else:
-            del self._runs[head[8:44]]
+        del self._runs[run.key]
         if not run.packets:
             self._write(head)
             return
         segments = len(run.packets) + 1
         total = run.size
-        tcp_len = total - ip_len
+        l4_len = total - ip_len
         header = bytearray(head[:hlen])
+        udp = hlen == ip_len + 8  # a TCP header is at least 20 bytes
         if run.psh:
             header[ip_len + 13] = _ACK_PSH
         if ip_len == 20:
             header[2:4] = _H.pack(total)
             header[10:12] = b"\0\0"
             header[10:12] = _H.pack(~_fold(sum(_IPV4_WORDS.unpack_from(header))) & 0xFFFF)
-            pseudo = sum(struct.unpack_from("!4H", header, 12)) + 6 + tcp_len
-            gso_type = GSO_TCPV4
+            pseudo = sum(struct.unpack_from("!4H", header, 12)) + l4_len
         else:
-            header[4:6] = _H.pack(tcp_len)
-            pseudo = sum(struct.unpack_from("!16H", header, 8)) + 6 + tcp_len
-            gso_type = GSO_TCPV6
+            header[4:6] = _H.pack(l4_len)
+            pseudo = sum(struct.unpack_from("!16H", header, 8)) + l4_len
         # NEEDS_CSUM: the checksum field holds the pseudo-header sum, the kernel adds the rest
-        header[ip_len + 16:ip_len + 18] = _H.pack(_fold(pseudo))
+        if udp:
+            header[ip_len + 4:ip_len + 6] = _H.pack(l4_len)
+            header[ip_len + 6:ip_len + 8] = _H.pack(_fold(pseudo + 17))
+            gso_type = GSO_UDP_L4
+        else:
+            header[ip_len + 16:ip_len + 18] = _H.pack(_fold(pseudo + 6))
+            gso_type = GSO_TCPV4 if ip_len == 20 else GSO_TCPV6
         parts = [vnet_header(gso_type, hlen, run.mss, ip_len), header, memoryview(head)[hlen:]]
         parts += [memoryview(p)[hlen:] for p in run.packets]
         if self._write_gso(parts, segments):
