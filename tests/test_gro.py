@@ -98,7 +98,7 @@ def test_in_order_segments_become_one_super_packet(v6):
     pieces, tcp = resegment(vnet, packet)
     assert pieces == payloads
     assert tcp.seq == 4_294_960_000 and tcp.flags == dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH and tcp.opts == TS_OPTS
-    assert gro.counters == {"merged": 6, "super_packets": 1}
+    assert gro.counters == {"merged": 6, "super_packets": 1, "refused": 0}
     gro.flush()
     assert len(sink.out) == 1
 
@@ -194,13 +194,15 @@ def test_junk_passes_through_without_raising(junk):
     assert sink.out[-1] == ("plain", junk) and sink.out[0][1] == seg(1, b"z" * 10)
 
 
-def test_refused_super_packet_is_not_counted_as_merged():
+def test_a_refused_super_packet_goes_out_as_the_packets_it_merged():
     sink = Sink(accept_gso=False)
     gro = TcpCoalescer(sink.write, sink.write_gso)
-    gro.add(seg(0, b"a" * 10))
-    gro.add(seg(10, b"b" * 10))
+    packets = [seg(0, b"a" * 10), seg(10, b"b" * 10), udp_datagram(b"c" * 30), udp_datagram(b"d" * 30)]
+    for p in packets:
+        gro.add(p)
     gro.flush()
-    assert gro.counters == {"merged": 0, "super_packets": 0}
+    assert [o for o in sink.out if o[0] == "plain"] == [("plain", p) for p in packets]
+    assert gro.counters == {"merged": 0, "super_packets": 0, "refused": 2}
 
 
 def udp_datagram(payload: bytes, *, v6: bool = False, sport: int = 7000, tos: int = 0) -> bytes:

@@ -85,14 +85,15 @@ class TcpCoalescer:
 
     ``write(packet)`` writes one unchanged packet, ``write_gso(parts, segments)`` one
     super-packet given as buffers (virtio-net header, IP+TCP header, payloads).
-    ``counters``: ``merged`` (segments that went out inside a super-packet) and ``super_packets``.
+    ``counters``: ``merged`` (segments that went out inside a super-packet), ``super_packets`` and
+    ``refused`` (super-packets ``write_gso`` did not take; their packets went out one by one).
     """
 
     def __init__(self, write: Callable[[bytes], bool], write_gso: Callable[[list, int], bool]) -> None:
         self._write = write
         self._write_gso = write_gso
         self._runs: dict[bytes, _Run] = {}
-        self.counters = {"merged": 0, "super_packets": 0}
+        self.counters = {"merged": 0, "super_packets": 0, "refused": 0}
 
     def add(self, packet: bytes) -> None:
         """Queue a decrypted inner packet, or write it now if it cannot be merged."""
@@ -248,3 +249,9 @@ class TcpCoalescer:
         if self._write_gso(parts, segments):
             self.counters["merged"] += segments
             self.counters["super_packets"] += 1
+        else:  # refused (a kernel without this GSO type, a full queue): the packets as they came
+            self.counters["refused"] += 1
+            write = self._write
+            write(head)
+            for packet in run.packets:
+                write(packet)

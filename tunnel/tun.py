@@ -50,7 +50,7 @@ class TunDevice:
 
     Attributes: ``fd`` (non-blocking, for selectors), ``name``, ``ifindex``, ``mtu``,
     ``vnet_hdr`` and ``counters`` (``read``, ``read_dropped``, ``written``, ``write_dropped``,
-    ``gso_written``: super-packets, ``gso_segments``: the packets they carried).
+    ``gso_written``: super-packets, ``gso_segments``: the packets they carried, ``gso_refused``).
     """
 
     def __init__(self, fd: int, name: str, ifindex: int, mtu: int, vnet_hdr: bool = False) -> None:
@@ -60,7 +60,7 @@ class TunDevice:
         self.mtu = mtu
         self.vnet_hdr = vnet_hdr
         self.counters = {"read": 0, "read_dropped": 0, "written": 0, "write_dropped": 0, "gso_written": 0,
-                         "gso_segments": 0}
+                         "gso_segments": 0, "gso_refused": 0}
         self._closed = False
         if vnet_hdr:
             self.read_batch = self._read_batch_vnet
@@ -154,13 +154,13 @@ class TunDevice:
     def write_gso(self, parts: list, segments: int) -> bool:
         """Write one super-packet: ``parts`` = [virtio-net header, IP+TCP header, payloads...].
 
-        ``segments`` is how many received packets it carries (for the counters). A refused
-        super-packet counts as ``segments`` dropped writes.
+        ``segments`` is how many received packets it carries (for the counters). False (counted
+        as ``gso_refused``) leaves it to the caller to write the packets one by one.
         """
         try:
             os.writev(self.fd, parts)
         except OSError:  # EINVAL: a header the kernel's virtio_net_hdr_to_skb rejects; EAGAIN
-            self.counters["write_dropped"] += segments
+            self.counters["gso_refused"] += 1
             return False
         self.counters["written"] += segments
         self.counters["gso_written"] += 1
