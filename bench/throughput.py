@@ -6,8 +6,10 @@ combination never hides the others' numbers.
 
 from __future__ import annotations
 
+import subprocess
 import time
 import traceback
+from pathlib import Path
 from dataclasses import dataclass
 
 import structlog
@@ -48,7 +50,23 @@ def measure_one(guard: Guard, setup: Setup, esp: str, plan: Plan) -> dict:
                             for size in FLOOD_SIZES}
     out["elapsed_s"] = round(time.monotonic() - started, 1)
     out["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    out["code"] = code_revision()
     return out
+
+
+def code_revision() -> dict:
+    """The commit the gateways ran, and which data-path files differed from it (others edit the
+    work tree while a run is going; each espgw start loads the files as they are then)."""
+    repo = Path(__file__).resolve().parents[1]
+
+    def git(*argv) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(repo), *argv], capture_output=True, text=True,
+                                  timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    dirty = [line[3:] for line in git("status", "--porcelain", "--", "esp", "ike", "tunnel").splitlines()]
+    return {"git": git("rev-parse", "--short", "HEAD").strip(), "modified": dirty}
 
 
 def run_all(plan: Plan, prefix: str | None = None, progress=print) -> list[dict]:
