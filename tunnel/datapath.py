@@ -1,8 +1,10 @@
 """The per-packet path: an installed CHILD SA pair and the ESP in/out loops around it.
 
 Everything here runs once per packet, so it avoids per-packet allocation beyond the packet
-itself: bound methods are cached on the objects, outer headers come from ``esp.outer`` templates,
-and counters are plain integer attributes.
+itself: bound methods are cached on the objects, the kernel builds outer IPv4 headers (or
+``esp.outer`` templates do, on an IP_HDRINCL socket), and counters are plain integer attributes.
+Per wake-up rather than per packet: ESP-in-UDP goes out in GSO batches (``UdpBatcher``), and
+decrypted packets go to the TUN through ``tunnel.gro`` (the daemon wires both).
 """
 
 from __future__ import annotations
