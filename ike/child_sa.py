@@ -24,18 +24,33 @@ def intersect(a: TrafficSelector, b: TrafficSelector) -> TrafficSelector | None:
 
 def narrow(offered: list[TrafficSelector], configured: list[TrafficSelector]) -> list[TrafficSelector]:
     """The responder's answer: every non-empty intersection of the offer with its own selectors,
-    in the offer's order (so an initiator's packet selector, sent first, is honoured), no repeats."""
+    in the offer's order (so an initiator's packet selector, sent first, is honoured), without
+    the ones another answered selector contains."""
     out: list[TrafficSelector] = []
     for theirs in offered:
         for mine in configured:
             ts = intersect(theirs, mine)
-            if ts is not None and ts not in out:
+            if ts is not None:
                 out.append(ts)
-    return out
+    return without_redundant(out)
 
 
 def is_subset(ts: TrafficSelector, of: list[TrafficSelector]) -> bool:
     return any(intersect(ts, o) == ts for o in of)
+
+
+def without_redundant(selectors: list[TrafficSelector]) -> list[TrafficSelector]:
+    """Drop repeats and every selector another one of the list contains, keeping the order: an
+    on-demand packet's /32 sent before the subnet holding it would else stay next to it as a
+    second policy (strongSwan's remove_duplicate_ts does the same when selecting)."""
+    out: list[TrafficSelector] = []
+    for i, ts in enumerate(selectors):
+        if ts in out:
+            continue
+        if any(o != ts and intersect(ts, o) == ts for j, o in enumerate(selectors) if j != i):
+            continue
+        out.append(ts)
+    return out
 
 
 def host_selector(addr: str, protocol: int = 0, port: int | None = None) -> TrafficSelector:

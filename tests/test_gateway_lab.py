@@ -274,9 +274,6 @@ def test_gateway_killed_and_restarted_recovers(lab, pair, victim):
     assert new_ike["unique_id"] != old_ike["unique_id"]
 
 
-@pytest.mark.xfail(strict=True, reason="ike: the responder keeps the trapped packet's /32 selector next to "
-                   "the subnet that contains it; strongSwan drops contained selectors (child_cfg.c, "
-                   "get_traffic_selectors: 'remove any redundant traffic selectors')")
 def test_narrowed_selectors_have_no_redundant_entries(lab, pair):
     pair.start(ipv6_ts=False)
     assert _ping_ok(lab, lab.hostA, lab.hostB.addr4)

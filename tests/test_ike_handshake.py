@@ -135,12 +135,61 @@ def test_ts_narrowing_to_intersection():
 
 def test_on_demand_packet_selectors_first():
     from ike.child_sa import host_selector
-    a, b = mirrored(b_local_ts="10.2.7.0/24", b_remote_ts="10.1.3.0/24")
+    a, b = mirrored(b_local_ts="10.2.7.9/32", b_remote_ts="10.1.3.4/32,10.1.9.0/24")
     pair = Pair([a], [b])
     pair.a.initiate("site", "net", 0.0, packet_ts=(host_selector("10.1.3.4"), host_selector("10.2.7.9")))
     pair.run()
     (ca,) = pair.of("a", ChildSaUp)
-    assert str(ca.local_ts[0]) == "10.1.3.4/32" and str(ca.remote_ts[0]) == "10.2.7.9/32"
+    assert [str(t) for t in ca.local_ts] == ["10.1.3.4/32", "10.1.9.0/24"]
+    assert [str(t) for t in ca.remote_ts] == ["10.2.7.9/32"]
+
+
+def test_on_demand_packet_selectors_inside_the_subnet_are_not_kept():
+    """The trapped packet's /32 goes first in the offer, then the subnet; both sides keep only the
+    subnet (strongSwan's remove_duplicate_ts), so one policy per direction is installed."""
+    from ike.child_sa import host_selector
+    a, b = mirrored(b_local_ts="10.2.7.0/24", b_remote_ts="10.1.3.0/24")
+    pair = Pair([a], [b])
+    pair.a.initiate("site", "net", 0.0, packet_ts=(host_selector("10.1.3.4"), host_selector("10.2.7.9")))
+    pair.run()
+    (ca,), (cb,) = pair.of("a", ChildSaUp), pair.of("b", ChildSaUp)
+    assert [str(t) for t in ca.local_ts] == ["10.1.3.0/24"] and [str(t) for t in ca.remote_ts] == ["10.2.7.0/24"]
+    assert cb.local_ts == ca.remote_ts and cb.remote_ts == ca.local_ts
+
+
+def test_narrow_drops_contained_selectors_keeping_order():
+    from ike.child_sa import host_selector, narrow, without_redundant
+    from ike.config import TrafficSelector as TS
+    net, host = TS.from_cidr("10.0.0.0/24"), host_selector("10.0.0.7")
+    assert narrow([host, net], [net]) == [net]
+    assert narrow([host, TS.from_cidr("10.0.0.0/16")], [net]) == [net]
+    other = TS.from_cidr("10.9.0.0/24")
+    assert narrow([host, net, other], [TS.from_cidr("10.0.0.0/8")]) == [net, other]
+    tcp = TS.from_cidr("10.0.0.0/24", protocol=6, start_port=80, end_port=80)
+    assert without_redundant([tcp, net, net]) == [net]
+    assert without_redundant([tcp, other]) == [tcp, other]  # disjoint ones all stay
+    v6 = TS.from_cidr("fd00::/64")
+    assert without_redundant([host, v6, net]) == [v6, net]
+
+
+def test_initiator_drops_redundant_selectors_a_responder_answered(monkeypatch):
+    """A responder that answers the /32 next to its subnet (older espgw) still leaves the
+    initiator with one selector per side."""
+    import ike.tasks.child_create as child_create
+    from ike.child_sa import host_selector, intersect
+
+    def narrow_keeping_all(offered, configured):
+        out = [intersect(theirs, mine) for theirs in offered for mine in configured]
+        return [ts for i, ts in enumerate(out) if ts is not None and ts not in out[:i]]
+
+    monkeypatch.setattr(child_create, "narrow", narrow_keeping_all)
+    a, b = mirrored(b_local_ts="10.2.7.0/24", b_remote_ts="10.1.3.0/24")
+    pair = Pair([a], [b])
+    pair.a.initiate("site", "net", 0.0, packet_ts=(host_selector("10.1.3.4"), host_selector("10.2.7.9")))
+    pair.run()
+    (ca,), (cb,) = pair.of("a", ChildSaUp), pair.of("b", ChildSaUp)
+    assert len(cb.remote_ts) == 2  # the responder kept both
+    assert [str(t) for t in ca.local_ts] == ["10.1.3.0/24"] and [str(t) for t in ca.remote_ts] == ["10.2.7.0/24"]
 
 
 def test_invalid_ke_retry_with_requested_group():

@@ -8,7 +8,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ike.child_sa import ChildSa, is_subset, narrow
+from ike.child_sa import ChildSa, is_subset, narrow, without_redundant
 from ike.config import ChildConfig, TrafficSelector
 from ike.constants import ExchangeType, NotifyType, ProtocolId, TransformType
 from ike.dh import InvalidKeyExchange, KeyExchange, key_exchange
@@ -147,7 +147,8 @@ def accept_answer(sa: "IkeSa", offer: ChildOffer, msg: "Message", ni: bytes, nr:
         raise ChildFailure(NotifyType.TS_UNACCEPTABLE, "answered traffic selectors are not within the offer")
     peer_spi = struct.unpack("!I", answer.spi)[0]
     return build_child(sa, offer.config, answer, exchange_initiator=True, our_spi=offer.spi, peer_spi=peer_spi,
-                       ni=ni, nr=nr, g_ir=g_ir, local_ts=tsi_p.selectors, remote_ts=tsr_p.selectors, now=now,
+                       ni=ni, nr=nr, g_ir=g_ir, local_ts=without_redundant(tsi_p.selectors),
+                       remote_ts=without_redundant(tsr_p.selectors), now=now,
                        rekeyed_from=offer.rekey_of.inbound_spi if offer.rekey_of else None)
 
 
