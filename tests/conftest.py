@@ -34,3 +34,12 @@ def pytest_runtest_setup(item):
     if IN_CI:
         pytest.fail(f"CI must run lab tests, but this machine {reason}")
     pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog():
+    """A test that configures logging (e.g. into a captured stream) must not leak it into the next."""
+    import structlog
+
+    yield
+    structlog.reset_defaults()
