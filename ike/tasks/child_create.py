@@ -95,7 +95,7 @@ def _lifetimes(sa: "IkeSa", cfg: ChildConfig, now: float) -> tuple[float | None,
         return None, now + life
     rand = cfg.rand_time if cfg.rand_time is not None else max(life - cfg.rekey_time, 0.0)
     # at most rekey_time, as strongSwan's apply_jitter(): else a rekey falls due at once, again and again
-    rand = min(rand, cfg.rekey_time)
+    rand = min(max(rand, 0.0), cfg.rekey_time)
     return now + cfg.rekey_time - uniform(sa.rng, 0.0, rand), now + life
 
 
