@@ -16,6 +16,7 @@ from typing import Callable
 import structlog
 
 from ike import message as codec
+from ike import retransmit
 from ike.config import ConnectionConfig, TrafficSelector
 from ike.constants import ExchangeType
 from ike.cookies import CookieJar
@@ -54,9 +55,12 @@ def _addr_match(pattern: str, addr: str) -> bool:
 
 class IkeEndpoint:
     def __init__(self, connections: list[ConnectionConfig], *, rng: Callable[[int], bytes],
-                 cookie_threshold: int = 10, now: float = 0.0):
+                 cookie_threshold: int = 10, now: float = 0.0, retransmit_timeout: float = retransmit.TIMEOUT,
+                 retransmit_base: float = retransmit.BASE, retransmit_tries: int = retransmit.TRIES):
         self.connections = {c.name: c for c in connections}
         self.rng = rng
+        # raises ValueError for a schedule that would never give up or never wait
+        self.retransmit_schedule = retransmit.RetransmitSchedule(retransmit_timeout, retransmit_base, retransmit_tries)
         self.cookie_threshold = cookie_threshold
         self.cookies = CookieJar(rng, now)
         self.sas: dict[bytes, IkeSa] = {}  # by our SPI

@@ -97,7 +97,7 @@ class TaskManager:
             packets = self._packets(msg)
             if task.exchange == ExchangeType.IKE_SA_INIT:
                 self.init_request = packets[0]
-            self.active = Outstanding(task, mid, Retransmitter(packets, now))
+            self.active = Outstanding(task, mid, Retransmitter(packets, now, self.endpoint.retransmit_schedule))
             self.log("request_sent", exchange=msg.exchange_name, mid=mid, task=type(task).__name__,
                      fragments=len(packets))
             self.send(packets)

@@ -83,10 +83,13 @@ class Wire:
 
 
 class Pair:
-    def __init__(self, a_conns, b_conns, *, seed: int = 7, wire: Wire | None = None, cookie_threshold: int = 10):
+    def __init__(self, a_conns, b_conns, *, seed: int = 7, wire: Wire | None = None, cookie_threshold: int = 10,
+                 **endpoint_kw):
+        """``endpoint_kw`` go to both IkeEndpoints (e.g. retransmit_timeout)."""
         self.now = 0.0
-        self.a = IkeEndpoint(list(a_conns), rng=seeded_rng(seed), cookie_threshold=cookie_threshold)
-        self.b = IkeEndpoint(list(b_conns), rng=seeded_rng(seed + 1000), cookie_threshold=cookie_threshold)
+        self.a = IkeEndpoint(list(a_conns), rng=seeded_rng(seed), cookie_threshold=cookie_threshold, **endpoint_kw)
+        self.b = IkeEndpoint(list(b_conns), rng=seeded_rng(seed + 1000), cookie_threshold=cookie_threshold,
+                             **endpoint_kw)
         self.ips = {A_IP: self.a, B_IP: self.b}
         self.wire = wire or Wire()
         self.events = {"a": [], "b": []}

@@ -216,3 +216,21 @@ def test_find_child_and_connection():
 def test_garbage_gives_config_errors_only(garbage):
     with pytest.raises(ConfigError):
         parse_config(garbage + "\n", source="espgw.toml")
+
+
+def test_retransmit_schedule_defaults_and_keys():
+    defaults = parse_config(MINIMAL).gateway
+    assert (defaults.retransmit_timeout, defaults.retransmit_base, defaults.retransmit_tries) == (4.0, 1.8, 5)
+    gateway = parse_config(
+        "[gateway]\nretransmit_timeout = 0.5\nretransmit_base = 1\nretransmit_tries = 2\n" + MINIMAL).gateway
+    assert (gateway.retransmit_timeout, gateway.retransmit_base, gateway.retransmit_tries) == (0.5, 1.0, 2)
+    assert parse_config('[gateway]\nretransmit_timeout = "2s"\n' + MINIMAL).gateway.retransmit_timeout == 2.0
+
+
+def test_retransmit_schedule_rejects_what_would_never_wait_or_never_end():
+    joined = "\n".join(errors_of("[gateway]\nretransmit_timeout = 0\nretransmit_base = 0.5\n"
+                                 "retransmit_tries = 1000\n" + MINIMAL))
+    for fragment in ("gateway.retransmit_timeout: expected a duration above 0",
+                     "gateway.retransmit_base: expected a number of at least 1",
+                     "gateway.retransmit_tries: expected an integer from 0 to 100"):
+        assert fragment in joined, joined

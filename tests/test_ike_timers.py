@@ -107,3 +107,58 @@ def test_ike_short_rekey_time_rekeys_at_a_steady_pace():
     rekeys = [e for e in pair.of("a", IkeSaUp) if e.rekeyed_from is not None]
     assert 8 <= len(rekeys) <= 25, len(rekeys)
     assert len([sa for sa in pair.a.sas.values() if sa.established]) == 1
+
+
+def test_retransmit_schedule_defaults_are_strongswans():
+    from ike.endpoint import IkeEndpoint
+    schedule = IkeEndpoint([], rng=seeded_rng(1)).retransmit_schedule
+    assert (schedule.timeout, schedule.base, schedule.tries) == (4.0, 1.8, 5)
+    assert schedule.total() == pytest.approx(165.0, abs=1.0)
+
+
+@pytest.mark.parametrize("kw", [dict(retransmit_timeout=0.0), dict(retransmit_timeout=float("nan")),
+                                dict(retransmit_base=0.5), dict(retransmit_tries=-1),
+                                dict(retransmit_tries=1000), dict(retransmit_tries=2.5)])
+def test_retransmit_schedule_rejects_nonsense(kw):
+    from ike.endpoint import IkeEndpoint
+    with pytest.raises(ValueError, match="retransmit"):
+        IkeEndpoint([], rng=seeded_rng(1), **kw)
+
+
+def test_short_retransmit_schedule_declares_a_dead_peer_in_seconds():
+    """timeout 0.5 s, base 1, 2 tries: a peer that stops answering is dead 1.5 s after the
+    liveness check is sent, with the check sent three times."""
+    from ike_harness import IkeSaDown, Wire
+
+    a, b = mirrored(a_dpd_delay=5.0)
+    wire = Wire()
+    pair = Pair([a], [b], wire=wire, retransmit_timeout=0.5, retransmit_base=1.0, retransmit_tries=2)
+    pair.a.initiate("site", None, pair.now)
+    pair.run()
+    assert pair.of("a", IkeSaUp)
+    sent = []
+
+    def blackhole(d):
+        sent.append((pair.now, d.src[0]))
+        return None
+
+    wire.tamper = blackhole
+    pair.advance(10.0)
+    (down,) = pair.of("a", IkeSaDown)
+    assert down.reason == "dead peer"
+    checks = [t for t, src in sent if src == a.local_addrs[0]]
+    assert len(checks) == 3 and checks[-1] - checks[0] == pytest.approx(1.0)
+    assert not pair.a.sas
+
+
+def test_short_retransmit_schedule_gives_up_an_unanswered_connect():
+    from ike_harness import NegotiationFailed, Wire
+
+    a, b = mirrored()
+    pair = Pair([a], [b], wire=Wire(loss=1.0), retransmit_timeout=0.25, retransmit_base=2.0, retransmit_tries=3)
+    pair.a.initiate("site", None, pair.now)
+    pair.advance(1.0)
+    assert not pair.of("a", NegotiationFailed)
+    pair.advance(3.0)  # 0.25 + 0.5 + 1 + 2 = 3.75 s
+    (failed,) = pair.of("a", NegotiationFailed)
+    assert failed.notify == "TIMEOUT" and pair.now < 4.5 and not pair.a.sas

@@ -50,6 +50,11 @@ class GatewayConfig:
     log_format: str = "auto"  # auto | console | json
     esp_encap: str = "raw"  # raw: IP protocol 50; udp: always ESP in UDP port 4500 (RFC 3948)
     queue_size: int = 64  # packets held per CHILD while an on-demand (trap) negotiation runs
+    # IKE retransmissions, as strongswan.conf's charon.retransmit_*: wait timeout * base ** n
+    # after the n-th resend, give up (peer dead) after ``tries`` resends, about 165 s by default
+    retransmit_timeout: float = 4.0
+    retransmit_base: float = 1.8
+    retransmit_tries: int = 5
 
 
 @dataclass
@@ -398,7 +403,8 @@ def _show(value: Any) -> str:
 
 def _parse_gateway(table: _Table) -> GatewayConfig:
     defaults = GatewayConfig()
-    table.allow({"tun_name", "mtu", "control_socket", "log_level", "log_format", "esp_encap", "queue_size"})
+    table.allow({"tun_name", "mtu", "control_socket", "log_level", "log_format", "esp_encap", "queue_size",
+                 "retransmit_timeout", "retransmit_base", "retransmit_tries"})
     return GatewayConfig(
         tun_name=table.get("tun_name", _tun_name, defaults.tun_name),
         mtu=table.get("mtu", _int_range(576, 65535), defaults.mtu),
@@ -407,7 +413,25 @@ def _parse_gateway(table: _Table) -> GatewayConfig:
         log_format=table.get("log_format", _one_of("auto", "console", "json"), defaults.log_format),
         esp_encap=table.get("esp_encap", _one_of("raw", "udp"), defaults.esp_encap),
         queue_size=table.get("queue_size", _int_range(0, 65536), defaults.queue_size),
+        retransmit_timeout=table.get("retransmit_timeout", _positive_duration, defaults.retransmit_timeout),
+        retransmit_base=table.get("retransmit_base", _number_at_least(1.0), defaults.retransmit_base),
+        retransmit_tries=table.get("retransmit_tries", _int_range(0, 100), defaults.retransmit_tries),
     )
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds > 0:
+        return seconds
+    raise _Bad('a duration above 0 like "4s" or seconds')
+
+
+def _number_at_least(low: float) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value < float("inf"):
+            return float(value)
+        raise _Bad(f"a number of at least {low:g}")
+    return parse
 
 
 def _tun_name(value: Any) -> str:
