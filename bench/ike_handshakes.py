@@ -1,5 +1,6 @@
 """IKE benchmark: full IKE_SA_INIT + IKE_AUTH handshakes (with the first CHILD SA) per second
-between two in-memory endpoints, and memory per established IKE SA with one CHILD SA.
+between two in-memory endpoints, memory per established IKE SA with one CHILD SA, and how many
+IKE_SA_INIT requests per second a responder under cookie load answers with a COOKIE.
 
 Run as ``python -m bench.ike_handshakes`` or ``python bench/ike_handshakes.py``; writes
 bench/results/ike.json. Single-threaded, both ends in one process (so one handshake costs both
@@ -85,17 +86,46 @@ def memory_per_sa(ike: str, esp: str, n: int) -> dict:
     return {"sas": n, "bytes_per_sa_both_ends": round(total / n), "bytes_per_sa_one_end": round(total / n / 2)}
 
 
+def _spoofed_init(ike: str, esp: str) -> bytes:
+    """A real initiator's first IKE_SA_INIT request (SA, KE, Ni, NAT-D and other notifies)."""
+    ini = IkeEndpoint([_config("192.0.2.1", RESPONDER, ike, esp)], rng=os.urandom)
+    ini.initiate("site", None, 0.0)
+    (first,) = ini.datagrams_to_send(0.0)
+    return first.data
+
+
+def cookie_replies_per_second(ike: str, esp: str, seconds: float) -> float:
+    """A responder over its half-open threshold answering a flood of IKE_SA_INIT requests without
+    a cookie (RFC 7296 s2.6): each must cost as little as possible and leave no state. Per
+    CPU-second of this thread."""
+    responder = IkeEndpoint([_config(RESPONDER, "", ike, esp, remote_any=True)], rng=os.urandom,
+                            cookie_threshold=0)
+    request, dst = _spoofed_init(ike, esp), (RESPONDER, 500)
+    sources = [(f"203.0.113.{i % 250 + 1}", 500 + i) for i in range(1000)]
+    count, start = 0, time.thread_time()  # CPU time: a loaded machine would else dominate
+    while time.thread_time() - start < seconds:
+        for src in sources:
+            responder.receive_datagram(request, src, dst, 0.0)
+            responder.datagrams_to_send(0.0)
+        count += len(sources)
+    elapsed = time.thread_time() - start
+    assert not responder.sas and responder.drops.get("cookie required") == count
+    return count / elapsed
+
+
 def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     seconds = float(os.environ.get("BENCH_SECONDS", "3"))
     results = {"python": sys.version.split()[0], "machine": platform.machine(), "cpus": os.cpu_count(),
                "load_average_before": [round(x, 2) for x in os.getloadavg()],
                "note": "both ends in one process: a handshake is the work of initiator and responder together",
-               "handshakes_per_second": {}, "memory": {}}
+               "handshakes_per_second": {}, "memory": {}, "cookie_replies_per_s": {}}
     for name, (ike, esp) in PROPOSALS.items():
         results["handshakes_per_second"][name] = round(handshakes_per_second(ike, esp, seconds), 1)
         results["memory"][name] = memory_per_sa(ike, esp, 200)
-        print(name, results["handshakes_per_second"][name], "handshakes/s", results["memory"][name])
+        results["cookie_replies_per_s"][name] = round(cookie_replies_per_second(ike, esp, seconds))
+        print(name, results["handshakes_per_second"][name], "handshakes/s", results["memory"][name],
+              results["cookie_replies_per_s"][name], "cookie replies/s")
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(results, indent=2) + "\n")
     print("wrote", RESULT)

@@ -19,7 +19,7 @@ from ike import message as codec
 from ike import retransmit
 from ike.config import ConnectionConfig, TrafficSelector
 from ike.constants import ExchangeType
-from ike.cookies import CookieJar
+from ike.cookies import CookieJar, cookie_reply, init_request_fields
 from ike.ike_sa import IkeSa
 
 log = structlog.get_logger("ike")
@@ -193,6 +193,8 @@ class IkeEndpoint:
     # --- the public API ----------------------------------------------------------------------
     def receive_datagram(self, data: bytes, src: Address, dst: Address, now: float) -> None:
         try:
+            if self.half_open_count() >= self.cookie_threshold and self._cookie_answered(data, src, dst, now):
+                return
             msg = codec.decode(data)
         except codec.MessageError as exc:
             self.count_drop(type(exc).__name__)
@@ -210,6 +212,23 @@ class IkeEndpoint:
         except Exception as exc:
             self.count_drop("internal error")
             log.error("datagram_processing_failed", src=src, exchange=msg.exchange_name, error=_trace(exc))
+
+    def _cookie_answered(self, data: bytes, src: Address, dst: Address, now: float) -> bool:
+        """Cookies are required: a new IKE_SA_INIT request without a valid one gets a COOKIE from
+        a minimal parse (RFC 7296 s2.6); True if answered so. Anything else takes the full path."""
+        fields = init_request_fields(data)
+        if fields is None:
+            return False
+        nonce, cookie = fields
+        spi_i = data[:8]
+        if cookie is not None and self.cookies.verify(cookie, nonce, src[0], spi_i, now):
+            return False
+        sa = self.half_open.get((spi_i, src))
+        if sa is not None and sa.init_request == data:  # a retransmission: answered from its SA
+            return False
+        self.send(cookie_reply(spi_i, self.cookies.make(nonce, src[0], spi_i, now)), dst, src)
+        self.count_drop("cookie required")
+        return True
 
     def _reject_critical_init(self, data: bytes, exc, src: Address, dst: Address) -> None:
         """An IKE_SA_INIT request with an unknown critical payload is answered (RFC 7296 s2.5)."""

@@ -3,7 +3,6 @@ storm) or after the hard lifetime, for CHILD and IKE SAs, as strongSwan's apply_
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import pytest
