@@ -19,7 +19,7 @@ bench: setup
 	$(PY) -m bench
 
 fuzz: setup
-	$(PY) -m bench.reliability_fuzz
+	nice $(PY) -m bench.reliability_fuzz
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
