@@ -26,7 +26,7 @@ from ike.endpoint import IkeEndpoint
 from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed
 from tunnel.config import Config
 from tunnel.control import ControlError, ControlServer
-from tunnel.datapath import ChildPath, DropLog, InboundFilter, UdpBatcher, inner_mtu, make_transmit, receive_esp, send_with_mtu
+from tunnel.datapath import ChildPath, DropLog, EspReceiver, InboundFilter, UdpBatcher, inner_mtu, make_transmit, send_with_mtu
 from tunnel.gro import TcpCoalescer
 from tunnel.log import configure_logging
 from tunnel.policy import PolicyTable, parse_packet
@@ -94,6 +94,7 @@ class Gateway:
         self._wakeup_r = self._wakeup_w = -1
         self.tun: TunDevice | None = None
         self.gro: TcpCoalescer | None = None  # decrypted TCP segments merged per receive batch
+        self.receiver: EspReceiver | None = None  # decapsulates a receive batch into the GRO
         self.routes: RouteTable | None = None
         self.raw_v4 = self.raw_v6 = None
         self.udp: UdpIkeSockets | None = None
@@ -116,6 +117,7 @@ class Gateway:
             self.raw_v6 = RawEspSocket(socket.AF_INET6, v6[0] if v6 and not wildcard else "::")
         self.tun = TunDevice.create(self.settings.tun_name, self.settings.mtu, vnet_hdr=True)
         self.gro = TcpCoalescer(self.tun.write, self.tun.write_gso)
+        self.receiver = EspReceiver(self.sadb, self.inbound_ok, self.gro.add, self.drop_log)
         self.routes = RouteTable(self.tun.name)
         self._install_routes()
         self.control = ControlServer(self.settings.control_socket, self.handle_control, selector=self.selector)
@@ -268,40 +270,33 @@ class Gateway:
 
     def _on_raw(self, sock: RawEspSocket) -> None:
         seen: dict[int, Any] = {}
-        sadb, inbound_ok, gro, drop_log = self.sadb, self.inbound_ok, self.gro, self.drop_log
-        add = gro.add
         if sock.family == socket.AF_INET:
             # the outer IPv4 header parsed inline: no tuple, no address string per packet
-            malformed = 0
-            for datagram in sock.read_batch(BATCH):
-                ihl = (datagram[0] & 0x0F) << 2
-                if ihl < 20 or len(datagram) < ihl + 8:
-                    malformed += 1
-                    continue
-                receive_esp(sadb, inbound_ok, add, datagram[ihl:], datagram[1] & 3, drop_log, seen)
+            malformed = self.receiver.receive_ipv4(sock.read_batch(BATCH), seen)
             if malformed:
                 sock.counters["recv_malformed"] += malformed
         else:
+            receive = self.receiver.receive
             for dg in sock.recv_batch(BATCH):
-                receive_esp(sadb, inbound_ok, add, dg.esp, dg.ecn, drop_log, seen)
-        gro.flush()
+                receive((dg.esp,), dg.ecn, seen)
+        self.gro.flush()
         self._note_alive(seen)
 
     def _on_udp(self, fd: int) -> None:
         seen: dict[int, Any] = {}
-        now = None
-        for dg in self.udp.read_batch(fd, BATCH):
-            if dg.kind == "esp":
-                receive_esp(self.sadb, self.inbound_ok, self.gro.add, dg.data, dg.ecn, self.drop_log, seen)
-            else:
-                now = self.clock()
+        runs, others = self.udp.read_esp_batch(fd, BATCH)
+        receive = self.receiver.receive
+        for packets, ecn in runs:
+            receive(packets, ecn, seen)
+        self.gro.flush()
+        self._note_alive(seen)
+        if others:
+            now = self.clock()
+            for dg in others:
                 try:
                     self.ike.receive_datagram(dg.data, dg.remote, dg.local, now)
                 except Exception:  # the core should never raise; a bug here must not kill the gateway
                     log.exception("ike.receive_failed", remote=dg.remote)
-        self.gro.flush()
-        self._note_alive(seen)
-        if now is not None:
             self._pump(now)
 
     def _note_alive(self, seen: dict) -> None:

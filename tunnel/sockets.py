@@ -414,6 +414,47 @@ class UdpEndpoint:
             self.counters["recv_errors"] += 1
         return out
 
+    def read_esp_batch(self, max_packets: int = 64) -> tuple[list[tuple[list[bytes], int]], list[UdpDatagram]]:
+        """``read_batch`` for the data path: ESP as (packets, ECN bits) per datagram read, the rest apart.
+
+        A UDP GRO datagram becomes its segments in one list without a tuple or a call per
+        packet; a read holding anything but ESP (an IKE message, a keepalive, a runt) goes
+        through ``_classify`` as in ``read_batch``. Returns (ESP runs, IKE datagrams).
+        """
+        runs: list[tuple[list[bytes], int]] = []
+        others: list[UdpDatagram] = []
+        recvmsg = self._sock.recvmsg
+        counters = self.counters
+        natt = self.natt
+        esp = 0
+        try:
+            for _ in range(max_packets):
+                data, ancdata, _flags, addr = recvmsg(_MAX_DATAGRAM, _ANC_SPACE)
+                local, ecn, segment = self._parse_ancillary(ancdata)
+                if segment and len(data) > segment:  # GRO coalesced several datagrams of one flow
+                    parts = [data[start:start + segment] for start in range(0, len(data), segment)]
+                else:
+                    parts = [data]
+                # ESP: at least an SPI and a sequence number, and no non-ESP marker (SPI 0)
+                if natt and all(len(p) >= 8 and p[:4] != NON_ESP_MARKER for p in parts):
+                    runs.append((parts, ecn))
+                    esp += len(parts)
+                else:
+                    classified: list[UdpDatagram] = []
+                    remote, local_port = (addr[0], addr[1]), (local, self.port)
+                    for part in parts:
+                        self._classify(part, remote, local_port, ecn, classified)
+                    others += [d for d in classified if d.kind != "esp"]
+                    esp_parts = [d.data for d in classified if d.kind == "esp"]  # counted by _classify
+                    if esp_parts:
+                        runs.append((esp_parts, ecn))
+        except BlockingIOError:
+            pass
+        except OSError:  # ICMP port unreachable etc. reported on the socket; the next read goes on
+            counters["recv_errors"] += 1
+        counters["esp"] += esp
+        return runs, others
+
     def _source_cmsg(self, source: str | None) -> list:
         if source is None or not self.wildcard:
             return []
@@ -512,6 +553,9 @@ class UdpIkeSockets:
 
     def read_batch(self, fd: int, max_packets: int = 64) -> list[UdpDatagram]:
         return self._by_fd[fd].read_batch(max_packets)
+
+    def read_esp_batch(self, fd: int, max_packets: int = 64) -> tuple[list[tuple[list[bytes], int]], list[UdpDatagram]]:
+        return self._by_fd[fd].read_esp_batch(max_packets)
 
     def endpoint(self, local: tuple[str, int] | None, remote: tuple[str, int], natt: bool) -> UdpEndpoint:
         """The endpoint to send from: bound to ``local`` (address, port), or to its wildcard."""
