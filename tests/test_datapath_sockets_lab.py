@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
@@ -55,6 +56,70 @@ def test_kernel_header_wildcard_socket_sends_from_the_sa_address(pair):
         assert got[12:16] == socket.inet_aton(A4)
         with pytest.raises(ValueError):
             RawEspSocket.esp_sender(receiver, B4)  # an IP_HDRINCL socket builds its own headers
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_read_esp_batch_splits_gro_runs_and_keeps_ike_apart(pair):
+    """The data path's UDP read: ESP as per-datagram lists (GRO split), IKE and junk as read_batch has them."""
+    from tunnel.sockets import NON_ESP_MARKER, UdpIkeSockets
+
+    a, b = pair
+    with a.entered():
+        sender = UdpIkeSockets([A4], ports=(500, 4500))
+    with b.entered():
+        receiver = UdpIkeSockets([B4], ports=(500, 4500), gro=True)
+    try:
+        packets = [esp(0xAB, i + 1, 200) for i in range(20)] + [esp(0xAB, 21, 120)]
+        send_batch = sender.endpoint((A4, 4500), (B4, 4500), natt=True).esp_batch_sender((B4, 4500), A4)
+        assert send_batch(packets) == len(packets)
+        assert sender.counters["gso_sends"] == 1
+        endpoint = sender.endpoint((A4, 4500), (B4, 4500), natt=True)
+        endpoint.send(NON_ESP_MARKER + b"IKE", (B4, 4500))
+        endpoint.send(b"\xff", (B4, 4500))  # keepalive
+        endpoint.send(esp(0xAB, 22, 64), (B4, 4500))
+        fd = next(ep.fd for ep in receiver.endpoints if ep.natt)
+        runs, others = [], []
+        deadline = time.monotonic() + 3
+        while sum(len(p) for p, _ in runs) < 22 and time.monotonic() < deadline:
+            got_runs, got_others = receiver.read_esp_batch(fd)
+            runs += got_runs
+            others += got_others
+            time.sleep(0.01)
+        others += receiver.read_esp_batch(fd)[1]
+        received = [p for run, _ in runs for p in run]
+        assert received[:21] == packets and len(received) == 22 and received[21][:8] == esp(0xAB, 22)[:8]
+        assert len(runs) < 10 and all(ecn == 0 for _, ecn in runs)  # GRO merged the burst
+        assert [(d.kind, d.data, d.local) for d in others] == [("ike", b"IKE", (B4, 4500))]
+        counters = receiver.counters
+        assert counters["esp"] == 22 and counters["keepalive"] == 1 and counters["ike"] == 1
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_tunnel_sender_copies_tos_and_df_from_the_inner_packet(pair):
+    a, b = pair
+    with a.entered():
+        sender = RawEspSocket(socket.AF_INET, "0.0.0.0", kernel_header=True)
+    with b.entered():
+        receiver = RawEspSocket(socket.AF_INET, B4)
+    try:
+        send = sender.tunnel_sender(B4, A4)
+        v4 = lambda tos, df: bytes((0x45, tos, 0, 20, 0, 0, 0x40 if df else 0, 0)) + bytes(12)  # noqa: E731
+        v6 = lambda tclass: bytes((0x60 | tclass >> 4, (tclass & 0x0F) << 4)) + bytes(38)  # noqa: E731
+        plan = [(v4(0, False), 0, False), (v4(0xB8 | 1, True), 0xB9, True), (v6(0x2A), 0x2A, True),
+                (v4(3, False), 3, False)]
+        packets = [esp(0x5000 + i, i + 1, 80) for i in range(len(plan))]
+        for packet, (inner, _, _) in zip(packets, plan):
+            assert send(packet, inner)
+        got = gather(receiver.read_batch, len(plan))
+        assert [parse_ipv4_esp(d).esp for d in got] == packets
+        assert [(d[1], bool(d[6] & 0x40)) for d in got] == [(tos, df) for _, tos, df in plan]
+        assert all(d[12:16] == socket.inet_aton(A4) for d in got)  # the SA's source on a wildcard socket
+        with pytest.raises(ValueError):
+            RawEspSocket.tunnel_sender(receiver, B4)
     finally:
         sender.close()
         receiver.close()

@@ -108,12 +108,16 @@ class UdpBatcher:
     def transmitter(self, udp, remote: tuple[str, int], local: tuple[str, int]) -> Callable[[bytes, bytes], bool]:
         queue: list[bytes] = []
         dirty = self._dirty
-        send_batch = udp.send_esp_batch
+        try:  # the socket and its control messages are chosen once per SA
+            send_batch = udp.endpoint(local, remote, True).esp_batch_sender(remote, local[0])
+        except ValueError:  # no UDP socket of the peer's address family: nothing can go out
+            log.warning("esp.no_udp_socket", remote=remote[0])
+            send_batch = len
 
         def flush() -> None:
             packets = queue[:]
             queue.clear()
-            send_batch(packets, remote, local)
+            send_batch(packets)
 
         def transmit_batched(esp: bytes, inner: bytes) -> bool:
             if not queue:
@@ -149,16 +153,7 @@ def make_transmit(up: ChildSaUp, *, raw_v4, raw_v6, udp, force_udp: bool,
         return transmit_udp
     if ipaddress.ip_address(remote_ip).version == 4:
         if getattr(raw_v4, "kernel_header", False):
-            send_esp = raw_v4.esp_sender(remote_ip, local_ip)
-
-            def transmit_v4_kernel_header(esp: bytes, inner: bytes) -> bool:
-                # RFC 6040 normal mode: outer TOS (DSCP and ECN) copied from the inner packet; DF
-                # copied from IPv4, always set for IPv6 (it is never fragmented en route)
-                if inner[0] >> 4 == 4:
-                    return send_esp(esp, inner[1], inner[6] & 0x40 != 0)
-                return send_esp(esp, (inner[0] & 0x0F) << 4 | inner[1] >> 4, True)
-
-            return transmit_v4_kernel_header
+            return raw_v4.tunnel_sender(remote_ip, local_ip)  # TOS and DF copied from the inner packet
         outer = OuterIPv4(socket.inet_aton(local_ip), socket.inet_aton(remote_ip), df="copy")
         build, send = outer.build, raw_v4.sender(remote_ip)
 

@@ -293,6 +293,47 @@ class RawEspSocket:
             return True
         return send
 
+    def tunnel_sender(self, dst: str, source: str | None = None) -> Callable[[bytes, bytes], bool]:
+        """``esp_sender`` for tunnel mode as one closure ``send(esp, inner)``, one Python call per packet.
+
+        The outer TOS and DF come from the inner packet: RFC 6040 normal mode copies DSCP and
+        ECN; DF is copied from an inner IPv4 header and always set for inner IPv6 (it is never
+        fragmented en route).
+        """
+        if not self.kernel_header:
+            raise ValueError("tunnel_sender needs an IPv4 socket made with kernel_header=True")
+        sock = self._sock
+        setsockopt, counters, failed = sock.setsockopt, self.counters, self._send_failed
+        sendto, sendmsg = sock.sendto, sock.sendmsg
+        address = (dst, 0)
+        pktinfo = None
+        if source is not None and source != self.local_addr:
+            pktinfo = [(socket.IPPROTO_IP, _IP_PKTINFO, struct.pack("=I4s4s", 0, socket.inet_aton(source), bytes(4)))]
+        ip_level, ip_tos, mtu_discover = socket.IPPROTO_IP, socket.IP_TOS, _IP_MTU_DISCOVER
+
+        def send(esp: bytes, inner: bytes) -> bool:
+            if inner[0] >> 4 == 4:
+                tos, df = inner[1], inner[6] & 0x40 != 0
+            else:
+                tos, df = (inner[0] & 0x0F) << 4 | inner[1] >> 4, True
+            try:
+                if tos != self._tos or df != self._df:
+                    if tos != self._tos:
+                        setsockopt(ip_level, ip_tos, tos)
+                        self._tos = tos
+                    if df != self._df:
+                        setsockopt(ip_level, mtu_discover, _IP_PMTUDISC_DO if df else _IP_PMTUDISC_DONT)
+                        self._df = df
+                if pktinfo is None:
+                    sendto(esp, address)
+                else:
+                    sendmsg([esp], pktinfo, 0, address)
+            except OSError as exc:
+                return failed(exc)
+            counters["sent"] += 1
+            return True
+        return send
+
     def _send_failed(self, exc: OSError) -> bool:
         if exc.errno not in _TRANSIENT_SEND:
             raise exc
@@ -484,32 +525,57 @@ class UdpEndpoint:
 
     def send_esp_batch(self, packets: list[bytes], remote: tuple[str, int], source: str | None = None) -> int:
         """Send ESP-in-UDP datagrams, runs of equal size in one UDP_SEGMENT (GSO) call; returns how many went."""
-        sent = 0
-        i = 0
-        while i < len(packets):
-            size = len(packets[i])
-            j = i + 1
+        return self.esp_batch_sender(remote, source)(packets)
+
+    def esp_batch_sender(self, remote: tuple[str, int], source: str | None = None) -> Callable[[list[bytes]], int]:
+        """``send_esp_batch`` bound to one peer as a closure, control messages built once.
+
+        The common batch (equal sizes but a shorter last one, at most 64 and 64 KB) is checked
+        in C (``set(map(len, ...))``) and goes out in one ``sendmsg``; others are split into runs.
+        """
+        sock, counters, send_one = self._sock, self.counters, self.send
+        source_cmsg = self._source_cmsg(source)
+        segment_cmsgs: dict[int, list] = {}
+
+        def send_run(run: list[bytes], size: int) -> int:
+            cmsg = segment_cmsgs.get(size)
+            if cmsg is None:
+                if len(segment_cmsgs) > 64:
+                    segment_cmsgs.clear()
+                cmsg = segment_cmsgs[size] = source_cmsg + [(_SOL_UDP, _UDP_SEGMENT, struct.pack("=H", size))]
+            try:
+                sock.sendmsg([b"".join(run)], cmsg, 0, remote)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.ENOBUFS):
+                    counters["send_dropped"] += len(run)
+                    return 0
+                # GSO refused (no support, or a route that cannot segment): one by one
+                return sum(send_one(p, remote, source) for p in run)
+            counters["sent"] += len(run)
+            counters["gso_sends"] += 1
+            return len(run)
+
+        def send_batch(packets: list[bytes]) -> int:
+            count = len(packets)
+            if count == 1:
+                return send_one(packets[0], remote, source)
+            size = len(packets[0])
             # GSO: every segment but the last has the same size; the last may be shorter.
-            while (j < len(packets) and j - i < _MAX_GSO_SEGMENTS and len(packets[j - 1]) == size
-                   and len(packets[j]) <= size and (j - i + 1) * size <= 65000):
-                j += 1
-            run = packets[i:j]
-            if len(run) == 1:
-                sent += self.send(run[0], remote, source)
-            else:
-                try:
-                    cmsg = self._source_cmsg(source) + [(_SOL_UDP, _UDP_SEGMENT, struct.pack("=H", size))]
-                    self._sock.sendmsg([b"".join(run)], cmsg, 0, remote)
-                    self.counters["sent"] += len(run)
-                    self.counters["gso_sends"] += 1
-                    sent += len(run)
-                except OSError as exc:
-                    if exc.errno in (errno.EAGAIN, errno.ENOBUFS):
-                        self.counters["send_dropped"] += len(run)
-                    else:  # GSO refused (no support, or a route that cannot segment): one by one
-                        sent += sum(self.send(p, remote, source) for p in run)
-            i = j
-        return sent
+            if (count <= _MAX_GSO_SEGMENTS and count * size <= 65000 and len(packets[-1]) <= size
+                    and len(set(map(len, packets[:-1]))) == 1):
+                return send_run(packets, size)
+            sent = i = 0
+            while i < count:
+                size = len(packets[i])
+                j = i + 1
+                while (j < count and j - i < _MAX_GSO_SEGMENTS and len(packets[j - 1]) == size
+                       and len(packets[j]) <= size and (j - i + 1) * size <= 65000):
+                    j += 1
+                sent += send_run(packets[i:j], size) if j - i > 1 else send_one(packets[i], remote, source)
+                i = j
+            return sent
+
+        return send_batch
 
     def close(self) -> None:
         self._sock.close()
