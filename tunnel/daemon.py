@@ -69,7 +69,10 @@ class Gateway:
         if self.force_udp:  # both sides must agree to encapsulate: IKE then fakes NAT detection
             for conn in config.connections:
                 conn.encap = True
-        self.ike = IkeEndpoint(config.connections, rng=rng, now=self.started)
+        self.ike = IkeEndpoint(config.connections, rng=rng, now=self.started,
+                               retransmit_timeout=self.settings.retransmit_timeout,
+                               retransmit_base=self.settings.retransmit_base,
+                               retransmit_tries=self.settings.retransmit_tries)
         self.sadb = SADatabase()
         self.policy = PolicyTable()
         self.inbound_ok = InboundFilter(self.policy)  # cleared on every policy change below
