@@ -18,11 +18,14 @@ import structlog
 from ike import message as codec
 from ike import retransmit
 from ike.config import ConnectionConfig, TrafficSelector
-from ike.constants import ExchangeType
+from ike.constants import ExchangeType, NotifyType
 from ike.cookies import CookieJar, cookie_reply, init_request_fields
 from ike.ike_sa import IkeSa
+from ike.payloads import NotifyPayload
 
 log = structlog.get_logger("ike")
+
+INVALID_IKE_SPI_PER_SECOND = 10
 
 Address = tuple[str, int]
 Event = object
@@ -72,6 +75,7 @@ class IkeEndpoint:
         self._unique = 0
         self._restarts: list[tuple[ConnectionConfig, object]] = []  # close_action = start
         self.drops: dict[str, int] = {}
+        self._invalid_spi_window, self._invalid_spi_sent = now, 0  # rate limit of INVALID_IKE_SPI
 
     # --- services for IKE SAs and tasks -------------------------------------------------------
     def send(self, data: bytes, src: Address, dst: Address) -> None:
@@ -232,7 +236,6 @@ class IkeEndpoint:
 
     def _reject_critical_init(self, data: bytes, exc, src: Address, dst: Address) -> None:
         """An IKE_SA_INIT request with an unknown critical payload is answered (RFC 7296 s2.5)."""
-        from ike.constants import NotifyType
         from ike.tasks.ike_init import _error_response
         msg = codec.parse_header(data)
         if msg.exchange == ExchangeType.IKE_SA_INIT and not msg.response and msg.message_id == 0:
@@ -255,11 +258,31 @@ class IkeEndpoint:
         sa = self.sas.get(our_spi)
         if sa is None or (sa.initiator == msg.initiator):
             self.count_drop("unknown IKE SPI")
+            if sa is None:
+                self._answer_invalid_ike_spi(msg, src, dst, now)
             return
         if msg.exchange != ExchangeType.IKE_SA_INIT and (msg.spi_i != sa.spi_i or msg.spi_r != sa.spi_r):
             self.count_drop("SPI mismatch")
             return
         sa.receive(data, msg, src, dst, now)
+
+    def _answer_invalid_ike_spi(self, msg: codec.Message, src: Address, dst: Address, now: float) -> None:
+        """RFC 7296 s1.5, s2.21.4: an encrypted request for an IKE SA we do not know (we restarted,
+        or it is gone) MAY get an unprotected INVALID_IKE_SPI with its SPIs and message ID. Never
+        for a response, and at most INVALID_IKE_SPI_PER_SECOND of them, so spoofed requests cannot
+        turn us into a reflector."""
+        if msg.response or codec.encrypted_payload(msg) is None:
+            return
+        if now - self._invalid_spi_window >= 1.0 or now < self._invalid_spi_window:
+            self._invalid_spi_window, self._invalid_spi_sent = now, 0
+        if self._invalid_spi_sent >= INVALID_IKE_SPI_PER_SECOND:
+            self.count_drop("INVALID_IKE_SPI rate limit")
+            return
+        self._invalid_spi_sent += 1
+        reply = codec.Message(msg.spi_i, msg.spi_r, ExchangeType.INFORMATIONAL, msg.message_id,
+                              not msg.initiator, True, [NotifyPayload(NotifyType.INVALID_IKE_SPI)])
+        self.send(codec.encode(reply), dst, src)
+        log.debug("invalid_ike_spi_sent", remote=src, exchange=msg.exchange_name)
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:
         out, self._out = self._out, []
