@@ -169,8 +169,11 @@ def test_dpd_both_ways_and_dead_peer(lab, swan, peering, role):
     """dpd_delay 1 s on espgw, 2 s on strongSwan. One-way traffic leaves only the sender's
     gateway without inbound packets, so first espgw's liveness check must be answered by
     strongSwan, then the other way round. Then the link to strongSwan drops everything: charon declares espgw dead
-    (after its shortened retransmissions), and espgw retransmits its own check."""
+    (after its shortened retransmissions), and espgw, whose schedule is shortened too (1 s, x1.5,
+    2 tries: dead after 4.75 s), declares strongSwan dead and removes its SAs."""
     p = peering("chacha", role, dpd_delay=1)
+    p.settings.retransmit_timeout, p.settings.retransmit_base = 1.0, 1.5
+    p.settings.retransmit_tries = 2
     p.swan_conn.dpd_delay = 2
     p.start()
     p.up()
@@ -184,7 +187,6 @@ def test_dpd_both_ways_and_dead_peer(lab, swan, peering, role):
     assert re.search(r"parsed INFORMATIONAL response \d+ \[ \]", log), "espgw did not answer"
     assert len(p.espgw.ike_sas()) == 1 and len(swan.list_sas()) == 1
 
-    (ike_before,) = p.espgw.ike_sas()
     lab.set_loss(lab.gwB, lab.gwB.wan_iface, 100, direction="ingress")
     try:
         wait_until(lambda: not swan.list_sas(), 10, "charon to declare espgw dead", interval=0.2,
@@ -192,7 +194,9 @@ def test_dpd_both_ways_and_dead_peer(lab, swan, peering, role):
         assert re.search(r"giving up after \d+ retransmits", p.swan_log())
         wait_until(lambda: '"retransmit"' in p.espgw_log(), 8, "espgw to retransmit its DPD",
                    on_timeout=p.logs)
-        assert [sa["spi_i"] for sa in p.espgw.ike_sas()] == [ike_before["spi_i"]]  # still trying
+        wait_until(lambda: not p.espgw.ike_sas(), 12, "espgw to declare strongSwan dead", interval=0.2,
+                   on_timeout=p.logs)
+        assert "dead peer" in p.espgw_log() and not p.espgw.children()
     finally:
         lab.set_loss(lab.gwB, lab.gwB.wan_iface, 0, direction="ingress")
 

@@ -36,6 +36,9 @@ class GatewaySettings:
     log_level: str = "info"
     log_format: str = "json"
     queue_size: int = 64
+    retransmit_timeout: float = 4.0  # strongSwan's schedule; lab tests shorten it to see a dead peer
+    retransmit_base: float = 1.8
+    retransmit_tries: int = 5
 
 
 def _quote(text: str) -> str:
@@ -70,7 +73,8 @@ def config_toml(conns: list[ConnectionConfig], settings: GatewaySettings, contro
     lines = ["[gateway]", f"tun_name = {_quote(settings.tun_name)}", f"mtu = {settings.mtu}",
              f"control_socket = {_quote(control_socket)}", f'esp_encap = "{settings.esp_encap}"',
              f'log_level = "{settings.log_level}"', f'log_format = "{settings.log_format}"',
-             f"queue_size = {settings.queue_size}", ""]
+             f"queue_size = {settings.queue_size}", f"retransmit_timeout = {settings.retransmit_timeout}",
+             f"retransmit_base = {settings.retransmit_base}", f"retransmit_tries = {settings.retransmit_tries}", ""]
     for conn in conns:
         lines += [f"[connections.{conn.name}]",
                   f"local_addrs = {_list(conn.local_addrs)}", f"remote_addrs = {_list(conn.remote_addrs)}",
