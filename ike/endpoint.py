@@ -7,7 +7,9 @@ opens a socket or draws randomness other than from the injected ``rng``.
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
+import itertools
 import traceback
 from collections import deque
 from dataclasses import dataclass
@@ -70,6 +72,15 @@ class IkeEndpoint:
         self.half_open: dict[tuple[bytes, Address], IkeSa] = {}  # responder: (SPIi, peer address)
         self._connecting: set[IkeSa] = set()  # responder SAs not yet authenticated
         self.child_index: dict[int, IkeSa] = {}  # inbound ESP SPI -> IKE SA
+        # Established, not yet dead IKE SAs, so per-handshake look-ups need not scan all SAs:
+        self._by_peer_id: dict[tuple, dict[IkeSa, None]] = {}  # (connection, remote identity)
+        self._by_name: dict[str, dict[IkeSa, None]] = {}  # connection name
+        # Timer deadlines: a heap of (deadline, entry number, our SPI); an entry is current only
+        # while its SA's ``timer_entry`` is that number (lazy deletion). SAs whose deadlines may
+        # have moved are queued in ``_timer_dirty`` and re-pushed before the next look-up.
+        self._timers: list[tuple[float, int, bytes]] = []
+        self._timer_dirty: dict[IkeSa, None] = {}
+        self._timer_seq = itertools.count(1)
         self._out: list[Datagram] = []
         self._events: deque = deque()
         self._unique = 0
@@ -99,6 +110,9 @@ class IkeEndpoint:
 
     def register(self, sa: IkeSa, half_open_key: tuple[bytes, Address] | None = None) -> None:
         self.sas[sa.our_spi] = sa
+        self.timer_changed(sa)
+        if sa.established_at is not None:  # a rekeyed IKE SA is established before it is registered
+            self._index_established(sa)
         if half_open_key is not None:
             sa.half_open_key = half_open_key
             self.half_open[half_open_key] = sa
@@ -111,9 +125,29 @@ class IkeEndpoint:
         if key is not None and self.half_open.get(key) is sa:
             del self.half_open[key]
         self._connecting.discard(sa)
+        for index, key in ((self._by_peer_id, sa.peer_key), (self._by_name, sa.indexed_name)):
+            bucket = index.get(key) if key is not None else None
+            if bucket is not None and bucket.pop(sa, 0) is None and not bucket:
+                del index[key]
+        sa.peer_key = sa.indexed_name = None
 
     def sa_established(self, sa: IkeSa) -> None:
         self._connecting.discard(sa)
+        if self.sas.get(sa.our_spi) is sa:
+            self._index_established(sa)
+
+    def _index_established(self, sa: IkeSa) -> None:
+        """Name and identity are final once an SA is up (IKE_AUTH picked the connection)."""
+        if sa.indexed_name is not None:
+            return
+        sa.peer_key, sa.indexed_name = (sa.name, sa.remote_id), sa.name
+        self._by_peer_id.setdefault(sa.peer_key, {})[sa] = None
+        self._by_name.setdefault(sa.name, {})[sa] = None
+
+    def timer_changed(self, sa: IkeSa) -> None:
+        """``sa``'s deadlines may have moved (earlier or later): re-read them before the next timer
+        look-up. Moving later without this call is harmless (the heap entry is re-checked)."""
+        self._timer_dirty[sa] = None
 
     def half_open_count(self) -> int:
         """Responder IKE SAs waiting for IKE_AUTH (RFC 7296 s2.6 cookie threshold)."""
@@ -126,13 +160,12 @@ class IkeEndpoint:
 
     def first_contact(self, sa: IkeSa) -> bool:
         """Whether no other IKE SA of this connection to the same peer is up (send INITIAL_CONTACT)."""
-        return not any(o is not sa and o.name == sa.name and o.remote[0] == sa.remote[0]
-                       and o.established_at is not None and o.state != "dead" for o in self.sas.values())
+        return not any(o is not sa and o.remote[0] == sa.remote[0] and o.state != "dead"
+                       for o in self._by_name.get(sa.name, ()))
 
     def duplicates(self, sa: IkeSa) -> list[IkeSa]:
         """Other live IKE SAs of the same connection with the same peer identity."""
-        return [o for o in self.sas.values() if o is not sa and o.name == sa.name and o.remote_id == sa.remote_id
-                and o.established_at is not None and o.state != "dead"]
+        return [o for o in self._by_peer_id.get((sa.name, sa.remote_id), ()) if o is not sa and o.state != "dead"]
 
     def initial_contact(self, sa: IkeSa, now: float) -> None:
         """INITIAL_CONTACT (or unique = replace): drop the other SAs with the same peer ID. Without
@@ -264,6 +297,7 @@ class IkeEndpoint:
         if msg.exchange != ExchangeType.IKE_SA_INIT and (msg.spi_i != sa.spi_i or msg.spi_r != sa.spi_r):
             self.count_drop("SPI mismatch")
             return
+        self.timer_changed(sa)
         sa.receive(data, msg, src, dst, now)
 
     def _answer_invalid_ike_spi(self, msg: codec.Message, src: Address, dst: Address, now: float) -> None:
@@ -291,13 +325,57 @@ class IkeEndpoint:
     def next_event(self):
         return self._events.popleft() if self._events else None
 
+    def _push_timer(self, sa: IkeSa) -> None:
+        deadline = sa.next_deadline()
+        if sa.timer_entry is not None and sa.timer_at == deadline:
+            return  # its current entry still holds
+        sa.timer_at = deadline
+        if deadline is None:
+            sa.timer_entry = None
+            return
+        sa.timer_entry = entry = next(self._timer_seq)
+        heapq.heappush(self._timers, (deadline, entry, sa.our_spi))
+
+    def _flush_timers(self) -> None:
+        dirty, self._timer_dirty = self._timer_dirty, {}
+        for sa in dirty:
+            if sa.state != "dead" and self.sas.get(sa.our_spi) is sa:
+                self._push_timer(sa)
+        if len(self._timers) > 2 * len(self.sas) + 64:  # too many superseded entries: compact
+            self._timers = [e for e in self._timers if self._current(e) is not None]
+            heapq.heapify(self._timers)
+
+    def _current(self, entry: tuple[float, int, bytes]) -> IkeSa | None:
+        sa = self.sas.get(entry[2])
+        return sa if sa is not None and sa.timer_entry == entry[1] else None
+
     def get_timer(self) -> float | None:
-        deadlines = [d for sa in self.sas.values() for d in sa.deadlines() if d != float("inf")]
-        return min(deadlines) if deadlines else None
+        """The earliest deadline of all SAs (exact: the top entry is re-checked against its SA)."""
+        self._flush_timers()
+        timers = self._timers
+        while timers:
+            deadline, _, _ = top = timers[0]
+            sa = self._current(top)
+            if sa is None:
+                heapq.heappop(timers)
+            elif sa.next_deadline() != deadline:  # moved later (e.g. DPD after inbound ESP)
+                heapq.heappop(timers)
+                self._push_timer(sa)
+            else:
+                return deadline
+        return None
 
     def handle_timer(self, now: float) -> None:
-        for sa in list(self.sas.values()):
-            if any(d <= now for d in sa.deadlines()):
+        self._flush_timers()
+        due = []
+        while self._timers and self._timers[0][0] <= now:
+            sa = self._current(heapq.heappop(self._timers))
+            if sa is not None:
+                sa.timer_entry = None
+                due.append(sa)
+        for sa in due:
+            self.timer_changed(sa)  # pushed again with whatever deadlines it has afterwards
+            if sa.state != "dead" and any(d <= now for d in sa.deadlines()):
                 try:
                     sa.handle_timer(now)
                 except Exception as exc:
@@ -308,11 +386,12 @@ class IkeEndpoint:
     def _established_for(self, name: str) -> IkeSa | None:
         """The IKE SA new CHILD SAs of a connection go to: an established one (not a collision's
         undecided SA, preferring the one holding CHILD SAs), else one being set up."""
-        live = [sa for sa in self.sas.values() if sa.name == name and not sa.silent and sa.replaces is None]
-        up = [sa for sa in live if sa.state == "established"]
+        up = [sa for sa in self._by_name.get(name, ())
+              if sa.state == "established" and not sa.silent and sa.replaces is None]
         if up:
             return max(up, key=lambda sa: (len(sa.children), sa.unique_id))
-        return next((sa for sa in live if sa.state == "connecting"), None)
+        return next((sa for sa in self.sas.values() if sa.name == name and sa.state == "connecting"
+                     and not sa.silent and sa.replaces is None), None)
 
     def initiate(self, connection: str, child: str | None, now: float, *,
                  packet_ts: tuple[TrafficSelector, TrafficSelector] | None = None) -> None:
@@ -377,6 +456,7 @@ class IkeEndpoint:
         if sa is None or child is None or child.state != "installed" or not sa.established:
             return
         child.rekey_at = None
+        self.timer_changed(sa)
         if not any(isinstance(t, ChildRekey) and t.child is child for t in sa.queue):
             sa.queue_task(ChildRekey(child), now)
 

@@ -36,8 +36,31 @@ def _finite(seconds: float) -> float:
     return 0.0 if seconds == math.inf else seconds  # events say "never" with 0
 
 
+class _TimerField:
+    """An IkeSa attribute a deadline depends on: assigning it (from anywhere, tests included)
+    has the endpoint re-read the SA's deadlines before its next timer look-up."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, sa, owner=None):
+        return self if sa is None else sa.__dict__[self.slot]
+
+    def __set__(self, sa, value) -> None:
+        sa.__dict__[self.slot] = value
+        sa.endpoint.timer_changed(sa)
+
+
 class IkeSa(TaskManager):
     """State, keys and CHILD SAs of one IKE SA; the message handling is in TaskManager."""
+
+    state = _TimerField()
+    active = _TimerField()
+    rekey_at = _TimerField()
+    expire_at = _TimerField()
+    reauth_at = _TimerField()
+    retry_at = _TimerField()
+    redundant_until = _TimerField()
 
     def __init__(self, endpoint: "IkeEndpoint", config: ConnectionConfig, *, initiator: bool,
                  local: tuple[str, int], remote: tuple[str, int], spi_i: bytes, spi_r: bytes,
@@ -92,6 +115,11 @@ class IkeSa(TaskManager):
         self.held_events: list = []
         self.redundant_until: float | None = None  # when to drop it if the peer never deletes it
         self.stats = {"dropped": 0}
+        # the endpoint's indices: keys this SA is filed under, its current timer heap entry
+        self.peer_key: tuple | None = None
+        self.indexed_name: str | None = None
+        self.timer_entry: int | None = None
+        self.timer_at: float | None = None
 
     # --- helpers for tasks -------------------------------------------------------------------
     @property
@@ -166,6 +194,7 @@ class IkeSa(TaskManager):
             child.rekeyed_from = old.inbound_spi if old else None
         self.children[child.inbound_spi] = child
         self.endpoint.child_index[child.inbound_spi] = self
+        self.touch()
         self.emit(ChildSaUp(
             self.name, self.unique_id, child.name, child.unique_id, child.inbound_spi, child.outbound_spi,
             child.esp_transform, child.esn, child.config.mode, child.local_ts, child.remote_ts, self.local,
@@ -198,6 +227,7 @@ class IkeSa(TaskManager):
             self.children[spi] = child
             self.endpoint.child_index[spi] = self
         old.children.clear()
+        self.touch()
 
     @property
     def encap(self) -> bool:
@@ -250,6 +280,15 @@ class IkeSa(TaskManager):
                     out.append(child.rekey_at)
                 out.append(child.expire_at if child.state in ("installed", "rekeying") else child.expire_at + CHILD_GRACE)
         return out
+
+    def next_deadline(self) -> float | None:
+        """The earliest finite deadline, or None."""
+        finite = [d for d in self.deadlines() if d != math.inf]
+        return min(finite) if finite else None
+
+    def touch(self) -> None:
+        """Deadlines may have changed outside this SA's own message or timer handling."""
+        self.endpoint.timer_changed(self)
 
     def handle_timer(self, now: float) -> None:
         from ike.tasks.child_delete import ChildDelete
