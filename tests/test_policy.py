@@ -148,3 +148,28 @@ def test_fuzz_never_raises(data):
     table.lookup_outbound(data)
     table.check_inbound("sa4", data)
     table.check_inbound("sa6", data)
+
+
+def test_incremental_insert_and_remove_keep_the_sorted_order_and_bindings():
+    import random
+
+    table, r = PolicyTable(), random.Random(5)
+    live: set[str] = set()
+    for step in range(600):
+        name = f"c{r.randrange(120)}"
+        if name in live and r.random() < 0.4:
+            assert table.remove(name)
+            live.discard(name)
+        else:
+            prefix = r.choice([8, 16, 24, 32])
+            remote = TS(f"10.{r.randrange(4)}.{r.randrange(4)}.{r.randrange(4)}/{prefix}")
+            table.add(name, [TS("192.168.0.0/16"), TS(f"172.16.{r.randrange(4)}.0/24")], [remote], f"sa-{name}")
+            table.bind_inbound(name, f"in-{name}-{step}")
+            live.add(name)
+        expected = sorted((rule for rules in table._by_child.values() for rule in rules), key=lambda x: x.rank)
+        assert table._rules == expected
+        assert {owner for owner, _ in table._inbound.values()} == live
+        assert sorted(k for keys in table._inbound_of.values() for k in keys) == sorted(table._inbound)
+    for name in list(live):
+        table.remove(name)
+    assert not table._rules and not table._inbound and not table._inbound_of

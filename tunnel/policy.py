@@ -16,6 +16,7 @@ protocol or port restriction ends the search right there. The cache is cleared o
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -161,6 +162,10 @@ class _Rule:
         return self.local.has_port(local_port) and self.remote.has_port(remote_port)
 
 
+def _rank(rule: _Rule) -> tuple:
+    return rule.rank
+
+
 class PolicyTable:
     """The SPD: outbound selection and inbound checks by CHILD SA traffic selectors.
 
@@ -174,6 +179,7 @@ class PolicyTable:
         self._rules: list[_Rule] = []
         self._by_child: dict[Any, list[_Rule]] = {}
         self._inbound: dict[int, tuple[Any, Any]] = {}  # id(sa object) -> (child_id, object kept alive)
+        self._inbound_of: dict[Any, list[int]] = {}  # child_id -> its keys in _inbound
         self._cache: dict[bytes, tuple[_Rule, ...]] = {}
         self._seq = itertools.count()
         self.counters = {"malformed": 0, "no_policy": 0, "inbound_mismatch": 0}
@@ -195,28 +201,39 @@ class PolicyTable:
             raise ValueError(f"child {child_id!r}: no local/remote selector pair of one IP version")
         self.remove(child_id)
         self._by_child[child_id] = rules
-        self._inbound[id(sa_object)] = (child_id, sa_object)
-        self._rebuild()
+        self._bind(child_id, sa_object)
+        for rule in rules:  # kept sorted by rank: O(log n) search, no re-sort of every rule
+            bisect.insort(self._rules, rule, key=_rank)
+        self._cache.clear()
 
     def bind_inbound(self, child_id: Any, sa_object: Any) -> None:
         """Let ``check_inbound`` accept ``sa_object`` (e.g. the inbound SA) for ``child_id``'s selectors."""
         if child_id not in self._by_child:
             raise KeyError(f"no policy for child {child_id!r}")
-        self._inbound[id(sa_object)] = (child_id, sa_object)
+        self._bind(child_id, sa_object)
+
+    def _bind(self, child_id: Any, sa_object: Any) -> None:
+        key = id(sa_object)
+        previous = self._inbound.get(key)
+        if previous is not None and previous[0] != child_id:  # re-bound to another child
+            self._inbound_of[previous[0]].remove(key)
+        if previous is None or previous[0] != child_id:
+            self._inbound_of.setdefault(child_id, []).append(key)
+        self._inbound[key] = (child_id, sa_object)
 
     def remove(self, child_id: Any) -> bool:
         """Remove the policy of ``child_id``; returns False if there was none."""
         rules = self._by_child.pop(child_id, None)
         if rules is None:
             return False
-        for key in [k for k, (owner, _) in self._inbound.items() if owner == child_id]:
+        for key in self._inbound_of.pop(child_id, ()):
             del self._inbound[key]
-        self._rebuild()
+        for rule in rules:
+            i = bisect.bisect_left(self._rules, rule.rank, key=_rank)
+            assert self._rules[i] is rule  # ranks are unique (they end in the rule's sequence number)
+            del self._rules[i]
+        self._cache.clear()  # keyed by packet addresses: any of them may have chosen these rules
         return True
-
-    def _rebuild(self) -> None:
-        self._rules = sorted((r for rules in self._by_child.values() for r in rules), key=lambda r: r.rank)
-        self._cache.clear()
 
     def _candidates(self, key: bytes, version: int, src: int, dst: int) -> tuple[_Rule, ...]:
         found = []
