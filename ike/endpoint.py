@@ -121,7 +121,7 @@ class IkeEndpoint:
     def unregister(self, sa: IkeSa) -> None:
         if self.sas.get(sa.our_spi) is sa:
             del self.sas[sa.our_spi]
-        key = getattr(sa, "half_open_key", None)
+        key = sa.half_open_key
         if key is not None and self.half_open.get(key) is sa:
             del self.half_open[key]
         self._connecting.discard(sa)
@@ -132,7 +132,14 @@ class IkeEndpoint:
         sa.peer_key = sa.indexed_name = None
 
     def sa_established(self, sa: IkeSa) -> None:
+        """IKE_AUTH is done: the IKE_SA_INIT messages (signed by AUTH) and the half-open entry are
+        not needed any more (RFC 7296 s2.15; rekeys use fresh nonces), so they are dropped."""
         self._connecting.discard(sa)
+        key = sa.half_open_key
+        if key is not None and self.half_open.get(key) is sa:
+            del self.half_open[key]
+        sa.half_open_key = None
+        sa.init_request = sa.init_response = b""
         if self.sas.get(sa.our_spi) is sa:
             self._index_established(sa)
 

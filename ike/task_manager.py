@@ -39,6 +39,8 @@ class Outstanding:
 class TaskManager:
     """Mixin for IkeSa: everything between task objects and datagrams."""
 
+    __slots__ = ()
+
     def queue_task(self, task: "Task", now: float, first: bool = False) -> None:
         if first:
             self.queue.insert(0, task)
