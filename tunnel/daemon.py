@@ -208,13 +208,14 @@ class Gateway:
     def run(self) -> None:
         select = self.selector.select
         while not self._stopping:
-            now = self.clock()
-            deadline = min(self._next_housekeeping, self.ike.get_timer() or float("inf"))
-            for key, mask in select(max(0.0, deadline - now)):
+            # IKE's deadlines are gathered once per turn (a walk over every IKE SA): one set by
+            # what the handlers below feed IKE is seen at the next turn, which then does not wait
+            timer = self.ike.get_timer()
+            deadline = min(self._next_housekeeping, timer if timer is not None else float("inf"))
+            for key, mask in select(max(0.0, deadline - self.clock())):
                 key.data(mask)
             self.udp_out.flush()
             now = self.clock()
-            timer = self.ike.get_timer()
             if timer is not None and timer <= now:
                 self.ike.handle_timer(now)
             if now >= self._next_housekeeping:
