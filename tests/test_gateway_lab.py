@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from esp.sa import OutboundSA
+from esp.transforms import transform_by_name
 from ike.config import ChildConfig, TrafficSelector
+from tunnel.icmp import tunnel_mtu
 from tunnel.lab.configs import site_to_site
 from tunnel.lab.espgw import EspgwGateway, GatewaySettings, tcp_transfer, wait_until
 from tunnel.lab.netns import Lab
@@ -193,6 +195,22 @@ def test_df_and_pmtu(lab, pair):
     assert f"mtu={sa_mtu}" in out or f"mtu = {sa_mtu}" in out, out
     out = _ping_raw(lab, lab.hostA, "-s", sa_mtu - 48 - 20, lab.hostB.addr4)  # exactly fits
     assert "2 received" in out, out
+
+
+def test_sa_mtu_follows_the_path_mtu(lab, pair):
+    """A 1300-byte public link: the SA's MTU comes from the kernel's path MTU, not a constant."""
+    lab.run(lab.gwA, "ip", "link", "set", lab.gwA.wan_iface, "mtu", "1300")
+    try:
+        pair.start(settings=GatewaySettings(mtu=1500))
+        assert _ping_ok(lab, lab.hostA, lab.hostB.addr4)
+        (child,) = pair.a.children()
+        t = transform_by_name(child["proposal"].split("-")[0])
+        expected = tunnel_mtu(1300, iv_len=t.iv_len, icv_len=t.icv_len, align=t.align)
+        assert child["mtu"] == expected
+        out = _ping_raw(lab, lab.hostA, "-M", "do", "-s", expected, lab.hostB.addr4)
+        assert f"mtu = {expected}" in out or f"mtu={expected}" in out, out
+    finally:
+        lab.run(lab.gwA, "ip", "link", "set", lab.gwA.wan_iface, "mtu", "1500")
 
 
 def _crafted_esp(keys: dict, src: str, dst: str, inner_src: str, inner_dst: str, seq: int) -> bytes:

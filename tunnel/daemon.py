@@ -29,6 +29,7 @@ from tunnel.control import ControlError, ControlServer
 from tunnel.datapath import ChildPath, DropLog, EspReceiver, InboundFilter, UdpBatcher, inner_mtu, make_transmit, send_with_mtu
 from tunnel.gro import TcpCoalescer
 from tunnel.log import configure_logging
+from tunnel.pmtu import path_mtu
 from tunnel.policy import PolicyTable, parse_packet
 from tunnel.routes import RouteTable
 from tunnel.sockets import RawEspSocket, UdpIkeSockets
@@ -39,7 +40,7 @@ log = structlog.get_logger("espgw")
 BATCH = 64
 HOUSEKEEPING_INTERVAL = 1.0
 NAT_KEEPALIVE_INTERVAL = 20.0  # strongSwan's charon.keep_alive default
-DEFAULT_PATH_MTU = 1500
+PMTU_CACHE_SECONDS = 60.0  # the kernel's PMTU knowledge changes rarely; one netlink query a minute per peer
 REKEY_GRACE = 2.0  # seconds a rekeyed inbound SA keeps accepting packets after its delete
 
 
@@ -81,6 +82,8 @@ class Gateway:
         # A lineage is a CHILD SA and its rekeyed successors: one policy (keyed by the first SA's
         # key) that sends through one of them, ``routed``, and accepts what arrives on any of them.
         self.routed: dict[tuple, ChildPath] = {}
+        self.lineages: dict[tuple, dict[int, ChildPath]] = {}  # lineage -> its live SAs by inbound SPI
+        self._pmtu_cache: dict[str, tuple[float, int]] = {}  # peer -> (looked up at, path MTU)
         self.pending: dict[int, ChildPath] = {}  # inbound SPI -> a successor not yet sent through
         self.retiring: deque[tuple[float, ChildPath]] = deque()  # (when, rekeyed SA) in order
         self.dying: set[int] = set()  # inbound SPIs of deleted SAs still accepting stragglers
@@ -338,7 +341,7 @@ class Gateway:
                         message=event.message, child=event.child_name)
 
     def _install_child(self, up: ChildSaUp, now: float) -> None:
-        path_mtu = DEFAULT_PATH_MTU
+        path_mtu = self._path_mtu(up.remote[0], now)
         conn = self.config.connection(up.ike_name) if up.ike_name in {c.name for c in self.config.connections} else None
         child_cfg = next((c for c in conn.children if c.name == up.child_name), None) if conn else None
         transmit = make_transmit(up, raw_v4=self.raw_v4, raw_v6=self.raw_v6, udp=self.udp, force_udp=self.force_udp,
@@ -352,12 +355,14 @@ class Gateway:
         self.children[up.inbound_spi] = path
         old = self.children.get(up.rekeyed_from) if up.rekeyed_from is not None else None
         if old is None or old.lineage not in self.routed:
+            self.lineages.setdefault(path.lineage, {})[up.inbound_spi] = path
             self._route(path)
         else:
             # Make-before-break: the new inbound SA is live at once; we keep sending on the old
             # SA until the peer shows it can receive on the new one (ESP arriving on the new
             # SA, or its delete of the old one), so neither side drops packets it cannot open.
             path.lineage = old.lineage
+            self.lineages.setdefault(path.lineage, {})[up.inbound_spi] = path
             self.policy.bind_inbound(path.lineage, path.inbound)
             self.inbound_ok.clear()
             self.pending[up.inbound_spi] = path
@@ -382,15 +387,20 @@ class Gateway:
     def _trap_entries(self):
         return [(key, rules[0].sa) for key, rules in self.traps._by_child.items()]
 
+    def _path_mtu(self, peer: str, now: float) -> int:
+        cached = self._pmtu_cache.get(peer)
+        if cached is None or now - cached[0] > PMTU_CACHE_SECONDS:
+            cached = self._pmtu_cache[peer] = (now, path_mtu(peer))
+        return cached[1]
+
     def _route(self, path: ChildPath) -> None:
         """Send the lineage's packets through ``path``; every live SA of it still receives."""
         lineage = path.lineage
         previous = self.routed.get(lineage)
         self.policy.remove(lineage)
         self.policy.add(lineage, path.up.local_ts, path.up.remote_ts, path)
-        for member in self.children.values():
-            if member.lineage == lineage:
-                self.policy.bind_inbound(lineage, member.inbound)
+        for member in self.lineages.get(lineage, {}).values():
+            self.policy.bind_inbound(lineage, member.inbound)
         self.inbound_ok.clear()
         self.routed[lineage] = path
         self.pending.pop(path.up.inbound_spi, None)
@@ -404,7 +414,7 @@ class Gateway:
             self.sadb.remove_inbound(down.inbound_spi)
             return
         self.pending.pop(down.inbound_spi, None)
-        others = [p for p in self.children.values() if p.lineage == path.lineage and p is not path
+        others = [p for p in self.lineages.get(path.lineage, {}).values() if p is not path
                   and p.up.inbound_spi not in self.dying]
         if self.routed.get(path.lineage) is path:
             if others:
@@ -424,6 +434,11 @@ class Gateway:
     def _retire(self, path: ChildPath) -> None:
         """Forget an SA for good; its counters live on in the gateway's totals."""
         self.children.pop(path.up.inbound_spi, None)
+        members = self.lineages.get(path.lineage)
+        if members is not None:
+            members.pop(path.up.inbound_spi, None)
+            if not members:
+                del self.lineages[path.lineage]
         self.dying.discard(path.up.inbound_spi)
         self.sadb.remove_inbound(path.up.inbound_spi)
         self.inbound_ok.clear()  # its verdicts hold the SA (and so its keys) alive
