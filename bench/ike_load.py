@@ -14,7 +14,6 @@ import ipaddress
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path

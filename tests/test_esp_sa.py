@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from esp.errors import Drop, DropReason, SAExpired
 from esp.sa import InboundSA, Lifetime, OutboundSA
 from esp.sadb import SADatabase
-from esp.transforms import TRANSFORM_NAMES, Transform, transform_by_name
+from esp.transforms import TRANSFORM_NAMES, transform_by_name
 
 from esp_helpers import ipv4_packet, ipv6_packet
 

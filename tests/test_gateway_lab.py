@@ -10,9 +10,7 @@ import dataclasses
 import os
 import re
 import socket
-import struct
 import sys
-import time
 
 import dpkt
 from pathlib import Path
@@ -24,6 +22,7 @@ from ike.config import ChildConfig, TrafficSelector
 from tunnel.icmp import tunnel_mtu
 from tunnel.lab.configs import site_to_site
 from tunnel.lab.espgw import EspgwGateway, GatewaySettings, tcp_transfer, wait_until
+from tunnel.lab.interop import wire_summary
 from tunnel.lab.netns import Lab
 
 pytestmark = pytest.mark.lab
@@ -107,29 +106,6 @@ def test_tcp_50mb_with_checksum(lab, pair, inner):
     assert sent == received and sent.startswith(str(50 * 1024 * 1024))
 
 
-def _wire(pcap_path) -> dict:
-    """What crossed the public link: SPIs of raw ESP and of ESP-in-UDP, IKE packets, anything else."""
-    seen = {"esp_raw": set(), "esp_udp": set(), "ike": 0, "clear": 0}
-    with open(pcap_path, "rb") as f:
-        for _, buf in dpkt.pcap.Reader(f):
-            ip = dpkt.ethernet.Ethernet(buf).data
-            if not isinstance(ip, (dpkt.ip.IP, dpkt.ip6.IP6)):
-                continue
-            v4 = isinstance(ip, dpkt.ip.IP)
-            proto = ip.p if v4 else ip.nxt
-            payload = bytes(buf)[14 + (ip.hl * 4 if v4 else 40):]  # dpkt may have parsed it already
-            if proto == 50:
-                seen["esp_raw"].add(struct.unpack("!I", payload[:4])[0])
-            elif proto == 17 and 4500 in struct.unpack("!HH", payload[:4]) and payload[8:12] != bytes(4):
-                if len(payload) > 9:  # a 1-byte 0xff is a NAT-T keepalive
-                    seen["esp_udp"].add(struct.unpack("!I", payload[8:12])[0])
-            elif proto == 17 and {500, 4500} & set(struct.unpack("!HH", payload[:4])):
-                seen["ike"] += 1
-            elif not (proto == 58 and payload[0] in range(133, 138)):  # neighbour discovery is fine
-                seen["clear"] += 1
-    return seen
-
-
 @pytest.mark.parametrize("outer,encap", [(6, "raw"), (4, "udp"), (6, "udp")])
 def test_outer_family_and_esp_in_udp(lab, pair, outer, encap):
     pair.start(ipv6_outer=outer == 6, settings=GatewaySettings(esp_encap=encap))
@@ -141,7 +117,7 @@ def test_outer_family_and_esp_in_udp(lab, pair, outer, encap):
         assert sent == received
     (child,) = pair.a.children()
     spis = {int(child["spi_in"], 16), int(child["spi_out"], 16)}
-    wire = _wire(pcap)
+    wire = wire_summary(pcap)
     assert wire[f"esp_{encap}"] == spis and not wire["esp_udp" if encap == "raw" else "esp_raw"]
     assert wire["ike"] >= 4 and wire["clear"] == 0
     (ike,) = pair.a.ike_sas()

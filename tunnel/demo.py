@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -259,7 +258,7 @@ def _report(lab, ike, first, ping, page_ok, fetch_line, public, lan, marker, out
     flows, public_bytes = _flows(public)
     lines += [f"  {key:<44}{packets:>5} packets {size:>7} bytes" for key, packets, size in flows]
     lan_bytes = b"".join(buf for _, buf in dpkt.pcap.Reader(open(lan, "rb")))
-    lines += ["", f"  searching the captured bytes for the conversation   public link   cafe LAN"]
+    lines += ["", "  searching the captured bytes for the conversation   public link   cafe LAN"]
     leaked = 0
     for label, needle in _needles(lab, lan, marker):
         hits_public, hits_lan = public_bytes.count(needle), lan_bytes.count(needle)
@@ -282,7 +281,7 @@ def _report(lab, ike, first, ping, page_ok, fetch_line, public, lan, marker, out
         + ("" if exported else " (export FAILED: " + "; ".join(k.stderr.strip() for k in keys if k.returncode) + ")"),
         f"  {'gatewayA.log':<18}gateway A's log (JSON lines)",
         f"  {'gatewayB.log':<18}gateway B's log",
-        f"  to look inside: copy wireshark/* into ~/.config/wireshark/, then",
+        "  to look inside: copy wireshark/* into ~/.config/wireshark/, then",
         f"    wireshark -o esp.enable_encryption_decode:TRUE -r {public}",
         "",
         f"done in {elapsed:.1f} s; the namespaces are removed",

@@ -81,8 +81,8 @@ def config_toml(conns: list[ConnectionConfig], settings: GatewaySettings, contro
                   f"proposals = {_list(conn.proposals)}", f"rekey_time = {conn.rekey_time}",
                   f"dpd_delay = {conn.dpd_delay}", f"encap = {'true' if conn.encap else 'false'}",
                   *([f"over_time = {conn.over_time}"] if conn.over_time is not None else []),
-                  f"[connections.{conn.name}.local]", f'auth = "psk"', f"id = {_quote(conn.local.id)}",
-                  f"[connections.{conn.name}.remote]", f'auth = "psk"', f"id = {_quote(conn.remote.id)}"]
+                  f"[connections.{conn.name}.local]", 'auth = "psk"', f"id = {_quote(conn.local.id)}",
+                  f"[connections.{conn.name}.remote]", 'auth = "psk"', f"id = {_quote(conn.remote.id)}"]
         for child in conn.children:
             lines += _child_toml(conn.name, child)
         lines += [f"[secrets.ike-{conn.name}]", f"id = {_quote(conn.remote.id)}",
@@ -215,7 +215,7 @@ def tcp_transfer(lab: Lab, client, server, dst: str, size: int, *, port: int = 5
 
 
 # --- a TCP transfer with checksums, run in the host namespaces: python -m tunnel.lab.espgw ----------
-def _sink(bind: str, port: int) -> None:
+def tcp_sink(bind: str, port: int) -> None:
     """Accept one connection, read to EOF, print 'BYTES SHA256'."""
     import hashlib
     import socket
@@ -251,7 +251,7 @@ __all__ = ["EspgwGateway", "GatewaySettings", "config_toml", "tcp_transfer", "wa
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["sink"]:
-        _sink(sys.argv[2], int(sys.argv[3]))
+        tcp_sink(sys.argv[2], int(sys.argv[3]))
     elif sys.argv[1:2] == ["source"]:
         _source(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
     else:

@@ -25,7 +25,7 @@ import dpkt
 
 from ike.config import ConnectionConfig
 from tunnel.lab.configs import site_to_site
-from tunnel.lab.espgw import EspgwGateway, GatewaySettings, wait_until
+from tunnel.lab.espgw import EspgwGateway, GatewaySettings, tcp_sink, wait_until
 from tunnel.lab.netns import Lab, LabError
 from tunnel.lab.strongswan import StrongSwan
 
@@ -259,23 +259,7 @@ def _repo_root() -> str:
 
 
 # --- the two ends of a paced transfer, run in the host namespaces: python -m tunnel.lab.interop ---
-def _sink(bind: str, port: int) -> None:
-    """Accept one connection, read to EOF, print 'BYTES SHA256'."""
-    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as server:
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind((bind, port))
-        server.listen(1)
-        print("listening", flush=True)
-        conn, _ = server.accept()
-        digest, total = hashlib.sha256(), 0
-        with conn:
-            while chunk := conn.recv(1 << 16):
-                digest.update(chunk)
-                total += len(chunk)
-    print(total, digest.hexdigest(), flush=True)
-
-
+# (the receiving end is the same as tunnel.lab.espgw's)
 def _source(host: str, port: int, seconds: float, rate: int) -> None:
     """Send counter-derived data at about ``rate`` bytes/s for ``seconds``; print 'BYTES SHA256'."""
     digest, total, block = hashlib.sha256(), 0, 1 << 14
@@ -294,7 +278,7 @@ def _source(host: str, port: int, seconds: float, rate: int) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["sink"]:
-        _sink(sys.argv[2], int(sys.argv[3]))
+        tcp_sink(sys.argv[2], int(sys.argv[3]))
     elif sys.argv[1:2] == ["source"]:
         _source(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]))
     else:
