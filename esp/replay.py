@@ -7,6 +7,10 @@ packet only sets its own slot.  A byte per number instead of a bit lets the
 per-packet path in esp.sa test and set a slot with one subscript, without
 shifts or new int objects (64 KiB at the largest window).
 
+Until the first authenticated packet the ring is one zero-filled ``bytes``
+shared by every window of that size (own_ring() gives the window its own):
+an idle SA costs no ring.
+
 check() runs before the ICV and never changes state; update() runs only after
 the ICV verified, so forged packets cannot move the window.  InboundSA inlines
 both for the common cases and calls these methods for the rest.
@@ -16,9 +20,12 @@ from __future__ import annotations
 
 MAX_WINDOW = 1 << 16
 _INFER_WITHOUT_WINDOW = 1 << 16   # ESN guess span when anti-replay is off
+_EMPTY_RINGS: dict[int, bytes] = {}
 
 
 class ReplayWindow:
+    __slots__ = ("size", "esn", "top", "ring_mask", "seen")
+
     def __init__(self, size: int = 1024, esn: bool = False) -> None:
         if not 0 <= size <= MAX_WINDOW:
             raise ValueError(f"replay window must be 0..{MAX_WINDOW}, got {size}")
@@ -29,13 +36,20 @@ class ReplayWindow:
         while ring < size:
             ring *= 2
         self.ring_mask = ring - 1
-        # seen[seq & ring_mask] is 1 once seq in (top - ring, top] was accepted
-        self.seen = bytearray(ring)
+        # seen[seq & ring_mask] is 1 once seq in (top - ring, top] was accepted; read-only
+        # and shared until own_ring()
+        self.seen: bytes | bytearray = _EMPTY_RINGS.setdefault(ring, bytes(ring))
+
+    def own_ring(self) -> None:
+        """A writable ring of this window's own, before anything marks a slot."""
+        if type(self.seen) is bytes:
+            self.seen = bytearray(len(self.seen))
 
     def reset(self, top: int) -> None:
         """Start as if ``top`` was the last packet received (rekey, tests)."""
         self.top = top
-        self.seen[:] = bytes(len(self.seen))    # in place: the ring object stays the same
+        if type(self.seen) is bytearray:
+            self.seen[:] = bytes(len(self.seen))    # in place: the ring object stays the same
 
     def infer(self, seq_lo: int) -> int:
         """Full sequence number for the 32 bits on the wire (Appendix A2.2)."""
@@ -62,6 +76,7 @@ class ReplayWindow:
 
     def update(self, seq: int) -> None:
         """Record an authenticated ``seq``; slide the window if it is new."""
+        self.own_ring()
         seen, mask = self.seen, self.ring_mask
         top = self.top
         if seq > top:

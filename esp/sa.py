@@ -4,6 +4,12 @@ OutboundSA.encapsulate turns an inner packet into SPI | seq | IV | ciphertext
 | ICV; InboundSA.decapsulate reverses it, checking the replay window before
 and updating it after the ICV (RFC 4303 s3.4.3).  Every failure is a counted
 Drop.  No clocks here: time-based lifetimes belong to the caller (IKE).
+
+The cipher objects are built by the first packet, not the constructor: each
+`cryptography` AEAD holds OpenSSL contexts of about 2.4 KB, and a gateway with
+thousands of mostly idle SAs should not pay for them (the keying material waits
+in a bytearray that is zeroed once the cipher holds the key).  The per-packet
+path is unchanged: the first packet takes the branch other transforms take.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Callable
 
 from cryptography.exceptions import InvalidTag
 
-from .crypto import ESN_AAD, HEADER, direct_aead, make_opener, make_sealer
+from .crypto import ESN_AAD, HEADER, direct_aead, make_opener, make_sealer, split_keymat
 from .errors import Counters, Drop, DropReason, SAExpired
 from .padding import PAD_PREFIX, trailer_table
 from .replay import ReplayWindow
@@ -46,8 +52,22 @@ def _first_limit(*limits: int | None) -> int:
     return min((x for x in limits if x is not None), default=1 << 80)
 
 
+def _held_keymat(t: Transform, keymat: bytes) -> bytearray:
+    """A private copy of the keying material until the first packet builds the cipher; the
+    length is checked now so a bad key fails at install time, not on the first packet."""
+    split_keymat(t, keymat)
+    return bytearray(keymat)
+
+
+def _wipe(key: bytearray) -> None:
+    key[:] = bytes(len(key))
+
+
 class _LimitedSA:
     """Soft/hard packet and byte limits shared by both directions."""
+
+    __slots__ = ("lifetime", "counters", "rekey_needed", "_soft_packets", "_soft_bytes",
+                 "_hard_packets", "_hard_bytes", "spi", "transform", "esn", "_key", "_salt")
 
     def _init_limits(self, lifetime: Lifetime | None, seq_soft: int | None) -> None:
         self.lifetime = lifetime or Lifetime()
@@ -70,6 +90,9 @@ class _LimitedSA:
 
 
 class OutboundSA(_LimitedSA):
+    __slots__ = ("seq", "tfc_pad_to", "_max_seq", "_soft_seq", "_seal", "_encrypt", "_trailers", "_align",
+                 "_rng", "_counter_iv", "_pkt_check", "_seq_check", "_byte_check", "expired")
+
     def __init__(self, spi: int, transform: str | Transform, keymat: bytes, *, esn: bool = False,
                  tfc_pad_to: int = 0, lifetime: Lifetime | None = None, initial_seq: int = 0,
                  rng: Callable[[int], bytes] = os.urandom) -> None:
@@ -82,8 +105,9 @@ class OutboundSA(_LimitedSA):
         self._max_seq = span - 1       # never wrap: the last number we may send
         self._soft_seq = span - _REKEY_MARGIN
         self._init_limits(lifetime, None)
-        self._seal = make_sealer(t, keymat, spi, esn)
-        self._encrypt, self._salt = direct_aead(t, keymat, encrypt=True)
+        self._key: bytearray | None = _held_keymat(t, keymat)
+        self._seal = self._first_seal     # builds the cipher, then seals
+        self._encrypt, self._salt = None, b""
         self._trailers = trailer_table(t.align)
         self._align = t.align
         # AEAD: IV is the 64-bit counter, unique under the key (RFC 4106 s3.1);
@@ -129,6 +153,20 @@ class OutboundSA(_LimitedSA):
         iv = _pack_iv(seq) if self._counter_iv else self._rng(16)
         return self._seal(seq, iv, plaintext)
 
+    def _first_seal(self, seq: int, iv: bytes, plaintext: bytes) -> bytes:
+        """The first packet: build the cipher (see the module docstring), then seal as usual."""
+        key, t = self._key, self.transform
+        self._key = None
+        self._encrypt, self._salt = direct_aead(t, key, encrypt=True)
+        if self._encrypt is None:
+            self._seal = make_sealer(t, key, self.spi, self.esn)
+        _wipe(key)
+        if self._encrypt is None:
+            return self._seal(seq, iv, plaintext)
+        header = _pack_header(self.spi, seq & 0xFFFFFFFF)
+        return header + iv + self._encrypt(self._salt + iv, plaintext,
+                                           ESN_AAD.pack(self.spi, seq) if self.esn else header)
+
     def encapsulate_dummy(self, size: int = 0) -> bytes:
         """A next-header-59 packet for traffic-flow confidentiality (RFC 4303 s2.6)."""
         return self.encapsulate(bytes(size), NH_NONE)
@@ -147,6 +185,9 @@ class OutboundSA(_LimitedSA):
 
 
 class InboundSA(_LimitedSA):
+    __slots__ = ("replay", "_expired", "_min_len", "_block", "_overhead", "_open", "_decrypt", "_len_check",
+                 "_limit_check")
+
     def __init__(self, spi: int, transform: str | Transform, keymat: bytes, *, esn: bool = False,
                  replay_window: int = 1024, lifetime: Lifetime | None = None) -> None:
         self.spi = spi
@@ -158,9 +199,11 @@ class InboundSA(_LimitedSA):
         self._overhead = 8 + t.iv_len + t.icv_len
         self._init_limits(lifetime, None)
         self._plan_limit_check()
-        self._open = make_opener(t, keymat, esn)
-        # One-shot AEADs with a full 16-byte tag are decrypted inline (see decapsulate).
-        self._decrypt, self._salt = direct_aead(t, keymat)
+        # Built by the first packet (_open_other): one-shot AEADs with a full 16-byte tag are
+        # then decrypted inline in decapsulate, other transforms through _open.
+        self._key: bytearray | None = _held_keymat(t, keymat)
+        self._open = None
+        self._decrypt, self._salt = None, b""
 
     def __repr__(self) -> str:
         return f"InboundSA(spi=0x{self.spi:08x}, transform={self.transform.name})"
@@ -213,6 +256,7 @@ class InboundSA(_LimitedSA):
                 raise self._drop(DropReason.AUTH_FAILED, "ICV mismatch") from None
         else:
             plaintext = self._open_other(esp, seq)
+            seen = replay.seen             # the first packet gave the window its own ring
         # authenticated: now the window may move
         if seq == top + 1:                 # in order: no slot to clear on the way
             seen[slot] = 1
@@ -260,7 +304,16 @@ class InboundSA(_LimitedSA):
         return bool(size and (top - seq >= size or seen))
 
     def _open_other(self, esp: bytes | memoryview, seq: int) -> bytes:
-        """Transforms the inline AEAD call does not cover: CBC+HMAC, GMAC, short GCM tags."""
+        """Transforms the inline AEAD call does not cover (CBC+HMAC, GMAC, short GCM tags), and
+        the first packet of any SA, which builds the cipher."""
+        if self._key is not None:
+            self._build_cipher()
+            if self._decrypt is not None:
+                try:
+                    return self._decrypt(self._salt + esp[8:16], esp[16:],
+                                         ESN_AAD.pack(self.spi, seq) if self.esn else esp[:8])
+                except InvalidTag:
+                    raise self._drop(DropReason.AUTH_FAILED, "ICV mismatch") from None
         if (len(esp) - self._overhead) % self._block:
             raise self._drop(DropReason.TRUNCATED, f"{len(esp)} bytes, not whole cipher blocks")
         try:
@@ -268,6 +321,15 @@ class InboundSA(_LimitedSA):
         except Drop as d:
             self.counters.drops[d.reason] += 1
             raise
+
+    def _build_cipher(self) -> None:
+        key, t = self._key, self.transform
+        self._key = None
+        self._decrypt, self._salt = direct_aead(t, key)
+        if self._decrypt is None:
+            self._open = make_opener(t, key, self.esn)
+        _wipe(key)
+        self.replay.own_ring()             # decapsulate writes the ring in place from now on
 
     def _plan_limit_check(self) -> None:
         """Packet count at which decapsulate next compares both lifetime limits.

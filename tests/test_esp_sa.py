@@ -46,8 +46,35 @@ def test_secrets_not_in_repr():
     key = bytes([0xAB]) * 36
     o = OutboundSA(7, "aes256gcm16", key)
     i = InboundSA(7, "aes256gcm16", key)
-    for text in (repr(o), repr(i), str(o.__dict__.keys())):
+    for text in (repr(o), repr(i), str(dir(o))):
         assert "abab" not in text.lower() and "\\xab" not in text
+
+
+@pytest.mark.parametrize("name", ["aes256gcm16", "chacha20poly1305", "aes128-sha256", "aes128gcm12"])
+def test_cipher_built_by_first_packet_and_held_key_wiped(name):
+    """Idle SAs hold no OpenSSL context and no ring; the first packet builds them and zeroes the
+    SA's copy of the keying material."""
+    out, inb = pair(name, False)
+    held_out, held_in = out._key, inb._key
+    assert held_out is not None and held_in is not None and any(held_out)
+    assert type(inb.replay.seen) is bytes            # the shared empty ring
+    esp = out.encapsulate(ipv4_packet(b"a" * 40))
+    assert out._key is None and not any(held_out)
+    assert inb.decapsulate(esp)[1] == ipv4_packet(b"a" * 40)
+    assert inb._key is None and not any(held_in)
+    assert type(inb.replay.seen) is bytearray and inb.replay.seen[1] == 1
+    other = InboundSA(9, name, bytes(len(held_in)))
+    assert other.replay.seen is not inb.replay.seen and not any(other.replay.seen)
+
+
+def test_first_packet_forged_still_counted_and_window_unmoved():
+    out, inb = pair("aes256gcm16", False)
+    esp = bytearray(out.encapsulate(ipv4_packet(b"b" * 40)))
+    esp[-1] ^= 1
+    with pytest.raises(Drop) as err:
+        inb.decapsulate(bytes(esp))
+    assert err.value.reason is DropReason.AUTH_FAILED and inb.counters.drops[DropReason.AUTH_FAILED] == 1
+    assert inb.replay.top == 0 and not any(inb.replay.seen)
 
 
 @pytest.mark.parametrize("name", NAMES)
