@@ -203,6 +203,8 @@ def cookie_replies_per_second(ike: str, esp: str, seconds: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rss", type=int, metavar="N", help="only the RSS of N responder SAs + ESP SAs")
+    parser.add_argument("--proposal", choices=sorted(PROPOSALS), default="x25519",
+                        help="IKE/ESP proposals for --rss (the daemon benchmark uses ecp256)")
     parser.add_argument("--scale", default="100,1000,5000", help="SAs held before timing (comma list)")
     parser.add_argument("--scale-count", type=int, default=200, help="handshakes timed at each size")
     parser.add_argument("--rss-sas", type=int, default=10000, help="the RSS part of a full run (0: skip)")
@@ -211,7 +213,7 @@ def main() -> None:
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     if args.rss:
-        print(json.dumps(rss_per_sa(args.rss, *PROPOSALS["x25519"])))
+        print(json.dumps(rss_per_sa(args.rss, *PROPOSALS[args.proposal])))
         return
     held = tuple(int(x) for x in args.scale.split(",") if x)
     seconds = float(os.environ.get("BENCH_SECONDS", "3"))

@@ -34,7 +34,13 @@ class IntegrityError(Exception):
 
 class SkCipher:
     """One direction's SK payload protection: SK_ei/SK_ai for initiator-sent messages, SK_er/SK_ar
-    for responder-sent ones. For AEAD, ``encr_key`` ends with the 4-byte salt."""
+    for responder-sent ones. For AEAD, ``encr_key`` ends with the 4-byte salt.
+
+    Only keys are kept: the cipher object is built per message. An idle IKE SA then holds no
+    OpenSSL context (a ChaCha20Poly1305 object holds ~2.3 KB of them), and IKE messages are rare
+    enough that the construction does not show."""
+
+    __slots__ = ("encr", "_aes", "_integ_key", "_hash", "_key", "_salt", "iv_len", "block", "icv_len")
 
     def __init__(self, neg: Negotiated, encr_key: bytes, integ_key: bytes):
         if len(encr_key) != neg.encr_key_len:
@@ -53,7 +59,8 @@ class SkCipher:
             self._key, self._salt = encr_key[:-AEAD_SALT_LEN], encr_key[-AEAD_SALT_LEN:]
             self.iv_len, self.block, self.icv_len = _AEAD_IV_LEN, 1, GCM_ICV_LEN[EncrId(neg.encr)]
         elif neg.encr == EncrId.CHACHA20_POLY1305:
-            self._chacha = ChaCha20Poly1305(encr_key[:-AEAD_SALT_LEN])
+            self._key = encr_key[:-AEAD_SALT_LEN]
+            ChaCha20Poly1305(self._key)  # rejects a bad key now rather than on the first message
             self._salt = encr_key[-AEAD_SALT_LEN:]
             self.iv_len, self.block, self.icv_len = _AEAD_IV_LEN, 1, 16
         else:
@@ -87,7 +94,7 @@ class SkCipher:
             ciphertext = enc.update(data) + enc.finalize()
             return iv + ciphertext + self._mac(aad_prefix + iv + ciphertext)
         if self.encr == EncrId.CHACHA20_POLY1305:
-            return iv + self._chacha.encrypt(self._salt + iv, data, aad_prefix)
+            return iv + ChaCha20Poly1305(self._key).encrypt(self._salt + iv, data, aad_prefix)
         enc = Cipher(algorithms.AES(self._key), modes.GCM(self._salt + iv)).encryptor()
         enc.authenticate_additional_data(aad_prefix)
         ciphertext = enc.update(data) + enc.finalize()
@@ -109,7 +116,7 @@ class SkCipher:
             data = dec.update(ciphertext) + dec.finalize()
         elif self.encr == EncrId.CHACHA20_POLY1305:
             try:
-                data = self._chacha.decrypt(self._salt + iv, ciphertext + icv, aad_prefix)
+                data = ChaCha20Poly1305(self._key).decrypt(self._salt + iv, ciphertext + icv, aad_prefix)
             except InvalidTag:
                 raise IntegrityError("SK payload integrity check failed") from None
         else:
