@@ -44,6 +44,9 @@ class Lifetime:
     hard_bytes: int | None = None
 
 
+_NO_LIMITS = Lifetime()
+
+
 def _as_transform(t: str | Transform) -> Transform:
     return t if isinstance(t, Transform) else transform_by_name(t)
 
@@ -70,7 +73,7 @@ class _LimitedSA:
                  "_hard_packets", "_hard_bytes", "spi", "transform", "esn", "_key", "_salt")
 
     def _init_limits(self, lifetime: Lifetime | None, seq_soft: int | None) -> None:
-        self.lifetime = lifetime or Lifetime()
+        self.lifetime = lifetime or _NO_LIMITS  # shared: read only, limits are copied below
         self.counters = Counters()
         self.rekey_needed = False
         self.expired = False

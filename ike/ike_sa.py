@@ -23,7 +23,7 @@ from ike.task_manager import Outstanding, TaskManager
 if TYPE_CHECKING:
     from ike.endpoint import IkeEndpoint
     from ike.keys import IkeKeys
-    from ike.proposals import Negotiated
+    from ike.proposals import Negotiated, Proposal
     from ike.tasks.base import Task
 
 log = structlog.get_logger("ike")
@@ -49,6 +49,17 @@ class _TimerField:
     def __set__(self, sa, value) -> None:
         self.slot.__set__(sa, value)
         sa.endpoint.timer_changed(sa)
+
+
+_SHARED: dict = {}
+_SHARED_MAX = 1024  # distinct algorithm choices are few; the bound only stops a slow leak
+
+
+def _shared(key, value):
+    """The first value stored under ``key`` (equal immutable values become one object)."""
+    if len(_SHARED) >= _SHARED_MAX:
+        _SHARED.clear()
+    return _SHARED.setdefault(key, value)
 
 
 class IkeSa(TaskManager):
@@ -150,13 +161,30 @@ class IkeSa(TaskManager):
         return self.state == "established"
 
     def install_keys(self, neg: "Negotiated", keys: "IkeKeys") -> None:
-        self.neg, self.keys = neg, keys
+        self.neg, self.keys = _shared(("negotiated", neg.protocol, neg), neg), keys
         if self.initiator:
             self.cipher_out = SkCipher(neg, keys.sk_ei, keys.sk_ai)
             self.cipher_in = SkCipher(neg, keys.sk_er, keys.sk_ar)
         else:
             self.cipher_out = SkCipher(neg, keys.sk_er, keys.sk_ar)
             self.cipher_in = SkCipher(neg, keys.sk_ei, keys.sk_ai)
+
+    def set_proposal(self, chosen: "Proposal") -> None:
+        """The selected IKE proposal and its strongSwan-style name, shared by the SAs that chose
+        the same one (nothing changes a chosen proposal)."""
+        from ike.proposals import format_proposal
+        name = format_proposal(chosen)
+        self.proposal_name, self.chosen = _shared(("proposal", name, chosen.number, bytes(chosen.spi)),
+                                                  (name, chosen))
+
+    def auth_done(self) -> None:
+        """IKE_AUTH is over, its CHILD SA included: what it signed with (the nonces, SK_pi/SK_pr)
+        and the connections it chose among are not needed again (rekeys bring fresh nonces);
+        a gateway with thousands of SAs should not keep them."""
+        self.ni = self.nr = b""
+        self.candidates = [self.config]
+        if self.keys is not None:
+            self.keys.sk_pi = self.keys.sk_pr = b""
 
     def log(self, event: str, **fields) -> None:
         log.info(event, ike=self.name, ike_id=self.unique_id, **fields)

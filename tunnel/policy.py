@@ -101,7 +101,7 @@ def parse_packet(packet: bytes) -> PacketFields | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Range:
     """A selector flattened to ints for quick comparison."""
 
@@ -133,7 +133,7 @@ class _Range:
         return port is not None and self.start_port <= port <= self.end_port
 
 
-@dataclass
+@dataclass(slots=True)  # slots: one rule per CHILD SA, and a gateway holds thousands
 class _Rule:
     child_id: Any
     local: _Range

@@ -99,6 +99,7 @@ class IkeAuth(Task):
                 sa.log("child_sa_failed", child=self.offer.config.name, notify=exc.notify.name, error=str(exc))
             else:
                 sa.add_child(child)
+        sa.auth_done()
         return DONE
 
 
@@ -156,6 +157,7 @@ def respond_auth(sa: "IkeSa", msg: "Message", now: float) -> list[Payload]:
         else:
             sa.add_child(child)
             out += payloads
+    sa.auth_done()
     return out
 
 

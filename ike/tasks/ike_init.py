@@ -15,7 +15,7 @@ from ike.dh import InvalidKeyExchange, key_exchange
 from ike.events import NegotiationFailed
 from ike.keys import derive_ike_keys
 from ike.payloads import KePayload, NoncePayload, NotifyPayload, SaPayload
-from ike.proposals import format_proposal, negotiated, parse_proposals, select_proposal
+from ike.proposals import negotiated, parse_proposals, select_proposal
 from ike.tasks.base import DONE, RETRY, Task
 
 if TYPE_CHECKING:
@@ -129,8 +129,7 @@ class IkeInit(Task):
         sa.nr = nonce_p.data
         sa.init_response = raw
         sa.install_keys(neg, derive_ike_keys(neg, sa.ni, sa.nr, g_ir, sa.spi_i, sa.spi_r))
-        sa.proposal_name = format_proposal(chosen)
-        sa.chosen = chosen
+        sa.set_proposal(chosen)
         nat = detect_nat(msg, sa.spi_i, sa.spi_r, src, dst)
         if nat is not None:
             sa.nat_local, sa.nat_remote = nat
@@ -202,8 +201,7 @@ def respond_init(endpoint: "IkeEndpoint", raw: bytes, msg: codec.Message, src, d
     sa.ni, sa.nr = nonce_p.data, endpoint.rng(NONCE_LEN)
     sa.init_request = raw
     sa.install_keys(neg, derive_ike_keys(neg, sa.ni, sa.nr, g_ir, sa.spi_i, sa.spi_r))
-    sa.proposal_name = format_proposal(chosen)
-    sa.chosen = chosen
+    sa.set_proposal(chosen)
     notifies = msg.notifies()
     nat = detect_nat(msg, sa.spi_i, ZERO_SPI, src, dst)
     if nat is not None:
