@@ -215,9 +215,12 @@ def hostile_esp(lab: Lab, per_set: int = 20) -> dict:
 
 def loss(lab: Lab, percent: float = 10.0, transfer_bytes: int = 4 << 20, handshakes: int = 1) -> dict:
     """Loss both ways on the public link: time to IKE/CHILD SA up (``handshakes`` times, torn down
-    in between), then a checksummed TCP transfer."""
+    in between), then a checksummed TCP transfer.
+
+    Each gateway drops ``percent`` of what arrives on its WAN interface (ingress): egress rules
+    would not see raw ESP that leaves through a TX ring, which skips the sender's IP output path."""
     for gw in (lab.gwA, lab.gwB):
-        lab.set_loss(gw, gw.wan_iface, percent)
+        lab.set_loss(gw, gw.wan_iface, percent, direction="ingress")
     try:
         with gateways(lab, a_start="none") as (a, b):
             up_times = []
@@ -240,7 +243,7 @@ def loss(lab: Lab, percent: float = 10.0, transfer_bytes: int = 4 << 20, handsha
                     "checksum": received.split()[-1] if received else None}
     finally:
         for gw in (lab.gwA, lab.gwB):
-            lab.set_loss(gw, gw.wan_iface, 0)
+            lab.set_loss(gw, gw.wan_iface, 0, direction="ingress")
 
 
 def stalls(intervals: list[dict]) -> dict:

@@ -49,6 +49,9 @@ class GatewayConfig:
     log_level: str = "info"
     log_format: str = "auto"  # auto | console | json
     esp_encap: str = "raw"  # raw: IP protocol 50; udp: always ESP in UDP port 4500 (RFC 3948)
+    # How raw IPv4 ESP leaves: "ring" batches it through an AF_PACKET TX ring (one syscall per
+    # loop turn; skips this host's netfilter output hooks), "socket" sends one packet per syscall
+    raw_esp_tx: str = "ring"
     queue_size: int = 64  # packets held per CHILD while an on-demand (trap) negotiation runs
     # IKE retransmissions, as strongswan.conf's charon.retransmit_*: wait timeout * base ** n
     # after the n-th resend, give up (peer dead) after ``tries`` resends, about 165 s by default
@@ -403,8 +406,8 @@ def _show(value: Any) -> str:
 
 def _parse_gateway(table: _Table) -> GatewayConfig:
     defaults = GatewayConfig()
-    table.allow({"tun_name", "mtu", "control_socket", "log_level", "log_format", "esp_encap", "queue_size",
-                 "retransmit_timeout", "retransmit_base", "retransmit_tries"})
+    table.allow({"tun_name", "mtu", "control_socket", "log_level", "log_format", "esp_encap", "raw_esp_tx",
+                 "queue_size", "retransmit_timeout", "retransmit_base", "retransmit_tries"})
     return GatewayConfig(
         tun_name=table.get("tun_name", _tun_name, defaults.tun_name),
         mtu=table.get("mtu", _int_range(576, 65535), defaults.mtu),
@@ -412,6 +415,7 @@ def _parse_gateway(table: _Table) -> GatewayConfig:
         log_level=table.get("log_level", _one_of("debug", "info", "warning", "error"), defaults.log_level),
         log_format=table.get("log_format", _one_of("auto", "console", "json"), defaults.log_format),
         esp_encap=table.get("esp_encap", _one_of("raw", "udp"), defaults.esp_encap),
+        raw_esp_tx=table.get("raw_esp_tx", _one_of("ring", "socket"), defaults.raw_esp_tx),
         queue_size=table.get("queue_size", _int_range(0, 65536), defaults.queue_size),
         retransmit_timeout=table.get("retransmit_timeout", _positive_duration, defaults.retransmit_timeout),
         retransmit_base=table.get("retransmit_base", _number_at_least(1.0), defaults.retransmit_base),

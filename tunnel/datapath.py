@@ -3,7 +3,8 @@
 Everything here runs once per packet, so it avoids per-packet allocation beyond the packet
 itself: bound methods are cached on the objects, the kernel builds outer IPv4 headers (or
 ``esp.outer`` templates do, on an IP_HDRINCL socket), and counters are plain integer attributes.
-Per wake-up rather than per packet: ESP-in-UDP goes out in GSO batches (``UdpBatcher``), and
+Per wake-up rather than per packet: ESP-in-UDP goes out in GSO batches and raw IPv4 ESP through
+AF_PACKET TX rings (``TxBatcher``, ``tunnel.packet_tx``), and
 decrypted packets go to the TUN through ``tunnel.gro`` (the daemon wires both).
 """
 
@@ -23,6 +24,7 @@ from esp.transforms import transform_by_name
 from ike.events import ChildSaUp
 from tunnel.fragment import fit_to_mtu
 from tunnel.icmp import tunnel_mtu
+from tunnel.packet_tx import RingSet
 
 log = structlog.get_logger("tunnel")
 
@@ -94,16 +96,20 @@ class ChildPath:
         ]
 
 
-class UdpBatcher:
-    """ESP-in-UDP packets of one wake-up, queued per SA and sent together with UDP GSO.
+class TxBatcher:
+    """What one loop turn sends, sent together: ESP-in-UDP per SA with UDP GSO, raw ESP via TX rings.
 
-    One ``sendmsg`` with UDP_SEGMENT carries a run of equal-sized datagrams, so the kernel's
-    send path runs once per run instead of once per packet. The daemon calls ``flush()`` when
-    it has handled what its sockets and TUN had to offer, before it waits again.
+    One ``sendmsg`` with UDP_SEGMENT carries a run of equal-sized datagrams, and one ``send`` on
+    an AF_PACKET TX ring (``tunnel.packet_tx``) carries every frame written into it, so the
+    kernel's send path runs once per batch instead of once per packet. The daemon calls
+    ``flush()`` when it has handled what its sockets and TUN had to offer, before it waits again.
+    ``rings`` (a ``RingSet``, or None for raw sockets only) is kept up to date from ``flush``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rings: RingSet | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._dirty: list[Callable[[], None]] = []
+        self.rings = rings
+        self._clock = clock
 
     def transmitter(self, udp, remote: tuple[str, int], local: tuple[str, int]) -> Callable[[bytes, bytes], bool]:
         queue: list[bytes] = []
@@ -127,17 +133,42 @@ class UdpBatcher:
 
         return transmit_batched
 
+    def ring_transmitter(self, remote_ip: str, local_ip: str,
+                         fallback: Callable[[bytes, bytes], bool]) -> Callable[[bytes, bytes], bool]:
+        """Raw IPv4 ESP through the TX ring towards ``remote_ip``; ``fallback`` (the raw socket)
+        takes what the ring cannot (see ``RingPath.send``)."""
+        rings = self.rings
+        ring_send = rings.path_to(remote_ip, self._clock()).send
+        build = OuterIPv4(socket.inet_aton(local_ip), socket.inet_aton(remote_ip), df="copy").build
+        dirty, flush = self._dirty, rings.flush
+
+        def transmit_ring(esp: bytes, inner: bytes) -> bool:
+            sent = ring_send(build(len(esp), inner), esp)
+            if sent is None:
+                return fallback(esp, inner)
+            if not dirty:
+                dirty.append(flush)
+            return sent
+
+        return transmit_ring
+
     def flush(self) -> None:
         dirty = self._dirty
         while dirty:
             dirty.pop()()
+        if self.rings is not None:
+            self.rings.maintain(self._clock())
+
+
+UdpBatcher = TxBatcher  # the daemon's name for it until it passes the rings
 
 
 def make_transmit(up: ChildSaUp, *, raw_v4, raw_v6, udp, force_udp: bool,
-                  batcher: UdpBatcher | None = None) -> Callable[[bytes, bytes], bool]:
+                  batcher: TxBatcher | None = None) -> Callable[[bytes, bytes], bool]:
     """The function that puts one ESP packet on the wire for this SA: raw protocol 50 or UDP 4500.
 
-    With a ``batcher``, ESP-in-UDP packets wait for its ``flush()`` (GSO); raw ESP always goes at once.
+    With a ``batcher``, ESP-in-UDP packets wait for its ``flush()`` (GSO), and so does raw IPv4
+    ESP when the batcher has TX rings; otherwise raw ESP goes at once, one syscall per packet.
     """
     local_ip, remote_ip = up.local[0], up.remote[0]
     if up.encap or force_udp:
@@ -153,14 +184,17 @@ def make_transmit(up: ChildSaUp, *, raw_v4, raw_v6, udp, force_udp: bool,
         return transmit_udp
     if ipaddress.ip_address(remote_ip).version == 4:
         if getattr(raw_v4, "kernel_header", False):
-            return raw_v4.tunnel_sender(remote_ip, local_ip)  # TOS and DF copied from the inner packet
-        outer = OuterIPv4(socket.inet_aton(local_ip), socket.inet_aton(remote_ip), df="copy")
-        build, send = outer.build, raw_v4.sender(remote_ip)
+            transmit = raw_v4.tunnel_sender(remote_ip, local_ip)  # TOS and DF copied from the inner packet
+        else:
+            outer = OuterIPv4(socket.inet_aton(local_ip), socket.inet_aton(remote_ip), df="copy")
+            build, send = outer.build, raw_v4.sender(remote_ip)
 
-        def transmit_v4(esp: bytes, inner: bytes) -> bool:
-            return send(build(len(esp), inner) + esp)
+            def transmit(esp: bytes, inner: bytes) -> bool:
+                return send(build(len(esp), inner) + esp)
 
-        return transmit_v4
+        if batcher is not None and batcher.rings is not None:
+            return batcher.ring_transmitter(remote_ip, local_ip, transmit)
+        return transmit
     send_v6 = raw_v6.sender(remote_ip)  # the kernel builds the outer IPv6 header
 
     def transmit_v6(esp: bytes, inner: bytes) -> bool:
@@ -360,4 +394,4 @@ def send_with_mtu(path: ChildPath, packet: bytes, tun_write, icmp_v4: str | None
         tun_write(verdict.icmp_reply)
 
 
-__all__ = ["ChildPath", "UdpBatcher", "make_transmit", "inner_mtu", "receive_esp", "EspReceiver", "InboundFilter", "send_with_mtu", "DropLog", "OuterIPv6"]
+__all__ = ["ChildPath", "TxBatcher", "UdpBatcher", "make_transmit", "inner_mtu", "receive_esp", "EspReceiver", "InboundFilter", "send_with_mtu", "DropLog", "OuterIPv6"]

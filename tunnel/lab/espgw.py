@@ -33,6 +33,7 @@ class GatewaySettings:
     tun_name: str = "espgw0"
     mtu: int = 1400
     esp_encap: str = "raw"
+    raw_esp_tx: str = "ring"
     log_level: str = "info"
     log_format: str = "json"
     queue_size: int = 64
@@ -72,6 +73,7 @@ def config_toml(conns: list[ConnectionConfig], settings: GatewaySettings, contro
     """An espgw TOML config for these connections; PSKs as hex in ``secrets.ike-NAME``."""
     lines = ["[gateway]", f"tun_name = {_quote(settings.tun_name)}", f"mtu = {settings.mtu}",
              f"control_socket = {_quote(control_socket)}", f'esp_encap = "{settings.esp_encap}"',
+             f'raw_esp_tx = "{settings.raw_esp_tx}"',
              f'log_level = "{settings.log_level}"', f'log_format = "{settings.log_format}"',
              f"queue_size = {settings.queue_size}", f"retransmit_timeout = {settings.retransmit_timeout}",
              f"retransmit_base = {settings.retransmit_base}", f"retransmit_tries = {settings.retransmit_tries}", ""]
