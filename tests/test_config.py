@@ -55,6 +55,8 @@ def test_defaults_follow_swanctl():
     assert conn.psk == PSK_TEXT.encode()
     assert conn.local.id is None and conn.remote.auth == "psk"
     assert config.gateway.esp_encap == "raw" and config.gateway.control_socket == "/run/espgw/espgw.sock"
+    assert config.gateway.raw_esp_tx == "ring"
+    assert parse_config('[gateway]\nraw_esp_tx = "socket"\n' + MINIMAL).gateway.raw_esp_tx == "socket"
     assert config.psk_sources == {"office": "secrets.ike-office"}
 
 
@@ -85,10 +87,11 @@ def test_error_names_file_key_and_expectation():
 def test_all_problems_reported_together():
     text = MINIMAL.replace('local_addrs = "192.0.2.1"', 'local_addrs = "192.0.2.1"\ndpd_delay = "often"\nversion = 1\nfoo = 3') \
                   .replace('local_ts = "10.0.0.0/24"', 'local_ts = "10.0.0.0/33"\nmode = "transport"')
-    text = "[gateway]\nesp_encap = \"tcp\"\nmtu = 10\n" + text
+    text = "[gateway]\nesp_encap = \"tcp\"\nraw_esp_tx = \"mmap\"\nmtu = 10\n" + text
     problems = errors_of(text)
     joined = "\n".join(problems)
-    for fragment in ("gateway.esp_encap: expected raw | udp", "gateway.mtu: expected an integer from 576",
+    for fragment in ("gateway.esp_encap: expected raw | udp", "gateway.raw_esp_tx: expected ring | socket",
+                     "gateway.mtu: expected an integer from 576",
                      "connections.office.dpd_delay", "connections.office.version: espgw implements IKEv2 only",
                      "connections.office.foo: unknown key", "children.lan.local_ts: expected subnets",
                      "children.lan.mode: expected tunnel"):
