@@ -110,6 +110,8 @@ class TxBatcher:
         self._dirty: list[Callable[[], None]] = []
         self.rings = rings
         self._clock = clock
+        # one outer-header builder per address pair, so every SA to a peer shares one IPv4 ID sequence
+        self._outer: dict[tuple[str, str], OuterIPv4] = {}
 
     def transmitter(self, udp, remote: tuple[str, int], local: tuple[str, int]) -> Callable[[bytes, bytes], bool]:
         queue: list[bytes] = []
@@ -139,7 +141,11 @@ class TxBatcher:
         takes what the ring cannot (see ``RingPath.send``)."""
         rings = self.rings
         ring_send = rings.path_to(remote_ip, self._clock()).send
-        build = OuterIPv4(socket.inet_aton(local_ip), socket.inet_aton(remote_ip), df="copy").build
+        outer = self._outer.get((local_ip, remote_ip))
+        if outer is None:
+            outer = self._outer[local_ip, remote_ip] = OuterIPv4(socket.inet_aton(local_ip), socket.inet_aton(remote_ip),
+                                                                 df="copy")
+        build = outer.build
         dirty, flush = self._dirty, rings.flush
 
         def transmit_ring(esp: bytes, inner: bytes) -> bool:
