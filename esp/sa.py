@@ -7,9 +7,10 @@ Drop.  No clocks here: time-based lifetimes belong to the caller (IKE).
 
 The cipher objects are built by the first packet, not the constructor: each
 `cryptography` AEAD holds OpenSSL contexts of about 2.4 KB, and a gateway with
-thousands of mostly idle SAs should not pay for them (the keying material waits
-in a bytearray that is zeroed once the cipher holds the key).  The per-packet
-path is unchanged: the first packet takes the branch other transforms take.
+thousands of mostly idle SAs should not pay for them.  Until then the SA keeps
+a reference to the caller's keying material (no copy), and drops it once the
+cipher holds the key.  The per-packet path is unchanged: the first packet takes
+the branch other transforms take.
 """
 
 from __future__ import annotations
@@ -55,15 +56,11 @@ def _first_limit(*limits: int | None) -> int:
     return min((x for x in limits if x is not None), default=1 << 80)
 
 
-def _held_keymat(t: Transform, keymat: bytes) -> bytearray:
-    """A private copy of the keying material until the first packet builds the cipher; the
-    length is checked now so a bad key fails at install time, not on the first packet."""
+def _held_keymat(t: Transform, keymat: bytes) -> bytes:
+    """The keying material kept until the first packet builds the cipher (the caller's bytes
+    object itself, not a copy); the length is checked now so a bad key fails at install time."""
     split_keymat(t, keymat)
-    return bytearray(keymat)
-
-
-def _wipe(key: bytearray) -> None:
-    key[:] = bytes(len(key))
+    return bytes(keymat)
 
 
 class _LimitedSA:
@@ -108,7 +105,7 @@ class OutboundSA(_LimitedSA):
         self._max_seq = span - 1       # never wrap: the last number we may send
         self._soft_seq = span - _REKEY_MARGIN
         self._init_limits(lifetime, None)
-        self._key: bytearray | None = _held_keymat(t, keymat)
+        self._key: bytes | None = _held_keymat(t, keymat)
         self._seal = self._first_seal     # builds the cipher, then seals
         self._encrypt, self._salt = None, b""
         self._trailers = trailer_table(t.align)
@@ -163,7 +160,6 @@ class OutboundSA(_LimitedSA):
         self._encrypt, self._salt = direct_aead(t, key, encrypt=True)
         if self._encrypt is None:
             self._seal = make_sealer(t, key, self.spi, self.esn)
-        _wipe(key)
         if self._encrypt is None:
             return self._seal(seq, iv, plaintext)
         header = _pack_header(self.spi, seq & 0xFFFFFFFF)
@@ -204,7 +200,7 @@ class InboundSA(_LimitedSA):
         self._plan_limit_check()
         # Built by the first packet (_open_other): one-shot AEADs with a full 16-byte tag are
         # then decrypted inline in decapsulate, other transforms through _open.
-        self._key: bytearray | None = _held_keymat(t, keymat)
+        self._key: bytes | None = _held_keymat(t, keymat)
         self._open = None
         self._decrypt, self._salt = None, b""
 
@@ -331,7 +327,6 @@ class InboundSA(_LimitedSA):
         self._decrypt, self._salt = direct_aead(t, key)
         if self._decrypt is None:
             self._open = make_opener(t, key, self.esn)
-        _wipe(key)
         self.replay.own_ring()             # decapsulate writes the ring in place from now on
 
     def _plan_limit_check(self) -> None:

@@ -58,6 +58,32 @@ def _addr_match(pattern: str, addr: str) -> bool:
         return False  # a host name: not resolved in the sans-I/O core
 
 
+def _file(index: dict, key, sa: IkeSa) -> None:
+    held = index.get(key)
+    if held is None:
+        index[key] = sa
+    elif isinstance(held, dict):
+        held[sa] = None
+    elif held is not sa:
+        index[key] = {held: None, sa: None}
+
+
+def _unfile(index: dict, key, sa: IkeSa) -> None:
+    held = index.get(key)
+    if held is sa:
+        del index[key]
+    elif isinstance(held, dict) and held.pop(sa, 0) is None and not held:
+        del index[key]
+
+
+def filed(index: dict, key) -> tuple[IkeSa, ...] | dict[IkeSa, None]:
+    """The SAs an index of the endpoint holds under ``key`` (iterable, possibly empty)."""
+    held = index.get(key)
+    if held is None:
+        return ()
+    return held if isinstance(held, dict) else (held,)
+
+
 class IkeEndpoint:
     def __init__(self, connections: list[ConnectionConfig], *, rng: Callable[[int], bytes],
                  cookie_threshold: int = 10, now: float = 0.0, retransmit_timeout: float = retransmit.TIMEOUT,
@@ -73,8 +99,10 @@ class IkeEndpoint:
         self._connecting: set[IkeSa] = set()  # responder SAs not yet authenticated
         self.child_index: dict[int, IkeSa] = {}  # inbound ESP SPI -> IKE SA
         # Established, not yet dead IKE SAs, so per-handshake look-ups need not scan all SAs:
-        self._by_peer_id: dict[tuple, dict[IkeSa, None]] = {}  # (connection, remote identity)
-        self._by_name: dict[str, dict[IkeSa, None]] = {}  # connection name
+        # established SAs by (connection, remote identity) and by connection name: one SA as is,
+        # several in a dict (most peers have one SA, and an empty dict alone costs 200+ bytes)
+        self._by_peer_id: dict[tuple, IkeSa | dict[IkeSa, None]] = {}
+        self._by_name: dict[str, IkeSa | dict[IkeSa, None]] = {}
         # Timer deadlines: a heap of (deadline, entry number, our SPI); an entry is current only
         # while its SA's ``timer_entry`` is that number (lazy deletion). SAs whose deadlines may
         # have moved are queued in ``_timer_dirty`` and re-pushed before the next look-up.
@@ -126,9 +154,8 @@ class IkeEndpoint:
             del self.half_open[key]
         self._connecting.discard(sa)
         for index, key in ((self._by_peer_id, sa.peer_key), (self._by_name, sa.indexed_name)):
-            bucket = index.get(key) if key is not None else None
-            if bucket is not None and bucket.pop(sa, 0) is None and not bucket:
-                del index[key]
+            if key is not None:
+                _unfile(index, key, sa)
         sa.peer_key = sa.indexed_name = None
 
     def sa_established(self, sa: IkeSa) -> None:
@@ -148,8 +175,8 @@ class IkeEndpoint:
         if sa.indexed_name is not None:
             return
         sa.peer_key, sa.indexed_name = (sa.name, sa.remote_id), sa.name
-        self._by_peer_id.setdefault(sa.peer_key, {})[sa] = None
-        self._by_name.setdefault(sa.name, {})[sa] = None
+        _file(self._by_peer_id, sa.peer_key, sa)
+        _file(self._by_name, sa.name, sa)
 
     def timer_changed(self, sa: IkeSa) -> None:
         """``sa``'s deadlines may have moved (earlier or later): re-read them before the next timer
@@ -168,11 +195,11 @@ class IkeEndpoint:
     def first_contact(self, sa: IkeSa) -> bool:
         """Whether no other IKE SA of this connection to the same peer is up (send INITIAL_CONTACT)."""
         return not any(o is not sa and o.remote[0] == sa.remote[0] and o.state != "dead"
-                       for o in self._by_name.get(sa.name, ()))
+                       for o in filed(self._by_name, sa.name))
 
     def duplicates(self, sa: IkeSa) -> list[IkeSa]:
         """Other live IKE SAs of the same connection with the same peer identity."""
-        return [o for o in self._by_peer_id.get((sa.name, sa.remote_id), ()) if o is not sa and o.state != "dead"]
+        return [o for o in filed(self._by_peer_id, (sa.name, sa.remote_id)) if o is not sa and o.state != "dead"]
 
     def initial_contact(self, sa: IkeSa, now: float) -> None:
         """INITIAL_CONTACT (or unique = replace): drop the other SAs with the same peer ID. Without
@@ -393,7 +420,7 @@ class IkeEndpoint:
     def _established_for(self, name: str) -> IkeSa | None:
         """The IKE SA new CHILD SAs of a connection go to: an established one (not a collision's
         undecided SA, preferring the one holding CHILD SAs), else one being set up."""
-        up = [sa for sa in self._by_name.get(name, ())
+        up = [sa for sa in filed(self._by_name, name)
               if sa.state == "established" and not sa.silent and sa.replaces is None]
         if up:
             return max(up, key=lambda sa: (len(sa.children), sa.unique_id))

@@ -51,6 +51,18 @@ class _TimerField:
         sa.endpoint.timer_changed(sa)
 
 
+class _NoSpis(frozenset):
+    """The empty ``peer_deleted_spis`` every SA starts with, shared; the task manager clears the
+    set after each response, which must work on it too."""
+
+    __slots__ = ()
+
+    def clear(self) -> None:
+        pass
+
+
+NO_SPIS = _NoSpis()
+
 _SHARED: dict = {}
 _SHARED_MAX = 1024  # distinct algorithm choices are few; the bound only stops a slow leak
 
@@ -130,7 +142,8 @@ class IkeSa(TaskManager):
         self.postponed: list["Task"] = []
         # CHILD SAs by inbound SPI
         self.children: dict[int, ChildSa] = {}
-        self.peer_deleted_spis: set[int] = set()  # outbound SPIs deleted before we installed them
+        # outbound SPIs deleted before we installed them; a real set only once there is one
+        self.peer_deleted_spis: set[int] | frozenset[int] = NO_SPIS
         self.rekeyed_from: int | None = None
         self.silent = False  # a rekey collision's SA not (yet) known to survive: events are held
         self.held_events: list = []

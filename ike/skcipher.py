@@ -40,7 +40,7 @@ class SkCipher:
     OpenSSL context (a ChaCha20Poly1305 object holds ~2.3 KB of them), and IKE messages are rare
     enough that the construction does not show."""
 
-    __slots__ = ("encr", "_aes", "_integ_key", "_hash", "_key", "_salt", "iv_len", "block", "icv_len")
+    __slots__ = ("encr", "_aes", "_integ_key", "_hash", "_key", "iv_len", "block", "icv_len")
 
     def __init__(self, neg: Negotiated, encr_key: bytes, integ_key: bytes):
         if len(encr_key) != neg.encr_key_len:
@@ -56,12 +56,11 @@ class SkCipher:
             self._hash = _INTEG_HASHES[IntegId(neg.integ)]
             self.iv_len, self.block, self.icv_len = 16, 16, INTEG_ICV_LEN[IntegId(neg.integ)]
         elif neg.encr in GCM_ICV_LEN:
-            self._key, self._salt = encr_key[:-AEAD_SALT_LEN], encr_key[-AEAD_SALT_LEN:]
+            self._key = encr_key  # the IkeKeys object's bytes: no copy; split per message
             self.iv_len, self.block, self.icv_len = _AEAD_IV_LEN, 1, GCM_ICV_LEN[EncrId(neg.encr)]
         elif neg.encr == EncrId.CHACHA20_POLY1305:
-            self._key = encr_key[:-AEAD_SALT_LEN]
-            ChaCha20Poly1305(self._key)  # rejects a bad key now rather than on the first message
-            self._salt = encr_key[-AEAD_SALT_LEN:]
+            self._key = encr_key
+            ChaCha20Poly1305(encr_key[:-AEAD_SALT_LEN])  # a bad key fails now, not on the first message
             self.iv_len, self.block, self.icv_len = _AEAD_IV_LEN, 1, 16
         else:
             raise ValueError(f"encryption algorithm {neg.encr} cannot protect IKE messages here")
@@ -94,8 +93,10 @@ class SkCipher:
             ciphertext = enc.update(data) + enc.finalize()
             return iv + ciphertext + self._mac(aad_prefix + iv + ciphertext)
         if self.encr == EncrId.CHACHA20_POLY1305:
-            return iv + ChaCha20Poly1305(self._key).encrypt(self._salt + iv, data, aad_prefix)
-        enc = Cipher(algorithms.AES(self._key), modes.GCM(self._salt + iv)).encryptor()
+            key, salt = self._key[:-AEAD_SALT_LEN], self._key[-AEAD_SALT_LEN:]
+            return iv + ChaCha20Poly1305(key).encrypt(salt + iv, data, aad_prefix)
+        key, salt = self._key[:-AEAD_SALT_LEN], self._key[-AEAD_SALT_LEN:]
+        enc = Cipher(algorithms.AES(key), modes.GCM(salt + iv)).encryptor()
         enc.authenticate_additional_data(aad_prefix)
         ciphertext = enc.update(data) + enc.finalize()
         return iv + ciphertext + enc.tag[:self.icv_len]  # a truncated GCM tag is the leading bytes
@@ -116,13 +117,14 @@ class SkCipher:
             data = dec.update(ciphertext) + dec.finalize()
         elif self.encr == EncrId.CHACHA20_POLY1305:
             try:
-                data = ChaCha20Poly1305(self._key).decrypt(self._salt + iv, ciphertext + icv, aad_prefix)
+                key, salt = self._key[:-AEAD_SALT_LEN], self._key[-AEAD_SALT_LEN:]
+                data = ChaCha20Poly1305(key).decrypt(salt + iv, ciphertext + icv, aad_prefix)
             except InvalidTag:
                 raise IntegrityError("SK payload integrity check failed") from None
         else:
             try:
-                dec = Cipher(algorithms.AES(self._key),
-                             modes.GCM(self._salt + iv, icv, min_tag_length=self.icv_len)).decryptor()
+                key, salt = self._key[:-AEAD_SALT_LEN], self._key[-AEAD_SALT_LEN:]
+                dec = Cipher(algorithms.AES(key), modes.GCM(salt + iv, icv, min_tag_length=self.icv_len)).decryptor()
                 dec.authenticate_additional_data(aad_prefix)
                 data = dec.update(ciphertext) + dec.finalize()
             except InvalidTag:

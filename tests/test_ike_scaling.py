@@ -9,7 +9,7 @@ import os
 import pytest
 
 from ike.config import AuthConfig, ChildConfig, ConnectionConfig, TrafficSelector
-from ike.endpoint import IkeEndpoint
+from ike.endpoint import IkeEndpoint, filed
 from ike_harness import ChildSaUp, IkeSaDown, Pair, mirrored
 
 RESPONDER = "198.51.100.2"
@@ -152,5 +152,5 @@ def test_duplicates_after_ike_rekey_and_reauth():
         for sa in ep.sas.values():
             assert set(ep.duplicates(sa)) == scan_duplicates(ep, sa)
             assert ep.first_contact(sa) == scan_first_contact(ep, sa)
-        assert sum(len(b) for b in ep._by_peer_id.values()) == sum(
+        assert sum(len(filed(ep._by_peer_id, k)) for k in ep._by_peer_id) == sum(
             1 for sa in ep.sas.values() if sa.established_at is not None and sa.state != "dead")

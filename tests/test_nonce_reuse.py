@@ -14,7 +14,9 @@ from esp.errors import SAExpired
 from esp.sa import InboundSA, OutboundSA
 from esp.transforms import transform_by_name
 from ike import message as codec
+from ike.constants import ExchangeType
 from ike.endpoint import IkeEndpoint
+from ike.payloads import NoncePayload
 from ike_harness import B_IP, ChildSaUp, IkeSaUp, Pair, Wire, mirrored, seeded_rng
 
 AEADS = ["aes128gcm16", "aes256gcm8", "aes128gmac", "chacha20poly1305"]
@@ -123,14 +125,22 @@ def test_restart_gives_new_nonces_and_keys():
     """A restarted gateway makes a new IKE SA: new nonces, so new IKE and CHILD keys, even with a
     peer whose own choices repeat exactly (same seeded rng on B before and after)."""
     keys, nonces = [], []
+
+    def init_nonce(d):  # the SA forgets its nonces once IKE_AUTH is done: read them on the wire
+        msg = codec.decode(d.data)
+        if msg.exchange == ExchangeType.IKE_SA_INIT:
+            found.append(msg.get(NoncePayload).data)
+        return d
+
     for seed_a in (11, 12):
         a, b = mirrored()
-        pair = Pair([a], [b], seed=seed_a)
+        found: list[bytes] = []
+        pair = Pair([a], [b], seed=seed_a, wire=Wire(tamper=init_nonce))
         pair.b = pair.ips[B_IP] = IkeEndpoint([b], rng=seeded_rng(99))
         pair.a.initiate("site", None, 0.0)
         pair.run()
         (sa,) = pair.a.sas.values()
-        nonces.append((sa.ni, sa.nr))
+        nonces.append(tuple(found))
         keys += [sa.keys.sk_d, sa.keys.sk_ei, sa.keys.sk_er] + child_keys(pair)
     assert nonces[0][0] != nonces[1][0]
     assert nonces[0][1] == nonces[1][1]  # the responder's nonce repeated, by construction

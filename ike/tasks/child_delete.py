@@ -44,6 +44,8 @@ def respond_child_deletes(sa: "IkeSa", deletes: list[DeletePayload], now: float)
                 # maybe an SA our outstanding CREATE_CHILD_SA is about to install: the peer
                 # deleted it before our answer arrived (strongSwan's deleted_spis)
                 if sa.active is not None and sa.active.task.exchange == ExchangeType.CREATE_CHILD_SA:
+                    if not isinstance(sa.peer_deleted_spis, set):
+                        sa.peer_deleted_spis = set()
                     sa.peer_deleted_spis.add(spi)
                 continue
             # a CHILD SA we are deleting ourselves already (collision): the answer still lists it
