@@ -104,8 +104,14 @@ def test_what_the_ring_cannot_carry_goes_back_to_the_socket():
             rings.maintain(7.0)
             assert path.send(bytes(20), b"e" * 100) is True
             rings.flush()
-            rings.maintain(20.0)  # unused since the last check: forgotten
-            assert rings.counters()["paths"] == 0
+            rings.maintain(13.0)  # used since the last check: re-resolved, still on the ring
+            assert path.send(bytes(20), b"e" * 100) is True
+            rings.maintain(19.0)  # used again; then a pause
+            rings.maintain(25.0)  # unused since 19: no netlink now, but the next packet probes
+            assert path.send(bytes(20), b"e" * 100) is None
+            assert path.send(bytes(20), b"e" * 100) is True
+            rings.flush()
+            assert rings.counters()["paths"] == 1
             rings.close()
 
 
@@ -121,3 +127,30 @@ def test_no_ring_without_an_ethernet_route():
             assert rings.path_to("192.0.2.99", now=0.0).send(bytes(20), b"x") is None  # no route at all
             assert rings.counters()["paths"] == 0
             rings.close()
+
+
+def test_a_ring_whose_interface_is_replaced_is_rebuilt():
+    with _pair() as (a, b):
+        dev_a, dev_b = _link(a, b)
+        a.ip("neigh", "replace", B_IP, "lladdr", _mac(b, dev_b), "dev", dev_a, "nud", "permanent")
+        with a.entered():
+            rings = RingSet(frames=16)
+            path = rings.path_to(B_IP, now=0.0)
+            assert path.send(bytes(20), b"e" * 100) is True
+            rings.flush()
+        a.ip("link", "del", dev_a)  # the veth goes; a new one with the same name and address comes
+        dev_a, dev_b = _link(a, b)
+        a.ip("neigh", "replace", B_IP, "lladdr", _mac(b, dev_b), "dev", dev_a, "nud", "permanent")
+        with b.entered():
+            rx = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_NONBLOCK, 50)
+        with a.entered():
+            path.send(bytes(20), b"e" * 100)
+            rings.flush()  # ENXIO on the old ring: counted, the ring marked dead
+            rings.maintain(6.0)  # the refresh builds a new ring on the new interface
+            outer = OuterIPv4(socket.inet_aton(A_IP), socket.inet_aton(B_IP))
+            assert path.send(outer.build(100, bytes(20)), b"f" * 100) is True
+            rings.flush()
+            rings.close()
+        got = _drain(rx, 1)
+        rx.close()
+        assert got and got[-1][20:] == b"f" * 100

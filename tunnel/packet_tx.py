@@ -90,6 +90,7 @@ class PacketTxRing:
             self._sock.close()
             raise
         self.fd = self._sock.fileno()
+        self.dead = False  # the interface it is bound to is gone: RingSet makes a new one
         self._next = 0  # index of the slot the next frame goes to (the kernel sends in this order)
         self._pending = 0  # frames marked since the last flush
         self._send = self._sock.send
@@ -140,7 +141,11 @@ class PacketTxRing:
             self._send(b"", socket.MSG_DONTWAIT)
         except OSError as exc:  # ENOBUFS, EAGAIN, ENETDOWN: the slots stay marked for the next flush
             self.counters["send_errors"] += 1
-            if exc.errno not in (errno.ENOBUFS, errno.EAGAIN, errno.ENETDOWN, errno.ENXIO, errno.EMSGSIZE):
+            if exc.errno in (errno.ENXIO, errno.ENODEV):  # the interface was deleted (maybe re-created)
+                if not self.dead:
+                    log.warning("packet_tx.interface_gone", ifname=self.ifname)
+                self.dead = True
+            elif exc.errno not in (errno.ENOBUFS, errno.EAGAIN, errno.ENETDOWN, errno.EMSGSIZE):
                 log.warning("packet_tx.send_failed", ifname=self.ifname, error=exc.strerror)
 
     def close(self) -> None:
@@ -233,19 +238,25 @@ class RingPath:
         self._probe = not l2.reachable  # one packet through the kernel makes it re-validate the entry
 
     def send(self, network: bytes, esp: bytes) -> bool | None:
+        self.used = True
         put = self._put
         if put is None or self._probe or len(network) + len(esp) > self._mtu:
-            self.used = True
             self._probe = False
             return None
         return put(self._link, network, esp)
+
+    def idle(self) -> None:
+        """Unused since the last check: not worth a netlink round trip now, but its neighbour entry
+        may have changed meanwhile, so the first packet after the pause goes through the kernel."""
+        self._probe = True
 
 
 class RingSet:
     """The TX rings of a gateway: one per outgoing interface, one ``RingPath`` per peer.
 
     ``maintain(now)`` (called once per loop turn, cheap unless a check is due) re-resolves the
-    paths in use: every ``refresh`` seconds once resolved, every ``retry`` seconds until then.
+    paths in use: every ``refresh`` seconds once resolved, every ``retry`` seconds until then; a
+    path unused since its last check waits until it is used again (``RingPath.idle``).
     """
 
     def __init__(self, frames: int = 256, *, refresh: float = 5.0, retry: float = 0.5) -> None:
@@ -264,6 +275,10 @@ class RingSet:
         return path
 
     def _ring_for(self, ifname: str) -> PacketTxRing | None:
+        ring = self._rings.get(ifname)
+        if ring is not None and ring.dead:
+            ring.close()
+            del self._rings[ifname]
         if ifname not in self._rings:
             try:
                 self._rings[ifname] = PacketTxRing(ifname, frames=self._frames)
@@ -289,12 +304,11 @@ class RingSet:
         if now < self._next_check:
             return
         self._next_check = now + min(self._retry, self._refresh)
-        for path in list(self._paths.values()):
-            if now >= path.next_check:
-                if path.used or path.l2 is None:
-                    self._resolve(path, now)
-                else:  # idle since the last check: forget it (path_to resolves it again)
-                    del self._paths[path.peer]
+        for path in self._paths.values():
+            if now >= path.next_check and path.used:
+                self._resolve(path, now)  # SAs' transmitters hold the path: it is kept, never replaced
+            elif now >= path.next_check and path.l2 is not None and not path._probe:
+                path.idle()
 
     def flush(self) -> None:
         for ring in self._rings.values():
