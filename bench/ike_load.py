@@ -117,6 +117,8 @@ def measure(count: int, prefix: str | None = None, timeout: float = 900) -> dict
             done = lab.run(lab.gwA, *argv, timeout=timeout + 60, env={**os.environ, "PYTHONPATH": _root()})
             gen = json.loads(done.stdout.strip().splitlines()[-1])
             cpu = cpu_seconds(pid) - cpu_before
+            time.sleep(1.0)  # the last IKE_AUTH answers are out before the generator ends
+            rss_before_list = rss_bytes(pid)  # list-sas below builds 10,000 dicts: its garbage may stay
             (children,) = wait_until(lambda: _children(gw, gen["completed"]), 30,
                                      "the responder to report its CHILD SAs", interval=0.5)
             rss = rss_bytes(pid)
@@ -129,6 +131,7 @@ def measure(count: int, prefix: str | None = None, timeout: float = 900) -> dict
             "handshakes_per_responder_cpu_s": round(gen["completed"] / cpu, 1) if cpu else None,
             "responder_cpu_s": round(cpu, 2), "child_sas": children,
             "rss_idle_mb": round(rss_idle / 2**20, 1), "rss_mb": round(rss / 2**20, 1),
+            "rss_before_list_sas_mb": round(rss_before_list / 2**20, 1),
             "rss_per_child_kb": round((rss - rss_idle) / max(children, 1) / 1024, 2)}
 
 

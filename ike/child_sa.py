@@ -19,7 +19,10 @@ def intersect(a: TrafficSelector, b: TrafficSelector) -> TrafficSelector | None:
     sport, eport = max(a.start_port, b.start_port), min(a.end_port, b.end_port)
     if sport > eport:
         return None
-    return TrafficSelector(start, end, a.protocol or b.protocol, sport, eport)
+    ts = TrafficSelector(start, end, a.protocol or b.protocol, sport, eport)
+    # an existing equal object instead of a new one: the responder's own (configured) selectors
+    # are what most CHILD SAs end up with, and thousands of copies would cost memory
+    return b if ts == b else a if ts == a else ts
 
 
 def narrow(offered: list[TrafficSelector], configured: list[TrafficSelector]) -> list[TrafficSelector]:
@@ -60,7 +63,7 @@ def host_selector(addr: str, protocol: int = 0, port: int | None = None) -> Traf
     return TrafficSelector(ip, ip, protocol, port, port)
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a gateway holds thousands
 class ChildSa:
     """One negotiated CHILD SA pair, as held by its IKE SA."""
 

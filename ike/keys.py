@@ -51,7 +51,7 @@ def prf_plus(prf_id: int, key: bytes, seed: bytes, length: int) -> bytes:
     return bytes(out[:length])
 
 
-@dataclass
+@dataclass(slots=True)
 class IkeKeys:
     """The seven keys of an IKE SA; lengths are visible in repr, the keys are not."""
 

@@ -17,6 +17,7 @@ protocol or port restriction ends the search right there. The cache is cleared o
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -113,6 +114,7 @@ class _Range:
     end_port: int
 
     @classmethod
+    @functools.lru_cache(maxsize=256)  # immutable: equal selectors (the local subnet) share one
     def of(cls, ts: TrafficSelector) -> "_Range":
         if ts.start_addr.version != ts.end_addr.version or ts.start_addr > ts.end_addr:
             raise ValueError(f"traffic selector {ts} has an invalid address range")

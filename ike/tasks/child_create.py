@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass, field
+from sys import intern  # one string object for the names thousands of CHILD SAs share
 from typing import TYPE_CHECKING
 
 from ike.child_sa import ChildSa, is_subset, narrow, without_redundant
@@ -108,7 +109,8 @@ def build_child(sa: "IkeSa", cfg: ChildConfig, chosen: Proposal, *, exchange_ini
     i2r, r2i = split_child_keymat(keymat)
     rekey_at, expire_at = _lifetimes(sa, cfg, now)
     return ChildSa(
-        cfg, sa.endpoint.next_unique_id(), our_spi, peer_spi, format_proposal(chosen), neg.esp_transform_name,
+        cfg, sa.endpoint.next_unique_id(), our_spi, peer_spi, intern(format_proposal(chosen)),
+        intern(neg.esp_transform_name),
         neg.esn, tuple(local_ts), tuple(remote_ts), now, rekey_at, expire_at,
         inbound_keymat=r2i if exchange_initiator else i2r, outbound_keymat=i2r if exchange_initiator else r2i,
         rekeyed_from=rekeyed_from)
