@@ -106,7 +106,7 @@ class OutboundSA(_LimitedSA):
         self._soft_seq = span - _REKEY_MARGIN
         self._init_limits(lifetime, None)
         self._key: bytes | None = _held_keymat(t, keymat)
-        self._seal = self._first_seal     # builds the cipher, then seals
+        self._seal = None                 # the first packet builds it (_first_seal)
         self._encrypt, self._salt = None, b""
         self._trailers = trailer_table(t.align)
         self._align = t.align
@@ -151,7 +151,8 @@ class OutboundSA(_LimitedSA):
             return header + iv + encrypt(self._salt + iv, plaintext,
                                          ESN_AAD.pack(self.spi, seq) if self.esn else header)
         iv = _pack_iv(seq) if self._counter_iv else self._rng(16)
-        return self._seal(seq, iv, plaintext)
+        seal = self._seal
+        return seal(seq, iv, plaintext) if seal is not None else self._first_seal(seq, iv, plaintext)
 
     def _first_seal(self, seq: int, iv: bytes, plaintext: bytes) -> bytes:
         """The first packet: build the cipher (see the module docstring), then seal as usual."""
@@ -160,7 +161,6 @@ class OutboundSA(_LimitedSA):
         self._encrypt, self._salt = direct_aead(t, key, encrypt=True)
         if self._encrypt is None:
             self._seal = make_sealer(t, key, self.spi, self.esn)
-        if self._encrypt is None:
             return self._seal(seq, iv, plaintext)
         header = _pack_header(self.spi, seq & 0xFFFFFFFF)
         return header + iv + self._encrypt(self._salt + iv, plaintext,

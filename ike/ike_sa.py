@@ -7,6 +7,7 @@ exchange is a task module under ``ike.tasks``.
 from __future__ import annotations
 
 import math
+from sys import intern
 from typing import TYPE_CHECKING, Callable
 
 import structlog
@@ -63,6 +64,25 @@ class _NoSpis(frozenset):
 
 NO_SPIS = _NoSpis()
 
+class _Stats:
+    """An SA's counters seen as a mapping (only "dropped" so far)."""
+
+    __slots__ = ("_sa",)
+
+    def __init__(self, sa: "IkeSa") -> None:
+        self._sa = sa
+
+    def __getitem__(self, key: str) -> int:
+        if key != "dropped":
+            raise KeyError(key)
+        return self._sa.dropped
+
+    def __setitem__(self, key: str, value: int) -> None:
+        if key != "dropped":
+            raise KeyError(key)
+        self._sa.dropped = value
+
+
 _SHARED: dict = {}
 _SHARED_MAX = 1024  # distinct algorithm choices are few; the bound only stops a slow leak
 
@@ -85,7 +105,7 @@ class IkeSa(TaskManager):
                  "last_inbound", "last_response", "local", "local_id", "my_mid", "nat_local", "nat_remote", "neg",
                  "ni", "nr", "peer_deleted_spis", "peer_fragmentation", "peer_key", "peer_mid", "postponed",
                  "proposal_name", "queue", "reassembly", "rekeyed_from", "remote", "remote_id", "replaces",
-                 "silent", "spi_i", "spi_r", "stats", "timer_at", "timer_entry", "unique_id", "__weakref__")
+                 "silent", "spi_i", "spi_r", "dropped", "timer_at", "timer_entry", "unique_id", "__weakref__")
 
     state = _TimerField()
     active = _TimerField()
@@ -146,15 +166,20 @@ class IkeSa(TaskManager):
         self.peer_deleted_spis: set[int] | frozenset[int] = NO_SPIS
         self.rekeyed_from: int | None = None
         self.silent = False  # a rekey collision's SA not (yet) known to survive: events are held
-        self.held_events: list = []
+        self.held_events: list | tuple = ()  # a list once there is one
         self.redundant_until: float | None = None  # when to drop it if the peer never deletes it
-        self.stats = {"dropped": 0}
+        self.dropped = 0  # messages dropped by the task manager (through ``stats``)
         # the endpoint's indices: keys this SA is filed under, its current timer heap entry
         self.peer_key: tuple | None = None
         self.indexed_name: str | None = None
         self.timer_entry: int | None = None
         self.timer_at: float | None = None
         self.half_open_key: tuple | None = None  # responder: its key in the endpoint's half_open
+
+    @property
+    def stats(self) -> "_Stats":
+        """``stats["dropped"]``, as the task manager counts it, without a dict per SA."""
+        return _Stats(self)
 
     # --- helpers for tasks -------------------------------------------------------------------
     @property
@@ -204,13 +229,15 @@ class IkeSa(TaskManager):
 
     def emit(self, event) -> None:
         if self.silent:  # held until a rekey collision decides whether this SA lives
+            if not self.held_events:
+                self.held_events = []
             self.held_events.append(event)
         else:
             self.endpoint.emit(event)
 
     def unsilence(self) -> None:
         self.silent = False
-        held, self.held_events = self.held_events, []
+        held, self.held_events = self.held_events, ()
         for event in held:
             self.endpoint.emit(event)
 
@@ -235,8 +262,9 @@ class IkeSa(TaskManager):
                  proposal=self.proposal_name)
 
     def ike_up_event(self) -> IkeSaUp:
+        # interned: the gateway keeps this event, and its own ID is the same text for every SA
         return IkeSaUp(self.name, self.unique_id, self.local, self.remote, self.spi_i, self.spi_r, self.initiator,
-                       self.proposal_name, str(self.local_id), str(self.remote_id), self.nat_local,
+                       self.proposal_name, intern(str(self.local_id)), str(self.remote_id), self.nat_local,
                        self.nat_remote, self.rekeyed_from)
 
     def add_child(self, child: ChildSa) -> None:
