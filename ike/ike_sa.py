@@ -87,7 +87,7 @@ _SHARED: dict = {}
 _SHARED_MAX = 1024  # distinct algorithm choices are few; the bound only stops a slow leak
 
 
-def _shared(key, value):
+def shared(key, value):
     """The first value stored under ``key`` (equal immutable values become one object)."""
     if len(_SHARED) >= _SHARED_MAX:
         _SHARED.clear()
@@ -121,7 +121,7 @@ class IkeSa(TaskManager):
         self.endpoint = endpoint
         self.config = config
         self.initiator = initiator  # original initiator of this IKE SA (the I flag)
-        self.local, self.remote = local, remote
+        self.local, self.remote = shared(("local", local), local), remote
         self.spi_i, self.spi_r = spi_i, spi_r
         self.unique_id = unique_id
         self.created = now
@@ -199,7 +199,7 @@ class IkeSa(TaskManager):
         return self.state == "established"
 
     def install_keys(self, neg: "Negotiated", keys: "IkeKeys") -> None:
-        self.neg, self.keys = _shared(("negotiated", neg.protocol, neg), neg), keys
+        self.neg, self.keys = shared(("negotiated", neg.protocol, neg), neg), keys
         if self.initiator:
             self.cipher_out = SkCipher(neg, keys.sk_ei, keys.sk_ai)
             self.cipher_in = SkCipher(neg, keys.sk_er, keys.sk_ar)
@@ -212,7 +212,7 @@ class IkeSa(TaskManager):
         the same one (nothing changes a chosen proposal)."""
         from ike.proposals import format_proposal
         name = format_proposal(chosen)
-        self.proposal_name, self.chosen = _shared(("proposal", name, chosen.number, bytes(chosen.spi)),
+        self.proposal_name, self.chosen = shared(("proposal", name, chosen.number, bytes(chosen.spi)),
                                                   (name, chosen))
 
     def auth_done(self) -> None:

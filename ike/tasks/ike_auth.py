@@ -12,6 +12,7 @@ from ike.config import ConnectionConfig
 from ike.constants import AuthMethod, ExchangeType, NotifyType
 from ike.events import NegotiationFailed
 from ike.ids import Identity, id_matches
+from ike.ike_sa import shared
 from ike.keys import psk_auth, signed_octets
 from ike.payloads import AuthPayload, IdiPayload, IdrPayload, IdPayload, NotifyPayload, Payload
 from ike.tasks.base import DONE, Task
@@ -133,7 +134,8 @@ def respond_auth(sa: "IkeSa", msg: "Message", now: float) -> list[Payload]:
         return [NotifyPayload(NotifyType.AUTHENTICATION_FAILED)]
     sa.config = cfg
     sa.remote_id = idi
-    sa.local_id = local_identity(cfg, sa.local[0])
+    local_id = local_identity(cfg, sa.local[0])
+    sa.local_id = shared(("identity", local_id), local_id)  # the same for most SAs of a gateway
     duplicates = sa.endpoint.duplicates(sa)
     if duplicates and cfg.unique == "keep":  # strongSwan: keep the existing SA, refuse the new one
         sa.emit(NegotiationFailed(cfg.name, "IKE_AUTH", "AUTHENTICATION_FAILED",
