@@ -8,8 +8,10 @@ and remove CHILD SAs in the data plane (``tunnel.datapath``).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
+import select
 import selectors
 import signal
 import socket
@@ -93,6 +95,11 @@ class Gateway:
         self.ike_sas: dict[int, IkeSaUp] = {}  # by unique id
         self.failures: deque[dict] = deque(maxlen=20)
         self.drop_log = DropLog(clock)
+        # The loop polls one epoll set: fd -> zero-argument handler. The control server keeps its
+        # own selector (its clients come and go), watched here as one more fd.
+        self._poll = select.epoll()
+        self._handlers: dict[int, Callable[[], None]] = {}
+        self._ike_fed = True  # IKE took input since the loop last read its deadline
         self.selector = selectors.DefaultSelector()
         self._stopping = False
         self._next_housekeeping = self.started
@@ -131,13 +138,14 @@ class Gateway:
         signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
-        self.selector.register(self.tun.fd, selectors.EVENT_READ, self._on_tun)
-        self.selector.register(self.raw_v4.fd, selectors.EVENT_READ, lambda _m: self._on_raw(self.raw_v4))
+        self._watch(self.tun.fd, self._on_tun)
+        self._watch(self.raw_v4.fd, functools.partial(self._on_raw, self.raw_v4))
         if self.raw_v6 is not None:
-            self.selector.register(self.raw_v6.fd, selectors.EVENT_READ, lambda _m: self._on_raw(self.raw_v6))
+            self._watch(self.raw_v6.fd, functools.partial(self._on_raw, self.raw_v6))
         for fd in self.udp.fds():
-            self.selector.register(fd, selectors.EVENT_READ, lambda _m, fd=fd: self._on_udp(fd))
-        self.selector.register(self._wakeup_r, selectors.EVENT_READ, self._on_wakeup)
+            self._watch(fd, functools.partial(self._on_udp, fd))
+        self._watch(self._wakeup_r, self._on_wakeup)
+        self._watch(self.selector.fileno(), self._on_control)
         log.info("started", tun=self.tun.name, mtu=self.tun.mtu, connections=[c.name for c in self.config.connections],
                  udp_ports=(self.udp.ike_port, self.udp.nat_port), esp_encap=self.settings.esp_encap)
         self._start_connections()
@@ -193,41 +201,64 @@ class Gateway:
             os.close(self._wakeup_w)
             self._wakeup_r = self._wakeup_w = -1
         self.selector.close()
+        self._poll.close()
+        self._handlers.clear()
         log.info("stopped")
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self._stopping = True
 
-    def _on_wakeup(self, _mask: int) -> None:
+    def _on_wakeup(self) -> None:
         try:
             os.read(self._wakeup_r, 512)
         except BlockingIOError:
             pass
+
+    def _on_control(self) -> None:
+        for key, mask in self.selector.select(0):
+            key.data(mask)
+
+    def _watch(self, fd: int, handler: Callable[[], None]) -> None:
+        """Call ``handler()`` from the loop whenever ``fd`` is readable."""
+        self._poll.register(fd, select.EPOLLIN)
+        self._handlers[fd] = handler
 
     def stop(self) -> None:
         self._stopping = True
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
-        select = self.selector.select
+        # Every turn of an idle gateway starts with cold CPU caches, and on a busy machine each
+        # packet's hop through the gateways runs back to back on one CPU: the work between
+        # waking and sending is the latency. So a turn does only what its events need: IKE's
+        # deadline is read again only after IKE took input (a heap walk; inbound ESP only moves
+        # DPD later, and waking at a deadline that has since moved costs one idle turn), IKE is
+        # pumped only after it was fed, and the clock decides whether timers are due at all.
+        poll, handlers, clock, flush = self._poll.poll, self._handlers, self.clock, self.udp_out.flush
+        timer: float | None = None
         while not self._stopping:
-            # IKE's deadlines are gathered once per turn (a walk over every IKE SA): one set by
-            # what the handlers below feed IKE is seen at the next turn, which then does not wait
-            timer = self.ike.get_timer()
-            deadline = min(self._next_housekeeping, timer if timer is not None else float("inf"))
-            for key, mask in select(max(0.0, deadline - self.clock())):
-                key.data(mask)
-            self.udp_out.flush()
-            now = self.clock()
-            if timer is not None and timer <= now:
-                self.ike.handle_timer(now)
-            if now >= self._next_housekeeping:
-                self._housekeeping(now)
-            self._pump(now)
-            self.udp_out.flush()  # what IKE events queued (e.g. a trap's packets on a new SA)
+            if self._ike_fed:
+                self._ike_fed = False
+                timer = self.ike.get_timer()
+            deadline = self._next_housekeeping
+            if timer is not None and timer < deadline:
+                deadline = timer
+            timeout = deadline - clock()
+            for fd, _mask in poll(timeout if timeout > 0.0 else 0.0, len(handlers) or 1):
+                handlers[fd]()
+            flush()  # ESP-in-UDP (GSO) and ring frames the handlers queued
+            now = clock()
+            if now >= deadline:
+                if timer is not None and timer <= now:
+                    self.ike.handle_timer(now)
+                    self._pump(now)
+                if now >= self._next_housekeeping:
+                    self._housekeeping(now)
+                flush()  # what IKE events queued (e.g. a trap's packets on a new SA)
 
     def _pump(self, now: float) -> None:
-        """Send what IKE wants sent and act on its events."""
+        """Send what IKE wants sent and act on its events; called after every input to IKE."""
+        self._ike_fed = True
         ike, udp = self.ike, self.udp
         while True:
             for dg in ike.datagrams_to_send(now):
@@ -238,7 +269,7 @@ class Gateway:
             self._on_event(event, now)
 
     # --- packets ----------------------------------------------------------------------------
-    def _on_tun(self, _mask: int) -> None:
+    def _on_tun(self) -> None:
         lookup = self.policy.lookup_outbound
         write = self.tun.write
         for packet in self.tun.read_batch(BATCH):
@@ -467,6 +498,7 @@ class Gateway:
                 path.rekey_requested = True
                 log.info("child_sa.volume_rekey", child=path.up.child_name, spi_in=f"{path.up.inbound_spi:08x}")
                 self.ike.rekey_child(path.up.inbound_spi, now)
+                self._pump(now)
         if now >= self._next_keepalive:
             self._next_keepalive = now + NAT_KEEPALIVE_INTERVAL
             for sa in self.ike_sas.values():

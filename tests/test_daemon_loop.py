@@ -1,0 +1,158 @@
+"""The gateway's event loop (``Gateway.run``) without devices: watched fds, IKE deadlines, stop."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from tunnel.config import Config, GatewayConfig
+from tunnel.daemon import Gateway
+
+
+class RecordingIke:
+    """Stands in for ``IkeEndpoint`` where the loop talks to it: deadline, timer, output queues."""
+
+    def __init__(self, deadline: float | None = None) -> None:
+        self.deadline = deadline
+        self.timer_reads = 0
+        self.fired: list[float] = []
+        self.on_fire = None
+
+    def get_timer(self) -> float | None:
+        self.timer_reads += 1
+        return self.deadline
+
+    def handle_timer(self, now: float) -> None:
+        self.fired.append(now)
+        if self.deadline is not None and self.deadline <= now:
+            self.deadline = None
+        if self.on_fire:
+            self.on_fire()
+
+    def datagrams_to_send(self, now: float) -> list:
+        return []
+
+    def next_event(self):
+        return None
+
+    def note_inbound_esp(self, spi: int, now: float) -> None:
+        pass
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    gw = Gateway(Config("test", GatewayConfig(control_socket=str(tmp_path / "ctl")), []))
+    watchdog = threading.Timer(5.0, gw.stop)  # a broken loop fails the test instead of hanging it
+    watchdog.start()
+    yield gw
+    watchdog.cancel()
+    gw._poll.close()
+    gw.selector.close()
+
+
+def _pair(gw: Gateway, handler_for):
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    gw._watch(b.fileno(), handler_for(b))
+    return a, b
+
+
+def test_watched_fd_runs_its_handler_and_stop_ends_the_loop(gateway):
+    got = []
+
+    def handler_for(sock):
+        def on_readable():
+            got.append(sock.recv(100))
+            gateway.stop()
+        return on_readable
+
+    a, b = _pair(gateway, handler_for)
+    a.send(b"ping")
+    gateway.run()
+    assert got == [b"ping"]
+    a.close(), b.close()
+
+
+def test_data_turns_do_not_reread_the_ike_deadline(gateway):
+    """Packets alone never move an IKE deadline earlier: the heap walk is skipped for them."""
+    gateway.ike = ike = RecordingIke(deadline=time.monotonic() + 60)
+    turns = []
+
+    def handler_for(sock):
+        def on_readable():
+            sock.recv(100)
+            turns.append(1)
+            if len(turns) == 20:
+                gateway.stop()
+            else:
+                a.send(b"x")
+        return on_readable
+
+    a, b = _pair(gateway, handler_for)
+    a.send(b"x")
+    gateway.run()
+    assert len(turns) == 20
+    assert ike.timer_reads == 1  # the first turn only
+    assert ike.fired == []
+    a.close(), b.close()
+
+
+def test_ike_input_makes_the_next_turn_read_the_deadline_and_fire_it(gateway):
+    """After IKE was fed (``_pump``), a deadline it now has is honoured without other traffic."""
+    gateway.ike = ike = RecordingIke(deadline=None)
+    ike.on_fire = gateway.stop
+
+    def handler_for(sock):
+        def on_readable():
+            sock.recv(100)
+            ike.deadline = time.monotonic() + 0.05  # as if the datagram had started a retransmit timer
+            gateway._pump(time.monotonic())
+        return on_readable
+
+    a, b = _pair(gateway, handler_for)
+    a.send(b"ike")
+    start = time.monotonic()
+    gateway.run()
+    assert len(ike.fired) == 1
+    assert 0.04 <= ike.fired[0] - start < 2.0
+    assert ike.timer_reads == 2
+    a.close(), b.close()
+
+
+def test_a_deadline_that_moved_later_costs_one_idle_turn_only(gateway):
+    """The loop may wake at a stale (earlier) deadline; IKE re-checks, nothing is lost or repeated."""
+    now = time.monotonic()
+    gateway.ike = ike = RecordingIke(deadline=now + 0.02)
+    gateway._next_housekeeping = now + 60
+    real_get = ike.get_timer
+
+    def moved_later():
+        deadline = real_get()
+        ike.deadline = now + 0.1  # e.g. DPD pushed back by inbound ESP after this read
+        return deadline
+
+    ike.get_timer = moved_later
+    ike.on_fire = lambda: gateway.stop() if len(ike.fired) == 2 else None
+    gateway.run()
+    assert ike.fired[0] - now >= 0.02 and ike.fired[1] - now >= 0.1
+
+
+def test_housekeeping_runs_on_time_while_idle(gateway):
+    gateway.ike = RecordingIke()
+    start = time.monotonic()
+    gateway._next_housekeeping = start + 0.05
+    runs = []
+    real = gateway._housekeeping
+
+    def housekeeping(now):
+        runs.append(now)
+        real(now)
+        gateway.stop()
+
+    gateway._housekeeping = housekeeping
+    gateway.run()
+    assert len(runs) == 1 and 0.04 <= runs[0] - start < 2.0
+    assert gateway._next_housekeeping > runs[0]
