@@ -143,7 +143,6 @@ class _Rule:
     sa: Any
     seq: int
     address_only: bool = field(init=False)
-    rank: tuple = field(init=False)
 
     def __post_init__(self) -> None:
         if self.local.version != self.remote.version:
@@ -151,11 +150,15 @@ class _Rule:
         if (self.local.protocol and self.remote.protocol and self.local.protocol != self.remote.protocol):
             raise ValueError("local and remote traffic selectors name different protocols")
         self.address_only = self.local.address_only and self.remote.address_only
+
+    @property
+    def rank(self) -> tuple:
+        """Sort key, most specific first (computed when needed: only adding and removing sort)."""
         addresses = (self.local.end - self.local.start + 1) * (self.remote.end - self.remote.start + 1)
         ports = ((self.local.end_port - self.local.start_port + 1)
                  * (self.remote.end_port - self.remote.start_port + 1))
         any_protocol = not (self.local.protocol or self.remote.protocol)
-        self.rank = (addresses, any_protocol, ports, -self.seq)
+        return (addresses, any_protocol, ports, -self.seq)
 
     def matches_upper(self, fields: PacketFields, local_port: int | None, remote_port: int | None) -> bool:
         protocol = self.local.protocol or self.remote.protocol
@@ -181,7 +184,7 @@ class PolicyTable:
         self._rules: list[_Rule] = []
         self._by_child: dict[Any, list[_Rule]] = {}
         self._inbound: dict[int, tuple[Any, Any]] = {}  # id(sa object) -> (child_id, object kept alive)
-        self._inbound_of: dict[Any, list[int]] = {}  # child_id -> its keys in _inbound
+        self._inbound_of: dict[Any, tuple[int, ...]] = {}  # child_id -> its keys in _inbound
         self._cache: dict[bytes, tuple[_Rule, ...]] = {}
         self._seq = itertools.count()
         self.counters = {"malformed": 0, "no_policy": 0, "inbound_mismatch": 0}
@@ -218,9 +221,9 @@ class PolicyTable:
         key = id(sa_object)
         previous = self._inbound.get(key)
         if previous is not None and previous[0] != child_id:  # re-bound to another child
-            self._inbound_of[previous[0]].remove(key)
-        if previous is None or previous[0] != child_id:
-            self._inbound_of.setdefault(child_id, []).append(key)
+            self._inbound_of[previous[0]] = tuple(k for k in self._inbound_of[previous[0]] if k != key)
+        if previous is None or previous[0] != child_id:  # tuples: smaller than lists, rarely changed
+            self._inbound_of[child_id] = self._inbound_of.get(child_id, ()) + (key,)
         self._inbound[key] = (child_id, sa_object)
 
     def remove(self, child_id: Any) -> bool:
