@@ -51,7 +51,7 @@ def test_secrets_not_in_repr():
 
 
 @pytest.mark.parametrize("name", ["aes256gcm16", "chacha20poly1305", "aes128-sha256", "aes128gcm12"])
-def test_cipher_built_by_first_packet_and_held_key_wiped(name):
+def test_cipher_built_by_first_packet_and_key_released(name):
     """Idle SAs hold no OpenSSL context and no ring; the first packet builds them and the SA
     lets go of the keying material."""
     out, inb = pair(name, False)
