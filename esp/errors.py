@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
-from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
 
 
 class DropReason(enum.Enum):
@@ -40,11 +41,31 @@ class SAExpired(Exception):
     """The outbound SA reached a hard limit and must not send any more."""
 
 
-@dataclass
 class Counters:
-    packets: int = 0
-    bytes: int = 0
-    drops: Counter = field(default_factory=Counter)  # DropReason -> count
+    """Packets, bytes and drops by reason of one SA (or of the SA database).
+
+    ``drops`` reads as an empty mapping until the first drop, so an SA that never drops
+    anything (most of them) carries no Counter; count with ``drop()``.
+    """
+
+    __slots__ = ("packets", "bytes", "_drops")
+
+    def __init__(self) -> None:
+        self.packets = 0
+        self.bytes = 0
+        self._drops: Counter | None = None
+
+    @property
+    def drops(self) -> Mapping[DropReason, int]:
+        return self._drops if self._drops is not None else _NO_DROPS
 
     def drop(self, reason: DropReason) -> None:
-        self.drops[reason] += 1
+        if self._drops is None:
+            self._drops = Counter()
+        self._drops[reason] += 1
+
+    def __repr__(self) -> str:
+        return f"Counters(packets={self.packets}, bytes={self.bytes}, drops={dict(self.drops)})"
+
+
+_NO_DROPS: Mapping[DropReason, int] = MappingProxyType({})

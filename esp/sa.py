@@ -208,7 +208,7 @@ class InboundSA(_LimitedSA):
         return f"InboundSA(spi=0x{self.spi:08x}, transform={self.transform.name})"
 
     def _drop(self, reason: DropReason, detail: str = "") -> Drop:
-        self.counters.drops[reason] += 1
+        self.counters.drop(reason)
         return Drop(reason, f"SA 0x{self.spi:08x}" + (f": {detail}" if detail else ""))
 
     @property
@@ -318,7 +318,7 @@ class InboundSA(_LimitedSA):
         try:
             return self._open(esp, seq)
         except Drop as d:
-            self.counters.drops[d.reason] += 1
+            self.counters.drop(d.reason)
             raise
 
     def _build_cipher(self) -> None:

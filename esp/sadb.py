@@ -29,12 +29,12 @@ class SADatabase:
 
     def decapsulate(self, esp: bytes | memoryview) -> tuple[InboundSA, int, bytes]:
         if len(esp) < 8:
-            self.counters.drops[DropReason.TRUNCATED] += 1
+            self.counters.drop(DropReason.TRUNCATED)
             raise Drop(DropReason.TRUNCATED, f"{len(esp)} bytes, no ESP header")
         spi = _SPI.unpack_from(esp)[0]
         sa = self._inbound.get(spi)
         if sa is None:
-            self.counters.drops[DropReason.UNKNOWN_SPI] += 1
+            self.counters.drop(DropReason.UNKNOWN_SPI)
             raise Drop(DropReason.UNKNOWN_SPI, f"SPI 0x{spi:08x}")
         nh, inner = sa.decapsulate(esp)
         return sa, nh, inner
