@@ -3,14 +3,13 @@
 ``tunnel_mtu`` derives the largest inner packet that still fits the path after ESP encapsulation.
 ``frag_needed_v4`` (RFC 792/1191: type 3 code 4 with the next-hop MTU) and ``packet_too_big_v6``
 (RFC 4443 s3.2) build the reply the gateway writes back into the TUN when an inner packet is too
-big and must not be fragmented. Replies are built with dpkt; this is not the per-packet fast path.
+big and must not be fragmented. Replies are built with dpkt, imported on the first reply: it is not
+the per-packet fast path, and most gateways never send one (it would cost every daemon 2-4 MB).
 """
 
 from __future__ import annotations
 
 import ipaddress
-
-import dpkt
 
 __all__ = ["tunnel_mtu", "frag_needed_v4", "packet_too_big_v6", "too_big_reply", "IPV4_MIN_MTU",
            "IPV6_MIN_MTU"]
@@ -65,6 +64,8 @@ def frag_needed_v4(packet: bytes, mtu: int, source: str | bytes) -> bytes | None
     if not _is_unicast(src):
         return None
     quote = packet[:_ICMPV4_MAX_ERROR - 20 - 8]
+    import dpkt
+
     # RFC 1191 s4: the next-hop MTU sits in the low 16 bits of the formerly unused word.
     body = dpkt.icmp.ICMP.Unreach(pad=0, mtu=min(mtu, 0xFFFF), data=quote)
     icmp = dpkt.icmp.ICMP(type=dpkt.icmp.ICMP_UNREACH, code=dpkt.icmp.ICMP_UNREACH_NEEDFRAG, data=body)
@@ -89,6 +90,8 @@ def packet_too_big_v6(packet: bytes, mtu: int, source: str | bytes) -> bytes | N
     # RFC 4443 s2.4 c: quote as much as fits without the reply exceeding the minimum IPv6 MTU.
     quote = packet[:IPV6_MIN_MTU - 40 - 8]
     payload = mtu.to_bytes(4, "big") + quote
+    import dpkt
+
     icmp = dpkt.icmp6.ICMP6(type=dpkt.icmp6.ICMP6_PACKET_TOO_BIG, code=0, data=payload)
     src_bytes = source if isinstance(source, bytes) else ipaddress.IPv6Address(source).packed
     ip = dpkt.ip6.IP6(src=src_bytes, dst=packet[8:24], nxt=58, hlim=_ICMP_DEFAULT_TTL, data=icmp)
