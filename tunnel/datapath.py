@@ -43,6 +43,9 @@ def _lifetime(up: ChildSaUp, packets: int, octets: int) -> Lifetime | None:
 class ChildPath:
     """One CHILD SA pair as installed in the data plane."""
 
+    __slots__ = ("up", "key", "lineage", "generation", "inbound", "outbound", "transform", "mtu", "installed_at",
+                 "last_out", "rekey_requested", "_encapsulate", "_transmit")
+
     def __init__(self, up: ChildSaUp, *, transmit: Callable[[bytes, bytes], bool], mtu: int,
                  rekey_packets: int = 0, rekey_bytes: int = 0, now: float = 0.0) -> None:
         self.up = up
@@ -110,8 +113,7 @@ class TxBatcher:
         self._dirty: list[Callable[[], None]] = []
         self.rings = rings
         self._clock = clock
-        # one outer-header builder per address pair, so every SA to a peer shares one IPv4 ID sequence
-        self._outer: dict[tuple[str, str], OuterIPv4] = {}
+        self.shared: dict[tuple, Callable[[bytes, bytes], bool]] = {}  # transmitters by address pair
 
     def transmitter(self, udp, remote: tuple[str, int], local: tuple[str, int]) -> Callable[[bytes, bytes], bool]:
         queue: list[bytes] = []
@@ -141,11 +143,7 @@ class TxBatcher:
         takes what the ring cannot (see ``RingPath.send``)."""
         rings = self.rings
         ring_send = rings.path_to(remote_ip, self._clock()).send
-        outer = self._outer.get((local_ip, remote_ip))
-        if outer is None:
-            outer = self._outer[local_ip, remote_ip] = OuterIPv4(socket.inet_aton(local_ip), socket.inet_aton(remote_ip),
-                                                                 df="copy")
-        build = outer.build
+        build = OuterIPv4(socket.inet_aton(local_ip), socket.inet_aton(remote_ip), df="copy").build
         dirty, flush = self._dirty, rings.flush
 
         def transmit_ring(esp: bytes, inner: bytes) -> bool:
@@ -176,6 +174,21 @@ def make_transmit(up: ChildSaUp, *, raw_v4, raw_v6, udp, force_udp: bool,
     With a ``batcher``, ESP-in-UDP packets wait for its ``flush()`` (GSO), and so does raw IPv4
     ESP when the batcher has TX rings; otherwise raw ESP goes at once, one syscall per packet.
     """
+    local_ip, remote_ip = up.local[0], up.remote[0]
+    if batcher is None:
+        return _new_transmit(up, raw_v4=raw_v4, raw_v6=raw_v6, udp=udp, force_udp=force_udp, batcher=None)
+    # Every SA between the same two addresses shares one transmitter (one closure, one UDP queue,
+    # one outer-header ID sequence): it depends on nothing else, and 10,000 SAs then cost no more.
+    key = (up.encap or force_udp, local_ip, remote_ip, up.remote[1])
+    transmit = batcher.shared.get(key)
+    if transmit is None:
+        transmit = batcher.shared[key] = _new_transmit(up, raw_v4=raw_v4, raw_v6=raw_v6, udp=udp,
+                                                       force_udp=force_udp, batcher=batcher)
+    return transmit
+
+
+def _new_transmit(up: ChildSaUp, *, raw_v4, raw_v6, udp, force_udp: bool,
+                  batcher: TxBatcher | None) -> Callable[[bytes, bytes], bool]:
     local_ip, remote_ip = up.local[0], up.remote[0]
     if up.encap or force_udp:
         remote = (remote_ip, up.remote[1] if up.remote[1] != 500 else NAT_T_PORT)
