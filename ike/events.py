@@ -14,7 +14,7 @@ from ike.config import TrafficSelector
 Address = tuple[str, int]  # (IP address text, UDP port)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IkeSaUp:
     name: str  # connection name
     unique_id: int
@@ -31,14 +31,14 @@ class IkeSaUp:
     rekeyed_from: int | None = None  # unique_id of the IKE SA this one replaces
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IkeSaDown:
     name: str
     unique_id: int
     reason: str  # "deleted by peer", "deleted", "dead peer", "rekeyed", "auth failed", ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChildSaUp:
     """A CHILD SA pair to install: inbound (our SPI) and outbound (the peer's SPI)."""
 
@@ -66,7 +66,7 @@ class ChildSaUp:
     rekeyed_from: int | None = None  # inbound SPI of the CHILD SA this one replaces
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChildSaDown:
     ike_name: str
     child_name: str
@@ -76,7 +76,7 @@ class ChildSaDown:
     reason: str  # "rekeyed", "deleted by peer", "deleted", "expired", "ike down"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NegotiationFailed:
     """A clean failure, also sent or received as a notify (RFC 7296 s3.10.1)."""
 
