@@ -2,7 +2,7 @@
 
 A TCP transfer with a SHA-256 over every byte runs hostA -> hostB through the tunnel; the
 gateways' counters show that the fast mechanisms actually carried it (super-packets into gwB's
-TUN, GSO sends on gwA's UDP socket), so a silent fallback to the slow path fails the test.
+TUN, GSO sends on gwA's UDP socket, raw ESP through gwA's TX ring), so a silent fallback to the slow path fails the test.
 """
 
 from __future__ import annotations
@@ -61,6 +61,10 @@ def test_tcp_transfer_intact_through_gro_and_gso(lab, gateways, encap, inner):
     assert tun["gso_segments"] == gro["merged"] and tun["write_dropped"] == 0 and gro["refused"] == 0
     # fewer ACKs come back than data segments went out (the receiver acknowledges super-packets)
     assert counters_a["packets_in"] < counters_a["packets_out"] / 3
+    if encap == "raw":  # the data went out through gwA's TX ring, many frames per send()
+        ring = counters_a["raw_esp_ring"]
+        assert ring["frames"] > 0.5 * size / 1400 and ring["flushes"] < ring["frames"] / 2, ring
+        assert ring["ring_full"] == 0 and ring["paths"] == 1
     if encap == "udp":
         assert counters_a["udp"]["gso_sends"] > 0
         assert counters_a["udp"]["gso_sends"] < counters_a["udp"]["sent"] / 2

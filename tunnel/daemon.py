@@ -28,12 +28,13 @@ from ike.endpoint import IkeEndpoint
 from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed
 from tunnel.config import Config
 from tunnel.control import ControlError, ControlServer
-from tunnel.datapath import ChildPath, DropLog, EspReceiver, InboundFilter, UdpBatcher, inner_mtu, make_transmit, send_with_mtu
+from tunnel.datapath import ChildPath, DropLog, EspReceiver, InboundFilter, TxBatcher, inner_mtu, make_transmit, send_with_mtu
 from tunnel.gro import TcpCoalescer
 from tunnel.log import configure_logging
 from tunnel.pmtu import path_mtu
 from tunnel.policy import PolicyTable, parse_packet
 from tunnel.routes import RouteTable
+from tunnel.packet_tx import RingSet
 from tunnel.sockets import RawEspSocket, UdpIkeSockets
 from tunnel.tun import TunDevice
 
@@ -111,7 +112,8 @@ class Gateway:
         self.routes: RouteTable | None = None
         self.raw_v4 = self.raw_v6 = None
         self.udp: UdpIkeSockets | None = None
-        self.udp_out = UdpBatcher()  # ESP-in-UDP queued per SA, sent with GSO once per loop turn
+        # what a loop turn sends: ESP-in-UDP per SA with GSO, raw IPv4 ESP through TX rings
+        self.udp_out = TxBatcher(RingSet() if self.settings.raw_esp_tx == "ring" else None, clock=clock)
         self.control: ControlServer | None = None
         self.icmp_v4: str | None = None
         self.icmp_v6: str | None = None
@@ -187,7 +189,7 @@ class Gateway:
             for name in {sa.name for sa in self.ike_sas.values()}:
                 self.ike.terminate_ike(name, now)
             self._pump(now)
-        for closer in (self.control, self.tun, self.raw_v4, self.raw_v6, self.udp):
+        for closer in (self.control, self.tun, self.raw_v4, self.raw_v6, self.udp, self.udp_out.rings):
             if closer is not None:
                 try:
                     closer.close()
@@ -604,6 +606,9 @@ class Gateway:
         for raw in filter(None, (self.raw_v4, self.raw_v6)):
             _count(drops, "truncated", raw.counters["recv_malformed"])
         _count(drops, "udp_malformed", self.udp.counters["malformed"])
+        rings = self.udp_out.rings.counters() if self.udp_out.rings is not None else None
+        if rings:
+            _count(drops, "tx_ring_full", rings["ring_full"])
         for name, count in self.ike.drops.items():
             _count(drops, f"ike_{name}", count)
         udp = self.udp.counters
@@ -618,7 +623,7 @@ class Gateway:
                 "packets_in": totals.packets_in, "packets_out": totals.packets_out,
                 "bytes_in": totals.bytes_in, "bytes_out": totals.bytes_out,
                 "tun": dict(self.tun.counters), "gro": dict(self.gro.counters), "udp": udp,
-                "raw_esp": dict(self.raw_v4.counters),
+                "raw_esp": dict(self.raw_v4.counters), "raw_esp_ring": rings,
             },
             "drops": drops,
             "failures": list(self.failures),
