@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bench.setups import lab_prefix
 from ike.config import AuthConfig, ChildConfig, ConnectionConfig, TrafficSelector
+from tunnel.daemon import TRIM_INTERVAL
 from tunnel.lab.espgw import EspgwGateway, GatewaySettings, wait_until
 from tunnel.lab.netns import Lab
 
@@ -121,7 +122,13 @@ def measure(count: int, prefix: str | None = None, timeout: float = 900) -> dict
             rss_before_list = rss_bytes(pid)  # list-sas below builds 10,000 dicts: its garbage may stay
             (children,) = wait_until(lambda: _children(gw, gen["completed"]), 30,
                                      "the responder to report its CHILD SAs", interval=0.5)
+            rss_after_list = rss_bytes(pid)
+            # steady state: what the daemon holds once its housekeeping has handed freed heap
+            # back to the kernel (tunnel.daemon.TRIM_INTERVAL), with all SAs still installed
+            time.sleep(TRIM_INTERVAL + 1.5)
             rss = rss_bytes(pid)
+            (still,) = wait_until(lambda: _children(gw, gen["completed"]), 30, "the CHILD SAs, still there",
+                                  interval=0.5)
         finally:
             gw.stop()
     rate = gen["completed"] / gen["wall_s"] if gen["wall_s"] else 0.0
@@ -132,6 +139,7 @@ def measure(count: int, prefix: str | None = None, timeout: float = 900) -> dict
             "responder_cpu_s": round(cpu, 2), "child_sas": children,
             "rss_idle_mb": round(rss_idle / 2**20, 1), "rss_mb": round(rss / 2**20, 1),
             "rss_before_list_sas_mb": round(rss_before_list / 2**20, 1),
+            "rss_after_list_sas_mb": round(rss_after_list / 2**20, 1), "child_sas_at_rss": still,
             "rss_per_child_kb": round((rss - rss_idle) / max(children, 1) / 1024, 2)}
 
 

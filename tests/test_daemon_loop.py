@@ -156,3 +156,18 @@ def test_housekeeping_runs_on_time_while_idle(gateway):
     gateway.run()
     assert len(runs) == 1 and 0.04 <= runs[0] - start < 2.0
     assert gateway._next_housekeeping > runs[0]
+
+
+def test_housekeeping_hands_freed_heap_back_now_and_then(gateway, monkeypatch):
+    import tunnel.daemon as daemon
+
+    trims = []
+    monkeypatch.setattr(daemon, "_release_free_memory", lambda: trims.append(1))
+    gateway.ike = RecordingIke()
+    start = gateway._next_trim
+    gateway._housekeeping(start - 1.0)
+    assert trims == []
+    gateway._housekeeping(start)
+    gateway._housekeeping(start + 1.0)
+    assert trims == [1] and gateway._next_trim == start + daemon.TRIM_INTERVAL
+    daemon._malloc_trim()()  # the real one (glibc's malloc_trim, or nothing) runs without error

@@ -8,6 +8,7 @@ and remove CHILD SAs in the data plane (``tunnel.datapath``).
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import ipaddress
 import os
@@ -43,6 +44,9 @@ log = structlog.get_logger("espgw")
 BATCH = 64
 HOUSEKEEPING_INTERVAL = 1.0
 NAT_KEEPALIVE_INTERVAL = 20.0  # strongSwan's charon.keep_alive default
+# Handshakes churn through short-lived buffers (messages, DH values); glibc keeps freed heap
+# memory mapped until told otherwise, so the daemon gives it back to the kernel now and then.
+TRIM_INTERVAL = 10.0
 PMTU_CACHE_SECONDS = 60.0  # the kernel's PMTU knowledge changes rarely; one netlink query a minute per peer
 REKEY_GRACE = 2.0  # seconds a rekeyed inbound SA keeps accepting packets after its delete
 
@@ -105,6 +109,7 @@ class Gateway:
         self._stopping = False
         self._next_housekeeping = self.started
         self._next_keepalive = self.started + NAT_KEEPALIVE_INTERVAL
+        self._next_trim = self.started + TRIM_INTERVAL
         self._wakeup_r = self._wakeup_w = -1
         self.tun: TunDevice | None = None
         self.gro: TcpCoalescer | None = None  # decrypted TCP segments merged per receive batch
@@ -501,6 +506,9 @@ class Gateway:
                 log.info("child_sa.volume_rekey", child=path.up.child_name, spi_in=f"{path.up.inbound_spi:08x}")
                 self.ike.rekey_child(path.up.inbound_spi, now)
                 self._pump(now)
+        if now >= self._next_trim:
+            self._next_trim = now + TRIM_INTERVAL
+            _release_free_memory()
         if now >= self._next_keepalive:
             self._next_keepalive = now + NAT_KEEPALIVE_INTERVAL
             for sa in self.ike_sas.values():
@@ -659,6 +667,18 @@ class Totals:
         self.bytes_out += other.bytes_out
         for reason, count in other.drops.items():
             _count(self.drops, reason, count)
+
+
+def _malloc_trim() -> Callable[[], None]:
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # glibc; other C libraries may not have it
+    except (OSError, AttributeError):
+        return lambda: None
+    trim.argtypes = [ctypes.c_size_t]
+    return lambda: trim(0)
+
+
+_release_free_memory = _malloc_trim()
 
 
 def _count(drops: dict[str, int], reason: str, count: int) -> None:
