@@ -9,7 +9,9 @@ input is saved to tests/fuzz/crashes/<target>/ (make it a regression: fix the bu
 A run stopped early with SIGINT (kill -INT on the harness process) records what it reached,
 marked ``interrupted``.
 Results: executions, edge coverage (``cov``), features (``ft``), corpus size, time and crashes
-per target, in bench/results/fuzz.json.
+per target, in bench/results/fuzz.json. Slow units (an input over libFuzzer's wall-clock limit,
+which a paused or starved process also produces) are listed apart, as ``slow_units``; re-run
+each one alone to see whether it is really slow. ``--reparse`` re-reads the kept logs.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ _ARTIFACT = re.compile(r"Test unit written to (\S+)")
 
 def parse_libfuzzer(output: str) -> dict:
     """Executions, coverage and artifacts from libFuzzer's stderr."""
-    result = {"executions": 0, "cov": 0, "ft": 0, "corpus_units": 0, "artifacts": [],
+    result = {"executions": 0, "cov": 0, "ft": 0, "corpus_units": 0, "artifacts": [], "slow_units": [],
               "interrupted": "run interrupted" in output}
     for line in output.splitlines():
         m = _STATUS.match(line)
@@ -54,8 +56,8 @@ def parse_libfuzzer(output: str) -> dict:
             result["reported_seconds"] = int(m.group(2))
             continue
         m = _ARTIFACT.search(line)
-        if m:
-            result["artifacts"].append(m.group(1))
+        if m:  # a slow unit is wall-clock time over libFuzzer's limit (a paused process too), not a crash
+            result["slow_units" if "/slow-unit-" in m.group(1) else "artifacts"].append(m.group(1))
         m = re.match(r"^stat::number_of_executed_units: (\d+)", line)
         if m:
             result["executions"] = int(m.group(1))
@@ -87,11 +89,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1_000_000)
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--reparse", action="store_true",
+                        help="re-read the targets' kept logs (bench/results/fuzz-TARGET.log) instead of fuzzing")
     args = parser.parse_args(argv)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(args.output.read_text()) if args.output.exists() else {}
     results = previous.get("targets", {})
-    for target in args.targets:
+    for target in args.targets if args.reparse else ():
+        kept = (args.output.parent / f"fuzz-{target}.log").read_text()
+        parsed = parse_libfuzzer(kept)
+        results[target] = {**results.get(target, {}), **parsed, "crashes": len(parsed["artifacts"])}
+        args.output.write_text(json.dumps(_report(results), indent=1) + "\n")
+    for target in args.targets if not args.reparse else ():
         print(f"fuzzing {target} for {args.runs} executions...", flush=True)
         r = run_target(target, args.runs, sys.executable, args.output.parent)
         results[target] = r

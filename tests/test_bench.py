@@ -97,3 +97,20 @@ def test_proc_readers():
     probe = LoadProbe(set())
     probe.start()
     assert probe.stop() >= 0.0
+
+
+def test_fuzz_report_tells_slow_units_from_crashes():
+    from bench.reliability_fuzz import parse_libfuzzer
+
+    log = "\n".join([
+        "#500000 pulse  cov: 1100 ft: 5000 corp: 470/90Kb lim: 4096 exec/s: 180 rss: 300Mb",
+        "Slowest unit: 31 s:",
+        "artifact_prefix='c/'; Test unit written to c/slow-unit-220ba446",
+        "#1000000 DONE   cov: 1123 ft: 5111 corp: 476/91Kb lim: 4096 exec/s: 185 rss: 310Mb",
+        "Done 1000000 runs in 5400 second(s)",
+    ])
+    r = parse_libfuzzer(log)
+    assert r["executions"] == 1_000_000 and r["cov"] == 1123 and r["reported_seconds"] == 5400
+    assert r["artifacts"] == [] and r["slow_units"] == ["c/slow-unit-220ba446"]
+    crash = parse_libfuzzer(log + "\n==1== ERROR: libFuzzer: deadly signal\nTest unit written to c/crash-abc")
+    assert crash["artifacts"] == ["c/crash-abc"]
