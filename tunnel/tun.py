@@ -49,7 +49,8 @@ class TunDevice:
     """An open TUN interface in the current network namespace.
 
     Attributes: ``fd`` (non-blocking, for selectors), ``name``, ``ifindex``, ``mtu``,
-    ``vnet_hdr`` and ``counters`` (``read``, ``read_dropped``, ``written``, ``write_dropped``,
+    ``vnet_hdr`` and ``counters`` (``read``, ``read_batches``: wake-ups that read, each ending in
+    a read that finds the queue empty unless it took the maximum, ``read_dropped``, ``written``, ``write_dropped``,
     ``gso_written``: super-packets, ``gso_segments``: the packets they carried, ``gso_refused``).
     """
 
@@ -59,7 +60,7 @@ class TunDevice:
         self.ifindex = ifindex
         self.mtu = mtu
         self.vnet_hdr = vnet_hdr
-        self.counters = {"read": 0, "read_dropped": 0, "written": 0, "write_dropped": 0, "gso_written": 0,
+        self.counters = {"read": 0, "read_batches": 0, "read_dropped": 0, "written": 0, "write_dropped": 0, "gso_written": 0,
                          "gso_segments": 0, "gso_refused": 0}
         self._closed = False
         if vnet_hdr:
@@ -118,7 +119,9 @@ class TunDevice:
                 packets.append(read(fd, _MAX_PACKET))
         except BlockingIOError:
             pass
-        self.counters["read"] += len(packets)
+        counters = self.counters
+        counters["read"] += len(packets)
+        counters["read_batches"] += 1
         return packets
 
     def _read_batch_vnet(self, max_packets: int = 64) -> list[bytes]:
@@ -137,8 +140,11 @@ class TunDevice:
                     packets.append(data[VNET_HDR_LEN:])
         except BlockingIOError:
             pass
-        self.counters["read"] += len(packets)
-        self.counters["read_dropped"] += dropped
+        counters = self.counters
+        counters["read"] += len(packets)
+        counters["read_batches"] += 1
+        if dropped:
+            counters["read_dropped"] += dropped
         return packets
 
     def _write_vnet(self, packet: bytes) -> bool:
