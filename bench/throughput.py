@@ -1,4 +1,5 @@
-"""Every setup x ESP suite in one lab: ping RTT, TCP goodput (+ CPU s/GB), UDP packet floods.
+"""Every setup x ESP suite in one lab: ping RTT, TCP goodput (+ CPU s/GB), UDP packet floods
+(iperf3's, and ``bench.flood``'s that the gateways rather than the sender limit).
 
 A setup that fails to come up is recorded with its error and the run goes on, so one broken
 combination never hides the others' numbers.
@@ -14,12 +15,16 @@ from dataclasses import dataclass
 
 import structlog
 
+from bench.flood import saturating_flood
 from bench.setups import ESP_SUITES, SETUPS, Setup, lab_prefix, tunnel_up
 from bench.traffic import Guard, ping_rtt, tcp_goodput, udp_flood
 from tunnel.lab.netns import Lab
 
 log = structlog.get_logger("bench")
 FLOOD_SIZES = (1400, 64)
+# the saturating flood's offered rate: above what one gateway carries, so it runs with full
+# batches, but not so far above that the packets its TUN drops eat the CPU it needs
+SATURATING_PPS = {1400: 150_000, 64: 200_000}
 
 
 @dataclass
@@ -48,6 +53,10 @@ def measure_one(guard: Guard, setup: Setup, esp: str, plan: Plan) -> dict:
         if plan.floods:
             out["flood"] = {str(size): udp_flood(guard, pids, size, plan.flood_seconds)
                             for size in FLOOD_SIZES}
+            out["saturating_flood"] = {
+                str(size): guard.run(lambda size=size: saturating_flood(guard.lab, pids, size, plan.flood_seconds,
+                                                                      SATURATING_PPS[size]))
+                for size in FLOOD_SIZES}
     out["elapsed_s"] = round(time.monotonic() - started, 1)
     out["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
     out["code"] = code_revision()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
@@ -48,6 +49,42 @@ def test_targets_met_not_met_and_unknown():
     assert got["added ping RTT espgw-raw vs sswan6-raw (ms)"]["met"] is True  # 0.25 <= 0.35
     assert got["added ping RTT espgw-udp vs sswan59-udp (ms)"]["met"] is False
     assert got["RSS with 10000 CHILD SAs (MB)"]["met"] is True
+
+
+def test_per_core_targets_use_the_saturating_flood_where_measured():
+    row = _row("espgw-raw", "aes256gcm16", 900, 0.30, pps=(100_000, 100_000))
+    row["saturating_flood"] = {"1400": {"per_core_pps": {"gwA": 260_000, "gwB": 90_000}, "delivered_pps": 5000,
+                                        "source": "udp_gso"}}
+    got = _by_name(targets.evaluate([*ROWS[:3], row], None))
+    encrypt = got["espgw-raw gwA (encrypt) 1400-byte packets/s per core"]
+    assert (encrypt["value"], encrypt["met"], encrypt["source"]) == (260_000, True, "udp_gso")
+    assert got["espgw-raw gwB (decrypt) 1400-byte packets/s per core"]["met"] is False
+    assert targets.per_core_flood(ROWS[3])["per_core_pps"]["gwA"] == 300_000  # iperf3's when alone
+
+
+def test_flood_sender_and_sink_count_every_datagram_on_loopback():
+    import socket
+    import threading
+
+    from bench import flood
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    stop, ready, result = threading.Event(), threading.Event(), {}
+    receiver = threading.Thread(target=lambda: result.update(flood.sink(port, "127.0.0.1", stop, ready.set)))
+    receiver.start()
+    try:
+        assert ready.wait(5)
+        sent = flood.send("127.0.0.1", port, 1400, 0.2, 10_000)  # bounded: 2,000 datagrams at most
+    finally:
+        time.sleep(0.3)
+        stop.set()
+        receiver.join(5)
+    assert 0 < sent["sent"] <= 2_100 and sent["per_sendmsg"] == 47
+    assert result["received"] == sent["sent"]
+    assert flood.main(["send", "127.0.0.1", "9", "20", "1", "1"]) == 2  # SIZE below an IP + UDP header
 
 
 def test_rss_target_is_not_judged_on_a_partial_count():
