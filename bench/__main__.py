@@ -11,17 +11,14 @@ import argparse
 import json
 import logging
 import os
-import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import structlog
 
 from bench import chart, ike_load, targets
 from bench.setups import ESP_SUITES, SETUPS
-from bench.system import load_record
+from bench.system import environment
 from bench.throughput import Plan, run_all
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -50,18 +47,6 @@ def _selection(only: list[str]) -> tuple[set[str], tuple[str, ...], tuple[str, .
     if not parts:
         parts = {"throughput"} if len(setups) < len(SETUPS) or len(suites) < len(ESP_SUITES) else set(PARTS)
     return parts, setups, suites
-
-
-def _environment() -> dict:
-    def version(argv):
-        try:
-            return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
-        except (OSError, IndexError, subprocess.SubprocessError):
-            return None
-    return {"python": platform.python_version(), "kernel": platform.release(), "machine": platform.machine(),
-            "cpus": os.cpu_count(), "iperf3": version(["iperf3", "--version"]),
-            "git": version(["git", "-C", str(RESULTS.parent.parent), "rev-parse", "--short", "HEAD"]),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_at_start": load_record()}
 
 
 def _write(path: Path, data) -> None:
@@ -103,7 +88,7 @@ def main(argv=None) -> int:
         plan.seconds, plan.runs, plan.flood_seconds, plan.pings = 3.0, 1, 2.0, 20
         plan.retries, plan.max_wait, plan.patience = 0, 2.0, 30.0
     child_sas = args.child_sas or (1000 if args.quick else targets.CHILD_SAS_TARGET)
-    env = {**_environment(), "quick": args.quick, "plan": vars(plan)}
+    env = {**environment(), "quick": args.quick, "plan": vars(plan)}
     out = args.results
 
     rows, ike = None, None

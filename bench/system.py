@@ -9,6 +9,8 @@ outside the lab's namespaces (kernel threads and this orchestrating process excl
 from __future__ import annotations
 
 import os
+import platform
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,3 +102,16 @@ def wait_until_quiet(exclude_netns: set[str], threshold: float, max_wait: float,
 def load_record() -> dict:
     one, five, fifteen = os.getloadavg()
     return {"loadavg": [round(one, 2), round(five, 2), round(fifteen, 2)], "ncpu": NCPU}
+
+
+def environment() -> dict:
+    """The machine, tools and commit a result was measured with, and the load when it began."""
+    def version(argv):
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.SubprocessError):
+            return None
+    return {"python": platform.python_version(), "kernel": platform.release(), "machine": platform.machine(),
+            "cpus": os.cpu_count(), "iperf3": version(["iperf3", "--version"]),
+            "git": version(["git", "-C", str(Path(__file__).resolve().parent.parent), "rev-parse", "--short", "HEAD"]),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "load_at_start": load_record()}

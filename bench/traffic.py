@@ -76,7 +76,7 @@ def tcp_goodput(guard: Guard, pids: dict[str, int], seconds: float, runs: int) -
     return {"median_mbit_s": median, "cpu_s_per_gb": cpu, "runs": results}
 
 
-_RTT = re.compile(r"time=([\d.]+) ms")
+RTT_PATTERN = re.compile(r"time=([\d.]+) ms")
 
 
 def ping_rtt(guard: Guard, count: int) -> dict:
@@ -85,7 +85,7 @@ def ping_rtt(guard: Guard, count: int) -> dict:
 
     def measure() -> dict:
         result = lab.ping(lab.hostA, lab.hostB.addr4, count=count, interval=0.05, wait=2)
-        times = [float(t) for t in _RTT.findall(result.output)]
+        times = [float(t) for t in RTT_PATTERN.findall(result.output)]
         return {"median_ms": round(statistics.median(times), 3) if times else None,
                 "min_ms": result.rtt_min_ms, "avg_ms": result.rtt_avg_ms, "max_ms": result.rtt_max_ms,
                 "sent": result.transmitted, "received": result.received}
