@@ -156,6 +156,21 @@ class Peering:
             self.swan.load_all([])
 
 
+_ND_TYPES = range(133, 138)  # router/neighbour solicitation and advertisement, redirect
+_MLD_TYPES = (130, 131, 132, 143)  # multicast listener query, report, done; MLDv2 report
+
+
+def _link_control_v6(next_header: int, payload: bytes) -> bool:
+    """Neighbour discovery, or an MLD message behind its hop-by-hop Router Alert header: the
+    link's own control traffic, sent whenever an interface or address comes up, not a leak."""
+    if next_header == 58:
+        return bool(payload) and payload[0] in _ND_TYPES
+    if next_header == 0 and len(payload) >= 8:
+        end = (payload[1] + 1) * 8
+        return payload[0] == 58 and len(payload) > end and payload[end] in _MLD_TYPES
+    return False
+
+
 def wire_summary(pcap_path: str | Path) -> dict:
     """What crossed a link: SPIs of raw ESP and of ESP-in-UDP, IKE messages, anything else.
 
@@ -184,7 +199,7 @@ def wire_summary(pcap_path: str | Path) -> dict:
                 seen["ike"] += 1
             elif proto == 1 and payload[:2] == b"\x03\x02" and len(payload) >= 28 and payload[17] == 50:
                 seen["esp_unreachable"] += 1
-            elif not (proto == 58 and payload[0] in range(133, 138)):  # neighbour discovery is fine
+            elif not (not v4 and _link_control_v6(proto, payload)):
                 seen["clear"] += 1
     return seen
 
