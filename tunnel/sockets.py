@@ -23,6 +23,7 @@ from typing import Callable, Iterable, NamedTuple
 
 import structlog
 
+
 __all__ = ["RawEspSocket", "UdpIkeSockets", "UdpEndpoint", "EspDatagram", "UdpDatagram", "NON_ESP_MARKER",
            "parse_ipv4_esp"]
 
@@ -358,6 +359,21 @@ class RawEspSocket:
         return f"RawEspSocket(local={self.local_addr!r}, peer={self.peer_addr!r})"
 
 
+def _ecn_and_segment(ancdata) -> tuple[int, int]:
+    """The outer ECN bits (IP_TOS / IPV6_TCLASS) and the UDP GRO segment size (0: one datagram)."""
+    ecn = segment = 0
+    for level, kind, value in ancdata:
+        if level == socket.IPPROTO_IP:
+            if kind == socket.IP_TOS and value:
+                ecn = value[0] & 3
+        elif level == socket.IPPROTO_IPV6:
+            if kind == _IPV6_TCLASS and len(value) >= 4:
+                ecn = int.from_bytes(value[:4], "little") & 3
+        elif level == _SOL_UDP and kind == _UDP_GRO and len(value) >= 2:
+            segment = int.from_bytes(value[:2] if len(value) == 2 else value[:4], "little")
+    return ecn, segment
+
+
 class UdpEndpoint:
     """One bound UDP socket. On a NAT-T port (not 500) datagrams carry RFC 3948 framing."""
 
@@ -397,21 +413,17 @@ class UdpEndpoint:
         return self.fd
 
     def _parse_ancillary(self, ancdata) -> tuple[str, int, int]:
-        local, ecn, segment = self.local_addr, 0, 0
+        """(local address the datagram was sent to, outer ECN bits, GRO segment size or 0)."""
+        ecn, segment = _ecn_and_segment(ancdata)
+        return self._local_address(ancdata), ecn, segment
+
+    def _local_address(self, ancdata) -> str:
         for level, kind, value in ancdata:
-            if level == socket.IPPROTO_IP:
-                if kind == _IP_PKTINFO and len(value) >= 12:
-                    local = socket.inet_ntoa(value[8:12])  # ipi_addr: the header's destination
-                elif kind == socket.IP_TOS and value:
-                    ecn = value[0] & 3
-            elif level == socket.IPPROTO_IPV6:
-                if kind == _IPV6_PKTINFO and len(value) >= 16:
-                    local = socket.inet_ntop(socket.AF_INET6, value[:16])
-                elif kind == _IPV6_TCLASS and len(value) >= 4:
-                    ecn = int.from_bytes(value[:4], "little") & 3
-            elif level == _SOL_UDP and kind == _UDP_GRO and len(value) >= 2:
-                segment = int.from_bytes(value[:2] if len(value) == 2 else value[:4], "little")
-        return local, ecn, segment
+            if level == socket.IPPROTO_IP and kind == _IP_PKTINFO and len(value) >= 12:
+                return socket.inet_ntoa(value[8:12])  # ipi_addr: the header's destination
+            if level == socket.IPPROTO_IPV6 and kind == _IPV6_PKTINFO and len(value) >= 16:
+                return socket.inet_ntop(socket.AF_INET6, value[:16])
+        return self.local_addr
 
     def _classify(self, data: bytes, remote, local, ecn: int, out: list) -> None:
         if not self.natt:
@@ -471,18 +483,20 @@ class UdpEndpoint:
         try:
             for _ in range(max_packets):
                 data, ancdata, _flags, addr = recvmsg(_MAX_DATAGRAM, _ANC_SPACE)
-                local, ecn, segment = self._parse_ancillary(ancdata)
+                ecn, segment = _ecn_and_segment(ancdata)  # the local address only if IKE needs it
                 if segment and len(data) > segment:  # GRO coalesced several datagrams of one flow
                     parts = [data[start:start + segment] for start in range(0, len(data), segment)]
+                    is_esp = natt and all(len(p) >= 8 and p[:4] != NON_ESP_MARKER for p in parts)
                 else:
                     parts = [data]
+                    is_esp = natt and len(data) >= 8 and data[:4] != NON_ESP_MARKER
                 # ESP: at least an SPI and a sequence number, and no non-ESP marker (SPI 0)
-                if natt and all(len(p) >= 8 and p[:4] != NON_ESP_MARKER for p in parts):
+                if is_esp:
                     runs.append((parts, ecn))
                     esp += len(parts)
                 else:
                     classified: list[UdpDatagram] = []
-                    remote, local_port = (addr[0], addr[1]), (local, self.port)
+                    remote, local_port = (addr[0], addr[1]), (self._local_address(ancdata), self.port)
                     for part in parts:
                         self._classify(part, remote, local_port, ecn, classified)
                     others += [d for d in classified if d.kind != "esp"]
