@@ -23,6 +23,7 @@ from typing import Callable, Iterable, NamedTuple
 
 import structlog
 
+from tunnel.drain import pending_probe
 
 __all__ = ["RawEspSocket", "UdpIkeSockets", "UdpEndpoint", "EspDatagram", "UdpDatagram", "NON_ESP_MARKER",
            "parse_ipv4_esp"]
@@ -138,6 +139,7 @@ class RawEspSocket:
             self._sock.close()
             raise
         self.fd = self._sock.fileno()
+        self._more = pending_probe(self.fd)
         self.kernel_header = kernel_header and family == socket.AF_INET
         self._tos, self._df = 0, False  # what the socket options say now (kernel_header)
         # Outer IPv4 header template: version/IHL, TOS, [len, ID: kernel], flags, TTL, proto, [csum], addrs.
@@ -151,9 +153,11 @@ class RawEspSocket:
     def read_batch(self, max_packets: int = 64) -> list[bytes]:
         """Raw datagrams as received (IPv4: outer header included; IPv6: ESP only), up to EAGAIN."""
         packets = []
-        recv = self._sock.recv
+        recv, more = self._sock.recv, self._more
         try:
-            for _ in range(max_packets):
+            for i in range(max_packets):
+                if i == 1 and not more(0):  # a lone packet: no failing read (tunnel.drain)
+                    break
                 packets.append(recv(_MAX_DATAGRAM))
         except BlockingIOError:
             pass
@@ -170,9 +174,11 @@ class RawEspSocket:
             self.counters["recv_malformed"] += len(parsed) - len(good)
             return good
         result = []
-        recvmsg = self._sock.recvmsg
+        recvmsg, more = self._sock.recvmsg, self._more
         try:
-            for _ in range(max_packets):
+            for i in range(max_packets):
+                if i == 1 and not more(0):  # a lone packet: no failing read (tunnel.drain)
+                    break
                 data, ancdata, _flags, addr = recvmsg(_MAX_DATAGRAM, _ANC_SPACE)
                 if len(data) < 8:
                     self.counters["recv_malformed"] += 1
@@ -400,6 +406,7 @@ class UdpEndpoint:
             raise
         self.port = self._sock.getsockname()[1]  # port 0 asks the kernel for one (tests)
         self.fd = self._sock.fileno()
+        self._more = pending_probe(self.fd)
         self.wildcard = ipaddress.ip_address(local_addr).is_unspecified
         self.gro = False
         if gro and natt:
@@ -449,10 +456,12 @@ class UdpEndpoint:
     def read_batch(self, max_packets: int = 64) -> list[UdpDatagram]:
         """Received IKE and ESP datagrams up to EAGAIN; keepalives and junk are counted and dropped."""
         out: list[UdpDatagram] = []
-        recvmsg = self._sock.recvmsg
+        recvmsg, more = self._sock.recvmsg, self._more
         port = self.port
         try:
-            for _ in range(max_packets):
+            for i in range(max_packets):
+                if i == 1 and not more(0):  # a lone packet: no failing read (tunnel.drain)
+                    break
                 data, ancdata, _flags, addr = recvmsg(_MAX_DATAGRAM, _ANC_SPACE)
                 local, ecn, segment = self._parse_ancillary(ancdata)
                 remote = (addr[0], addr[1])
@@ -476,12 +485,14 @@ class UdpEndpoint:
         """
         runs: list[tuple[list[bytes], int]] = []
         others: list[UdpDatagram] = []
-        recvmsg = self._sock.recvmsg
+        recvmsg, more = self._sock.recvmsg, self._more
         counters = self.counters
         natt = self.natt
         esp = 0
         try:
-            for _ in range(max_packets):
+            for i in range(max_packets):
+                if i == 1 and not more(0):  # a lone packet: no failing read (tunnel.drain)
+                    break
                 data, ancdata, _flags, addr = recvmsg(_MAX_DATAGRAM, _ANC_SPACE)
                 ecn, segment = _ecn_and_segment(ancdata)  # the local address only if IKE needs it
                 if segment and len(data) > segment:  # GRO coalesced several datagrams of one flow

@@ -3,7 +3,8 @@
 The device is non-persistent, so the kernel deletes it (and every route through it) when the
 file descriptor closes -- also when the process dies. Reads are non-blocking and batched: the
 daemon calls ``read_batch`` when the fd is readable and gets up to ``max_packets`` packets
-without a poll per packet. Offloads are switched off (TUNSETOFFLOAD 0), so the kernel never hands
+without a poll per packet (one zero-timeout poll after the first tells a lone packet from a
+burst, ``tunnel.drain``). Offloads are switched off (TUNSETOFFLOAD 0), so the kernel never hands
 us GSO super-packets: splitting them in Python costs more than it saves.
 
 With ``vnet_hdr=True`` (IFF_VNET_HDR) every packet in either direction carries a 10-byte
@@ -24,6 +25,8 @@ from typing import Iterable
 import structlog
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
+from tunnel.drain import pending_probe
 
 __all__ = ["TunDevice", "TunError"]
 
@@ -63,6 +66,7 @@ class TunDevice:
         self.counters = {"read": 0, "read_batches": 0, "read_dropped": 0, "written": 0, "write_dropped": 0, "gso_written": 0,
                          "gso_segments": 0, "gso_refused": 0}
         self._closed = False
+        self._more = pending_probe(fd)
         if vnet_hdr:
             self.read_batch = self._read_batch_vnet
             self.write = self._write_vnet
@@ -112,10 +116,11 @@ class TunDevice:
     def read_batch(self, max_packets: int = 64) -> list[bytes]:
         """Up to ``max_packets`` packets, stopping early when the queue is empty (never blocks)."""
         packets = []
-        read = os.read
-        fd = self.fd
+        read, fd, more = os.read, self.fd, self._more
         try:
-            for _ in range(max_packets):
+            for i in range(max_packets):
+                if i == 1 and not more(0):  # a lone packet: no failing read (tunnel.drain)
+                    break
                 packets.append(read(fd, _MAX_PACKET))
         except BlockingIOError:
             pass
@@ -128,11 +133,12 @@ class TunDevice:
         """``read_batch`` with IFF_VNET_HDR: the header is stripped; a GSO packet (never sent with
         offloads off) would be a counted drop."""
         packets = []
-        read = os.read
-        fd = self.fd
+        read, fd, more = os.read, self.fd, self._more
         dropped = 0
         try:
-            for _ in range(max_packets):
+            for i in range(max_packets):
+                if i == 1 and not more(0):  # a lone packet: no failing read (tunnel.drain)
+                    break
                 data = read(fd, _MAX_PACKET + VNET_HDR_LEN)
                 if data[1] or len(data) <= VNET_HDR_LEN:  # gso_type set, or nothing after the header
                     dropped += 1
