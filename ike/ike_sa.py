@@ -99,7 +99,7 @@ class IkeSa(TaskManager):
 
     # slots: a gateway holds thousands of these; an instance dict of ~55 entries costs ~1.5 KB more
     __slots__ = ("_active", "_expire_at", "_reauth_at", "_redundant_until", "_rekey_at", "_retry_at", "_state",
-                 "attempt", "candidates", "children", "chosen", "cipher_in", "cipher_out", "config", "created",
+                 "attempt", "candidates", "children", "chosen", "config", "created",
                  "delete_after_response", "endpoint", "established_at", "half_open_key", "held_events",
                  "indexed_name", "init_request", "init_response", "initiated", "initiator", "inner_error", "keys",
                  "last_inbound", "last_response", "local", "local_id", "my_mid", "nat_local", "nat_remote", "neg",
@@ -131,8 +131,6 @@ class IkeSa(TaskManager):
         # keys and what IKE_AUTH signs
         self.neg: "Negotiated | None" = None
         self.keys: "IkeKeys | None" = None
-        self.cipher_in: SkCipher | None = None
-        self.cipher_out: SkCipher | None = None
         self.ni = self.nr = b""
         self.init_request = self.init_response = b""
         self.local_id: Identity | None = None
@@ -199,13 +197,25 @@ class IkeSa(TaskManager):
         return self.state == "established"
 
     def install_keys(self, neg: "Negotiated", keys: "IkeKeys") -> None:
+        SkCipher(neg, keys.sk_ei, keys.sk_ai), SkCipher(neg, keys.sk_er, keys.sk_ar)  # bad keys fail now
         self.neg, self.keys = shared(("negotiated", neg.protocol, neg), neg), keys
-        if self.initiator:
-            self.cipher_out = SkCipher(neg, keys.sk_ei, keys.sk_ai)
-            self.cipher_in = SkCipher(neg, keys.sk_er, keys.sk_ar)
-        else:
-            self.cipher_out = SkCipher(neg, keys.sk_er, keys.sk_ar)
-            self.cipher_in = SkCipher(neg, keys.sk_ei, keys.sk_ai)
+
+    def _sk_cipher(self, initiator_sent: bool) -> SkCipher | None:
+        """Built per message from the keys, not kept: two SkCipher objects are ~190 B per idle SA."""
+        keys = self.keys
+        if keys is None:
+            return None
+        if initiator_sent:
+            return SkCipher(self.neg, keys.sk_ei, keys.sk_ai)
+        return SkCipher(self.neg, keys.sk_er, keys.sk_ar)
+
+    @property
+    def cipher_out(self) -> SkCipher | None:
+        return self._sk_cipher(self.initiator)
+
+    @property
+    def cipher_in(self) -> SkCipher | None:
+        return self._sk_cipher(not self.initiator)
 
     def set_proposal(self, chosen: "Proposal") -> None:
         """The selected IKE proposal and its strongSwan-style name, shared by the SAs that chose
