@@ -505,5 +505,9 @@ class IkeEndpoint:
         return [r for r in rows if r is not None]
 
     def status(self) -> list[dict]:
-        return [sa.status() for sa in self.sas.values() if sa.state != "dead"]
+        return list(self.statuses())
+
+    def statuses(self):
+        """Each live IKE SA's status, one at a time (a caller encoding thousands need not hold all)."""
+        return (sa.status() for sa in self.sas.values() if sa.state != "dead")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import ipaddress
+import json
 import os
 import select
 import selectors
@@ -28,7 +29,7 @@ from ike.config import ChildConfig, ConnectionConfig, TrafficSelector
 from ike.endpoint import IkeEndpoint
 from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed
 from tunnel.config import Config
-from tunnel.control import ControlError, ControlServer
+from tunnel.control import ControlError, ControlServer, EncodedJson
 from tunnel.datapath import ChildPath, DropLog, EspReceiver, InboundFilter, TxBatcher, inner_mtu, make_transmit, send_with_mtu
 from tunnel.gro import TcpCoalescer
 from tunnel.log import configure_logging
@@ -89,7 +90,8 @@ class Gateway:
         # A lineage is a CHILD SA and its rekeyed successors: one policy (keyed by the first SA's
         # key) that sends through one of them, ``routed``, and accepts what arrives on any of them.
         self.routed: dict[tuple, ChildPath] = {}
-        self.lineages: dict[tuple, dict[int, ChildPath]] = {}  # lineage -> its live SAs by inbound SPI
+        # lineage -> its live SAs; a tuple, as most lineages have one SA (a dict each: ~220 B more)
+        self.lineages: dict[tuple, tuple[ChildPath, ...]] = {}
         self._pmtu_cache: dict[str, tuple[float, int]] = {}  # peer -> (looked up at, path MTU)
         self.pending: dict[int, ChildPath] = {}  # inbound SPI -> a successor not yet sent through
         self.retiring: deque[tuple[float, ChildPath]] = deque()  # (when, rekeyed SA) in order
@@ -393,14 +395,14 @@ class Gateway:
         self.children[up.inbound_spi] = path
         old = self.children.get(up.rekeyed_from) if up.rekeyed_from is not None else None
         if old is None or old.lineage not in self.routed:
-            self.lineages.setdefault(path.lineage, {})[up.inbound_spi] = path
+            self._join_lineage(path)
             self._route(path)
         else:
             # Make-before-break: the new inbound SA is live at once; we keep sending on the old
             # SA until the peer shows it can receive on the new one (ESP arriving on the new
             # SA, or its delete of the old one), so neither side drops packets it cannot open.
             path.lineage = old.lineage
-            self.lineages.setdefault(path.lineage, {})[up.inbound_spi] = path
+            self._join_lineage(path)
             self.policy.bind_inbound(path.lineage, path.inbound)
             self.inbound_ok.clear()
             self.pending[up.inbound_spi] = path
@@ -409,6 +411,11 @@ class Gateway:
                  encap=up.encap or self.force_udp, local_ts=[str(t) for t in up.local_ts],
                  remote_ts=[str(t) for t in up.remote_ts], rekeyed_from=up.rekeyed_from)
         self._flush_trap(up, path)
+
+    def _join_lineage(self, path: ChildPath) -> None:
+        spi = path.up.inbound_spi  # an SA installed again replaces itself, as in ``children``
+        members = tuple(p for p in self.lineages.get(path.lineage, ()) if p.up.inbound_spi != spi)
+        self.lineages[path.lineage] = members + (path,)
 
     def _flush_trap(self, up: ChildSaUp, path: ChildPath) -> None:
         for _key, trap in self._trap_entries():
@@ -437,7 +444,7 @@ class Gateway:
         previous = self.routed.get(lineage)
         self.policy.remove(lineage)
         self.policy.add(lineage, path.up.local_ts, path.up.remote_ts, path)
-        for member in self.lineages.get(lineage, {}).values():
+        for member in self.lineages.get(lineage, ()):
             self.policy.bind_inbound(lineage, member.inbound)
         self.inbound_ok.clear()
         self.routed[lineage] = path
@@ -452,7 +459,7 @@ class Gateway:
             self.sadb.remove_inbound(down.inbound_spi)
             return
         self.pending.pop(down.inbound_spi, None)
-        others = [p for p in self.lineages.get(path.lineage, {}).values() if p is not path
+        others = [p for p in self.lineages.get(path.lineage, ()) if p is not path
                   and p.up.inbound_spi not in self.dying]
         if self.routed.get(path.lineage) is path:
             if others:
@@ -472,11 +479,11 @@ class Gateway:
     def _retire(self, path: ChildPath) -> None:
         """Forget an SA for good; its counters live on in the gateway's totals."""
         self.children.pop(path.up.inbound_spi, None)
-        members = self.lineages.get(path.lineage)
-        if members is not None:
-            members.pop(path.up.inbound_spi, None)
-            if not members:
-                del self.lineages[path.lineage]
+        members = tuple(p for p in self.lineages.get(path.lineage, ()) if p is not path)
+        if members:
+            self.lineages[path.lineage] = members
+        else:
+            self.lineages.pop(path.lineage, None)
         self.dying.discard(path.up.inbound_spi)
         self.sadb.remove_inbound(path.up.inbound_spi)
         self.inbound_ok.clear()  # its verdicts hold the SA (and so its keys) alive
@@ -522,10 +529,7 @@ class Gateway:
         if cmd == "status":
             return self.status(now)
         if cmd == "list-sas":
-            sas = self.list_sas(now)
-            if request.get("ike"):
-                sas = [sa for sa in sas if sa.get("name") == request["ike"]]
-            return {"ike_sas": sas}
+            return self.list_sas_json(now, request.get("ike"))
         if cmd == "initiate":
             return self._control_initiate(request, now)
         if cmd == "terminate":
@@ -565,6 +569,13 @@ class Gateway:
     def list_sas(self, now: float) -> list[dict]:
         """IKE SAs with their CHILD SAs in the fields ``espgw list-sas`` renders (times relative to now)."""
         return [self._describe_ike(sa, now) for sa in self.ike.status()]
+
+    def list_sas_json(self, now: float, name: str | None = None) -> EncodedJson:
+        """``{"ike_sas": list_sas()}`` (only connection ``name``'s if given), encoded SA by SA so
+        each SA's dicts are freed before the next is described."""
+        parts = (json.dumps(self._describe_ike(sa, now), separators=(",", ":")).encode()
+                 for sa in self.ike.statuses() if not name or sa.get("name") == name)
+        return EncodedJson(b'{"ike_sas":[' + b",".join(parts) + b"]}")
 
     def _describe_ike(self, sa: dict, now: float) -> dict:
         local, remote = sa.get("local") or ("?", 0), sa.get("remote") or ("?", 0)
