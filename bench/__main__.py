@@ -1,8 +1,8 @@
 """``python -m bench``: the whole benchmark suite against strongSwan (root; namespaces only).
 
 Writes bench/results/throughput.json (every setup x suite), ike_load.json (responder
-handshakes/s and RSS with many CHILD SAs), summary.json (ratios and targets) and
-throughput.png, and prints the espgw / strongSwan ratios side by side.
+handshakes/s and RSS with many CHILD SAs), rtt.json (interleaved ping rounds, ``bench.rtt``),
+summary.json (ratios and targets) and throughput.png, and prints the espgw / strongSwan ratios side by side.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from pathlib import Path
 
 import structlog
 
-from bench import chart, ike_load, targets
+from bench import chart, ike_load, rtt as rtt_study, targets
 from bench.setups import ESP_SUITES, SETUPS
 from bench.system import environment
 from bench.throughput import Plan, run_all
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = ("throughput", "ike")
+PARTS = ("throughput", "ike", "rtt")
 
 
 def _args(argv) -> argparse.Namespace:
@@ -103,12 +103,20 @@ def main(argv=None) -> int:
         _write(out / "ike_load.json", {"environment": env, "result": ike})
         print(f"IKE responder: {ike['handshakes_per_s']} handshakes/s ({ike['handshakes_per_responder_cpu_s']} per "
               f"responder CPU s), {ike['child_sas']} CHILD SAs in {ike['rss_mb']} MB RSS")
+    rtt = None
+    if "rtt" in parts:
+        rtt = rtt_study.study(rounds=1 if args.quick else 3, pings=40 if args.quick else 200)
+        _write(out / "rtt.json", rtt)
+        print("ping RTT added over plain forwarding (interleaved rounds): "
+              + ", ".join(f"{k} {v.get('added_ms')} ms" for k, v in rtt["overall"].items() if k != "plain"))
     if rows is None and (out / "throughput.json").exists():  # evaluate targets with the last run
         rows = json.loads((out / "throughput.json").read_text())["results"]
     if ike is None and (out / "ike_load.json").exists():
         ike = json.loads((out / "ike_load.json").read_text())["result"]
+    if rtt is None and (out / "rtt.json").exists():
+        rtt = json.loads((out / "rtt.json").read_text())
     ratio_rows = targets.ratios(rows or [])
-    evaluated = targets.evaluate(rows or [], ike)
+    evaluated = targets.evaluate(rows or [], ike, rtt)
     _write(out / "summary.json", {"environment": env, "ratios": ratio_rows, "targets": evaluated})
     _print_table(rows or [], ratio_rows, evaluated)
     return 0

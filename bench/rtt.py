@@ -3,7 +3,8 @@
 ``sudo .venv/bin/python -m bench.rtt`` builds one namespace lab and, for each of ``--rounds``
 rounds, brings up every setup in turn and sends ``--pings`` pings hostA -> hostB at
 ``--interval`` (idle gaps, as a person's ping). Interleaving the rounds spreads the machine's
-drift over all setups alike. ``--code NAME=DIR`` (repeatable) runs the espgw daemons from
+drift over all setups alike. ``python -m bench`` runs it as its ``rtt`` part, and the RTT
+targets are judged on it. ``--code NAME=DIR`` (repeatable) runs the espgw daemons from
 another checkout, e.g. a git worktree of the commit before a change, so old and new code are
 compared in the same lab and run. Writes ``bench/results/rtt.json`` (``--out``).
 """
@@ -56,9 +57,41 @@ def _summary(times: list[float]) -> dict:
             "min_ms": round(ordered[0], 4)}
 
 
+def study(setup_names=DEFAULT_SETUPS, esp: str = "aes256gcm16", rounds: int = 3, pings: int = 200,
+          interval: float = 0.05, variants: list[tuple[str, Path | None]] | None = None) -> dict:
+    """The interleaved rounds in one lab; ``overall`` per setup (median, spread, added over plain)."""
+    variants = variants or [("work", None)]
+    setups = [BY_NAME[n] for n in setup_names]
+    samples: dict[str, list[float]] = {}
+    rounds_out: list[dict] = []
+    with Lab(prefix=lab_prefix(), ipv6=False) as lab:
+        for r in range(rounds):
+            for setup in setups:
+                for variant, directory in (variants if "espgw" in setup.name else [("", None)]):
+                    label = f"{setup.name}@{variant}" if variant and len(variants) > 1 else setup.name
+                    with _code_from(directory), tunnel_up(lab, setup, esp):
+                        times = _pings(lab, pings, interval)
+                    samples.setdefault(label, []).extend(times)
+                    rounds_out.append({"round": r, "setup": label, **_summary(times)})
+                    print(f"round {r} {label:28} {_summary(times).get('median_ms')} ms", file=sys.stderr)
+    plain = statistics.median(samples["plain"]) if samples.get("plain") else None
+    overall = {}
+    for label, times in samples.items():
+        row = _summary(times)
+        row["round_medians_ms"] = [x["median_ms"] for x in rounds_out if x["setup"] == label and "median_ms" in x]
+        if plain is not None and "median_ms" in row:
+            row["added_ms"] = round(row["median_ms"] - plain, 4)
+        overall[label] = row
+    return {"environment": environment(),
+            "plan": {"esp": esp, "rounds": rounds, "pings": pings, "interval_s": interval,
+                     "variants": {n: str(d) if d else "this checkout" for n, d in variants}},
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "overall": overall, "rounds": rounds_out}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.rtt", description=__doc__.splitlines()[0])
-    p.add_argument("--setup", action="append", default=[], choices=sorted(BY_NAME), help="default: %(default)s")
+    p.add_argument("--setup", action="append", default=[], choices=sorted(BY_NAME),
+                   help=f"default: {', '.join(DEFAULT_SETUPS)}")
     p.add_argument("--esp", default="aes256gcm16", choices=("aes256gcm16", "chacha20poly1305"))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--pings", type=int, default=200)
@@ -75,36 +108,10 @@ def main(argv=None) -> int:
         if not name or not directory or not (Path(directory) / "tunnel" / "cli.py").is_file():
             p.error(f"--code {spec!r}: want NAME=DIR with DIR an espgw checkout")
         variants.append((name, Path(directory).resolve()))
-    setups = [BY_NAME[n] for n in (args.setup or DEFAULT_SETUPS)]
-
-    samples: dict[str, list[float]] = {}
-    rounds: list[dict] = []
-    with Lab(prefix=lab_prefix(), ipv6=False) as lab:
-        for r in range(args.rounds):
-            for setup in setups:
-                for variant, directory in (variants if "espgw" in setup.name else [("", None)]):
-                    label = f"{setup.name}@{variant}" if variant and len(variants) > 1 else setup.name
-                    with _code_from(directory), tunnel_up(lab, setup, args.esp):
-                        times = _pings(lab, args.pings, args.interval)
-                    samples.setdefault(label, []).extend(times)
-                    rounds.append({"round": r, "setup": label, **_summary(times)})
-                    print(f"round {r} {label:28} {_summary(times).get('median_ms')} ms", file=sys.stderr)
-    plain = statistics.median(samples["plain"]) if samples.get("plain") else None
-    overall = {}
-    for label, times in samples.items():
-        row = _summary(times)
-        per_round = [x["median_ms"] for x in rounds if x["setup"] == label and "median_ms" in x]
-        row["round_medians_ms"] = per_round
-        if plain is not None and "median_ms" in row:
-            row["added_ms"] = round(row["median_ms"] - plain, 4)
-        overall[label] = row
-    result = {"environment": environment(),
-              "plan": {"esp": args.esp, "rounds": args.rounds, "pings": args.pings, "interval_s": args.interval,
-                       "variants": {n: str(d) if d else "this checkout" for n, d in variants}},
-              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "overall": overall, "rounds": rounds}
+    result = study(args.setup or DEFAULT_SETUPS, args.esp, args.rounds, args.pings, args.interval, variants)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    for label, row in overall.items():
+    for label, row in result["overall"].items():
         print(f"{label:28} median {row.get('median_ms')} ms  added {row.get('added_ms')}  rounds {row['round_medians_ms']}")
     return 0
 

@@ -87,6 +87,19 @@ def test_flood_sender_and_sink_count_every_datagram_on_loopback():
     assert flood.main(["send", "127.0.0.1", "9", "20", "1", "1"]) == 2  # SIZE below an IP + UDP header
 
 
+def test_rtt_targets_use_the_interleaved_study_where_measured():
+    study = {"plan": {"esp": "aes256gcm16"},
+             "overall": {"plain": {"added_ms": 0.0}, "espgw-raw": {"added_ms": 0.61}, "sswan6-raw": {"added_ms": 0.85},
+                         "espgw-udp": {"added_ms": 0.62}, "sswan59-udp": {"added_ms": 0.61}}}
+    got = _by_name(targets.evaluate(ROWS, None, study))
+    raw, udp = got["added ping RTT espgw-raw vs sswan6-raw (ms)"], got["added ping RTT espgw-udp vs sswan59-udp (ms)"]
+    assert (raw["value"], raw["met"], raw["source"]) == (0.61, True, "bench.rtt")
+    assert (udp["value"], udp["met"]) == (0.62, False)
+    other_suite = {**study, "plan": {"esp": "chacha20poly1305"}}  # not the targets' suite: the matrix's pings
+    assert _by_name(targets.evaluate(ROWS, None, other_suite))["added ping RTT espgw-raw vs sswan6-raw (ms)"][
+        "source"] == "throughput pings"
+
+
 def test_rss_target_is_not_judged_on_a_partial_count():
     got = _by_name(targets.evaluate(ROWS, {"child_sas": 1000, "rss_mb": 60.0}))
     assert got["RSS with 1000 CHILD SAs (MB)"]["met"] is None
@@ -99,7 +112,8 @@ def test_ratios_side_by_side():
 
 
 def test_selection_of_parts_setups_and_suites():
-    assert _selection([]) == ({"throughput", "ike"}, _selection([])[1], _selection([])[2])
+    assert _selection([]) == ({"throughput", "ike", "rtt"}, _selection([])[1], _selection([])[2])
+    assert _selection(["rtt"])[0] == {"rtt"}
     parts, setups, suites = _selection(["espgw-raw", "chacha20poly1305"])
     assert parts == {"throughput"} and setups == ("espgw-raw",) and suites == ("chacha20poly1305",)
     assert _selection(["ike"])[0] == {"ike"}
