@@ -393,12 +393,14 @@ class UdpEndpoint:
         self._sock = socket.socket(self.family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         try:
             _big_buffers(self._sock, buffer_size)
+            # the local address of each datagram only where the bind leaves it open
+            pktinfo = int(ipaddress.ip_address(local_addr).is_unspecified)
             if self.family == socket.AF_INET6:
                 self._sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                self._sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVPKTINFO, 1)
+                self._sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVPKTINFO, pktinfo)
                 self._sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVTCLASS, 1)
             else:
-                self._sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+                self._sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, pktinfo)
                 self._sock.setsockopt(socket.IPPROTO_IP, _IP_RECVTOS, 1)
             self._sock.bind((local_addr, port))
         except OSError:
