@@ -104,5 +104,7 @@ def summary_line(row: dict) -> str:
         return f"{name} FAILED: {row['error'][:150]}"
     flood = row.get("flood", {})
     pps = " ".join(f"{size}B:{f.get('delivered_pps', 0):>7}pps" for size, f in flood.items())
+    saturating = row.get("saturating_flood", {}).get("1400", {}).get("per_core_pps")
+    per_core = f"  1400B per core {'/'.join(str(saturating.get(r, '-')) for r in ('gwA', 'gwB'))}" if saturating else ""
     return (f"{name} tcp {row['tcp']['median_mbit_s']:>7.1f} Mbit/s  ping {row['ping']['median_ms']} ms  "
-            f"{pps}  cpu/GB {row['tcp']['cpu_s_per_gb']}")
+            f"{pps}  cpu/GB {row['tcp']['cpu_s_per_gb']}{per_core}")
