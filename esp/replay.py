@@ -21,6 +21,7 @@ from __future__ import annotations
 MAX_WINDOW = 1 << 16
 _INFER_WITHOUT_WINDOW = 1 << 16   # ESN guess span when anti-replay is off
 _EMPTY_RINGS: dict[int, bytes] = {}
+_RING_MASKS: dict[int, int] = {}  # one shared int per ring size (a gateway holds thousands of windows)
 
 
 class ReplayWindow:
@@ -35,7 +36,7 @@ class ReplayWindow:
         ring = 64
         while ring < size:
             ring *= 2
-        self.ring_mask = ring - 1
+        self.ring_mask = _RING_MASKS.setdefault(ring, ring - 1)
         # seen[seq & ring_mask] is 1 once seq in (top - ring, top] was accepted; read-only
         # and shared until own_ring()
         self.seen: bytes | bytearray = _EMPTY_RINGS.setdefault(ring, bytes(ring))

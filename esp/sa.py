@@ -29,8 +29,12 @@ from .replay import ReplayWindow
 from .transforms import Transform, transform_by_name
 
 NH_IPV4, NH_IPV6, NH_NONE = 4, 41, 59
-_SEQ_SPAN = {False: 1 << 32, True: 1 << 64}
 _REKEY_MARGIN = 1 << 16     # rekey this many packets before the counter would wrap
+_NEVER = 1 << 80            # a limit no counter reaches: no limit set
+# Per ESN setting: (the last number we may send, the one that asks for a rekey, the one before
+# it). Shared ints: computed per SA they cost ~100 B each of its thousands of SAs.
+_SEQ_LIMITS = {esn: (span - 1, span - _REKEY_MARGIN, span - _REKEY_MARGIN - 1)
+               for esn, span in ((False, 1 << 32), (True, 1 << 64))}
 _MAX_INNER = 0xFFFF + 40    # no inner packet is longer (IPv6: header + 16-bit payload length)
 _unpack_header = HEADER.unpack_from
 _pack_header = HEADER.pack
@@ -53,7 +57,12 @@ def _as_transform(t: str | Transform) -> Transform:
 
 
 def _first_limit(*limits: int | None) -> int:
-    return min((x for x in limits if x is not None), default=1 << 80)
+    return min((x for x in limits if x is not None), default=_NEVER)
+
+
+def _before(limit: int) -> int:
+    """The count just under ``limit``; ``_NEVER`` itself (no new int) when there is no limit."""
+    return limit if limit >= _NEVER else limit - 1
 
 
 def _held_keymat(t: Transform, keymat: bytes) -> bytes:
@@ -101,9 +110,7 @@ class OutboundSA(_LimitedSA):
         self.esn = esn
         self.seq = initial_seq        # last sequence number sent
         self.tfc_pad_to = tfc_pad_to
-        span = _SEQ_SPAN[esn]
-        self._max_seq = span - 1       # never wrap: the last number we may send
-        self._soft_seq = span - _REKEY_MARGIN
+        self._max_seq, self._soft_seq = _SEQ_LIMITS[esn][:2]  # never wrap past _max_seq
         self._init_limits(lifetime, None)
         self._key: bytes | None = _held_keymat(t, keymat)
         self._seal = None                 # the first packet builds it (_first_seal)
@@ -128,9 +135,9 @@ class OutboundSA(_LimitedSA):
             self._pkt_check, self._seq_check, self._byte_check = (
                 self._hard_packets, self._max_seq, self._hard_bytes)
         else:
-            self._pkt_check = min(self._soft_packets - 1, self._hard_packets)
-            self._seq_check = min(self._soft_seq - 1, self._max_seq)
-            self._byte_check = min(self._soft_bytes - 1, self._hard_bytes)
+            self._pkt_check = min(_before(self._soft_packets), self._hard_packets)
+            self._seq_check = _SEQ_LIMITS[self.esn][2]  # just under _soft_seq, so under _max_seq
+            self._byte_check = min(_before(self._soft_bytes), self._hard_bytes)
 
     def encapsulate(self, inner: bytes, next_header: int = NH_IPV4) -> bytes:
         seq = self.seq + 1
@@ -341,7 +348,10 @@ class InboundSA(_LimitedSA):
         else:
             packets = min(self._soft_packets, self._hard_packets)
             octets = min(self._soft_bytes, self._hard_bytes)
-        self._limit_check = min(packets, c.packets + max(1, (octets - c.bytes) // _MAX_INNER))
+        if octets >= _NEVER:               # no byte limit: the packet limit alone (a shared int)
+            self._limit_check = packets
+        else:
+            self._limit_check = min(packets, c.packets + max(1, (octets - c.bytes) // _MAX_INNER))
 
     def _truncated_or_expired(self, n: int) -> Drop:
         if self.expired:
