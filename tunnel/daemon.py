@@ -413,8 +413,8 @@ class Gateway:
         self._flush_trap(up, path)
 
     def _join_lineage(self, path: ChildPath) -> None:
-        spi = path.up.inbound_spi  # an SA installed again replaces itself, as in ``children``
-        members = tuple(p for p in self.lineages.get(path.lineage, ()) if p.up.inbound_spi != spi)
+        spi = path.inbound_spi  # an SA installed again replaces itself, as in ``children``
+        members = tuple(p for p in self.lineages.get(path.lineage, ()) if p.inbound_spi != spi)
         self.lineages[path.lineage] = members + (path,)
 
     def _flush_trap(self, up: ChildSaUp, path: ChildPath) -> None:
@@ -443,15 +443,15 @@ class Gateway:
         lineage = path.lineage
         previous = self.routed.get(lineage)
         self.policy.remove(lineage)
-        self.policy.add(lineage, path.up.local_ts, path.up.remote_ts, path)
+        self.policy.add(lineage, path.local_ts, path.remote_ts, path)
         for member in self.lineages.get(lineage, ()):
             self.policy.bind_inbound(lineage, member.inbound)
         self.inbound_ok.clear()
         self.routed[lineage] = path
-        self.pending.pop(path.up.inbound_spi, None)
+        self.pending.pop(path.inbound_spi, None)
         if previous is not None and previous is not path:
-            log.info("child_sa.switched", child=path.up.child_name, spi_out=f"{path.up.outbound_spi:08x}",
-                     old_spi_out=f"{previous.up.outbound_spi:08x}")
+            log.info("child_sa.switched", child=path.child_name, spi_out=f"{path.outbound_spi:08x}",
+                     old_spi_out=f"{previous.outbound_spi:08x}")
 
     def _remove_child(self, down: ChildSaDown, now: float) -> None:
         path = self.children.get(down.inbound_spi)
@@ -460,7 +460,7 @@ class Gateway:
             return
         self.pending.pop(down.inbound_spi, None)
         others = [p for p in self.lineages.get(path.lineage, ()) if p is not path
-                  and p.up.inbound_spi not in self.dying]
+                  and p.inbound_spi not in self.dying]
         if self.routed.get(path.lineage) is path:
             if others:
                 self._route(max(others, key=lambda p: p.generation))
@@ -478,14 +478,14 @@ class Gateway:
 
     def _retire(self, path: ChildPath) -> None:
         """Forget an SA for good; its counters live on in the gateway's totals."""
-        self.children.pop(path.up.inbound_spi, None)
+        self.children.pop(path.inbound_spi, None)
         members = tuple(p for p in self.lineages.get(path.lineage, ()) if p is not path)
         if members:
             self.lineages[path.lineage] = members
         else:
             self.lineages.pop(path.lineage, None)
-        self.dying.discard(path.up.inbound_spi)
-        self.sadb.remove_inbound(path.up.inbound_spi)
+        self.dying.discard(path.inbound_spi)
+        self.sadb.remove_inbound(path.inbound_spi)
         self.inbound_ok.clear()  # its verdicts hold the SA (and so its keys) alive
         self.totals.add(path)
 
@@ -510,8 +510,8 @@ class Gateway:
         for path in list(self.children.values()):
             if not path.rekey_requested and (path.outbound.rekey_needed or path.inbound.rekey_needed):
                 path.rekey_requested = True
-                log.info("child_sa.volume_rekey", child=path.up.child_name, spi_in=f"{path.up.inbound_spi:08x}")
-                self.ike.rekey_child(path.up.inbound_spi, now)
+                log.info("child_sa.volume_rekey", child=path.child_name, spi_in=f"{path.inbound_spi:08x}")
+                self.ike.rekey_child(path.inbound_spi, now)
                 self._pump(now)
         if now >= self._next_trim:
             self._next_trim = now + TRIM_INTERVAL

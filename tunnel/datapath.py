@@ -41,14 +41,18 @@ def _lifetime(up: ChildSaUp, packets: int, octets: int) -> Lifetime | None:
 
 
 class ChildPath:
-    """One CHILD SA pair as installed in the data plane."""
+    """One CHILD SA pair as installed in the data plane.
 
-    __slots__ = ("up", "key", "lineage", "generation", "inbound", "outbound", "transform", "mtu", "installed_at",
-                 "last_out", "rekey_requested", "_encapsulate", "_transmit")
+    It copies the few fields of its ``ChildSaUp`` it needs instead of keeping the event (about
+    200 B per SA, and a gateway holds thousands); the keys are the same bytes objects.
+    """
+
+    __slots__ = ("key", "lineage", "generation", "inbound", "outbound", "mtu", "installed_at", "last_out",
+                 "rekey_requested", "_encapsulate", "_transmit", "local", "remote", "local_ts", "remote_ts",
+                 "mode", "encap", "proposal", "inbound_keymat", "outbound_keymat")
 
     def __init__(self, up: ChildSaUp, *, transmit: Callable[[bytes, bytes], bool], mtu: int,
                  rekey_packets: int = 0, rekey_bytes: int = 0, now: float = 0.0) -> None:
-        self.up = up
         self.key = (up.ike_name, up.child_name, up.unique_id)
         self.lineage = self.key  # the policy key it shares with the SAs it was rekeyed from
         self.generation = 0  # install order: the newest SA of a lineage wins
@@ -57,13 +61,35 @@ class ChildPath:
                                  replay_window=up.replay_window, lifetime=lifetime)
         self.outbound = OutboundSA(up.outbound_spi, up.esp_transform, up.outbound_keymat, esn=up.esn,
                                    tfc_pad_to=up.tfc_padding, lifetime=lifetime)
-        self.transform = transform_by_name(up.esp_transform)
+        self.local, self.remote = up.local, up.remote
+        self.local_ts, self.remote_ts = up.local_ts, up.remote_ts
+        self.mode, self.encap, self.proposal = up.mode, up.encap, up.proposal
+        self.inbound_keymat, self.outbound_keymat = up.inbound_keymat, up.outbound_keymat  # for key export
         self.mtu = mtu
         self.installed_at = now
         self.last_out: float | None = None
         self.rekey_requested = False
         self._encapsulate = self.outbound.encapsulate
         self._transmit = transmit
+
+    def __repr__(self) -> str:
+        return f"ChildPath(child={self.child_name!r}, spi_in=0x{self.inbound_spi:08x}, spi_out=0x{self.outbound_spi:08x})"
+
+    @property
+    def child_name(self) -> str:
+        return self.key[1]
+
+    @property
+    def unique_id(self) -> int:
+        return self.key[2]
+
+    @property
+    def inbound_spi(self) -> int:
+        return self.inbound.spi
+
+    @property
+    def outbound_spi(self) -> int:
+        return self.outbound.spi
 
     def send(self, inner: bytes) -> bool:
         """Encrypt and transmit one inner packet that already fits ``self.mtu``."""
@@ -76,26 +102,26 @@ class ChildPath:
 
     def describe(self, now: float) -> dict:
         """The CHILD SA for ``espgw list-sas`` (no keys)."""
-        up, inb, out = self.up, self.inbound.counters, self.outbound.counters
+        inb, out = self.inbound.counters, self.outbound.counters
         drops = {r.name.lower(): n for r, n in {**inb.drops, **out.drops}.items() if n}
         return {
-            "name": up.child_name, "unique_id": up.unique_id, "state": "INSTALLED", "mode": up.mode,
-            "encap": up.encap, "proposal": up.proposal, "spi_in": f"{up.inbound_spi:08x}",
-            "spi_out": f"{up.outbound_spi:08x}", "bytes_in": inb.bytes, "bytes_out": out.bytes,
+            "name": self.child_name, "unique_id": self.unique_id, "state": "INSTALLED", "mode": self.mode,
+            "encap": self.encap, "proposal": self.proposal, "spi_in": f"{self.inbound_spi:08x}",
+            "spi_out": f"{self.outbound_spi:08x}", "bytes_in": inb.bytes, "bytes_out": out.bytes,
             "packets_in": inb.packets, "packets_out": out.packets,
             "installed": round(now - self.installed_at, 1),
-            "local_ts": [str(ts) for ts in up.local_ts], "remote_ts": [str(ts) for ts in up.remote_ts],
+            "local_ts": [str(ts) for ts in self.local_ts], "remote_ts": [str(ts) for ts in self.remote_ts],
             "drops": drops, "mtu": self.mtu,
         }
 
     def key_rows(self) -> list[dict]:
         """Both directions for Wireshark's esp_sa table (the keys leave only through ``espgw keys``)."""
-        up = self.up
+        transform = self.outbound.transform.name
         return [
-            {"src": up.remote[0], "dst": up.local[0], "spi": up.inbound_spi, "esp_transform": up.esp_transform,
-             "keymat": up.inbound_keymat.hex()},
-            {"src": up.local[0], "dst": up.remote[0], "spi": up.outbound_spi, "esp_transform": up.esp_transform,
-             "keymat": up.outbound_keymat.hex()},
+            {"src": self.remote[0], "dst": self.local[0], "spi": self.inbound_spi, "esp_transform": transform,
+             "keymat": self.inbound_keymat.hex()},
+            {"src": self.local[0], "dst": self.remote[0], "spi": self.outbound_spi, "esp_transform": transform,
+             "keymat": self.outbound_keymat.hex()},
         ]
 
 
