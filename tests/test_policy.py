@@ -168,8 +168,8 @@ def test_incremental_insert_and_remove_keep_the_sorted_order_and_bindings():
             live.add(name)
         expected = sorted((rule for rules in table._by_child.values() for rule in rules), key=lambda x: x.rank)
         assert table._rules == expected
-        assert {owner for owner, _ in table._inbound.values()} == live
-        assert sorted(k for keys in table._inbound_of.values() for k in keys) == sorted(table._inbound)
+        assert set(table._inbound.values()) == live
+        assert sorted(o for bound in table._inbound_of.values() for o in bound) == sorted(table._inbound)
     for name in list(live):
         table.remove(name)
     assert not table._rules and not table._inbound and not table._inbound_of
