@@ -171,3 +171,30 @@ def test_housekeeping_hands_freed_heap_back_now_and_then(gateway, monkeypatch):
     gateway._housekeeping(start + 1.0)
     assert trims == [1] and gateway._next_trim == start + daemon.TRIM_INTERVAL
     daemon._malloc_trim()()  # the real one (glibc's malloc_trim, or nothing) runs without error
+
+
+def test_ike_sa_events_keep_names_and_nat_keepalives(gateway):
+    """The gateway keeps each IKE SA's connection name, and the addresses of those behind a NAT
+    for keepalives, not the events; a down event forgets both."""
+    from ike.events import IkeSaDown, IkeSaUp
+
+    class RecordingUdp:
+        def __init__(self) -> None:
+            self.sent: list = []
+
+        def send_keepalive(self, remote, local):
+            self.sent.append((remote, local))
+
+    behind = IkeSaUp("c", 1, ("192.0.2.1", 4500), ("198.51.100.1", 4500), b"i" * 8, b"r" * 8, True, "p",
+                     "me", "peer", True, False)
+    direct = IkeSaUp("c", 2, ("192.0.2.1", 500), ("198.51.100.2", 500), b"j" * 8, b"s" * 8, False, "p",
+                     "me", "other", False, False)
+    for event in (behind, direct):
+        gateway._on_event(event, 0.0)
+    assert gateway.ike_sa_names == {1: "c", 2: "c"}
+    gateway.udp = RecordingUdp()
+    gateway._next_keepalive = 0.0
+    gateway._housekeeping(1.0)
+    assert gateway.udp.sent == [(("198.51.100.1", 4500), ("192.0.2.1", 4500))]
+    gateway._on_event(IkeSaDown("c", 1, "deleted"), 2.0)
+    assert gateway.ike_sa_names == {2: "c"} and not gateway.nat_keepalives

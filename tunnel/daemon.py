@@ -27,7 +27,7 @@ from pyroute2 import IPRoute
 from esp.sadb import SADatabase
 from ike.config import ChildConfig, ConnectionConfig, TrafficSelector
 from ike.endpoint import IkeEndpoint
-from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed
+from ike.events import Address, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed
 from tunnel.config import Config
 from tunnel.control import ControlError, ControlServer, EncodedJson
 from tunnel.datapath import ChildPath, DropLog, EspReceiver, InboundFilter, TxBatcher, inner_mtu, make_transmit, send_with_mtu
@@ -99,7 +99,10 @@ class Gateway:
         self._generation = 0
         self.totals = Totals()
         self.drops: dict[str, int] = {}  # gateway-level drops (no SA for a packet, trap queue full)
-        self.ike_sas: dict[int, IkeSaUp] = {}  # by unique id
+        # IKE SAs by unique id: their connection's name, and (local, remote) for NAT keepalives
+        # of those behind a NAT; not the IkeSaUp events (~200 B each with the remote's ID text)
+        self.ike_sa_names: dict[int, str] = {}
+        self.nat_keepalives: dict[int, tuple[Address, Address]] = {}
         self.failures: deque[dict] = deque(maxlen=20)
         self.drop_log = DropLog(clock)
         # The loop polls one epoll set: fd -> zero-argument handler. The control server keeps its
@@ -193,7 +196,7 @@ class Gateway:
         """Delete our IKE SAs at the peer (best effort), then release every resource."""
         if self.udp is not None:
             now = self.clock()
-            for name in {sa.name for sa in self.ike_sas.values()}:
+            for name in set(self.ike_sa_names.values()):
                 self.ike.terminate_ike(name, now)
             self._pump(now)
         for closer in (self.control, self.tun, self.raw_v4, self.raw_v6, self.udp, self.udp_out.rings):
@@ -367,11 +370,14 @@ class Gateway:
         elif isinstance(event, ChildSaDown):
             self._remove_child(event, now)
         elif isinstance(event, IkeSaUp):
-            self.ike_sas[event.unique_id] = event
+            self.ike_sa_names[event.unique_id] = event.name
+            if event.nat_local:
+                self.nat_keepalives[event.unique_id] = (event.local, event.remote)
             log.info("ike_sa.up", connection=event.name, id=event.unique_id, remote=event.remote,
                      proposal=event.proposal, initiator=event.initiator)
         elif isinstance(event, IkeSaDown):
-            self.ike_sas.pop(event.unique_id, None)
+            self.ike_sa_names.pop(event.unique_id, None)
+            self.nat_keepalives.pop(event.unique_id, None)
             log.info("ike_sa.down", connection=event.name, id=event.unique_id, reason=event.reason)
             self._maybe_restart(event, now)
         elif isinstance(event, NegotiationFailed):
@@ -518,9 +524,8 @@ class Gateway:
             _release_free_memory()
         if now >= self._next_keepalive:
             self._next_keepalive = now + NAT_KEEPALIVE_INTERVAL
-            for sa in self.ike_sas.values():
-                if sa.nat_local:
-                    self.udp.send_keepalive((sa.remote[0], sa.remote[1]), (sa.local[0], sa.local[1]))
+            for local, remote in self.nat_keepalives.values():
+                self.udp.send_keepalive((remote[0], remote[1]), (local[0], local[1]))
 
     # --- control socket ---------------------------------------------------------------------
     def handle_control(self, request: dict) -> Any:
