@@ -144,7 +144,8 @@ class IkeSa(TaskManager):
         self.peer_mid = 0
         self.queue: list["Task"] = []
         self.active: Outstanding | None = None
-        self.last_response: tuple[int, list[bytes]] | None = None
+        # (message ID, its packets...): one flat tuple, no list, as every IKE SA keeps one
+        self.last_response: tuple | None = None
         self.reassembly: dict[tuple[bool, int], Reassembly] = {}
         self.delete_after_response: str | None = None
         self.inner_error: codec.MessageError | None = None

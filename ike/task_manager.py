@@ -11,7 +11,7 @@ reassembled here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import structlog
 
@@ -70,7 +70,7 @@ class TaskManager:
             return [whole]
         return [codec.seal(msg, self.cipher_out, self.rng)]
 
-    def send(self, packets: list[bytes]) -> None:
+    def send(self, packets: Sequence[bytes]) -> None:
         for data in packets:
             self.endpoint.send(data, self.local, self.remote)
 
@@ -211,7 +211,7 @@ class TaskManager:
             sk = codec.encrypted_payload(msg)
             if not isinstance(sk, SkfPayload) or sk.number == 1:
                 self.log("retransmitting_response", mid=msg.message_id)
-                self.send(self.last_response[1])
+                self.send(self.last_response[1:])
             return
         if msg.message_id != self.peer_mid:
             self._drop("unexpected message ID", mid=msg.message_id, expected=self.peer_mid)
@@ -230,7 +230,7 @@ class TaskManager:
             return
         reply = codec.Message(self.spi_i, self.spi_r, msg.exchange, msg.message_id, self.initiator, True, payloads)
         packets = self._packets(reply)
-        self.last_response = (msg.message_id, packets)
+        self.last_response = (msg.message_id, *packets)
         self.peer_mid += 1
         self.send(packets)
         if self.delete_after_response is not None:

@@ -78,7 +78,7 @@ class Replay:
             sa.my_mid = 1
         else:
             nat = detect_nat(req, req.spi_i, ZERO_SPI, (f0.src, f0.sport), (f0.dst, f0.dport))
-            sa.peer_mid, sa.last_response = 1, (0, [f1.message])
+            sa.peer_mid, sa.last_response = 1, (0, f1.message)
         sa.nat_local, sa.nat_remote = nat
         self.ep.register(sa)
         return sa

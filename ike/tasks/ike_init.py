@@ -216,7 +216,7 @@ def respond_init(endpoint: "IkeEndpoint", raw: bytes, msg: codec.Message, src, d
     reply = codec.Message(sa.spi_i, sa.spi_r, ExchangeType.IKE_SA_INIT, 0, False, True, payloads)
     data = codec.encode(reply)
     sa.init_response = data
-    sa.last_response = (0, [data])
+    sa.last_response = (0, data)
     sa.peer_mid = 1
     endpoint.register(sa, half_open_key=(msg.spi_i, src))
     sa.log("ike_sa_init_answered", remote=src, proposal=sa.proposal_name, nat_local=sa.nat_local,
