@@ -233,7 +233,7 @@ class IkeSa(TaskManager):
         self.ni = self.nr = b""
         self.candidates = [self.config]
         if self.keys is not None:
-            self.keys.sk_pi = self.keys.sk_pr = b""
+            self.keys.forget_auth_keys()
 
     def log(self, event: str, **fields) -> None:
         log.info(event, ike=self.name, ike_id=self.unique_id, **fields)

@@ -6,7 +6,7 @@ whole as the key (AES-XCBC/CMAC PRFs would need the s2.14 key handling; not impl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import itertools
 
 from cryptography.hazmat.primitives import hashes, hmac
 
@@ -51,20 +51,67 @@ def prf_plus(prf_id: int, key: bytes, seed: bytes, length: int) -> bytes:
     return bytes(out[:length])
 
 
-@dataclass(slots=True)
-class IkeKeys:
-    """The seven keys of an IKE SA; lengths are visible in repr, the keys are not."""
+_KEY_OFFSETS: dict[tuple[int, ...], tuple[int, ...]] = {}
 
-    sk_d: bytes = field(repr=False)
-    sk_ai: bytes = field(repr=False)
-    sk_ar: bytes = field(repr=False)
-    sk_ei: bytes = field(repr=False)
-    sk_er: bytes = field(repr=False)
-    sk_pi: bytes = field(repr=False)
-    sk_pr: bytes = field(repr=False)
-    prf_len: int = 0
-    integ_key_len: int = 0
-    encr_key_len: int = 0
+
+def _key_offsets(lengths: tuple[int, ...]) -> tuple[int, ...]:
+    """Where each key starts, then the end: one shared tuple per combination of key lengths."""
+    offsets = _KEY_OFFSETS.get(lengths)
+    if offsets is None:
+        offsets = _KEY_OFFSETS[lengths] = tuple(itertools.accumulate(lengths, initial=0))
+    return offsets
+
+
+def _key(index: int, doc: str) -> property:
+    def read(self: "IkeKeys") -> bytes:
+        offsets = self._offsets
+        return self._material[offsets[index]:offsets[index + 1]]
+    return property(read, doc=doc)
+
+
+class IkeKeys:
+    """The seven keys of an IKE SA; lengths are visible in repr, the keys are not.
+
+    Kept as one bytes object in prf+ order and sliced when read (IKE messages are rare): seven
+    bytes objects and their attributes cost ~130 B more per SA, and a gateway holds thousands.
+    """
+
+    __slots__ = ("_material", "_offsets")
+
+    def __init__(self, sk_d: bytes, sk_ai: bytes, sk_ar: bytes, sk_ei: bytes, sk_er: bytes, sk_pi: bytes,
+                 sk_pr: bytes) -> None:
+        keys = (sk_d, sk_ai, sk_ar, sk_ei, sk_er, sk_pi, sk_pr)
+        self._material = b"".join(keys)
+        self._offsets = _key_offsets(tuple(len(k) for k in keys))
+
+    sk_d = _key(0, "derives CHILD SA keys and the next IKE SA's SKEYSEED")
+    sk_ai = _key(1, "integrity, initiator to responder (empty with AEAD)")
+    sk_ar = _key(2, "integrity, responder to initiator (empty with AEAD)")
+    sk_ei = _key(3, "encryption, initiator to responder (AEAD: with its salt)")
+    sk_er = _key(4, "encryption, responder to initiator (AEAD: with its salt)")
+    sk_pi = _key(5, "the initiator's AUTH payload")
+    sk_pr = _key(6, "the responder's AUTH payload")
+
+    @property
+    def prf_len(self) -> int:
+        return self._offsets[1]
+
+    @property
+    def integ_key_len(self) -> int:
+        return self._offsets[2] - self._offsets[1]
+
+    @property
+    def encr_key_len(self) -> int:
+        return self._offsets[4] - self._offsets[3]
+
+    def forget_auth_keys(self) -> None:
+        """Drop SK_pi and SK_pr: they only sign IKE_AUTH (rekeyed IKE SAs derive new ones)."""
+        offsets = self._offsets
+        self._material = self._material[:offsets[5]]
+        self._offsets = _key_offsets(tuple(offsets[i + 1] - offsets[i] for i in range(5)) + (0, 0))
+
+    def __repr__(self) -> str:
+        return f"IkeKeys(prf_len={self.prf_len}, integ_key_len={self.integ_key_len}, encr_key_len={self.encr_key_len})"
 
 
 def _split_ike_keys(neg: Negotiated, skeyseed: bytes, ni: bytes, nr: bytes, spi_i: bytes,
@@ -79,7 +126,7 @@ def _split_ike_keys(neg: Negotiated, skeyseed: bytes, ni: bytes, nr: bytes, spi_
     for size in (p, a, a, e, e, p, p):
         keys.append(material[offsets:offsets + size])
         offsets += size
-    return IkeKeys(*keys, prf_len=p, integ_key_len=a, encr_key_len=e)
+    return IkeKeys(*keys)
 
 
 def derive_ike_keys(neg: Negotiated, ni: bytes, nr: bytes, g_ir: bytes, spi_i: bytes, spi_r: bytes) -> IkeKeys:
