@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from sys import intern
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import structlog
 
@@ -127,7 +127,7 @@ class IkeSa(TaskManager):
         self.created = now
         self.state = "connecting"  # connecting | established | rekeyed | deleting | dead
         self.established_at: float | None = None
-        self.candidates: list[ConnectionConfig] = [config]  # responder: configs matching the addresses
+        self.candidates: Sequence[ConnectionConfig] = [config]  # responder: configs matching the addresses
         # keys and what IKE_AUTH signs
         self.neg: "Negotiated | None" = None
         self.keys: "IkeKeys | None" = None
@@ -231,7 +231,7 @@ class IkeSa(TaskManager):
         and the connections it chose among are not needed again (rekeys bring fresh nonces);
         a gateway with thousands of SAs should not keep them."""
         self.ni = self.nr = b""
-        self.candidates = [self.config]
+        self.candidates = (self.config,)  # a tuple: smaller than a list
         if self.keys is not None:
             self.keys.forget_auth_keys()
 
