@@ -274,3 +274,25 @@ def test_udp_with_a_wrong_length_or_other_tos_is_not_merged():
         gro.add(p)
     gro.flush()
     assert sink.out == [("plain", good), ("plain", bytes(bad)), ("plain", other_tos)]
+
+
+@pytest.mark.parametrize("change", ["fragment", "ttl", "udp_length"])
+def test_a_full_size_udp_datagram_that_differs_in_its_header_ends_the_run(change):
+    """add()'s fast path takes only what the slow path would merge: same length is not enough."""
+    sink = Sink()
+    gro = TcpCoalescer(sink.write, sink.write_gso)
+    run = [udp_datagram(bytes([i]) * 200) for i in range(3)]
+    odd = bytearray(udp_datagram(b"x" * 200))
+    if change == "fragment":
+        odd[6] |= 0x20  # MF: the first fragment of a larger datagram
+    elif change == "ttl":
+        odd[8] = 5
+    else:
+        odd[24:26] = struct.pack("!H", 100)
+    for p in run:
+        gro.add(p)
+    gro.add(bytes(odd))
+    gro.flush()
+    assert [o[0] for o in sink.out] == ["gso", "plain"]
+    assert split_udp(sink.out[0][1], sink.out[0][2]) == [bytes([i]) * 200 for i in range(3)]
+    assert sink.out[1][1] == bytes(odd)

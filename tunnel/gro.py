@@ -102,6 +102,15 @@ class TcpCoalescer:
             first = packet[0]
             if first == 0x45:
                 key = packet[12:24]
+                if packet[9] == 17:  # UDP: the run of equal-sized datagrams it continues
+                    run = self._runs.get(b"U" + key)
+                    if (run is not None and run.open and len(packet) == run.length and packet[0:4] == run.ip_a
+                            and packet[6:10] == run.ip_b and packet[24:26] == run.tcp_a
+                            and run.size + run.mss <= MAX_IP_PACKET):
+                        run.packets.append(packet)
+                        run.size += run.mss
+                        return None
+                    return self._add_slow(packet, key, None, 20)
                 run = self._runs.get(key)
                 if (run is not None and run.open and len(packet) == run.length and packet[0:4] == run.ip_a
                         and packet[6:10] == run.ip_b and packet[28:36] == run.tcp_a
@@ -113,8 +122,18 @@ class TcpCoalescer:
                     run.size += run.mss
                     return None
                 return self._add_slow(packet, key, run, 20)
-            if first >> 4 == 6 and len(packet) >= 60:
+            if first >> 4 == 6 and len(packet) >= 48:
                 key = packet[8:44]
+                if packet[6] == 17:
+                    run = self._runs.get(b"U" + key)
+                    if (run is not None and run.open and len(packet) == run.length and packet[0:8] == run.ip_a
+                            and packet[44:46] == run.tcp_a and run.size + run.mss <= MAX_IP_PACKET):
+                        run.packets.append(packet)
+                        run.size += run.mss
+                        return None
+                    return self._add_slow(packet, key, None, 40)
+                if len(packet) < 60:
+                    return self._pass(packet, None)
                 run = self._runs.get(key)
                 if (run is not None and run.open and len(packet) == run.length and packet[0:8] == run.ip_a
                         and packet[48:56] == run.tcp_a and packet[58:run.hlen] == run.tcp_b
@@ -180,7 +199,8 @@ class TcpCoalescer:
                     run.open = False  # only the last datagram may be shorter
                 return None
             self._emit(run)
-        self._runs[key] = _Run(key, packet, ip_len, ip_len + 8, 0, payload, False)
+        run = self._runs[key] = _Run(key, packet, ip_len, ip_len + 8, 0, payload, False)
+        run.tcp_a = packet[ip_len + 4:ip_len + 6]  # the UDP length, for add()'s fast path
         return None
 
     @staticmethod
