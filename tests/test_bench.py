@@ -165,3 +165,39 @@ def test_fuzz_report_tells_slow_units_from_crashes():
     assert r["artifacts"] == [] and r["slow_units"] == ["c/slow-unit-220ba446"]
     crash = parse_libfuzzer(log + "\n==1== ERROR: libFuzzer: deadly signal\nTest unit written to c/crash-abc")
     assert crash["artifacts"] == ["c/crash-abc"]
+
+
+PERF_SCRIPT = """\
+   101 
+\tffffffff81000001 copy_to_iter ([kernel.kallsyms])
+\tffffffff81000002 tun_chr_read_iter ([kernel.kallsyms])
+\t7f0000000001 read (/usr/lib/x86_64-linux-gnu/libc.so.6)
+
+   101 
+\tffffffff81000003 ip_rcv ([kernel.kallsyms])
+\tffffffff81000004 packet_sendmsg ([kernel.kallsyms])
+
+   101 
+\t7f0000000002 ossl_aes_gcm_encrypt_avx512 (/venv/lib/python3.11/site-packages/cryptography/hazmat/bindings/_rust.abi3.so)
+
+   101 
+\t5500000001 _PyEval_EvalFrameDefault (/usr/bin/python3.11)
+
+   202 
+\t7f0000000003 __memmove_avx512_unaligned_erms (/usr/lib/x86_64-linux-gnu/libc.so.6)
+
+   202 
+\tffffffff81000005 schedule ([kernel.kallsyms])
+
+   303 
+\t5500000001 _PyEval_EvalFrameDefault (/usr/bin/python3.11)
+"""
+
+
+def test_budget_sorts_perf_samples_by_gateway_and_path():
+    from bench.budget import parse_samples
+
+    counts = parse_samples(PERF_SCRIPT, {101: "gwA", 202: "gwB"})
+    assert counts["gwA"] == {"kernel: TUN read": 1, "kernel: ring send, next hop's receive": 1,
+                             "user: crypto": 1, "user: interpreter": 1}
+    assert counts["gwB"] == {"user: libc": 1, "kernel: other": 1}  # pid 303 is no gateway's
