@@ -1,12 +1,14 @@
 """The gateway under faults and attacks, in the namespace lab (root): ``python -m bench.reliability``.
 
-Five scenarios, each with its own pair of espgw gateways (gwA initiates, gwB responds):
+Six scenarios, each with its own pair of espgw gateways (gwA initiates, gwB responds):
 
 - hostile: captured ESP replayed, bit-flipped (at an unseen sequence number, so only the ICV can
   reject it), with unknown SPIs, truncated, oversized (60 kB, IP-fragmented); junk on UDP 500
   and 4500. Each set is sent alone from gwA's namespace (IP_HDRINCL) and gwB's ``status`` drop
   counters must grow by exactly the set's size under the expected reason, while a ping stream
   and a checksummed TCP transfer go on.
+- hostile6: the same sets with IKE and ESP over the public link's IPv6 addresses (the raw IPv6
+  ESP socket, UDP over IPv6; the 60 kB packets behind IPv6 fragment headers).
 - loss: random loss on both directions of the public link; time until the IKE and CHILD SAs are
   up (by retransmission) and the time of a checksummed TCP transfer.
 - rekey: the CHILD SA rekeys every REKEY seconds while iperf3 (TCP, 0.5 s intervals) runs. A
@@ -55,11 +57,12 @@ _REPO = str(Path(__file__).resolve().parents[1])
 @contextlib.contextmanager
 def gateways(lab: Lab, *, a_child: dict | None = None, b_child: dict | None = None, a_conn: dict | None = None,
              b_conn: dict | None = None, a_start: str = "trap", b_start: str = "none",
-             settings: GatewaySettings | None = None):
-    """An espgw pair over IPv4 (IPv4 LANs only); stopped on exit, also on failure."""
+             settings: GatewaySettings | None = None, ipv6_outer: bool = False):
+    """An espgw pair over IPv4, or IPv6 with ``ipv6_outer`` (IPv4 LANs only); stopped on exit, also
+    on failure."""
     conns = []
     for side, child_kw, conn_kw, start in (("A", a_child, a_conn, a_start), ("B", b_child, b_conn, b_start)):
-        conn = site_to_site(lab, side, ipv6_ts=False)
+        conn = site_to_site(lab, side, ipv6_ts=False, ipv6_outer=ipv6_outer)
         for key, value in (conn_kw or {}).items():
             setattr(conn, key, value)
         for child in conn.children:
@@ -139,13 +142,18 @@ class Pinger:
 
 
 # --- scenarios -----------------------------------------------------------------------------------------
-def hostile_esp(lab: Lab, per_set: int = 20) -> dict:
-    """Inject each hostile set into gwB from gwA's side; per set, the drop counters' growth."""
-    wan_a, wan_b = lab.gwA.wan_addr4, lab.gwB.wan_addr4
-    with gateways(lab) as (a, b):
+def hostile_esp(lab: Lab, per_set: int = 20, family: int = 4) -> dict:
+    """Inject each hostile set into gwB from gwA's side; per set, the drop counters' growth.
+
+    ``family`` 6 runs IKE and ESP over the public link's IPv6 addresses (a lab with IPv6), so the
+    same sets arrive in IPv6 packets: on the raw IPv6 ESP socket and UDP over IPv6, the 60 KB
+    packets behind IPv6 fragment headers."""
+    wan_a, wan_b = (lab.gwA.wan_addr6, lab.gwB.wan_addr6) if family == 6 else (lab.gwA.wan_addr4, lab.gwB.wan_addr4)
+    with gateways(lab, ipv6_outer=family == 6) as (a, b):
         tunnel_up(lab)
-        pcap = lab.workdir / "hostile.pcap"
-        with lab.capture(lab.gwB, lab.gwB.wan_iface, pcap, bpf=f"ip proto 50 and src host {wan_a}"):
+        pcap = lab.workdir / f"hostile{family}.pcap"
+        proto = "ip6" if family == 6 else "ip"
+        with lab.capture(lab.gwB, lab.gwB.wan_iface, pcap, bpf=f"{proto} proto 50 and src host {wan_a}"):
             assert lab.ping(lab.hostA, lab.hostB.addr4, count=per_set, interval=0.02).ok
         captured = attack.esp_from_pcap(pcap, wan_a, wan_b)[-per_set:]
         if len(captured) < per_set:
@@ -155,10 +163,10 @@ def hostile_esp(lab: Lab, per_set: int = 20) -> dict:
         (ike_before,) = b.ike_sas()
 
         def esp(payloads):
-            return [p for e in payloads for p in attack.ipv4_packets(wan_a, wan_b, attack.IPPROTO_ESP, e)]
+            return [p for e in payloads for p in attack.ip_packets(wan_a, wan_b, attack.IPPROTO_ESP, e)]
 
         def udp(port, payloads):
-            return [p for d in payloads for p in attack.ipv4_packets(
+            return [p for d in payloads for p in attack.ip_packets(
                 wan_a, wan_b, attack.IPPROTO_UDP, attack.udp_datagram(wan_a, wan_b, 40000 + port % 1000, port, d))]
 
         junk = attack.ike_junk(per_set)
@@ -171,7 +179,7 @@ def hostile_esp(lab: Lab, per_set: int = 20) -> dict:
                             {"unknown_spi": per_set}),
             "truncated_esp_header": (esp(captured[0][:n] for n in (0, 1, 4, 7)), {"truncated": 4}),
             "truncated_esp_body": (esp(captured[0][:n] for n in (8, 12, 16, 24, 31)), {"truncated": 5}),
-            "oversized_60k": ([p for i in range(3) for p in attack.ipv4_packets(
+            "oversized_60k": ([p for i in range(3) for p in attack.ip_packets(
                 wan_a, wan_b, attack.IPPROTO_ESP, attack.oversized_esp(spi, top + (1 << 24) + i, 60000), ident=4242 + i)],
                 {"auth_failed": 3}),
             "udp500_junk": (udp(500, junk), {"ike_": per_set}),
@@ -210,6 +218,7 @@ def hostile_esp(lab: Lab, per_set: int = 20) -> dict:
         return {"sets": results, "ping_during": {k: v for k, v in ping.items() if k != "replies"},
                 "tcp_after_ok": transfer_sent == transfer_received,
                 "same_ike_sa": ike_after["unique_id"] == ike_before["unique_id"],
+                "ike_peer_b": ike_after["remote_addr"],
                 "status_drops_b": b.status()["drops"]}
 
 
@@ -431,7 +440,7 @@ def flood(lab: Lab, count: int = 20000, seconds: float = 10.0) -> dict:
 
 
 # --- the full run ---------------------------------------------------------------------------------------
-FULL = {"hostile": {"per_set": 50}, "loss": {"percent": 10.0, "transfer_bytes": 16 << 20, "handshakes": 10},
+FULL = {"hostile": {"per_set": 50}, "hostile6": {"per_set": 50, "family": 6}, "loss": {"percent": 10.0, "transfer_bytes": 16 << 20, "handshakes": 10},
         "rekey": {"seconds": 120, "rekey_every": 10}, "restart": {}, "flood": {"count": 20000, "seconds": 10}}
 
 
@@ -441,15 +450,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     results: dict = json.loads(args.out.read_text()) if args.out.exists() else {}
-    with Lab(prefix=None, ipv6=False) as lab:
-        for name in args.only or list(FULL):
+    names = args.only or list(FULL)
+    with contextlib.ExitStack() as stack:
+        labs: dict[bool, Lab] = {}  # hostile6 needs the public link's IPv6 addresses, the rest IPv4 only
+        for name in names:
+            ipv6 = name == "hostile6"
+            if ipv6 not in labs:
+                labs[ipv6] = stack.enter_context(Lab(prefix=None, ipv6=ipv6))
+            lab = labs[ipv6]
             began = time.monotonic()
             print(f"reliability: {name} ...", file=sys.stderr, flush=True)
             if name == "restart":
                 value = {victim: restart(lab, victim) for victim in ("gwA", "gwB")}
             else:
-                value = {"hostile": hostile_esp, "loss": loss, "rekey": rekey_under_load, "flood": flood}[name](
-                    lab, **FULL[name])
+                value = {"hostile": hostile_esp, "hostile6": hostile_esp, "loss": loss, "rekey": rekey_under_load,
+                         "flood": flood}[name](lab, **FULL[name])
             results[name] = {**value, "scenario_seconds": round(time.monotonic() - began, 1)} \
                 if isinstance(value, dict) else value
             results["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -39,14 +39,31 @@ def lab():
         yield lab
 
 
-def test_hostile_esp_and_ike_junk_dropped_counted_traffic_flows(lab, rel):
-    result = rel.hostile_esp(lab, per_set=20)
+@pytest.fixture(scope="module")
+def lab6():
+    with Lab(ipv6=True) as lab:
+        yield lab
+
+
+def _assert_hostile(result: dict) -> None:
+    assert len(result["sets"]) == 10, sorted(result["sets"])
     for name, outcome in result["sets"].items():
         assert outcome["sent"] == outcome["packets"], (name, json.dumps(outcome))
         assert outcome["ok"], (name, json.dumps(outcome))  # exactly the expected reason grew, by the set's size
     ping = result["ping_during"]
     assert ping["received"] > 50 and ping["lost"] == 0, ping
     assert result["tcp_after_ok"] and result["same_ike_sa"], json.dumps(result)
+
+
+def test_hostile_esp_and_ike_junk_dropped_counted_traffic_flows(lab, rel):
+    _assert_hostile(rel.hostile_esp(lab, per_set=20))
+
+
+def test_the_same_hostile_sets_over_an_ipv6_outer_header(lab6, rel):
+    """Raw IPv6 ESP and UDP over IPv6 on gwB; the 60 KB packets arrive behind fragment headers."""
+    result = rel.hostile_esp(lab6, per_set=20, family=6)
+    _assert_hostile(result)
+    assert ":" in result["ike_peer_b"], result["ike_peer_b"]  # the IKE SA really ran over IPv6
 
 
 def test_ten_percent_loss_ike_up_and_tcp_transfer_intact(lab, rel):

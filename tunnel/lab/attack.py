@@ -2,11 +2,11 @@
 floods of spoofed IKE_SA_INIT requests.
 
 The builders are pure (bytes in, bytes out) and run in the test process; the packets leave from
-inside a lab namespace through ``python -m tunnel.lab.attack``, which sends whole IPv4 packets
-(our own header, any source address) on a raw IP_HDRINCL socket. Lab use only: the sender
-refuses destinations outside the documentation ranges the lab uses.
+inside a lab namespace through ``python -m tunnel.lab.attack``, which sends whole IPv4 or IPv6
+packets (our own header, any source address) on a raw header-included socket. Lab use only: the
+sender refuses destinations outside the documentation ranges the lab uses.
 
-    python -m tunnel.lab.attack send FILE            # one hex IPv4 packet a line
+    python -m tunnel.lab.attack send FILE            # one hex IPv4 or IPv6 packet a line
     python -m tunnel.lab.attack flood TEMPLATE_HEX DST SOURCES COUNT SECONDS
 """
 
@@ -25,8 +25,10 @@ from typing import Iterable, Iterator
 
 IPPROTO_ESP = 50
 IPPROTO_UDP = 17
+IPPROTO_FRAGMENT = 44
 LINK_MTU = 1500
-_LAB_RANGES = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "10.0.0.0/8")]
+_LAB_RANGES = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "10.0.0.0/8",
+                                                 "2001:db8::/32", "fd00::/8")]
 
 
 # --- packet builders ------------------------------------------------------------------------------
@@ -56,10 +58,38 @@ def ipv4_packets(src: str, dst: str, proto: int, payload: bytes, *, ident: int =
     return packets
 
 
+def ipv6_packets(src: str, dst: str, proto: int, payload: bytes, *, ident: int = 0, hop_limit: int = 64,
+                 mtu: int = LINK_MTU) -> list[bytes]:
+    """``payload`` in one IPv6 packet, or behind fragment headers (RFC 8200 s4.5) when it is larger."""
+    addrs = socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst)
+    if 40 + len(payload) <= mtu:
+        return [struct.pack("!IHBB", 6 << 28, len(payload), proto, hop_limit) + addrs + payload]
+    chunk = (mtu - 48) // 8 * 8
+    packets = []
+    for start in range(0, len(payload), chunk):
+        piece = payload[start:start + chunk]
+        more = start + chunk < len(payload)
+        # offset in 8-byte units sits above 3 flag bits: a multiple of 8 is already in place
+        fragment = struct.pack("!BBHI", proto, 0, start | more, ident)
+        packets.append(struct.pack("!IHBB", 6 << 28, 8 + len(piece), IPPROTO_FRAGMENT, hop_limit) + addrs
+                       + fragment + piece)
+    return packets
+
+
+def ip_packets(src: str, dst: str, proto: int, payload: bytes, *, ident: int = 0) -> list[bytes]:
+    """``ipv4_packets`` or ``ipv6_packets``, by the addresses' family."""
+    build = ipv6_packets if ":" in dst else ipv4_packets
+    return build(src, dst, proto, payload, ident=ident)
+
+
 def udp_datagram(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
-    """A UDP header and payload with a correct checksum over the IPv4 pseudo-header."""
+    """A UDP header and payload with a correct checksum over the IPv4 or IPv6 pseudo-header."""
     length = 8 + len(payload)
-    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, IPPROTO_UDP, length)
+    if ":" in dst:
+        pseudo = (socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst)
+                  + struct.pack("!I3xB", length, IPPROTO_UDP))
+    else:
+        pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, IPPROTO_UDP, length)
     header = struct.pack("!HHHH", sport, dport, length, 0)
     checksum = _checksum(pseudo + header + payload) or 0xFFFF
     return struct.pack("!HHHH", sport, dport, length, checksum) + payload
@@ -90,12 +120,19 @@ def oversized_esp(spi: int, seq: int, size: int, rng=os.urandom) -> bytes:
 
 
 def esp_from_pcap(path: str | Path, src: str, dst: str) -> list[bytes]:
-    """The ESP part (from the SPI on) of every unfragmented IPv4 ESP packet src -> dst in a pcap."""
+    """The ESP part (from the SPI on) of every unfragmented ESP packet src -> dst in a pcap: IPv4,
+    or IPv6 with ESP right after the fixed header."""
     import dpkt  # capture parsing only, never on the gateway's packet path
 
     found = []
+    want = (ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed)
     with open(path, "rb") as f:
         for _ts, frame in dpkt.pcap.Reader(f):
+            if len(frame) >= 54 and frame[12:14] == b"\x86\xdd":
+                ip6 = frame[14:]
+                if ip6[6] == IPPROTO_ESP and (ip6[8:24], ip6[24:40]) == want:
+                    found.append(bytes(ip6[40:40 + struct.unpack("!H", ip6[4:6])[0]]))
+                continue
             if len(frame) < 34 or frame[12:14] != b"\x08\x00":
                 continue
             ip = frame[14:]
@@ -170,18 +207,27 @@ def _lab_only(dst: str) -> None:
 
 
 class RawSender:
-    """Whole IPv4 packets out as they are (IP_HDRINCL); failures are counted, never raised."""
+    """Whole IPv4 or IPv6 packets out as they are (IP_HDRINCL; an IPv6 IPPROTO_RAW socket includes
+    the header too); failures are counted, never raised."""
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+        self._sock6: socket.socket | None = None
         self.sent = self.failed = 0
 
     def send(self, packet: bytes) -> None:
-        dst = socket.inet_ntoa(packet[16:20])
+        if packet[:1] and packet[0] >> 4 == 6:
+            dst = socket.inet_ntop(socket.AF_INET6, packet[24:40])
+            if self._sock6 is None:
+                self._sock6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            sock = self._sock6
+        else:
+            dst = socket.inet_ntoa(packet[16:20])
+            sock = self.sock
         _lab_only(dst)
         try:
-            self.sock.sendto(packet, (dst, 0))
+            sock.sendto(packet, (dst, 0))
             self.sent += 1
         except OSError:
             self.failed += 1
@@ -224,7 +270,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["ipv4_packets", "udp_datagram", "esp_header", "bit_flipped", "with_spi", "oversized_esp",
+__all__ = ["ipv4_packets", "ipv6_packets", "ip_packets", "udp_datagram", "esp_header", "bit_flipped", "with_spi", "oversized_esp",
            "esp_from_pcap", "write_packets", "ike_junk", "ike_sa_init_template", "flood_requests", "send_file", "flood"]
 
 if __name__ == "__main__":
