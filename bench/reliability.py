@@ -219,7 +219,7 @@ def hostile_esp(lab: Lab, per_set: int = 20, family: int = 4) -> dict:
                 "tcp_after_ok": transfer_sent == transfer_received,
                 "same_ike_sa": ike_after["unique_id"] == ike_before["unique_id"],
                 "ike_peer_b": ike_after["remote_addr"],
-                "status_drops_b": b.status()["drops"]}
+                "status_drops_b": b.status()["drops"], "raw_esp6_b": b.status()["counters"]["raw_esp6"]}
 
 
 def loss(lab: Lab, percent: float = 10.0, transfer_bytes: int = 4 << 20, handshakes: int = 1) -> dict:

@@ -64,6 +64,10 @@ def test_the_same_hostile_sets_over_an_ipv6_outer_header(lab6, rel):
     result = rel.hostile_esp(lab6, per_set=20, family=6)
     _assert_hostile(result)
     assert ":" in result["ike_peer_b"], result["ike_peer_b"]  # the IKE SA really ran over IPv6
+    # gwB's raw IPv6 ESP socket read every hostile ESP packet (each 60 KB one once, reassembled)
+    hostile = sum(sum(o["expected"].values()) for name, o in result["sets"].items() if not name.startswith("udp"))
+    raw6 = result["raw_esp6_b"]
+    assert hostile == 72 and raw6["received"] + raw6["recv_malformed"] >= hostile, raw6
 
 
 def test_ten_percent_loss_ike_up_and_tcp_transfer_intact(lab, rel):

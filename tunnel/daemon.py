@@ -648,6 +648,7 @@ class Gateway:
                 "bytes_in": totals.bytes_in, "bytes_out": totals.bytes_out,
                 "tun": dict(self.tun.counters), "gro": dict(self.gro.counters), "udp": udp,
                 "raw_esp": dict(self.raw_v4.counters), "raw_esp_ring": rings,
+                "raw_esp6": dict(self.raw_v6.counters) if self.raw_v6 is not None else None,
             },
             "drops": drops,
             "failures": list(self.failures),
