@@ -2,7 +2,7 @@
 
 The tables mirror swanctl.conf (``connections.NAME`` with ``children.CHILD``) so a strongSwan user
 recognises every field; ``tunnel.config`` parses the TOML file into these objects. Proposal
-strings stay in strongSwan's syntax and are parsed by ``ike.proposals``.
+strings stay in strongSwan's syntax and are parsed by ``ike.crypto.proposals``.
 """
 
 from __future__ import annotations

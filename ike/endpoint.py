@@ -17,13 +17,13 @@ from typing import Callable
 
 import structlog
 
-from ike import message as codec
+from ike.codec import message as codec
 from ike import retransmit
 from ike.config import ConnectionConfig, TrafficSelector
-from ike.constants import ExchangeType, NotifyType
-from ike.cookies import CookieJar, cookie_reply, init_request_fields
+from ike.codec.constants import ExchangeType, NotifyType
+from ike.crypto.cookies import CookieJar, cookie_reply, init_request_fields
 from ike.ike_sa import IkeSa
-from ike.payloads import NotifyPayload
+from ike.codec.payloads import NotifyPayload
 
 log = structlog.get_logger("ike")
 

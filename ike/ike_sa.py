@@ -12,19 +12,19 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import structlog
 
-from ike import message as codec
+from ike.codec import message as codec
 from ike.child_sa import ChildSa
 from ike.config import ConnectionConfig
 from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp
-from ike.fragments import Reassembly
-from ike.ids import Identity
-from ike.skcipher import SkCipher
+from ike.codec.fragments import Reassembly
+from ike.codec.ids import Identity
+from ike.crypto.skcipher import SkCipher
 from ike.task_manager import Outstanding, TaskManager
 
 if TYPE_CHECKING:
     from ike.endpoint import IkeEndpoint
-    from ike.keys import IkeKeys
-    from ike.proposals import Negotiated, Proposal
+    from ike.crypto.keys import IkeKeys
+    from ike.crypto.proposals import Negotiated, Proposal
     from ike.tasks.base import Task
 
 log = structlog.get_logger("ike")
@@ -138,7 +138,7 @@ class IkeSa(TaskManager):
         self.nat_local = self.nat_remote = False
         self.peer_fragmentation = False
         self.proposal_name = ""  # strongSwan-style, e.g. "aes256gcm16-prfsha256-ecp256"
-        self.chosen = None  # the selected IKE proposal (ike.proposals.Proposal)
+        self.chosen = None  # the selected IKE proposal (ike.crypto.proposals.Proposal)
         # message IDs and the task manager
         self.my_mid = 0
         self.peer_mid = 0
@@ -221,7 +221,7 @@ class IkeSa(TaskManager):
     def set_proposal(self, chosen: "Proposal") -> None:
         """The selected IKE proposal and its strongSwan-style name, shared by the SAs that chose
         the same one (nothing changes a chosen proposal)."""
-        from ike.proposals import format_proposal
+        from ike.crypto.proposals import format_proposal
         name = format_proposal(chosen)
         self.proposal_name, self.chosen = shared(("proposal", name, chosen.number, bytes(chosen.spi)),
                                                   (name, chosen))
@@ -449,8 +449,8 @@ class IkeSa(TaskManager):
         export (tunnel.keyexport), never logged."""
         if self.keys is None or self.chosen is None:
             return None
-        from ike.constants import ProtocolId, TransformType
-        from ike.proposals import Proposal, format_proposal
+        from ike.codec.constants import ProtocolId, TransformType
+        from ike.crypto.proposals import Proposal, format_proposal
 
         def name(t: TransformType) -> str:
             found = self.chosen.of_type(t)

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Sequence
 
 import structlog
 
-from ike import message as codec
-from ike.constants import NAT_T_PORT, ExchangeType, NotifyType
-from ike.fragments import MAX_FRAGMENTS, Reassembly, fragment_limit
-from ike.payloads import NotifyPayload, Payload, SkfPayload
+from ike.codec import message as codec
+from ike.codec.constants import NAT_T_PORT, ExchangeType, NotifyType
+from ike.codec.fragments import MAX_FRAGMENTS, Reassembly, fragment_limit
+from ike.codec.payloads import NotifyPayload, Payload, SkfPayload
 from ike.retransmit import Retransmitter
 
 if TYPE_CHECKING:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ike.constants import ExchangeType
+from ike.codec.constants import ExchangeType
 
 if TYPE_CHECKING:
     from ike.ike_sa import IkeSa
-    from ike.message import Message
-    from ike.payloads import Payload
+    from ike.codec.message import Message
+    from ike.codec.payloads import Payload
 
 DONE = "done"
 RETRY = "retry"  # build and send again (new message ID except in IKE_SA_INIT)

@@ -11,17 +11,17 @@ from typing import TYPE_CHECKING
 
 from ike.child_sa import ChildSa, is_subset, narrow, without_redundant
 from ike.config import ChildConfig, TrafficSelector
-from ike.constants import ExchangeType, NotifyType, ProtocolId, TransformType
-from ike.dh import InvalidKeyExchange, KeyExchange, key_exchange
+from ike.codec.constants import ExchangeType, NotifyType, ProtocolId, TransformType
+from ike.crypto.dh import InvalidKeyExchange, KeyExchange, key_exchange
 from ike.events import NegotiationFailed
-from ike.keys import child_keymat, split_child_keymat
-from ike.payloads import KePayload, NoncePayload, NotifyPayload, Payload, SaPayload, TsiPayload, TsrPayload
-from ike.proposals import Proposal, format_proposal, negotiated, parse_proposals, select_proposal, without_dh
+from ike.crypto.keys import child_keymat, split_child_keymat
+from ike.codec.payloads import KePayload, NoncePayload, NotifyPayload, Payload, SaPayload, TsiPayload, TsrPayload
+from ike.crypto.proposals import Proposal, format_proposal, negotiated, parse_proposals, select_proposal, without_dh
 from ike.tasks.base import DONE, RETRY, Task, uniform
 
 if TYPE_CHECKING:
     from ike.ike_sa import IkeSa
-    from ike.message import Message
+    from ike.codec.message import Message
 
 NONCE_LEN = 32
 

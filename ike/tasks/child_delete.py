@@ -7,8 +7,8 @@ import struct
 from typing import TYPE_CHECKING
 
 from ike.child_sa import ChildSa
-from ike.constants import ExchangeType, ProtocolId
-from ike.payloads import DeletePayload, Payload
+from ike.codec.constants import ExchangeType, ProtocolId
+from ike.codec.payloads import DeletePayload, Payload
 from ike.tasks.base import DONE, Task
 
 if TYPE_CHECKING:

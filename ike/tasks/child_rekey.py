@@ -12,8 +12,8 @@ import struct
 from typing import TYPE_CHECKING
 
 from ike.child_sa import ChildSa
-from ike.constants import ExchangeType, NotifyType, ProtocolId
-from ike.payloads import NoncePayload, NotifyPayload, Payload
+from ike.codec.constants import ExchangeType, NotifyType, ProtocolId
+from ike.codec.payloads import NoncePayload, NotifyPayload, Payload
 from ike.tasks.base import DONE, RETRY, Task
 from ike.tasks.child_create import (ChildFailure, ChildOffer, accept_answer, answer_offer,
                                     failure_event, make_offer, offer_payloads)
@@ -21,7 +21,7 @@ from ike.tasks.child_delete import ChildDelete
 
 if TYPE_CHECKING:
     from ike.ike_sa import IkeSa
-    from ike.message import Message
+    from ike.codec.message import Message
 
 
 def lower_nonce(nonces: tuple[bytes, bytes]) -> bytes:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ike.constants import ExchangeType, NotifyType, ProtocolId
-from ike.payloads import NotifyPayload, Payload, SaPayload
+from ike.codec.constants import ExchangeType, NotifyType, ProtocolId
+from ike.codec.payloads import NotifyPayload, Payload, SaPayload
 
 if TYPE_CHECKING:
     from ike.ike_sa import IkeSa
-    from ike.message import Message
+    from ike.codec.message import Message
 
 
 def respond(sa: "IkeSa", msg: "Message", now: float) -> list[Payload]:

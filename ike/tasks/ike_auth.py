@@ -9,19 +9,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ike.config import ConnectionConfig
-from ike.constants import AuthMethod, ExchangeType, NotifyType
+from ike.codec.constants import AuthMethod, ExchangeType, NotifyType
 from ike.events import NegotiationFailed
-from ike.ids import Identity, id_matches
+from ike.codec.ids import Identity, id_matches
 from ike.ike_sa import shared
-from ike.keys import psk_auth, signed_octets
-from ike.payloads import AuthPayload, IdiPayload, IdrPayload, IdPayload, NotifyPayload, Payload
+from ike.crypto.keys import psk_auth, signed_octets
+from ike.codec.payloads import AuthPayload, IdiPayload, IdrPayload, IdPayload, NotifyPayload, Payload
 from ike.tasks.base import DONE, Task
 from ike.tasks.child_create import (ChildFailure, ChildOffer, accept_answer, answer_offer, failure_event,
                                     make_offer, offer_payloads)
 
 if TYPE_CHECKING:
     from ike.ike_sa import IkeSa
-    from ike.message import Message
+    from ike.codec.message import Message
 
 
 def local_identity(config: ConnectionConfig, local_addr: str) -> Identity:
@@ -148,7 +148,7 @@ def respond_auth(sa: "IkeSa", msg: "Message", now: float) -> list[Payload]:
         sa.endpoint.initial_contact(sa, now)
     sa.set_established(now)
     sa.emit(sa.ike_up_event())
-    from ike.payloads import SaPayload
+    from ike.codec.payloads import SaPayload
     if msg.get(SaPayload) is not None:
         try:
             payloads, child = answer_offer(sa, msg, now, in_auth=True)

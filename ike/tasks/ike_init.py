@@ -9,13 +9,13 @@ import ipaddress
 import struct
 from typing import TYPE_CHECKING
 
-from ike import message as codec
-from ike.constants import NAT_T_PORT, ExchangeType, NotifyType, ProtocolId, TransformType
-from ike.dh import InvalidKeyExchange, key_exchange
+from ike.codec import message as codec
+from ike.codec.constants import NAT_T_PORT, ExchangeType, NotifyType, ProtocolId, TransformType
+from ike.crypto.dh import InvalidKeyExchange, key_exchange
 from ike.events import NegotiationFailed
-from ike.keys import derive_ike_keys
-from ike.payloads import KePayload, NoncePayload, NotifyPayload, SaPayload
-from ike.proposals import negotiated, parse_proposals, select_proposal
+from ike.crypto.keys import derive_ike_keys
+from ike.codec.payloads import KePayload, NoncePayload, NotifyPayload, SaPayload
+from ike.crypto.proposals import negotiated, parse_proposals, select_proposal
 from ike.tasks.base import DONE, RETRY, Task
 
 if TYPE_CHECKING:

@@ -10,18 +10,18 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from ike.constants import ExchangeType, NotifyType, ProtocolId, TransformType
-from ike.dh import InvalidKeyExchange, key_exchange
-from ike.keys import derive_rekeyed_ike_keys
-from ike.payloads import KePayload, NoncePayload, NotifyPayload, Payload, SaPayload
-from ike.proposals import Proposal, format_proposal, negotiated, parse_proposals, select_proposal
+from ike.codec.constants import ExchangeType, NotifyType, ProtocolId, TransformType
+from ike.crypto.dh import InvalidKeyExchange, key_exchange
+from ike.crypto.keys import derive_rekeyed_ike_keys
+from ike.codec.payloads import KePayload, NoncePayload, NotifyPayload, Payload, SaPayload
+from ike.crypto.proposals import Proposal, format_proposal, negotiated, parse_proposals, select_proposal
 from ike.tasks.base import DONE, RETRY, Task
 from ike.retransmit import total_lifetime
 from ike.tasks.child_rekey import lost_collision
 
 if TYPE_CHECKING:
     from ike.ike_sa import IkeSa
-    from ike.message import Message
+    from ike.codec.message import Message
 
 NONCE_LEN = 32
 # how long an SA the peer is expected to delete may wait for that delete: the peer's last message

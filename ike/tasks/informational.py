@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ike.constants import ExchangeType, NotifyType, ProtocolId
-from ike.payloads import DeletePayload, NotifyPayload, Payload
+from ike.codec.constants import ExchangeType, NotifyType, ProtocolId
+from ike.codec.payloads import DeletePayload, NotifyPayload, Payload
 from ike.tasks.base import DONE, Task
 
 if TYPE_CHECKING:
     from ike.ike_sa import IkeSa
-    from ike.message import Message
+    from ike.codec.message import Message
 
 
 class IkeDpd(Task):

@@ -23,8 +23,8 @@ if __name__ == "__main__":
 import struct
 import zlib
 
-from ike import message as codec
-from ike.constants import ExchangeType, PayloadType
+from ike.codec import message as codec
+from ike.codec.constants import ExchangeType, PayloadType
 from ike.events import ChildSaUp, IkeSaUp
 from ike.tasks.informational import IkeDpd
 

@@ -9,8 +9,8 @@ import random
 import pytest
 import structlog
 
-from ike import message as codec
-from ike_harness import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, Pair, mirrored
+from ike.codec import message as codec
+from tests.ike.harness import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, Pair, mirrored
 
 IKE = "aes128gcm16-prfsha256-x25519"  # cheap key exchange: the fuzzer makes many half-open SAs
 PER_STAGE = 12_600

@@ -9,12 +9,25 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Callable, Protocol
 
-from ike.constants import IKE_HEADER_LEN, IKE_VERSION_BYTE, ExchangeType, HeaderFlag, NotifyType, PayloadType
-from ike.payloads import PAYLOAD_CLASSES, MalformedPayload, Payload, SkfPayload, SkPayload, UnknownPayload
-from ike.skcipher import IntegrityError, SkCipher
+from ike.codec.constants import IKE_HEADER_LEN, IKE_VERSION_BYTE, ExchangeType, HeaderFlag, NotifyType, PayloadType
+from ike.codec.payloads import PAYLOAD_CLASSES, MalformedPayload, Payload, SkfPayload, SkPayload, UnknownPayload
 
 MAX_PAYLOADS = 128  # a message with more is treated as malformed (bounds the work per datagram)
+
+
+class IntegrityError(Exception):
+    """The SK payload failed its integrity check, or is malformed; the message must be dropped."""
+
+
+class SkCipher(Protocol):
+    """One direction's SK payload protection, as ``ike.crypto.skcipher.SkCipher`` provides it."""
+
+    def encrypted_len(self, plaintext_len: int) -> int: ...
+    def max_plaintext_len(self, body_len: int) -> int: ...
+    def seal(self, aad_prefix: bytes, plaintext: bytes, rng: Callable[[int], bytes]) -> bytes: ...
+    def open(self, aad_prefix: bytes, body: bytes) -> bytes: ...
 
 
 class MessageError(Exception):
@@ -75,7 +88,7 @@ class Message:
         return [p for p in self.payloads if type(p) is cls]
 
     def notifies(self) -> dict[int, "Payload"]:
-        from ike.payloads import NotifyPayload
+        from ike.codec.payloads import NotifyPayload
         return {p.notify_type: p for p in self.payloads if isinstance(p, NotifyPayload)}
 
     @property

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ike.constants import DhId, EncrId, EsnId, IntegId, PrfId, ProtocolId, TransformType
-from ike.proposals import (Proposal, Transform, format_proposal, negotiated, parse_proposals,
+from ike.codec.constants import DhId, EncrId, EsnId, IntegId, PrfId, ProtocolId, TransformType
+from ike.crypto.proposals import (Proposal, Transform, format_proposal, negotiated, parse_proposals,
                            select_proposal, without_dh)
 
 IKE, ESP = ProtocolId.IKE, ProtocolId.ESP

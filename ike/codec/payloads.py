@@ -2,7 +2,7 @@
 
 Each class knows its ``TYPE``, encodes its body with ``body()`` and decodes one with
 ``parse(body)``. The generic payload header (next payload, critical bit, length) is handled by
-``ike.message``. Parsing is strict about lengths and raises ``MalformedPayload``; decoding then
+``ike.codec.message``. Parsing is strict about lengths and raises ``MalformedPayload``; decoding then
 re-encoding gives the same bytes (reserved fields are zero on the wire in practice; the critical
 bit is kept).
 """
@@ -15,8 +15,26 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ike.config import TrafficSelector
-from ike.constants import NotifyType, PayloadType, ProtocolId, TransformAttr, TransformType, TsType
-from ike.proposals import Proposal, Transform
+from ike.codec.constants import NotifyType, PayloadType, ProtocolId, TransformAttr, TransformType, TsType
+
+
+@dataclass(frozen=True)
+class Transform:
+    type: TransformType
+    id: int
+    key_length: int | None = None  # bits (Key Length attribute 14); None when not sent
+
+
+@dataclass
+class Proposal:
+    protocol: ProtocolId
+    transforms: list[Transform]  # may hold several of one type (an offer)
+    number: int = 1
+    spi: bytes = b""  # 8 bytes IKE (rekey), 4 bytes ESP, empty in IKE_SA_INIT
+
+    def of_type(self, t: TransformType) -> list[Transform]:
+        return [tr for tr in self.transforms if tr.type == t]
+
 
 
 class MalformedPayload(Exception):

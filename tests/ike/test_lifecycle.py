@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ike.config import ChildConfig, TrafficSelector
-from ike_harness import (ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed, Pair, Wire, mirrored)
+from tests.ike.harness import (ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed, Pair, Wire, mirrored)
 
 
 def up(initiator="a", wire=None, seed=7, **kw):

@@ -15,7 +15,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import dh, ec, x25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ike.constants import DhId
+from ike.codec.constants import DhId
 
 Rng = Callable[[int], bytes]
 

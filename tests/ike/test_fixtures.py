@@ -1,7 +1,7 @@
 """espgw's IKE codec against real strongSwan messages (tests/fixtures/strongswan, see its README).
 
-Every message of every recorded exchange decodes with ``ike.message`` and re-encodes to the same
-bytes; every SK payload opens with the logged SK_e*/SK_a* keys through ``ike.skcipher.SkCipher``,
+Every message of every recorded exchange decodes with ``ike.codec.message`` and re-encodes to the same
+bytes; every SK payload opens with the logged SK_e*/SK_a* keys through ``ike.crypto.skcipher.SkCipher``,
 and its inner chain decodes and re-encodes byte-exactly. The AUTH payloads check out against
 espgw's own PSK computation, and for the AEAD suite espgw's ``seal`` reproduces strongSwan's
 bytes when given the same IV (AEAD needs no padding, so nothing random is left).
@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from ike.constants import AuthMethod, ExchangeType, PayloadType, ProtocolId
-from ike.keys import psk_auth, signed_octets
-from ike.message import DecryptionFailed, decode, decode_inner, encode, encode_chain, encrypted_payload, open_sk, seal
-from ike.payloads import AuthPayload, IdiPayload, IdrPayload, NoncePayload, SaPayload, UnknownPayload
-from ike.proposals import negotiated, parse_proposals, select_proposal
-from ike.skcipher import SkCipher
+from ike.codec.constants import AuthMethod, ExchangeType, PayloadType, ProtocolId
+from ike.crypto.keys import psk_auth, signed_octets
+from ike.codec.message import DecryptionFailed, decode, decode_inner, encode, encode_chain, encrypted_payload, open_sk, seal
+from ike.codec.payloads import AuthPayload, IdiPayload, IdrPayload, NoncePayload, SaPayload, UnknownPayload
+from ike.crypto.proposals import negotiated, parse_proposals, select_proposal
+from ike.crypto.skcipher import SkCipher
 from tunnel.lab.ike_pcap import read_ike_frames
 
-FIXTURES = Path(__file__).parent / "fixtures" / "strongswan"
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "strongswan"
 RECORDS = sorted(FIXTURES.glob("strongswan-*.json"))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ike_harness import (A_IP, B_IP, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed, Pair, Wire,
+from tests.ike.harness import (A_IP, B_IP, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed, Pair, Wire,
                          connection, mirrored)
 
 PAIRS = [

@@ -11,8 +11,8 @@ import pytest
 import structlog
 
 from ike.config import ChildConfig, TrafficSelector
-from ike_harness import ChildSaDown, ChildSaUp, Pair, Wire, mirrored
-from test_ike_lifecycle import installed, keymat_pairs_match
+from tests.ike.harness import ChildSaDown, ChildSaUp, Pair, Wire, mirrored
+from tests.ike.test_lifecycle import installed, keymat_pairs_match
 
 
 def chaos(seed: int, steps: int = 25) -> None:

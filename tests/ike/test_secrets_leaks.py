@@ -18,8 +18,8 @@ from esp.crypto import split_keymat
 from esp.errors import Drop, SAExpired
 from esp.sa import InboundSA, Lifetime, OutboundSA
 from esp.transforms import transform_by_name
-from ike.keys import PSK_KEY_PAD, prf
-from ike_harness import ChildSaUp, IkeSaUp, NegotiationFailed, Pair, mirrored
+from ike.crypto.keys import PSK_KEY_PAD, prf
+from tests.ike.harness import ChildSaUp, IkeSaUp, NegotiationFailed, Pair, mirrored
 from tunnel.config import ConfigError, parse_config
 from tunnel.log import configure_logging
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ike.endpoint import IkeEndpoint
-from ike_harness import (A_IP, B_IP, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed, Pair, Wire,
+from tests.ike.harness import (A_IP, B_IP, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed, Pair, Wire,
                          mirrored, seeded_rng)
 
 MANY_A = ",".join(f"10.1.{i}.0/24" for i in range(40))
@@ -109,7 +109,7 @@ def test_cookies_under_a_flood_still_let_the_real_peer_in():
 
 
 def test_cookie_secret_rotation():
-    from ike.cookies import CookieJar
+    from ike.crypto.cookies import CookieJar
     jar = CookieJar(seeded_rng(1), 0.0)
     c = jar.make(b"n" * 32, "192.0.2.1", b"s" * 8, 0.0)
     assert jar.verify(c, b"n" * 32, "192.0.2.1", b"s" * 8, 61.0)  # previous secret still good
@@ -182,8 +182,8 @@ def test_superseded_child_removed_if_never_deleted():
 
 
 def test_unknown_critical_payload_answered_and_sa_survives():
-    from ike import message as codec
-    from ike.payloads import UnknownPayload
+    from ike.codec import message as codec
+    from ike.codec.payloads import UnknownPayload
     pair = Pair(*[[c] for c in mirrored()])
     pair.a.initiate("site", None, 0.0)
     pair.run()

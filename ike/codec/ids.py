@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from ike.constants import IdType
+from ike.codec.constants import IdType
 
 
 @dataclass(frozen=True)

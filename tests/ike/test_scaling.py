@@ -10,7 +10,7 @@ import pytest
 
 from ike.config import AuthConfig, ChildConfig, ConnectionConfig, TrafficSelector
 from ike.endpoint import IkeEndpoint, filed
-from ike_harness import ChildSaUp, IkeSaDown, Pair, mirrored
+from tests.ike.harness import ChildSaUp, IkeSaDown, Pair, mirrored
 
 RESPONDER = "198.51.100.2"
 TS = TrafficSelector.from_cidr

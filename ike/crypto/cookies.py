@@ -17,11 +17,11 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ike.constants import IKE_HEADER_LEN, IKE_VERSION_BYTE, ExchangeType, HeaderFlag, NotifyType, PayloadType
+from ike.codec.constants import IKE_HEADER_LEN, IKE_VERSION_BYTE, ExchangeType, HeaderFlag, NotifyType, PayloadType
 
 ROTATE_AFTER = 60.0
 SECRET_LEN = 32
-MAX_PAYLOADS = 128  # as ike.message: bounds the walk
+MAX_PAYLOADS = 128  # as ike.codec.message: bounds the walk
 _INIT_REQUEST = (ExchangeType.IKE_SA_INIT, HeaderFlag.INITIATOR)  # exchange byte, flags byte
 _ZERO_SPI = bytes(8)
 
@@ -99,7 +99,7 @@ def init_request_fields(data: bytes) -> tuple[bytes, bytes | None] | None:
 
 def cookie_reply(spi_i: bytes, cookie: bytes) -> bytes:
     """The IKE_SA_INIT response carrying only a COOKIE notify, packed directly (it is what
-    ``ike.message.encode`` makes of it)."""
+    ``ike.codec.message.encode`` makes of it)."""
     total = IKE_HEADER_LEN + 8 + len(cookie)
     return (struct.pack("!8s8sBBBBII", spi_i, _ZERO_SPI, PayloadType.NOTIFY, IKE_VERSION_BYTE,
                         ExchangeType.IKE_SA_INIT, HeaderFlag.RESPONSE, 0, total)

@@ -3,11 +3,11 @@ not know gets an unprotected answer, rate-limited; the peer ignores such answers
 
 from __future__ import annotations
 
-from ike import message as codec
-from ike.constants import ExchangeType, NotifyType
+from ike.codec import message as codec
+from ike.codec.constants import ExchangeType, NotifyType
 from ike.endpoint import INVALID_IKE_SPI_PER_SECOND, IkeEndpoint
-from ike.payloads import NotifyPayload, SkPayload
-from ike_harness import B_IP, IkeSaDown, IkeSaUp, Pair, mirrored, seeded_rng
+from ike.codec.payloads import NotifyPayload, SkPayload
+from tests.ike.harness import B_IP, IkeSaDown, IkeSaUp, Pair, mirrored, seeded_rng
 
 
 def restarted_responder():

@@ -9,7 +9,7 @@ import pytest
 
 from ike.config import ChildConfig, TrafficSelector
 from ike.tasks.child_create import _lifetimes
-from ike_harness import ChildSaUp, IkeSaUp, Pair, mirrored, seeded_rng
+from tests.ike.harness import ChildSaUp, IkeSaUp, Pair, mirrored, seeded_rng
 
 NET = [TrafficSelector.from_cidr("10.0.0.0/24")]
 
@@ -127,7 +127,7 @@ def test_retransmit_schedule_rejects_nonsense(kw):
 def test_short_retransmit_schedule_declares_a_dead_peer_in_seconds():
     """timeout 0.5 s, base 1, 2 tries: a peer that stops answering is dead 1.5 s after the
     liveness check is sent, with the check sent three times."""
-    from ike_harness import IkeSaDown, Wire
+    from tests.ike.harness import IkeSaDown, Wire
 
     a, b = mirrored(a_dpd_delay=5.0)
     wire = Wire()
@@ -151,7 +151,7 @@ def test_short_retransmit_schedule_declares_a_dead_peer_in_seconds():
 
 
 def test_short_retransmit_schedule_gives_up_an_unanswered_connect():
-    from ike_harness import NegotiationFailed, Wire
+    from tests.ike.harness import NegotiationFailed, Wire
 
     a, b = mirrored()
     pair = Pair([a], [b], wire=Wire(loss=1.0), retransmit_timeout=0.25, retransmit_base=2.0, retransmit_tries=3)

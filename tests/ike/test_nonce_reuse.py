@@ -13,11 +13,11 @@ import pytest
 from esp.errors import SAExpired
 from esp.sa import InboundSA, OutboundSA
 from esp.transforms import transform_by_name
-from ike import message as codec
-from ike.constants import ExchangeType
+from ike.codec import message as codec
+from ike.codec.constants import ExchangeType
 from ike.endpoint import IkeEndpoint
-from ike.payloads import NoncePayload
-from ike_harness import B_IP, ChildSaUp, IkeSaUp, Pair, Wire, mirrored, seeded_rng
+from ike.codec.payloads import NoncePayload
+from tests.ike.harness import B_IP, ChildSaUp, IkeSaUp, Pair, Wire, mirrored, seeded_rng
 
 AEADS = ["aes128gcm16", "aes256gcm8", "aes128gmac", "chacha20poly1305"]
 INNER = bytes.fromhex("4500001c00014000401100000a0100010a020001") + bytes(8)

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from ike.constants import DhId, EncrId, PrfId
-from ike.dh import MODP_GENERATOR, MODP_PRIMES, ecp_from_private, key_exchange, x25519_from_private
-from ike.keys import child_keymat, prf, prf_len, prf_plus
-from ike.proposals import Negotiated
-from ike.skcipher import IntegrityError, SkCipher
+from ike.codec.constants import DhId, EncrId, PrfId
+from ike.crypto.dh import MODP_GENERATOR, MODP_PRIMES, ecp_from_private, key_exchange, x25519_from_private
+from ike.crypto.keys import child_keymat, prf, prf_len, prf_plus
+from ike.crypto.proposals import Negotiated
+from ike.crypto.skcipher import IntegrityError, SkCipher
 
-VECTORS = Path(__file__).resolve().parent.parent / "rfc-vectors" / "ike"
+VECTORS = Path(__file__).resolve().parents[2] / "rfc-vectors" / "ike"
 
 
 def load(name: str) -> dict:

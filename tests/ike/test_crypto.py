@@ -7,13 +7,13 @@ import random
 import pytest
 from cryptography.hazmat.primitives import hashes, hmac
 
-from ike.constants import DhId, PrfId, ProtocolId
-from ike.dh import (MODP_PRIMES, SUPPORTED_GROUPS, InvalidKeyExchange, key_exchange, public_value_len,
+from ike.codec.constants import DhId, PrfId, ProtocolId
+from ike.crypto.dh import (MODP_PRIMES, SUPPORTED_GROUPS, InvalidKeyExchange, key_exchange, public_value_len,
                     x25519_from_private)
-from ike.keys import (child_keymat, derive_ike_keys, derive_rekeyed_ike_keys, prf, prf_plus, psk_auth,
+from ike.crypto.keys import (child_keymat, derive_ike_keys, derive_rekeyed_ike_keys, prf, prf_plus, psk_auth,
                       signed_octets, split_child_keymat)
-from ike.proposals import negotiated, parse_proposals
-from ike.skcipher import IntegrityError, SkCipher
+from ike.crypto.proposals import negotiated, parse_proposals
+from ike.crypto.skcipher import IntegrityError, SkCipher
 
 
 def seeded_rng(seed: int):

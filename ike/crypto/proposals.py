@@ -10,25 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ike.constants import DhId, EncrId, EsnId, IntegId, PrfId, ProtocolId, TransformType
+from ike.codec.constants import DhId, EncrId, EsnId, IntegId, PrfId, ProtocolId, TransformType
+from ike.codec.payloads import Proposal, Transform
 
-
-@dataclass(frozen=True)
-class Transform:
-    type: TransformType
-    id: int
-    key_length: int | None = None  # bits (Key Length attribute 14); None when not sent
-
-
-@dataclass
-class Proposal:
-    protocol: ProtocolId
-    transforms: list[Transform]  # may hold several of one type (an offer)
-    number: int = 1
-    spi: bytes = b""  # 8 bytes IKE (rekey), 4 bytes ESP, empty in IKE_SA_INIT
-
-    def of_type(self, t: TransformType) -> list[Transform]:
-        return [tr for tr in self.transforms if tr.type == t]
+__all__ = ["Proposal", "Transform", "format_proposal", "negotiated", "parse_proposals", "select_proposal"]
 
 
 def _build_keywords() -> dict[str, Transform]:

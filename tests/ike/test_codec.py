@@ -6,11 +6,11 @@ import struct
 
 import pytest
 
-from ike import message as m
-from ike import payloads as p
+from ike.codec import message as m
+from ike.codec import payloads as p
 from ike.config import TrafficSelector
-from ike.constants import ExchangeType, NotifyType, ProtocolId
-from ike.proposals import parse_proposals
+from ike.codec.constants import ExchangeType, NotifyType, ProtocolId
+from ike.crypto.proposals import parse_proposals
 
 
 def every_payload() -> list[p.Payload]:
@@ -77,9 +77,9 @@ def test_malformed_messages_give_typed_errors(raw):
 
 
 def test_sk_seal_open_and_fragments_round_trip():
-    from ike.keys import derive_ike_keys
-    from ike.proposals import negotiated
-    from ike.skcipher import SkCipher
+    from ike.crypto.keys import derive_ike_keys
+    from ike.crypto.proposals import negotiated
+    from ike.crypto.skcipher import SkCipher
     import random
     rng = random.Random(1).randbytes
     neg = negotiated(parse_proposals("aes128-sha256-modp2048", ProtocolId.IKE)[0])
@@ -113,8 +113,8 @@ def test_sk_seal_open_and_fragments_round_trip():
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from ike.constants import TransformType  # noqa: E402
-from ike.proposals import Proposal, Transform  # noqa: E402
+from ike.codec.constants import TransformType  # noqa: E402
+from ike.crypto.proposals import Proposal, Transform  # noqa: E402
 
 _bytes = st.binary(max_size=40)
 _v4 = st.integers(0, 2**32 - 1).map(lambda n: __import__("ipaddress").IPv4Address(n))

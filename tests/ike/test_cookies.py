@@ -8,12 +8,12 @@ import struct
 
 import pytest
 
-from ike import message as codec
-from ike.constants import ExchangeType, NotifyType
-from ike.cookies import cookie_reply, init_request_fields
+from ike.codec import message as codec
+from ike.codec.constants import ExchangeType, NotifyType
+from ike.crypto.cookies import cookie_reply, init_request_fields
 from ike.endpoint import IkeEndpoint
-from ike.payloads import NoncePayload, NotifyPayload, SaPayload
-from ike_harness import IkeSaUp, Pair, mirrored, seeded_rng
+from ike.codec.payloads import NoncePayload, NotifyPayload, SaPayload
+from tests.ike.harness import IkeSaUp, Pair, mirrored, seeded_rng
 
 SRC, DST = ("203.0.113.9", 500), ("198.51.100.2", 500)
 

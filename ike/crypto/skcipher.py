@@ -18,18 +18,15 @@ from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from ike.constants import EncrId, IntegId
-from ike.proposals import AEAD_SALT_LEN, GCM_ICV_LEN, INTEG_ICV_LEN, Negotiated
+from ike.codec.constants import EncrId, IntegId
+from ike.codec.message import IntegrityError
+from ike.crypto.proposals import AEAD_SALT_LEN, GCM_ICV_LEN, INTEG_ICV_LEN, Negotiated
 
 Rng = Callable[[int], bytes]
 
 _INTEG_HASHES = {IntegId.HMAC_SHA1_96: hashes.SHA1, IntegId.HMAC_SHA2_256_128: hashes.SHA256,
                  IntegId.HMAC_SHA2_384_192: hashes.SHA384, IntegId.HMAC_SHA2_512_256: hashes.SHA512}
 _AEAD_IV_LEN = 8  # explicit IV in the message; the nonce is salt | IV (RFC 5282 s4, RFC 7634 s2)
-
-
-class IntegrityError(Exception):
-    """The SK payload failed its integrity check, or is malformed; the message must be dropped."""
 
 
 class SkCipher:

@@ -10,8 +10,8 @@ import itertools
 
 from cryptography.hazmat.primitives import hashes, hmac
 
-from ike.constants import PrfId
-from ike.proposals import Negotiated
+from ike.codec.constants import PrfId
+from ike.crypto.proposals import Negotiated
 
 _PRF_HASHES = {PrfId.HMAC_SHA1: hashes.SHA1, PrfId.HMAC_SHA2_256: hashes.SHA256,
                PrfId.HMAC_SHA2_384: hashes.SHA384, PrfId.HMAC_SHA2_512: hashes.SHA512}

@@ -20,20 +20,20 @@ from pathlib import Path
 
 import pytest
 
-from ike import message as codec
+from ike.codec import message as codec
 from ike.config import AuthConfig, ChildConfig, ConnectionConfig, TrafficSelector
 from ike.endpoint import IkeEndpoint
 from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed
 from ike.ike_sa import IkeSa
-from ike.keys import IkeKeys
-from ike.payloads import AuthPayload, DeletePayload, IdrPayload, KePayload, NoncePayload, SaPayload, TsiPayload
-from ike.proposals import format_proposal, negotiated
-from ike.skcipher import SkCipher
+from ike.crypto.keys import IkeKeys
+from ike.codec.payloads import AuthPayload, DeletePayload, IdrPayload, KePayload, NoncePayload, SaPayload, TsiPayload
+from ike.crypto.proposals import format_proposal, negotiated
+from ike.crypto.skcipher import SkCipher
 from ike.tasks.ike_auth import IkeAuth
 from ike.tasks.ike_init import ZERO_SPI, detect_nat
 from tunnel.lab.ike_pcap import read_ike_frames
 
-FIXTURES = Path(__file__).parent / "fixtures" / "strongswan"
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "strongswan"
 RECORDS = sorted(FIXTURES.glob("strongswan-*.json"))
 GWA, GWB = "192.0.2.1", "192.0.2.2"
 NET_A, NET_B = "10.0.0.0/24", "10.0.5.0/24"
