@@ -13,6 +13,18 @@ from typing import Union
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
+ANY_ADDRS = frozenset({"%any", "%any4", "%any6"})  # swanctl.conf's wildcard addresses
+
+
+def is_any_addr(addr: str) -> bool:
+    """Whether a configured address is a wildcard (``%any``, ``%any4``, ``%any6``)."""
+    return addr in ANY_ADDRS
+
+
+def concrete_addrs(addrs: list[str]) -> list[str]:
+    """The configured addresses that name a host (not a wildcard), in order."""
+    return [a for a in addrs if a not in ANY_ADDRS]
+
 # strongSwan's defaults (swanctl.conf(5))
 DEFAULT_IKE_PROPOSALS = ("aes256gcm16-prfsha256-ecp256", "aes128-sha256-modp2048")
 DEFAULT_ESP_PROPOSALS = ("aes256gcm16", "aes128-sha256")

@@ -170,6 +170,14 @@ class EsnId(IntEnum):
     ESN = 1
 
 
+ERROR_NOTIFY_LIMIT = 16384  # notify types below are errors, from here on status (RFC 7296 s3.10.1)
+
+
+def is_error_notify(notify_type: int) -> bool:
+    """Whether a notify type (known to NotifyType or not) reports an error."""
+    return notify_type < ERROR_NOTIFY_LIMIT
+
+
 class NotifyType(IntEnum):
     """Notify Message Types: errors below 16384, status types from 16384 (RFC 7296 s3.10.1)."""
 
@@ -260,7 +268,7 @@ class NotifyType(IntEnum):
 
     @property
     def is_error(self) -> bool:
-        return self < 16384
+        return is_error_notify(self)
 
 
 class IdType(IntEnum):

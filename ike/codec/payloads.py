@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ike.config import TrafficSelector
-from ike.codec.constants import NotifyType, PayloadType, ProtocolId, TransformAttr, TransformType, TsType
+from ike.codec.constants import is_error_notify, NotifyType, PayloadType, ProtocolId, TransformAttr, TransformType, TsType
 
 
 @dataclass(frozen=True)
@@ -291,6 +291,10 @@ class NotifyPayload(Payload):
             return NotifyType(self.notify_type).name
         except ValueError:
             return str(self.notify_type)
+
+    @property
+    def is_error(self) -> bool:
+        return is_error_notify(self.notify_type)
 
 
 @dataclass

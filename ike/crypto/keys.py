@@ -17,6 +17,7 @@ _PRF_HASHES = {PrfId.HMAC_SHA1: hashes.SHA1, PrfId.HMAC_SHA2_256: hashes.SHA256,
                PrfId.HMAC_SHA2_384: hashes.SHA384, PrfId.HMAC_SHA2_512: hashes.SHA512}
 SUPPORTED_PRFS: tuple[int, ...] = tuple(_PRF_HASHES)
 PSK_KEY_PAD = b"Key Pad for IKEv2"  # RFC 7296 s2.15, 17 ASCII characters, no NUL
+NONCE_LEN = 32  # bytes of every nonce we send (RFC 7296 s2.10: at least half the PRF key size, 16 minimum)
 
 
 def _hash(prf_id: int) -> hashes.HashAlgorithm:
@@ -109,6 +110,11 @@ class IkeKeys:
         offsets = self._offsets
         self._material = self._material[:offsets[5]]
         self._offsets = _key_offsets(tuple(offsets[i + 1] - offsets[i] for i in range(5)) + (0, 0))
+
+    def forget(self) -> None:
+        """Drop all seven keys (the SA is gone; bytes cannot be wiped, only released)."""
+        self._material = b""
+        self._offsets = _key_offsets((0,) * 7)
 
     def __repr__(self) -> str:
         return f"IkeKeys(prf_len={self.prf_len}, integ_key_len={self.integ_key_len}, encr_key_len={self.encr_key_len})"

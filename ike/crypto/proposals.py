@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from ike.codec.constants import DhId, EncrId, EsnId, IntegId, PrfId, ProtocolId, TransformType
 from ike.codec.payloads import Proposal, Transform
 
-__all__ = ["Proposal", "Transform", "format_proposal", "negotiated", "parse_proposals", "select_proposal"]
+__all__ = ["Choice", "Proposal", "Transform", "accept_answer", "choose", "format_proposal", "negotiated",
+           "parse_proposals", "select_proposal"]
 
 
 def _build_keywords() -> dict[str, Transform]:
@@ -201,19 +202,59 @@ def _select_one(own: Proposal, offered: Proposal, skip_dh: bool) -> Proposal | N
     return Proposal(own.protocol, chosen, offered.number, offered.spi)
 
 
-def select_proposal(own: list[Proposal], offered: list[Proposal], *, skip_dh: bool = False) -> Proposal | None:
+def _single_choice(p: Proposal) -> bool:
+    """At most one transform of each type: what an answer (a selected proposal) must be."""
+    types = [tr.type for tr in p.transforms]
+    return len(types) == len(set(types))
+
+
+def select_proposal(own: list[Proposal], offered: list[Proposal], *, skip_dh: bool = False,
+                    answer: bool = False) -> Proposal | None:
     """The responder's choice by its OWN preference order, or None (NO_PROPOSAL_CHOSEN).
 
     The result has one transform of each type it uses, and the offered proposal's number and SPI.
     skip_dh ignores key exchange transforms, as for the CHILD SA created in IKE_AUTH (RFC 7296
-    s1.2: its proposals carry no KE; strongSwan's PROPOSAL_SKIP_KE).
+    s1.2: its proposals carry no KE; strongSwan's PROPOSAL_SKIP_KE). With ``answer`` the offered
+    proposals are a peer's answer to our offer: one with two transforms of a type is refused here,
+    so no exchange goes on with an answer ``negotiated`` cannot read.
     """
     for mine in own:
         for theirs in offered:
+            if answer and not _single_choice(theirs):
+                continue
             selected = _select_one(mine, theirs, skip_dh)
             if selected is not None:
                 return selected
     return None
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A proposal both sides agree on and the algorithms it names."""
+
+    proposal: Proposal
+    negotiated: Negotiated
+
+
+def choose(own: list[Proposal], offered: list[Proposal], *, skip_dh: bool = False) -> Choice | None:
+    """Responder: our pick among the peer's offer, or None (NO_PROPOSAL_CHOSEN)."""
+    chosen = select_proposal(own, offered, skip_dh=skip_dh)
+    return _settle(chosen) if chosen is not None else None
+
+
+def accept_answer(offer: list[Proposal], answer: list[Proposal], *, skip_dh: bool = False) -> Choice | None:
+    """Initiator: the peer's answer if it is ONE proposal, with one transform per type, that our
+    offer contains; else None (the answer is unacceptable: NO_PROPOSAL_CHOSEN)."""
+    if len(answer) != 1 or select_proposal(offer, answer, skip_dh=skip_dh, answer=True) is None:
+        return None
+    return _settle(answer[0])
+
+
+def _settle(p: Proposal) -> Choice | None:
+    try:
+        return Choice(p, negotiated(p))
+    except ValueError:
+        return None
 
 
 def without_dh(proposals: list[Proposal]) -> list[Proposal]:

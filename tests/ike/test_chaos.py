@@ -36,6 +36,7 @@ def chaos(seed: int, steps: int = 25) -> None:
             for sa in ep.sas.values():
                 if sa.state == "established":
                     sa.rekey_at = pair.now
+                    ep.reschedule(sa)
             ep.handle_timer(pair.now)
         elif op == 2 and kids:
             ep.terminate_child(r.choice(kids).name, pair.now)

@@ -118,6 +118,7 @@ def stage(name, r):
     if name == "ike rekey request -> responder":
         sa = _sa(a)
         sa.rekey_at = 0.0
+        a.reschedule(sa)
         a.handle_timer(0.0)
         (d,) = a.datagrams_to_send(0.0)
         return pair, b, d, sa

@@ -134,7 +134,7 @@ def test_ts_narrowing_to_intersection():
 
 
 def test_on_demand_packet_selectors_first():
-    from ike.child_sa import host_selector
+    from ike.tasks.child_sa import host_selector
     a, b = mirrored(b_local_ts="10.2.7.9/32", b_remote_ts="10.1.3.4/32,10.1.9.0/24")
     pair = Pair([a], [b])
     pair.a.initiate("site", "net", 0.0, packet_ts=(host_selector("10.1.3.4"), host_selector("10.2.7.9")))
@@ -147,7 +147,7 @@ def test_on_demand_packet_selectors_first():
 def test_on_demand_packet_selectors_inside_the_subnet_are_not_kept():
     """The trapped packet's /32 goes first in the offer, then the subnet; both sides keep only the
     subnet (strongSwan's remove_duplicate_ts), so one policy per direction is installed."""
-    from ike.child_sa import host_selector
+    from ike.tasks.child_sa import host_selector
     a, b = mirrored(b_local_ts="10.2.7.0/24", b_remote_ts="10.1.3.0/24")
     pair = Pair([a], [b])
     pair.a.initiate("site", "net", 0.0, packet_ts=(host_selector("10.1.3.4"), host_selector("10.2.7.9")))
@@ -158,7 +158,7 @@ def test_on_demand_packet_selectors_inside_the_subnet_are_not_kept():
 
 
 def test_narrow_drops_contained_selectors_keeping_order():
-    from ike.child_sa import host_selector, narrow, without_redundant
+    from ike.tasks.child_sa import host_selector, narrow, without_redundant
     from ike.config import TrafficSelector as TS
     net, host = TS.from_cidr("10.0.0.0/24"), host_selector("10.0.0.7")
     assert narrow([host, net], [net]) == [net]
@@ -176,7 +176,7 @@ def test_initiator_drops_redundant_selectors_a_responder_answered(monkeypatch):
     """A responder that answers the /32 next to its subnet (older espgw) still leaves the
     initiator with one selector per side."""
     import ike.tasks.child_create as child_create
-    from ike.child_sa import host_selector, intersect
+    from ike.tasks.child_sa import host_selector, intersect
 
     def narrow_keeping_all(offered, configured):
         out = [intersect(theirs, mine) for theirs in offered for mine in configured]

@@ -109,6 +109,7 @@ def test_ike_rekey(side):
     pair = up()
     old = only_sa(pair.ep(side))
     old.rekey_at = pair.now
+    pair.ep(side).reschedule(old)
     pair.ep(side).handle_timer(pair.now)
     pair.run()
     for s in ("a", "b"):
@@ -153,6 +154,7 @@ def test_simultaneous_ike_rekey(seed):
     pair = up(seed=seed)
     for ep in (pair.a, pair.b):
         only_sa(ep).rekey_at = pair.now
+        ep.reschedule(only_sa(ep))
     pair.a.handle_timer(pair.now)
     pair.b.handle_timer(pair.now)
     pair.run()
@@ -238,7 +240,7 @@ def test_retransmit_same_bytes_and_cached_response():
 def test_wrong_message_id_ignored():
     pair = up()
     sa_b = only_sa(pair.b)
-    from ike.tasks.informational import IkeDpd
+    from ike.tasks.ike_dpd import IkeDpd
     sa_a = only_sa(pair.a)
     sa_a.my_mid += 5  # skip ahead: the responder must ignore it
     sa_a.queue_task(IkeDpd(), pair.now)
@@ -334,6 +336,7 @@ def test_lossy_simultaneous_rekeys_and_deletes(seed):
     pair.b.rekey_child(cb.inbound_spi, pair.now)
     for ep in (pair.a, pair.b):
         only_sa(ep).rekey_at = pair.now
+        ep.reschedule(only_sa(ep))
     pair.a.handle_timer(pair.now)
     pair.b.handle_timer(pair.now)
     pair.advance(600)
@@ -361,6 +364,7 @@ def test_old_ike_sa_goes_even_if_the_peer_never_deletes_it():
     pair = up()
     sa = only_sa(pair.a)
     sa.rekey_at = pair.now
+    pair.a.reschedule(sa)
     pair.wire.tamper = lambda d: None if d.data[18] == 37 else d  # INFORMATIONALs (the delete) vanish
     pair.a.handle_timer(pair.now)
     pair.advance(400)

@@ -72,6 +72,7 @@ def test_timer_heap_after_external_changes_and_deletes():
     pair = checked_pair(child_rekey_time=200.0, child_life_time=300.0)
     sa = next(iter(pair.b.sas.values()))
     sa.rekey_at = pair.now + 5  # set from outside, as a command or test would
+    pair.b.reschedule(sa)  # and tells the endpoint, as it must
     assert pair.b.get_timer() == pair.now + 5
     pair.advance(20)
     pair.b.note_inbound_esp(next(iter(pair.b.child_index)), pair.now + 1)  # moves DPD later only

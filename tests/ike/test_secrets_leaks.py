@@ -157,6 +157,7 @@ def test_no_secret_in_logs_errors_or_reprs(ike, esp, fmt, log_buffer):
     observe()
     (sa,) = pair.a.sas.values()
     sa.rekey_at = pair.now  # IKE rekey
+    pair.a.reschedule(sa)
     pair.a.handle_timer(pair.now)
     pair.run()
     observe()
@@ -292,6 +293,7 @@ def test_keys_not_kept_after_their_sa(ike, esp):
         assert holders(ep, old_child) == [], "keys of a rekeyed and deleted CHILD SA are still held"
 
     first_a.rekey_at = pair.now
+    pair.a.reschedule(first_a)
     pair.a.handle_timer(pair.now)
     pair.run()
     assert first_a.state == "dead" and len(pair.of("a", IkeSaUp)) == 2

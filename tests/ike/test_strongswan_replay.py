@@ -24,7 +24,7 @@ from ike.codec import message as codec
 from ike.config import AuthConfig, ChildConfig, ConnectionConfig, TrafficSelector
 from ike.endpoint import IkeEndpoint
 from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed
-from ike.ike_sa import IkeSa
+from ike.sa.ike_sa import IkeSa
 from ike.crypto.keys import IkeKeys
 from ike.codec.payloads import AuthPayload, DeletePayload, IdrPayload, KePayload, NoncePayload, SaPayload, TsiPayload
 from ike.crypto.proposals import format_proposal, negotiated
@@ -80,7 +80,7 @@ class Replay:
             nat = detect_nat(req, req.spi_i, ZERO_SPI, (f0.src, f0.sport), (f0.dst, f0.dport))
             sa.peer_mid, sa.last_response = 1, (0, f1.message)
         sa.nat_local, sa.nat_remote = nat
-        self.ep.register(sa)
+        self.ep.adopt(sa)
         return sa
 
     def cipher(self, sa_index: int, from_initiator: bool) -> SkCipher:
@@ -173,6 +173,7 @@ def test_espgw_as_initiator_with_strongswan(record):
     assert down.inbound_spi == child.inbound_spi and down.reason == "rekeyed"
     # our IKE rekey, answered by strongSwan's response, then our delete of the old IKE SA
     r.sa.rekey_at = 8.0
+    r.ep.reschedule(r.sa)
     r.ep.handle_timer(8.0)
     r.sent()
     sent = r.deliver(9)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import Enum
 
 TIMEOUT = 4.0
 BASE = 1.8
@@ -38,6 +39,11 @@ class RetransmitSchedule:
 DEFAULT_SCHEDULE = RetransmitSchedule()
 
 
+class Retransmit(Enum):
+    RESEND = "resend"
+    GIVE_UP = "give up"
+
+
 @dataclass
 class Retransmitter:
     """Tracks one outstanding request: the exact datagrams to resend and when."""
@@ -50,15 +56,15 @@ class Retransmitter:
     def __post_init__(self) -> None:
         self.deadline = self.sent_at + self.schedule.timeout
 
-    def on_timer(self, now: float) -> str | None:
-        """'resend', 'give up', or None if not yet due."""
+    def on_timer(self, now: float) -> Retransmit | None:
+        """RESEND, GIVE_UP, or None if not yet due."""
         if now < self.deadline:
             return None
         if self.retransmits >= self.schedule.tries:
-            return "give up"
+            return Retransmit.GIVE_UP
         self.retransmits += 1
         self.deadline = now + self.schedule.timeout * self.schedule.base ** self.retransmits
-        return "resend"
+        return Retransmit.RESEND
 
 
 def total_lifetime(timeout: float = TIMEOUT, base: float = BASE, tries: int = TRIES) -> float:

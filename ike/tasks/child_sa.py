@@ -1,4 +1,4 @@
-"""CHILD SA state and traffic selector narrowing (RFC 7296 s2.9)."""
+"""A CHILD SA as its IKE SA holds it, and traffic selector narrowing (RFC 7296 s2.9)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from ike.config import ChildConfig, TrafficSelector
+from ike.tasks.states import CHILD_TRANSITIONS, ChildState, advance
 
 
 def intersect(a: TrafficSelector, b: TrafficSelector) -> TrafficSelector | None:
@@ -81,13 +82,21 @@ class ChildSa:
     expire_at: float  # absolute hard lifetime
     inbound_keymat: bytes = field(repr=False, default=b"")
     outbound_keymat: bytes = field(repr=False, default=b"")
-    state: str = "installed"  # installed | rekeying | rekeyed | deleting
+    state: ChildState = ChildState.INSTALLED
     rekeyed_from: int | None = None
     nonces: tuple[bytes, bytes] = field(repr=False, default=(b"", b""))  # of the creating exchange
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    def move_to(self, new: ChildState) -> None:
+        self.state = advance(self.state, new, CHILD_TRANSITIONS, f"CHILD SA {self.name}")
+
+    def forget_keys(self) -> None:
+        """The SA is gone: drop its KEYMAT and nonces (bytes cannot be wiped, only released)."""
+        self.inbound_keymat = self.outbound_keymat = b""
+        self.nonces = (b"", b"")
 
     def status(self) -> dict:
         return {"name": self.name, "unique_id": self.unique_id, "state": self.state,
