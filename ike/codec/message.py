@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Protocol, TypeVar
 
 from ike.codec.constants import IKE_HEADER_LEN, IKE_VERSION_BYTE, ExchangeType, HeaderFlag, NotifyType, PayloadType
-from ike.codec.payloads import PAYLOAD_CLASSES, MalformedPayload, Payload, SkfPayload, SkPayload, UnknownPayload
+from ike.codec.payloads import (PAYLOAD_CLASSES, MalformedPayload, NotifyPayload, Payload, SkfPayload, SkPayload,
+                               UnknownPayload)
+
+P = TypeVar("P", bound=Payload)
 
 MAX_PAYLOADS = 128  # a message with more is treated as malformed (bounds the work per datagram)
 
@@ -78,17 +81,16 @@ class Message:
         return struct.pack("!8s8sBBBBII", self.spi_i, self.spi_r, next_payload, self.version, self.exchange,
                            self.flags, self.message_id, length)
 
-    def get(self, cls: type[Payload]) -> Payload | None:
+    def get(self, cls: type[P]) -> P | None:
         for p in self.payloads:
             if type(p) is cls:
-                return p
+                return p  # type: ignore[return-value]  # its exact type is cls
         return None
 
-    def all(self, cls: type[Payload]) -> list:
-        return [p for p in self.payloads if type(p) is cls]
+    def all(self, cls: type[P]) -> list[P]:
+        return [p for p in self.payloads if type(p) is cls]  # type: ignore[misc]
 
-    def notifies(self) -> dict[int, "Payload"]:
-        from ike.codec.payloads import NotifyPayload
+    def notifies(self) -> dict[int, NotifyPayload]:
         return {p.notify_type: p for p in self.payloads if isinstance(p, NotifyPayload)}
 
     @property
