@@ -18,14 +18,19 @@ from ike.crypto.proposals import (Negotiated, Proposal, accept_answer as accept_
                                   format_proposal, parse_proposals, without_dh)
 from ike.events import Address, NegotiationFailed
 from ike.tasks.base import DONE, POSTPONE, RETRY, IkeSaContext, Outcome, Task, uniform
+from ike.tasks.child_delete import ChildAbandon
 from ike.tasks.child_sa import ChildSa, is_subset, narrow, without_redundant
 from ike.tasks.states import LIVE_CHILD_STATES
 
 
 class ChildFailure(Exception):
+    """A CHILD SA negotiation failed with ``notify``; ``abandoned_spi``: our inbound SPI of an SA
+    the peer installed for an answer we refused (to be deleted, so both sides agree)."""
+
     def __init__(self, notify: NotifyType, message: str, data: bytes = b""):
         super().__init__(message)
         self.notify, self.data = notify, data
+        self.abandoned_spi: int | None = None
 
 
 @dataclass
@@ -114,6 +119,15 @@ def accept_answer(sa: IkeSaContext, offer: ChildOffer, msg: Message, ni: bytes, 
         if p.is_error:
             raise ChildFailure(NotifyType(p.notify_type) if p.notify_type in NotifyType._value2member_map_
                                else NotifyType.INVALID_SYNTAX, f"peer answered {p.name}", p.data)
+    try:
+        return _accept_answer(sa, offer, msg, ni, nr, now)
+    except ChildFailure as exc:
+        if msg.get(SaPayload) is not None:  # the peer installed the SA it answered with
+            exc.abandoned_spi = offer.spi
+        raise
+
+
+def _accept_answer(sa: IkeSaContext, offer: ChildOffer, msg: Message, ni: bytes, nr: bytes, now: float) -> ChildSa:
     sa_p, tsi_p, tsr_p = msg.get(SaPayload), msg.get(TsiPayload), msg.get(TsrPayload)
     if sa_p is None or tsi_p is None or tsr_p is None:
         raise ChildFailure(NotifyType.INVALID_SYNTAX, "answer lacks SA, TSi or TSr")
@@ -216,6 +230,12 @@ def answer_offer(sa: IkeSaContext, msg: Message, now: float, *, in_auth: bool, n
     return answer, child
 
 
+def abandon(sa: IkeSaContext, exc: ChildFailure) -> None:
+    """Delete the SA the peer installed for an answer we refused (it lists our SPI as outbound)."""
+    if exc.abandoned_spi is not None:
+        sa.queue_next(ChildAbandon(exc.abandoned_spi))
+
+
 def failure_event(sa: IkeSaContext, stage: str, exc: ChildFailure, child_name: str | None) -> NegotiationFailed:
     return NegotiationFailed(sa.name, stage, exc.notify.name, str(exc), child_name)
 
@@ -256,6 +276,7 @@ class ChildCreate(Task):
                 return RETRY
             if exc.notify == NotifyType.TEMPORARY_FAILURE:
                 return POSTPONE
+            abandon(sa, exc)
             sa.emit(failure_event(sa, "CREATE_CHILD_SA", exc, self.config.name))
             sa.log("child_sa_failed", child=self.config.name, notify=exc.notify.name, error=str(exc))
             return DONE

@@ -34,6 +34,26 @@ class ChildDelete(Task):
         return DONE
 
 
+class ChildAbandon(Task):
+    """Delete the CHILD SA the peer installed for an answer we refused: we never installed ours,
+    so the Delete lists the inbound SPI we had offered (the peer's SA sends to it)."""
+
+    exchange = ExchangeType.INFORMATIONAL
+    moves_on_ike_rekey = True
+
+    def __init__(self, spi: int):
+        self.spi = spi
+
+    def build(self, sa: IkeSaContext, now: float) -> list[Payload] | None:
+        if sa.state not in (IkeState.ESTABLISHED, IkeState.REKEYED):
+            return None
+        return [DeletePayload(ProtocolId.ESP, [struct.pack("!I", self.spi)], 4)]
+
+    def process(self, sa: IkeSaContext, msg: Message, raw: bytes, src: Address, dst: Address,
+                now: float) -> Outcome:
+        return DONE
+
+
 def respond_child_deletes(sa: IkeSaContext, deletes: list[DeletePayload], now: float) -> list[Payload]:
     ours: list[bytes] = []
     for d in deletes:

@@ -15,7 +15,7 @@ from ike.codec.message import Message
 from ike.codec.payloads import NoncePayload, NotifyPayload, Payload
 from ike.events import Address
 from ike.tasks.base import DONE, POSTPONE, RETRY, IkeSaContext, Outcome, Task
-from ike.tasks.child_create import (ChildCreate, ChildFailure, ChildOffer, accept_answer, answer_offer,
+from ike.tasks.child_create import (ChildCreate, ChildFailure, ChildOffer, abandon, accept_answer, answer_offer,
                                     failure_event, make_offer, offer_payloads)
 from ike.tasks.child_delete import ChildDelete
 from ike.tasks.child_sa import ChildSa
@@ -97,6 +97,7 @@ class ChildRekey(Task):
 
     def _failed(self, sa: IkeSaContext, exc: ChildFailure, now: float) -> Outcome:
         child = self.child
+        abandon(sa, exc)
         live = child.inbound_spi in sa.children
         if exc.notify == NotifyType.INVALID_KE_PAYLOAD and len(exc.data) == 2 and self.group is None:
             self.group = struct.unpack("!H", exc.data)[0]

@@ -16,7 +16,7 @@ from ike.config import ChildConfig, ConnectionConfig
 from ike.crypto.keys import psk_auth, signed_octets
 from ike.events import Address, NegotiationFailed
 from ike.tasks.base import DONE, IkeSaContext, Outcome, Task, destroy, shared
-from ike.tasks.child_create import (ChildFailure, ChildOffer, PacketTs, accept_answer, answer_offer, failure_event,
+from ike.tasks.child_create import (ChildFailure, ChildOffer, PacketTs, abandon, accept_answer, answer_offer, failure_event,
                                     make_offer, offer_payloads)
 from ike.tasks.states import IkeState
 
@@ -92,6 +92,7 @@ class IkeAuth(Task):
             try:
                 child = accept_answer(sa, self.offer, msg, sa.ni, sa.nr, now)
             except ChildFailure as exc:
+                abandon(sa, exc)
                 sa.emit(failure_event(sa, "IKE_AUTH", exc, self.offer.config.name))
                 sa.log("child_sa_failed", child=self.offer.config.name, notify=exc.notify.name, error=str(exc))
             else:
