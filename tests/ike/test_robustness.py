@@ -278,3 +278,36 @@ def test_unique_policy(unique, expect_b_downs):
     assert [d.reason for d in pair.of("b", IkeSaDown)] == expect_b_downs
     if unique == "keep":
         assert pair.of("b", NegotiationFailed)[0].notify == "AUTHENTICATION_FAILED"
+
+
+@pytest.mark.parametrize("action", ["restart", "start"])
+def test_close_action_restarts_once_after_the_peer_deletes_the_ike_sa(action):
+    """The endpoint's restart policy alone brings the connection back (the daemon has none): one
+    new IKE SA, started after the old one is gone, never from inside its tear-down."""
+    pair = Pair(*[[c] for c in mirrored(a_child_close_action=action)])
+    pair.a.initiate("site", None, 0.0)
+    pair.run()
+    old = next(iter(pair.a.sas.values()))
+    pair.b.terminate_ike("site", pair.now)
+    pair.step()  # B's delete reaches A: A answers, its SA goes, the restart follows in the same entry
+    assert old.state == "dead" and old not in pair.a.sas.values()
+    (new,) = pair.a.sas.values()
+    assert new.state == "connecting" and new.unique_id > old.unique_id
+    pair.run()
+    kinds = [type(e).__name__ for e in pair.events["a"] if isinstance(e, (IkeSaUp, IkeSaDown))]
+    assert kinds == ["IkeSaUp", "IkeSaDown", "IkeSaUp"]
+    assert [d.reason for d in pair.of("a", IkeSaDown)] == ["deleted by peer"]
+    assert len(pair.a.sas) == 1 and len(pair.b.sas) == 1
+
+
+def test_dpd_action_restart_starts_after_the_dead_sa_is_gone():
+    a, b = mirrored(dpd_delay=30.0, child_dpd_action="restart", b_child_dpd_action="clear")
+    pair = Pair([a], [b])
+    pair.a.initiate("site", None, 0.0)
+    pair.run()
+    old = next(iter(pair.a.sas.values()))
+    pair.wire.loss = 1.0
+    pair.advance(250)
+    assert old.state == "dead" and old.keys is None
+    assert [sa for sa in pair.a.sas.values() if sa is old] == []
+    assert len(pair.a.sas) == 1 and next(iter(pair.a.sas.values())).attempt == 1  # the restart, not a retry

@@ -308,3 +308,41 @@ def test_keys_not_kept_after_their_sa(ike, esp):
     for ep in (pair.a, pair.b):
         assert not ep.sas
         assert holders(ep, every_key) == [], "keys still held after the IKE SA was deleted"
+
+
+def reachable_objects(root) -> set[int]:
+    """ids of every object reachable from ``root`` the way reachable_bytes walks."""
+    seen, stack = set(), [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (str, int, float, bytes, type, types.ModuleType, types.CodeType,
+                                               types.BuiltinFunctionType, types.FunctionType)):
+            continue
+        seen.add(id(obj))
+        stack += gc.get_referents(obj)
+    return seen
+
+
+@pytest.mark.parametrize("ike, esp", SUITES)
+def test_a_deleted_sa_lets_go_of_its_keys_at_once(ike, esp):
+    """Issue #19: at the end of the entry that deletes an SA (no timer look-up in between) the SA
+    object holds no key, nonce or KEYMAT, and no endpoint structure refers to it any more."""
+    a, b = mirrored(ike, esp)
+    pair = Pair([a], [b])
+    pair.a.initiate("site", None, pair.now)
+    pair.run()
+    sas = {"a": next(iter(pair.a.sas.values())), "b": next(iter(pair.b.sas.values()))}
+    children = {s: list(sa.children.values()) for s, sa in sas.items()}
+    secrets = {**ike_keys(sas["a"]), **child_keys(pair, "a", 0), **child_keys(pair, "b", 0)}
+    pair.a.terminate_ike("site", pair.now)
+    for ep, side in ((pair.b, "b"), (pair.a, "a")):  # B gets the delete, then A its answer
+        (d,) = (pair.a if side == "b" else pair.b).datagrams_to_send(pair.now)
+        ep.receive_datagram(d.data, d.src, d.dst, pair.now)
+        sa = sas[side]
+        assert sa.state == "dead" and sa.keys is None and not sa.ni and not sa.nr
+        assert not sa.init_request and not sa.init_response and sa.last_response is None
+        assert all(not c.inbound_keymat and not c.outbound_keymat and c.nonces == (b"", b"") for c in children[side])
+        assert id(sa) not in reachable_objects(ep), f"{side}'s endpoint still refers to its dead IKE SA"
+        while ep.next_event() is not None:  # the events (ChildSaUp holds KEYMAT) go to the user
+            pass
+        assert holders(ep, secrets) == []
