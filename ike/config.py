@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Union
-
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 ANY_ADDRS = frozenset({"%any", "%any4", "%any6"})  # swanctl.conf's wildcard addresses
 
@@ -43,7 +41,7 @@ class TrafficSelector:
     end_port: int = 65535
 
     @classmethod
-    def from_cidr(cls, text: str, protocol: int = 0, start_port: int = 0, end_port: int = 65535) -> "TrafficSelector":
+    def from_cidr(cls, text: str, protocol: int = 0, start_port: int = 0, end_port: int = 65535) -> TrafficSelector:
         net = ipaddress.ip_network(text, strict=False)
         return cls(net.network_address, net.broadcast_address, protocol, start_port, end_port)
 

@@ -20,7 +20,7 @@ import itertools
 import struct
 import traceback
 from collections import deque
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import structlog
 
@@ -167,8 +167,8 @@ class IkeEndpoint:
 
     def configs_for(self, local: Address, remote: Address) -> list[ConnectionConfig]:
         return [c for c in self.connections.values()
-                if any(_addr_match(p, local[0]) for p in c.local_addrs or ["%any"])
-                and any(_addr_match(p, remote[0]) for p in c.remote_addrs or ["%any"])]
+                if (not c.local_addrs or any(_addr_match(p, local[0]) for p in c.local_addrs))
+                and (not c.remote_addrs or any(_addr_match(p, remote[0]) for p in c.remote_addrs))]
 
     # --- the SA indexes ------------------------------------------------------------------------
     def _register(self, sa: IkeSa, half_open_key: tuple[bytes, Address] | None = None) -> None:
@@ -405,7 +405,8 @@ class IkeEndpoint:
         it is filed (half-open) if it accepted, and gone with its answer if it refused."""
         configs = self.configs_for(dst, src)
         if not configs:
-            self._events.append(NegotiationFailed("", "IKE_SA_INIT", "NO_PROPOSAL_CHOSEN", f"no connection for {src[0]}"))
+            self._events.append(NegotiationFailed("", "IKE_SA_INIT", "NO_PROPOSAL_CHOSEN",
+                                                  f"no connection for {src[0]}"))
             self.outbox.datagrams.append(Datagram(init_error_reply(msg, NotifyType.NO_PROPOSAL_CHOSEN), dst, src))
             return
         nonce = msg.get(NoncePayload)

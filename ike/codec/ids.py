@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from ike.codec.constants import IdType
 
+ANY_ID = "%any"  # a configured identity that accepts every peer
+
 
 @dataclass(frozen=True)
 class Identity:
@@ -19,7 +21,7 @@ class Identity:
     data: bytes
 
     @classmethod
-    def parse(cls, text: str) -> "Identity":
+    def parse(cls, text: str) -> Identity:
         try:
             addr = ipaddress.ip_address(text)
         except ValueError:
@@ -35,7 +37,7 @@ class Identity:
         return cls(IdType.ID_FQDN, text.encode())
 
     @classmethod
-    def of_address(cls, address: str) -> "Identity":
+    def of_address(cls, address: str) -> Identity:
         return cls.parse(str(ipaddress.ip_address(address)))
 
     def __str__(self) -> str:
@@ -53,7 +55,7 @@ class Identity:
 
 def id_matches(configured: str | None, peer: Identity) -> bool:
     """Whether the peer's identity satisfies a configured one (None or %any accept all)."""
-    if configured is None or configured == "%any":
+    if configured is None or configured == ANY_ID:
         return True
     try:
         return Identity.parse(configured) == peer

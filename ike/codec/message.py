@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, TypeVar
+from typing import Protocol, TypeVar
+from collections.abc import Callable
 
 from ike.codec.constants import IKE_HEADER_LEN, IKE_VERSION_BYTE, ExchangeType, HeaderFlag, NotifyType, PayloadType
 from ike.codec.payloads import (PAYLOAD_CLASSES, MalformedPayload, NotifyPayload, Payload, SkfPayload, SkPayload,

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ike.config import TrafficSelector
-from ike.codec.constants import is_error_notify, NotifyType, PayloadType, ProtocolId, TransformAttr, TransformType, TsType
+from ike.codec.constants import (NotifyType, PayloadType, ProtocolId, TransformAttr, TransformType, TsType,
+                                 is_error_notify)
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class Payload:
         raise NotImplementedError
 
     @classmethod
-    def parse(cls, body: bytes) -> "Payload":  # pragma: no cover
+    def parse(cls, body: bytes) -> Payload:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -158,7 +159,7 @@ class SaPayload(Payload):
         return b"".join(_encode_proposal(p, i == n - 1) for i, p in enumerate(self.proposals))
 
     @classmethod
-    def parse(cls, body: bytes) -> "SaPayload":
+    def parse(cls, body: bytes) -> SaPayload:
         pos, proposals = 0, []
         while pos < len(body):
             _need(body[pos:], 8, "proposal header")
@@ -186,7 +187,7 @@ class KePayload(Payload):
         return struct.pack("!HH", self.group, 0) + self.data
 
     @classmethod
-    def parse(cls, body: bytes) -> "KePayload":
+    def parse(cls, body: bytes) -> KePayload:
         _need(body, 4, "KE")
         return cls(struct.unpack_from("!H", body)[0], bytes(body[4:]))
 
@@ -200,7 +201,7 @@ class NoncePayload(Payload):
         return self.data
 
     @classmethod
-    def parse(cls, body: bytes) -> "NoncePayload":
+    def parse(cls, body: bytes) -> NoncePayload:
         if not 16 <= len(body) <= 256:  # RFC 7296 s3.9
             raise MalformedPayload(f"nonce of {len(body)} bytes")
         return cls(bytes(body))
@@ -215,7 +216,7 @@ class IdPayload(Payload):
         return struct.pack("!B3x", self.id_type) + self.data
 
     @classmethod
-    def parse(cls, body: bytes) -> "IdPayload":
+    def parse(cls, body: bytes) -> IdPayload:
         _need(body, 4, "ID")
         return cls(body[0], bytes(body[4:]))
 
@@ -240,7 +241,7 @@ class AuthPayload(Payload):
         return struct.pack("!B3x", self.method) + self.data
 
     @classmethod
-    def parse(cls, body: bytes) -> "AuthPayload":
+    def parse(cls, body: bytes) -> AuthPayload:
         _need(body, 4, "AUTH")
         return cls(body[0], bytes(body[4:]))
 
@@ -257,7 +258,7 @@ class CertPayload(Payload):
         return bytes([self.encoding]) + self.data
 
     @classmethod
-    def parse(cls, body: bytes) -> "CertPayload":
+    def parse(cls, body: bytes) -> CertPayload:
         _need(body, 1, "CERT")
         return cls(body[0], bytes(body[1:]))
 
@@ -279,7 +280,7 @@ class NotifyPayload(Payload):
         return struct.pack("!BBH", self.protocol, len(self.spi), self.notify_type) + self.spi + self.data
 
     @classmethod
-    def parse(cls, body: bytes) -> "NotifyPayload":
+    def parse(cls, body: bytes) -> NotifyPayload:
         _need(body, 4, "Notify")
         protocol, spi_size, ntype = struct.unpack_from("!BBH", body)
         _need(body, 4 + spi_size, "Notify SPI")
@@ -308,7 +309,7 @@ class DeletePayload(Payload):
         return struct.pack("!BBH", self.protocol, self.spi_size, len(self.spis)) + b"".join(self.spis)
 
     @classmethod
-    def parse(cls, body: bytes) -> "DeletePayload":
+    def parse(cls, body: bytes) -> DeletePayload:
         _need(body, 4, "Delete")
         protocol, spi_size, count = struct.unpack_from("!BBH", body)
         if len(body) != 4 + spi_size * count:
@@ -326,7 +327,7 @@ class VendorIdPayload(Payload):
         return self.data
 
     @classmethod
-    def parse(cls, body: bytes) -> "VendorIdPayload":
+    def parse(cls, body: bytes) -> VendorIdPayload:
         return cls(bytes(body))
 
 
@@ -346,7 +347,7 @@ class TsPayload(Payload):
         return b"".join(out)
 
     @classmethod
-    def parse(cls, body: bytes) -> "TsPayload":
+    def parse(cls, body: bytes) -> TsPayload:
         _need(body, 4, "TS")
         count, pos, selectors = body[0], 4, []
         for _ in range(count):
@@ -391,7 +392,7 @@ class CpPayload(Payload):
         return b"".join(out)
 
     @classmethod
-    def parse(cls, body: bytes) -> "CpPayload":
+    def parse(cls, body: bytes) -> CpPayload:
         _need(body, 4, "CP")
         pos, attrs = 4, []
         while pos < len(body):
@@ -420,7 +421,7 @@ class SkPayload(Payload):
         return self.data
 
     @classmethod
-    def parse(cls, body: bytes) -> "SkPayload":
+    def parse(cls, body: bytes) -> SkPayload:
         return cls(bytes(body))
 
 
@@ -438,7 +439,7 @@ class SkfPayload(Payload):
         return struct.pack("!HH", self.number, self.total) + self.data
 
     @classmethod
-    def parse(cls, body: bytes) -> "SkfPayload":
+    def parse(cls, body: bytes) -> SkfPayload:
         _need(body, 4, "SKF")
         number, total = struct.unpack_from("!HH", body)
         if not 1 <= number <= total:

@@ -15,7 +15,7 @@ import hmac
 import ipaddress
 import struct
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 from ike.codec.constants import IKE_HEADER_LEN, IKE_VERSION_BYTE, ExchangeType, HeaderFlag, NotifyType, PayloadType
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Callable
+from functools import cache
+from collections.abc import Callable
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import dh, ec, x25519
@@ -93,7 +93,7 @@ def _coord_len(group: int) -> int:
     return (_ECP_CURVES[group].key_size + 7) // 8
 
 
-@lru_cache(maxsize=None)
+@cache
 def _modp_params(group: int) -> dh.DHParameterNumbers:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # cryptography deprecates FFDH; IKE still needs MODP 14

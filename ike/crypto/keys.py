@@ -64,7 +64,7 @@ def _key_offsets(lengths: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _key(index: int, doc: str) -> property:
-    def read(self: "IkeKeys") -> bytes:
+    def read(self: IkeKeys) -> bytes:
         offsets = self._offsets
         return self._material[offsets[index]:offsets[index + 1]]
     return property(read, doc=doc)

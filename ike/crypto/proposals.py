@@ -18,8 +18,8 @@ __all__ = ["Choice", "Proposal", "Transform", "accept_answer", "choose", "format
 
 
 def _build_keywords() -> dict[str, Transform]:
-    E, I, P, D, S = (TransformType.ENCR, TransformType.INTEG, TransformType.PRF, TransformType.DH,
-                     TransformType.ESN)
+    E, In, P, D, S = (TransformType.ENCR, TransformType.INTEG, TransformType.PRF, TransformType.DH,
+                      TransformType.ESN)
     table: dict[str, Transform] = {"aes": Transform(E, EncrId.AES_CBC, 128)}
     gcm = {8: EncrId.AES_GCM_8, 12: EncrId.AES_GCM_12, 16: EncrId.AES_GCM_16}
     for bits in (128, 192, 256):
@@ -34,7 +34,7 @@ def _build_keywords() -> dict[str, Transform]:
                         ("sha256", IntegId.HMAC_SHA2_256_128), ("sha2_256", IntegId.HMAC_SHA2_256_128),
                         ("sha384", IntegId.HMAC_SHA2_384_192), ("sha2_384", IntegId.HMAC_SHA2_384_192),
                         ("sha512", IntegId.HMAC_SHA2_512_256), ("sha2_512", IntegId.HMAC_SHA2_512_256)):
-        table[name] = Transform(I, integ)
+        table[name] = Transform(In, integ)
     for name, prf_id in (("prfsha1", PrfId.HMAC_SHA1), ("prfsha256", PrfId.HMAC_SHA2_256),
                          ("prfsha384", PrfId.HMAC_SHA2_384), ("prfsha512", PrfId.HMAC_SHA2_512)):
         table[name] = Transform(P, prf_id)

@@ -11,7 +11,7 @@ leading input for CBC+HMAC, as the AAD for the AEAD ciphers.
 from __future__ import annotations
 
 import hmac as _consttime
-from typing import Callable
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, hmac

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 from sys import intern
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
+from collections.abc import Callable, Sequence
 
 import structlog
 

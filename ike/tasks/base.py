@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, ClassVar, Protocol, Sequence, TypeVar
+from typing import ClassVar, Protocol, TypeVar
+from collections.abc import Callable, Sequence
 
 from ike.codec.constants import ExchangeType
 from ike.codec.ids import Identity

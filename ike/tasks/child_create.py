@@ -74,7 +74,8 @@ def offer_payloads(offer: ChildOffer) -> list[Payload]:
     proposals = [Proposal(p.protocol, p.transforms, p.number, spi) for p in offer.proposals]
     out: list[Payload] = []
     if offer.rekey_of is not None:
-        out.append(NotifyPayload(NotifyType.REKEY_SA, b"", ProtocolId.ESP, struct.pack("!I", offer.rekey_of.inbound_spi)))
+        spi = struct.pack("!I", offer.rekey_of.inbound_spi)
+        out.append(NotifyPayload(NotifyType.REKEY_SA, b"", ProtocolId.ESP, spi))
     out.append(SaPayload(proposals))
     if offer.nonce:
         out.append(NoncePayload(offer.nonce))

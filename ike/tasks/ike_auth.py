@@ -9,14 +9,15 @@ from __future__ import annotations
 import hmac
 
 from ike.codec.constants import AuthMethod, ExchangeType, NotifyType
-from ike.codec.ids import Identity, id_matches
+from ike.codec.ids import ANY_ID, Identity, id_matches
 from ike.codec.message import Message
 from ike.codec.payloads import AuthPayload, IdiPayload, IdPayload, IdrPayload, NotifyPayload, Payload, SaPayload
 from ike.config import ChildConfig, ConnectionConfig
 from ike.crypto.keys import psk_auth, signed_octets
 from ike.events import Address, NegotiationFailed
 from ike.tasks.base import DONE, IkeSaContext, Outcome, Task, destroy, shared
-from ike.tasks.child_create import (ChildFailure, ChildOffer, PacketTs, abandon, accept_answer, answer_offer, failure_event,
+from ike.tasks.child_create import (ChildFailure, ChildOffer, PacketTs, abandon, accept_answer, answer_offer,
+                                    failure_event,
                                     make_offer, offer_payloads)
 from ike.tasks.states import IkeState
 
@@ -56,7 +57,7 @@ class IkeAuth(Task):
         if sa.first_contact():
             out.append(NotifyPayload(NotifyType.INITIAL_CONTACT))
         remote_id = sa.config.remote.id
-        if remote_id and remote_id != "%any":
+        if remote_id and remote_id != ANY_ID:
             peer = Identity.parse(remote_id)
             out.append(IdrPayload(peer.id_type, peer.data))
         out.append(AuthPayload(AuthMethod.SHARED_KEY_MIC, _auth_data(sa, sa.config.psk, True, idi)))

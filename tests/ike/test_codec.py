@@ -48,7 +48,8 @@ def test_critical_bit_and_unknown_attribute_round_trip():
     msg = m.Message(b"I" * 8, bytes(8), ExchangeType.IKE_SA_INIT, 0, True, False, [unknown, p.NoncePayload(b"n" * 16)])
     raw = bytearray(m.encode(msg))
     # a transform with an extra TLV attribute: kept opaque and never selected
-    tr = struct.pack("!BBHBBH", 0, 0, 8 + 4 + 6, 1, 0, 12) + struct.pack("!HH", 0x800E, 128) + struct.pack("!HH", 99, 2) + b"zz"
+    tr = (struct.pack("!BBHBBH", 0, 0, 8 + 4 + 6, 1, 0, 12) + struct.pack("!HH", 0x800E, 128)
+          + struct.pack("!HH", 99, 2) + b"zz")
     prop = struct.pack("!BBHBBBB", 0, 0, 8 + len(tr), 1, 1, 0, 1) + tr
     sa = p.SaPayload.parse(prop)
     assert isinstance(sa.proposals[0].transforms[0], p.OpaqueTransform)
@@ -132,7 +133,8 @@ def _selector(draw):
 _transform = st.builds(Transform, st.sampled_from(list(TransformType)), st.integers(0, 65535),
                        st.one_of(st.none(), st.integers(0, 65535)))
 _proposal = st.builds(lambda proto, ts, n, spi: Proposal(proto, ts, n, spi), st.sampled_from(list(ProtocolId)),
-                      st.lists(_transform, max_size=6), st.integers(0, 255), st.sampled_from([b"", b"1234", b"12345678"]))
+                      st.lists(_transform, max_size=6), st.integers(0, 255),
+                      st.sampled_from([b"", b"1234", b"12345678"]))
 _payload = st.one_of(
     st.builds(lambda ps: p.SaPayload(ps), st.lists(_proposal, min_size=1, max_size=3)),
     st.builds(p.KePayload, st.integers(0, 65535), _bytes),
@@ -143,7 +145,8 @@ _payload = st.one_of(
     st.builds(p.NotifyPayload, st.integers(0, 65535), _bytes, st.integers(0, 255), st.sampled_from([b"", b"abcd"])),
     st.builds(lambda spis: p.DeletePayload(3, spis, 4), st.lists(st.binary(min_size=4, max_size=4), max_size=4)),
     st.builds(p.VendorIdPayload, _bytes),
-    st.builds(p.TsiPayload, st.lists(_selector(), max_size=3)), st.builds(p.TsrPayload, st.lists(_selector(), max_size=3)),
+    st.builds(p.TsiPayload, st.lists(_selector(), max_size=3)),
+    st.builds(p.TsrPayload, st.lists(_selector(), max_size=3)),
     st.builds(p.CpPayload, st.integers(0, 255), st.lists(st.tuples(st.integers(0, 0x7FFF), _bytes), max_size=3)),
     st.builds(lambda t, d, c: p.UnknownPayload(t, d, critical=c), st.sampled_from([48, 49, 54, 99, 200]), _bytes,
               st.just(False)),

@@ -16,7 +16,8 @@ import pytest
 
 from ike.codec.constants import AuthMethod, ExchangeType, PayloadType, ProtocolId
 from ike.crypto.keys import psk_auth, signed_octets
-from ike.codec.message import DecryptionFailed, decode, decode_inner, encode, encode_chain, encrypted_payload, open_sk, seal
+from ike.codec.message import (DecryptionFailed, decode, decode_inner, encode, encode_chain, encrypted_payload,
+                               open_sk, seal)
 from ike.codec.payloads import AuthPayload, IdiPayload, IdrPayload, NoncePayload, SaPayload, UnknownPayload
 from ike.crypto.proposals import negotiated, parse_proposals, select_proposal
 from ike.crypto.skcipher import SkCipher
@@ -125,5 +126,5 @@ def test_espgw_seal_reproduces_strongswan_bytes_for_aead(path):
     assert fixture.neg.aead
     for frame, msg, inner, _ in fixture.opened():
         iv = encrypted_payload(msg).data[:8]
-        resealed = seal(inner, fixture.cipher(frame.message, frame.from_initiator), lambda n: iv)
+        resealed = seal(inner, fixture.cipher(frame.message, frame.from_initiator), lambda n, iv=iv: iv)
         assert resealed == frame.message, f"frame {frame.frame}"

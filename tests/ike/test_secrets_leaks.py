@@ -253,7 +253,7 @@ def reachable_bytes(root) -> list[bytes]:
 
 def _cell_full(cell) -> bool:
     try:
-        cell.cell_contents
+        _ = cell.cell_contents
     except ValueError:
         return False
     return True
