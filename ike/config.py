@@ -50,7 +50,8 @@ class TrafficSelector:
         return self.start_addr.version
 
     def contains_addr(self, addr: IPAddress) -> bool:
-        return addr.version == self.start_addr.version and self.start_addr <= addr <= self.end_addr
+        # the versions are equal before addresses are compared
+        return addr.version == self.start_addr.version and self.start_addr <= addr <= self.end_addr  # type: ignore[operator]
 
     def __str__(self) -> str:
         nets = list(ipaddress.summarize_address_range(self.start_addr, self.end_addr))

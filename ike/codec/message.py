@@ -85,11 +85,11 @@ class Message:
     def get(self, cls: type[P]) -> P | None:
         for p in self.payloads:
             if type(p) is cls:
-                return p  # type: ignore[return-value]  # its exact type is cls
+                return p
         return None
 
     def all(self, cls: type[P]) -> list[P]:
-        return [p for p in self.payloads if type(p) is cls]  # type: ignore[misc]
+        return [p for p in self.payloads if type(p) is cls]
 
     def notifies(self) -> dict[int, NotifyPayload]:
         return {p.notify_type: p for p in self.payloads if isinstance(p, NotifyPayload)}
@@ -183,7 +183,7 @@ def encode(msg: Message) -> bytes:
 
 def encrypted_payload(msg: Message) -> SkPayload | SkfPayload | None:
     if msg.payloads and isinstance(msg.payloads[-1], (SkPayload, SkfPayload)):
-        return msg.payloads[-1]  # type: ignore[return-value]
+        return msg.payloads[-1]
     return None
 
 

@@ -112,7 +112,7 @@ def _parse_transform(data: bytes) -> Transform:
     try:
         typ = TransformType(t_type)
     except ValueError:
-        typ = t_type  # unknown transform types keep their number; never selected
+        typ = t_type  # type: ignore[assignment]  # unknown transform types keep their number; never selected
     if known:
         return Transform(typ, t_id, key_length)
     return OpaqueTransform(typ, t_id, key_length, raw_attributes=bytes(attrs))
@@ -145,7 +145,7 @@ def _parse_proposal(data: bytes) -> Proposal:
     try:
         proto = ProtocolId(protocol)
     except ValueError:
-        proto = protocol
+        proto = protocol  # type: ignore[assignment]  # an unknown protocol keeps its number
     return Proposal(proto, transforms, number=number, spi=spi)
 
 

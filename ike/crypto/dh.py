@@ -6,6 +6,8 @@ Private values come from the caller's ``rng`` so runs are reproducible; the arit
 
 from __future__ import annotations
 
+from typing import Any
+
 import warnings
 from dataclasses import dataclass, field
 from functools import cache
@@ -66,7 +68,7 @@ _MODP_EXPONENT_BYTES = 64
 _ECP_CURVES: dict[int, type[ec.EllipticCurve]] = {
     DhId.ECP256: ec.SECP256R1, DhId.ECP384: ec.SECP384R1, DhId.ECP521: ec.SECP521R1}
 # group orders n (FIPS 186-4 D.1.2), to draw private scalars in [1, n-1]
-_ECP_ORDERS = {
+_ECP_ORDERS: dict[int, int] = {
     DhId.ECP256: 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
     DhId.ECP384: int("FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77A"
                      "ECEC196ACCC52973", 16),
@@ -90,7 +92,7 @@ def public_value_len(group: int) -> int:
 
 
 def _coord_len(group: int) -> int:
-    return (_ECP_CURVES[group].key_size + 7) // 8
+    return (_ECP_CURVES[group]().key_size + 7) // 8
 
 
 @cache
@@ -106,7 +108,7 @@ class KeyExchange:
 
     group: int
     public: bytes
-    _private: object = field(repr=False)
+    _private: Any = field(repr=False)  # the cryptography private key of the group's kind
 
     def shared_secret(self, peer_public: bytes) -> bytes:
         """g^ir as IKEv2 uses it (RFC 7296 s2.14, RFC 5903 s7, RFC 8031 s2); InvalidKeyExchange."""

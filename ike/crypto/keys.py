@@ -7,14 +7,16 @@ whole as the key (AES-XCBC/CMAC PRFs would need the s2.14 key handling; not impl
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives import hashes, hmac
 
 from ike.codec.constants import PrfId
 from ike.crypto.proposals import Negotiated
 
-_PRF_HASHES = {PrfId.HMAC_SHA1: hashes.SHA1, PrfId.HMAC_SHA2_256: hashes.SHA256,
-               PrfId.HMAC_SHA2_384: hashes.SHA384, PrfId.HMAC_SHA2_512: hashes.SHA512}
+_PRF_HASHES: dict[int, Callable[[], hashes.HashAlgorithm]] = {
+    PrfId.HMAC_SHA1: hashes.SHA1, PrfId.HMAC_SHA2_256: hashes.SHA256,
+    PrfId.HMAC_SHA2_384: hashes.SHA384, PrfId.HMAC_SHA2_512: hashes.SHA512}
 SUPPORTED_PRFS: tuple[int, ...] = tuple(_PRF_HASHES)
 PSK_KEY_PAD = b"Key Pad for IKEv2"  # RFC 7296 s2.15, 17 ASCII characters, no NUL
 NONCE_LEN = 32  # bytes of every nonce we send (RFC 7296 s2.10: at least half the PRF key size, 16 minimum)

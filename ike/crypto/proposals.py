@@ -355,6 +355,7 @@ def negotiated(p: Proposal) -> Negotiated:
         return found[0] if found else None
 
     encr = single(TransformType.ENCR, True)
+    assert encr is not None  # required
     aead = encr.id in AEAD_ENCR
     integ = single(TransformType.INTEG, False)
     prf = single(TransformType.PRF, p.protocol == ProtocolId.IKE)

@@ -24,8 +24,9 @@ from ike.crypto.proposals import AEAD_SALT_LEN, GCM_ICV_LEN, INTEG_ICV_LEN, Nego
 
 Rng = Callable[[int], bytes]
 
-_INTEG_HASHES = {IntegId.HMAC_SHA1_96: hashes.SHA1, IntegId.HMAC_SHA2_256_128: hashes.SHA256,
-                 IntegId.HMAC_SHA2_384_192: hashes.SHA384, IntegId.HMAC_SHA2_512_256: hashes.SHA512}
+_INTEG_HASHES: dict[int, Callable[[], hashes.HashAlgorithm]] = {
+    IntegId.HMAC_SHA1_96: hashes.SHA1, IntegId.HMAC_SHA2_256_128: hashes.SHA256,
+    IntegId.HMAC_SHA2_384_192: hashes.SHA384, IntegId.HMAC_SHA2_512_256: hashes.SHA512}
 _AEAD_IV_LEN = 8  # explicit IV in the message; the nonce is salt | IV (RFC 5282 s4, RFC 7634 s2)
 
 

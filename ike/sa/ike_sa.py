@@ -28,7 +28,7 @@ from ike.sa.outbox import (ChildAdded, ChildRemoved, ChildrenMoved, DropSuccesso
                            Reauthenticate, Registered, ReplaceDuplicates)
 from ike.sa.retransmit import RetransmitSchedule, total_lifetime
 from ike.sa.task_manager import TaskManager
-from ike.tasks.base import Task, jitter, shared
+from ike.tasks.base import IkeSaContext, Task, jitter, shared
 from ike.tasks.child_delete import ChildDelete
 from ike.tasks.child_rekey import ChildRekey
 from ike.tasks.child_sa import ChildSa
@@ -64,17 +64,7 @@ class Host(Protocol):
     def duplicates(self, sa: IkeSa) -> list[IkeSa]: ...
 
 
-class _NoSpis(frozenset[int]):
-    """The empty ``peer_deleted_spis`` every SA starts with, shared; the task manager clears the
-    set after each response, which must work on it too."""
-
-    __slots__ = ()
-
-    def clear(self) -> None:
-        pass
-
-
-NO_SPIS = _NoSpis()
+NO_SPIS: frozenset[int] = frozenset()  # the empty ``peer_deleted_spis`` (one shared object)
 
 
 class _Stats:
@@ -347,8 +337,9 @@ class IkeSa(TaskManager):
         self.host.outbox.items.append(Registered(new))
         return new
 
-    def hand_over(self, new: IkeSa, now: float) -> None:
+    def hand_over(self, new: IkeSaContext, now: float) -> None:
         """``new`` replaces this SA: CHILD SAs and pending CHILD tasks move, IkeSaUp is announced."""
+        assert isinstance(new, IkeSa)  # tasks only ever hold IKE SAs as contexts
         new.rekeyed_from = self.unique_id
         spis = tuple(self.children)
         new.children.update(self.children)
@@ -379,7 +370,7 @@ class IkeSa(TaskManager):
         task = self.active_task
         if isinstance(task, IkeRekey) and task.collision is not None:
             new = task.collision[0]
-            if new.state == IkeState.ESTABLISHED and isinstance(new, IkeSa):
+            if new.state == IkeState.ESTABLISHED:
                 self.hand_over(new, now)
                 self.active = None
 

@@ -259,7 +259,8 @@ class TaskManager:
         self.active = None
         self.my_mid += 1
         outcome = task.process(sa, full, raw, src, dst, now)
-        sa.peer_deleted_spis.clear()
+        if sa.peer_deleted_spis:
+            sa.peer_deleted_spis = frozenset()  # the empty frozenset is one shared object
         self._apply(task, outcome, now)
 
     def _apply(self, task: Task, outcome: Outcome, now: float) -> None:
@@ -297,7 +298,7 @@ class TaskManager:
             return
         sa.last_inbound = now
         self._peer_moved(src, dst)
-        payloads = [self._error_answer(msg)] if full is None else respond(sa, full, now)
+        payloads: list[Payload] = [self._error_answer(msg)] if full is None else respond(sa, full, now)
         if sa.state == IkeState.DEAD:
             return
         reply = codec.Message(sa.spi_i, sa.spi_r, msg.exchange, msg.message_id, sa.initiator, True, payloads)

@@ -102,7 +102,7 @@ def build_child(sa: IkeSaContext, cfg: ChildConfig, chosen: Proposal, neg: Negot
                 our_spi: int, peer_spi: int, ni: bytes, nr: bytes, g_ir: bytes | None,
                 local_ts: list[TrafficSelector], remote_ts: list[TrafficSelector], now: float,
                 rekeyed_from: int | None = None) -> ChildSa:
-    assert sa.neg is not None and sa.keys is not None
+    assert sa.neg is not None and sa.keys is not None and sa.neg.prf is not None
     keymat = child_keymat(sa.neg.prf, sa.keys.sk_d, ni, nr, 2 * neg.child_keymat_len(), g_ir)
     i2r, r2i = split_child_keymat(keymat)
     rekey_at, expire_at = _lifetimes(sa, cfg, now)
@@ -183,6 +183,7 @@ def answer_offer(sa: IkeSaContext, msg: Message, now: float, *, in_auth: bool, n
     sa_p, tsi_p, tsr_p = msg.get(SaPayload), msg.get(TsiPayload), msg.get(TsrPayload)
     if sa_p is None or tsi_p is None or tsr_p is None:
         raise ChildFailure(NotifyType.INVALID_SYNTAX, "request lacks SA, TSi or TSr")
+    cfg: ChildConfig | None
     if rekey_of is not None:
         cfg = rekey_of.config
         remote, local = narrow(tsi_p.selectors, cfg.remote_ts), narrow(tsr_p.selectors, cfg.local_ts)

@@ -12,8 +12,9 @@ from ike.tasks.states import CHILD_TRANSITIONS, ChildState, advance
 def intersect(a: TrafficSelector, b: TrafficSelector) -> TrafficSelector | None:
     if a.version != b.version:
         return None
+    # one IP version (checked above), so the addresses compare
     start, end = max(a.start_addr, b.start_addr), min(a.end_addr, b.end_addr)
-    if start > end:
+    if start > end:  # type: ignore[operator]
         return None
     if a.protocol and b.protocol and a.protocol != b.protocol:
         return None

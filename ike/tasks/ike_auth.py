@@ -29,7 +29,7 @@ def local_identity(config: ConnectionConfig, local_addr: str) -> Identity:
 
 
 def _auth_data(sa: IkeSaContext, psk: bytes, initiator_side: bool, id_payload: IdPayload) -> bytes:
-    assert sa.neg is not None and sa.keys is not None
+    assert sa.neg is not None and sa.keys is not None and sa.neg.prf is not None
     if initiator_side:
         octets = signed_octets(sa.init_request, sa.nr, sa.neg.prf, sa.keys.sk_pi, id_payload.body())
     else:
