@@ -13,6 +13,7 @@ from ike.codec.constants import ExchangeType, NotifyType
 from ike.crypto.cookies import cookie_reply, init_request_fields
 from ike.endpoint import IkeEndpoint
 from ike.codec.payloads import NoncePayload, NotifyPayload, SaPayload
+from tests.ike.test_handshake import assert_child_pair
 from tests.ike.harness import IkeSaUp, Pair, mirrored, seeded_rng
 
 SRC, DST = ("203.0.113.9", 500), ("198.51.100.2", 500)
@@ -145,12 +146,14 @@ def test_full_path_answers_stay_for_malformed_requests_under_load():
 
 
 def test_handshake_through_cookies_end_to_end():
+    """Above the threshold (0 here) the first request gets a COOKIE, the second one carries it."""
     a, b = mirrored()
     pair = Pair([a], [b], cookie_threshold=0)
     pair.a.initiate("site", None, 0.0)
     pair.run()
     assert pair.b.drops.get("cookie required") == 1
     assert pair.of("a", IkeSaUp) and pair.of("b", IkeSaUp)
+    assert_child_pair(pair)
 
 
 def test_mutated_requests_under_load_never_crash():

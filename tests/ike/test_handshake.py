@@ -199,16 +199,6 @@ def test_invalid_ke_retry_with_requested_group():
     assert_child_pair(pair)
 
 
-def test_cookie_required_above_threshold():
-    a, b = mirrored()
-    pair = Pair([a], [b], cookie_threshold=0)
-    pair.a.initiate("site", None, 0.0)
-    pair.run()
-    assert pair.b.drops.get("cookie required") == 1
-    assert pair.of("a", IkeSaUp) and pair.of("b", IkeSaUp)
-    assert_child_pair(pair)
-
-
 def test_initiator_gives_up_on_silent_peer():
     a, b = mirrored()
     pair = Pair([a], [b], wire=Wire(loss=1.0))
