@@ -232,7 +232,10 @@ class IkeEndpoint:
         for connection, child in restarts:
             if connection in self.connections:
                 log.info("restarting", ike=connection, child=child)
-                self.initiate(connection, child, now)
+                try:
+                    self.initiate(connection, child, now)
+                except (KeyError, ValueError) as exc:  # the configuration changed meanwhile
+                    log.error("restart_failed", ike=connection, child=child, error=str(exc))
 
     def _apply(self, note: Note, now: float) -> None:
         sa = note.sa
