@@ -2,16 +2,26 @@
 
 The tables mirror swanctl.conf (``connections.NAME`` with ``children.CHILD``) so a strongSwan user
 recognises every field; ``tunnel.config`` parses the TOML file into these objects. Proposal
-strings stay in strongSwan's syntax and are parsed by ``ike.proposals``.
+strings stay in strongSwan's syntax and are parsed by ``ike.crypto.proposals``.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Union
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+ANY_ADDRS = frozenset({"%any", "%any4", "%any6"})  # swanctl.conf's wildcard addresses
+
+
+def is_any_addr(addr: str) -> bool:
+    """Whether a configured address is a wildcard (``%any``, ``%any4``, ``%any6``)."""
+    return addr in ANY_ADDRS
+
+
+def concrete_addrs(addrs: list[str]) -> list[str]:
+    """The configured addresses that name a host (not a wildcard), in order."""
+    return [a for a in addrs if a not in ANY_ADDRS]
 
 # strongSwan's defaults (swanctl.conf(5))
 DEFAULT_IKE_PROPOSALS = ("aes256gcm16-prfsha256-ecp256", "aes128-sha256-modp2048")
@@ -31,7 +41,7 @@ class TrafficSelector:
     end_port: int = 65535
 
     @classmethod
-    def from_cidr(cls, text: str, protocol: int = 0, start_port: int = 0, end_port: int = 65535) -> "TrafficSelector":
+    def from_cidr(cls, text: str, protocol: int = 0, start_port: int = 0, end_port: int = 65535) -> TrafficSelector:
         net = ipaddress.ip_network(text, strict=False)
         return cls(net.network_address, net.broadcast_address, protocol, start_port, end_port)
 
@@ -40,7 +50,8 @@ class TrafficSelector:
         return self.start_addr.version
 
     def contains_addr(self, addr: IPAddress) -> bool:
-        return addr.version == self.start_addr.version and self.start_addr <= addr <= self.end_addr
+        # the versions are equal before addresses are compared
+        return addr.version == self.start_addr.version and self.start_addr <= addr <= self.end_addr  # type: ignore[operator]
 
     def __str__(self) -> str:
         nets = list(ipaddress.summarize_address_range(self.start_addr, self.end_addr))

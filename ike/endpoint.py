@@ -3,6 +3,13 @@
 Bytes and the current time go in (``receive_datagram``, ``handle_timer`` and the commands);
 datagrams to send, events and the next timer deadline come out. Nothing here reads a clock,
 opens a socket or draws randomness other than from the injected ``rng``.
+
+The endpoint is the top of ike/ (codec <- crypto <- tasks <- IKE SA <- endpoint) and the only
+owner of what spans SAs: the SA indexes (by SPI, half-open, by name and peer identity, the CHILD
+index by inbound ESP SPI), SPI allocation, the cookie policy and the restart policy (dpd_action,
+close_action, keyingtries, reauthentication). SAs report through the ``Outbox``; after every entry
+the endpoint reads it (``_settle``), files or drops SAs, re-reads the deadlines of every SA it
+entered or was told about, and runs restarts last, after the SAs that caused them are gone.
 """
 
 from __future__ import annotations
@@ -10,20 +17,32 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import itertools
+import struct
 import traceback
 from collections import deque
-from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable, Iterator
 
 import structlog
 
-from ike import message as codec
-from ike import retransmit
-from ike.config import ConnectionConfig, TrafficSelector
-from ike.constants import ExchangeType, NotifyType
-from ike.cookies import CookieJar, cookie_reply, init_request_fields
-from ike.ike_sa import IkeSa
-from ike.payloads import NotifyPayload
+from ike.codec import message as codec
+from ike.codec.constants import ExchangeType, NotifyType
+from ike.codec.payloads import NoncePayload, NotifyPayload
+from ike.config import ChildConfig, ConnectionConfig, concrete_addrs, is_any_addr
+from ike.crypto.cookies import CookieJar, cookie_reply, init_request_fields
+from ike.events import NegotiationFailed
+from ike.sa import retransmit
+from ike.sa.ike_sa import IkeSa
+from ike.sa.outbox import (ChildAdded, ChildRemoved, ChildrenMoved, Datagram, DropSuccessor, Established, Gone,
+                           Note, Outbox, Reauthenticate, Registered, ReplaceDuplicates)
+from ike.tasks.child_create import ChildCreate, PacketTs
+from ike.tasks.child_delete import ChildDelete
+from ike.tasks.child_rekey import ChildRekey
+from ike.tasks.ike_auth import IkeAuth
+from ike.tasks.ike_delete import IkeDelete
+from ike.tasks.ike_init import IkeInit, init_error_reply
+from ike.tasks.states import ChildState, IkeState
+
+__all__ = ["Datagram", "IkeEndpoint", "filed"]
 
 log = structlog.get_logger("ike")
 
@@ -33,22 +52,13 @@ Address = tuple[str, int]
 Event = object
 
 
-@dataclass
-class Datagram:
-    """IKE message bytes; for port 4500 the daemon adds/strips the non-ESP marker itself."""
-
-    data: bytes
-    src: Address
-    dst: Address
-
-
 def _trace(exc: BaseException) -> str:
     """Where an unexpected error came from, without local variables (they may hold keys)."""
     return "".join(traceback.format_exception(exc, limit=-4)).strip()
 
 
 def _addr_match(pattern: str, addr: str) -> bool:
-    if pattern in ("%any", "%any4", "%any6", "0.0.0.0", "::"):
+    if is_any_addr(pattern) or pattern in ("0.0.0.0", "::"):
         return True
     try:
         if "/" in pattern:
@@ -58,7 +68,7 @@ def _addr_match(pattern: str, addr: str) -> bool:
         return False  # a host name: not resolved in the sans-I/O core
 
 
-def _file(index: dict, key, sa: IkeSa) -> None:
+def _file(index: dict, key: object, sa: IkeSa) -> None:
     held = index.get(key)
     if held is None:
         index[key] = sa
@@ -68,7 +78,7 @@ def _file(index: dict, key, sa: IkeSa) -> None:
         index[key] = {held: None, sa: None}
 
 
-def _unfile(index: dict, key, sa: IkeSa) -> None:
+def _unfile(index: dict, key: object, sa: IkeSa) -> None:
     held = index.get(key)
     if held is sa:
         del index[key]
@@ -76,7 +86,7 @@ def _unfile(index: dict, key, sa: IkeSa) -> None:
         del index[key]
 
 
-def filed(index: dict, key) -> tuple[IkeSa, ...] | dict[IkeSa, None]:
+def filed(index: dict, key: object) -> tuple[IkeSa, ...] | dict[IkeSa, None]:
     """The SAs an index of the endpoint holds under ``key`` (iterable, possibly empty)."""
     held = index.get(key)
     if held is None:
@@ -94,81 +104,107 @@ class IkeEndpoint:
         self.retransmit_schedule = retransmit.RetransmitSchedule(retransmit_timeout, retransmit_base, retransmit_tries)
         self.cookie_threshold = cookie_threshold
         self.cookies = CookieJar(rng, now)
+        self.outbox = Outbox()
+        self.drops = self.outbox.drops
         self.sas: dict[bytes, IkeSa] = {}  # by our SPI
         self.half_open: dict[tuple[bytes, Address], IkeSa] = {}  # responder: (SPIi, peer address)
         self._connecting: set[IkeSa] = set()  # responder SAs not yet authenticated
         self.child_index: dict[int, IkeSa] = {}  # inbound ESP SPI -> IKE SA
+        # SPIs handed out during the current entry, not yet filed (an SA is filed when settled)
+        self._spis_given: set[object] = set()
         # Established, not yet dead IKE SAs, so per-handshake look-ups need not scan all SAs:
         # established SAs by (connection, remote identity) and by connection name: one SA as is,
         # several in a dict (most peers have one SA, and an empty dict alone costs 200+ bytes)
         self._by_peer_id: dict[tuple, IkeSa | dict[IkeSa, None]] = {}
         self._by_name: dict[str, IkeSa | dict[IkeSa, None]] = {}
         # Timer deadlines: a heap of (deadline, entry number, our SPI); an entry is current only
-        # while its SA's ``timer_entry`` is that number (lazy deletion). SAs whose deadlines may
-        # have moved are queued in ``_timer_dirty`` and re-pushed before the next look-up.
+        # while its SA's ``timer_entry`` is that number (lazy deletion). SAs entered since the last
+        # look-up are queued in ``_timer_dirty`` and their deadlines re-read before the next one.
         self._timers: list[tuple[float, int, bytes]] = []
-        self._timer_dirty: dict[IkeSa, None] = {}
+        self._timer_dirty = self.outbox.touched
         self._timer_seq = itertools.count(1)
-        self._out: list[Datagram] = []
-        self._events: deque = deque()
+        self._events: deque[Event] = deque()
         self._unique = 0
-        self._restarts: list[tuple[ConnectionConfig, object]] = []  # close_action = start
-        self.drops: dict[str, int] = {}
+        self._restarts: list[tuple[str, str | None]] = []  # (connection, child or all) to initiate
         self._invalid_spi_window, self._invalid_spi_sent = now, 0  # rate limit of INVALID_IKE_SPI
 
-    # --- services for IKE SAs and tasks -------------------------------------------------------
-    def send(self, data: bytes, src: Address, dst: Address) -> None:
-        self._out.append(Datagram(data, src, dst))
-
-    def emit(self, event) -> None:
-        self._events.append(event)
-
+    # --- services for IKE SAs (ike.sa.ike_sa.Host) ----------------------------------------------
     def next_unique_id(self) -> int:
         self._unique += 1
         return self._unique
 
     def count_drop(self, reason: str) -> None:
-        self.drops[reason] = self.drops.get(reason, 0) + 1
+        self.outbox.count_drop(reason)
 
     def new_ike_spi(self) -> bytes:
         while True:
             spi = self.rng(8)
-            if spi != bytes(8) and spi not in self.sas:
+            if spi != bytes(8) and spi not in self.sas and spi not in self._spis_given:
+                self._spis_given.add(spi)
                 return spi
 
-    def register(self, sa: IkeSa, half_open_key: tuple[bytes, Address] | None = None) -> None:
+    def new_child_spi(self) -> int:
+        while True:
+            spi = struct.unpack("!I", self.rng(4))[0]
+            # 1-255 are reserved (RFC 4303)
+            if spi >= 256 and spi not in self.child_index and spi not in self._spis_given:
+                self._spis_given.add(spi)
+                return spi
+
+    def first_contact(self, sa: IkeSa) -> bool:
+        """Whether no other IKE SA of this connection to the same peer is up (send INITIAL_CONTACT)."""
+        return not any(o is not sa and o.remote[0] == sa.remote[0] and o.state != IkeState.DEAD
+                       for o in filed(self._by_name, sa.name))
+
+    def duplicates(self, sa: IkeSa) -> list[IkeSa]:
+        """Other live IKE SAs of the same connection with the same peer identity."""
+        return [o for o in filed(self._by_peer_id, (sa.name, sa.remote_id))
+                if o is not sa and o.state != IkeState.DEAD]
+
+    def half_open_count(self) -> int:
+        """Responder IKE SAs waiting for IKE_AUTH (RFC 7296 s2.6 cookie threshold)."""
+        return len(self._connecting)
+
+    def configs_for(self, local: Address, remote: Address) -> list[ConnectionConfig]:
+        return [c for c in self.connections.values()
+                if (not c.local_addrs or any(_addr_match(p, local[0]) for p in c.local_addrs))
+                and (not c.remote_addrs or any(_addr_match(p, remote[0]) for p in c.remote_addrs))]
+
+    # --- the SA indexes ------------------------------------------------------------------------
+    def _register(self, sa: IkeSa, half_open_key: tuple[bytes, Address] | None = None) -> None:
         self.sas[sa.our_spi] = sa
-        self.timer_changed(sa)
-        if sa.established_at is not None:  # a rekeyed IKE SA is established before it is registered
+        self._timer_dirty[sa] = None
+        if sa.established_at is not None:  # a rekeyed IKE SA is established before it is filed
             self._index_established(sa)
         if half_open_key is not None:
             sa.half_open_key = half_open_key
             self.half_open[half_open_key] = sa
             self._connecting.add(sa)
 
-    def unregister(self, sa: IkeSa) -> None:
+    def _unregister(self, sa: IkeSa) -> None:
+        """Drop a dead SA from every structure at once (its keys are gone already)."""
         if self.sas.get(sa.our_spi) is sa:
             del self.sas[sa.our_spi]
-        key = sa.half_open_key
-        if key is not None and self.half_open.get(key) is sa:
-            del self.half_open[key]
-        self._connecting.discard(sa)
+        self._drop_half_open(sa)
         for index, key in ((self._by_peer_id, sa.peer_key), (self._by_name, sa.indexed_name)):
             if key is not None:
                 _unfile(index, key, sa)
         sa.peer_key = sa.indexed_name = None
+        self._timer_dirty.pop(sa, None)
+        sa.timer_entry = sa.timer_at = None  # its heap entry (SPI only) is stale from now on
+        for spi in [spi for spi, owner in self.child_index.items() if owner is sa] if sa.children else ():
+            del self.child_index[spi]
 
-    def sa_established(self, sa: IkeSa) -> None:
-        """IKE_AUTH is done: the IKE_SA_INIT messages (signed by AUTH) and the half-open entry are
-        not needed any more (RFC 7296 s2.15; rekeys use fresh nonces), so they are dropped."""
+    def adopt(self, sa: IkeSa) -> None:
+        """File an IKE SA built outside the endpoint (a test replaying a recorded exchange)."""
+        self._register(sa)
+
+    def _drop_half_open(self, sa: IkeSa) -> None:
         self._connecting.discard(sa)
         key = sa.half_open_key
         if key is not None and self.half_open.get(key) is sa:
             del self.half_open[key]
         sa.half_open_key = None
-        sa.init_request = sa.init_response = b""
-        if self.sas.get(sa.our_spi) is sa:
-            self._index_established(sa)
 
     def _index_established(self, sa: IkeSa) -> None:
         """Name and identity are final once an SA is up (IKE_AUTH picked the connection)."""
@@ -178,88 +214,109 @@ class IkeEndpoint:
         _file(self._by_peer_id, sa.peer_key, sa)
         _file(self._by_name, sa.name, sa)
 
-    def timer_changed(self, sa: IkeSa) -> None:
-        """``sa``'s deadlines may have moved (earlier or later): re-read them before the next timer
-        look-up. Moving later without this call is harmless (the heap entry is re-checked)."""
-        self._timer_dirty[sa] = None
+    # --- after every entry: what the SAs reported ----------------------------------------------
+    def _settle(self, now: float) -> None:
+        """Apply the SAs' notes in order and queue their events; restarts run last, when every SA
+        they follow from is gone, so no policy runs inside a tear-down."""
+        todo = deque(self.outbox.take())
+        while todo:
+            item = todo.popleft()
+            if isinstance(item, Note):
+                self._timer_dirty[item.sa] = None
+                self._apply(item, now)
+                todo.extendleft(reversed(self.outbox.take()))  # what it caused comes next
+            else:
+                self._events.append(item)
+        self._spis_given.clear()
+        restarts, self._restarts = self._restarts, []
+        for connection, child in restarts:
+            if connection in self.connections:
+                log.info("restarting", ike=connection, child=child)
+                try:
+                    self.initiate(connection, child, now)
+                except (KeyError, ValueError) as exc:  # the configuration changed meanwhile
+                    log.error("restart_failed", ike=connection, child=child, error=str(exc))
 
-    def half_open_count(self) -> int:
-        """Responder IKE SAs waiting for IKE_AUTH (RFC 7296 s2.6 cookie threshold)."""
-        return len(self._connecting)
+    def _apply(self, note: Note, now: float) -> None:
+        sa = note.sa
+        if isinstance(note, ChildAdded):
+            self.child_index[note.spi] = sa
+        elif isinstance(note, ChildRemoved):
+            if self.child_index.get(note.spi) is sa:
+                del self.child_index[note.spi]
+            if note.reason == "deleted by peer" and note.config.close_action in ("start", "restart"):
+                self._restart_later(sa.config, note.config.name)
+        elif isinstance(note, ChildrenMoved):
+            for spi in note.spis:
+                self.child_index[spi] = sa
+        elif isinstance(note, Established):
+            self._drop_half_open(sa)
+            if self.sas.get(sa.our_spi) is sa:
+                self._index_established(sa)
+        elif isinstance(note, Registered):
+            if sa.state != IkeState.DEAD:
+                self._register(sa)
+        elif isinstance(note, Gone):
+            self._unregister(sa)
+            self._after_gone(note, now)
+        elif isinstance(note, ReplaceDuplicates):
+            # INITIAL_CONTACT (or unique = replace): without the notify the peer may still hold
+            # them, so it is told; with it, they are gone already
+            for other in self.duplicates(sa):
+                other.log("replaced", new_ike_id=sa.unique_id)
+                other.destroy("replaced", now)
+        elif isinstance(note, Reauthenticate):
+            self._reauthenticate(sa, now)
+        elif isinstance(note, DropSuccessor):
+            for other in list(filed(self._by_name, sa.name)):
+                if other.rekeyed_from == sa.unique_id and other.state != IkeState.DEAD:
+                    other.destroy("rekey failed", now)
 
-    def configs_for(self, local: Address, remote: Address) -> list[ConnectionConfig]:
-        return [c for c in self.connections.values()
-                if any(_addr_match(p, local[0]) for p in c.local_addrs or ["%any"])
-                and any(_addr_match(p, remote[0]) for p in c.remote_addrs or ["%any"])]
+    def _after_gone(self, note: Gone, now: float) -> None:
+        """The restart policy: dpd_action = restart, close_action = start/restart, keyingtries."""
+        sa, config = note.sa, note.sa.config
+        if note.reason == "dead peer" and note.was_up:
+            restart = [c.name for c in config.children if c.dpd_action == "restart"]
+            if restart:
+                sa.log("restarting_after_dead_peer", children=restart)
+                for name in restart if len(restart) < len(config.children) else [None]:
+                    self._restart_later(config, name)
+        elif note.reason == "deleted by peer" and note.was_up:
+            for cfg in config.children:
+                if cfg.close_action in ("start", "restart"):
+                    self._restart_later(config, cfg.name)
+        elif note.reason == "dead peer" and note.connecting_initiator:
+            self._retry_connect(sa, now)
 
-    def first_contact(self, sa: IkeSa) -> bool:
-        """Whether no other IKE SA of this connection to the same peer is up (send INITIAL_CONTACT)."""
-        return not any(o is not sa and o.remote[0] == sa.remote[0] and o.state != "dead"
-                       for o in filed(self._by_name, sa.name))
+    def _restart_later(self, config: ConnectionConfig, child: str | None) -> None:
+        if config.name not in self.connections or not concrete_addrs(config.remote_addrs):
+            return
+        if (config.name, child) not in self._restarts:
+            self._restarts.append((config.name, child))
 
-    def duplicates(self, sa: IkeSa) -> list[IkeSa]:
-        """Other live IKE SAs of the same connection with the same peer identity."""
-        return [o for o in filed(self._by_peer_id, (sa.name, sa.remote_id)) if o is not sa and o.state != "dead"]
-
-    def initial_contact(self, sa: IkeSa, now: float) -> None:
-        """INITIAL_CONTACT (or unique = replace): drop the other SAs with the same peer ID. Without
-        the notify the peer may still hold them, so it is told; with it, they are gone already."""
-        for other in self.duplicates(sa):
-            other.log("replaced", new_ike_id=sa.unique_id)
-            other.destroy("replaced", now)
-
-    def retry_connect(self, sa: IkeSa, now: float) -> None:
+    def _retry_connect(self, sa: IkeSa, now: float) -> None:
         """keyingtries: a connection attempt that got no answer is started again (0 = forever)."""
         tries = sa.config.keyingtries
         if sa.config.name not in self.connections or (tries and sa.attempt >= tries):
             return
         children, packet_ts = sa.initiated or ([], None)
         sa.log("retrying_connect", attempt=sa.attempt + 1, keyingtries=tries)
-        new = self._start_ike(sa.config, children, packet_ts, now)
+        new = self._start_ike(sa.config, children, packet_ts, now)  # type: ignore[arg-type]
         new.attempt = sa.attempt + 1
 
-    def reauthenticate(self, old: IkeSa, now: float) -> None:
+    def _reauthenticate(self, old: IkeSa, now: float) -> None:
         """reauth_time: a fresh IKE SA (new IKE_SA_INIT + IKE_AUTH) with the same CHILD SAs; the
         old one is deleted once they are all up (make-before-break, as strongSwan)."""
-        if old.config.name not in self.connections or not any(
-                a not in ("%any", "%any4", "%any6") for a in old.config.remote_addrs):
+        if old.config.name not in self.connections or not concrete_addrs(old.config.remote_addrs):
             old.log("reauth_skipped", why="no concrete remote address to initiate to")
             return
-        children = []
+        children: list[ChildConfig] = []
         for child in old.children.values():
-            if child.state in ("installed", "rekeying") and child.config not in children:
+            if child.state in (ChildState.INSTALLED, ChildState.REKEYING) and child.config not in children:
                 children.append(child.config)
         old.log("reauthenticating", children=[c.name for c in children])
         new = self._start_ike(old.config, children, None, now)
         new.replaces = old
-
-    def restart_later(self, config: ConnectionConfig, child) -> None:
-        if (config, child) not in self._restarts:
-            self._restarts.append((config, child))
-
-    def run_restarts(self, now: float) -> None:
-        """close_action = start: bring up again what the peer closed (after the current message
-        is handled, so the new negotiation does not interleave with it)."""
-        restarts, self._restarts = self._restarts, []
-        for config, child in restarts:
-            if config.name in self.connections and any(
-                    a not in ("%any", "%any4", "%any6") for a in config.remote_addrs):
-                log.info("restarting_closed_child", ike=config.name, child=child.name)
-                self.initiate(config.name, child.name, now)
-
-    def after_dead_peer(self, sa: IkeSa, now: float) -> None:
-        """dpd_action = restart: bring the CHILD SAs that ask for it up again (strongSwan)."""
-        restart = [c.name for c in sa.config.children if c.dpd_action == "restart"]
-        if not restart or sa.config.name not in self.connections:
-            return
-        if not any(a not in ("%any", "%any4", "%any6") for a in sa.config.remote_addrs):
-            return
-        sa.log("restarting_after_dead_peer", children=restart)
-        if len(restart) == len(sa.config.children):
-            self.initiate(sa.config.name, None, now)
-        else:
-            for name in restart:
-                self.initiate(sa.config.name, name, now)
 
     # --- the public API ----------------------------------------------------------------------
     def receive_datagram(self, data: bytes, src: Address, dst: Address, now: float) -> None:
@@ -279,35 +336,47 @@ class IkeEndpoint:
             return
         try:
             self._dispatch(data, msg, src, dst, now)
-            self.run_restarts(now)
         except Exception as exc:
             self.count_drop("internal error")
             log.error("datagram_processing_failed", src=src, exchange=msg.exchange_name, error=_trace(exc))
+        self._settle_safely(now)
+
+    def _settle_safely(self, now: float) -> None:
+        try:
+            self._settle(now)
+        except Exception as exc:
+            self.count_drop("internal error")
+            log.error("settling_failed", error=_trace(exc))
 
     def _cookie_answered(self, data: bytes, src: Address, dst: Address, now: float) -> bool:
-        """Cookies are required: a new IKE_SA_INIT request without a valid one gets a COOKIE from
-        a minimal parse (RFC 7296 s2.6); True if answered so. Anything else takes the full path."""
+        """Under load (RFC 7296 s2.6), before any parsing: a new IKE_SA_INIT request without a
+        valid COOKIE is answered with one from a minimal parse; True if answered so. A request the
+        minimal parse cannot read takes the full path (``_respond_init`` asks the same question)."""
         fields = init_request_fields(data)
         if fields is None:
             return False
-        nonce, cookie = fields
-        spi_i = data[:8]
-        if cookie is not None and self.cookies.verify(cookie, nonce, src[0], spi_i, now):
-            return False
-        sa = self.half_open.get((spi_i, src))
+        sa = self.half_open.get((data[:8], src))
         if sa is not None and sa.init_request == data:  # a retransmission: answered from its SA
             return False
-        self.send(cookie_reply(spi_i, self.cookies.make(nonce, src[0], spi_i, now)), dst, src)
+        return self._demand_cookie(data[:8], fields[0], fields[1], src, dst, now)
+
+    def _demand_cookie(self, spi_i: bytes, nonce: bytes, cookie: bytes | None, src: Address, dst: Address,
+                       now: float) -> bool:
+        """The one cookie check: without a valid cookie, answer with one and keep no state."""
+        if cookie is not None and self.cookies.verify(cookie, nonce, src[0], spi_i, now):
+            return False
+        reply = cookie_reply(spi_i, self.cookies.make(nonce, src[0], spi_i, now))
+        self.outbox.datagrams.append(Datagram(reply, dst, src))
         self.count_drop("cookie required")
         return True
 
-    def _reject_critical_init(self, data: bytes, exc, src: Address, dst: Address) -> None:
+    def _reject_critical_init(self, data: bytes, exc: codec.UnsupportedCriticalPayload, src: Address,
+                              dst: Address) -> None:
         """An IKE_SA_INIT request with an unknown critical payload is answered (RFC 7296 s2.5)."""
-        from ike.tasks.ike_init import _error_response
         msg = codec.parse_header(data)
         if msg.exchange == ExchangeType.IKE_SA_INIT and not msg.response and msg.message_id == 0:
-            _error_response(self, msg, src, dst, NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD,
-                            bytes([exc.payload_type & 0xFF]))
+            reply = init_error_reply(msg, NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD, bytes([exc.payload_type & 0xFF]))
+            self.outbox.datagrams.append(Datagram(reply, dst, src))
 
     def _dispatch(self, data: bytes, msg: codec.Message, src: Address, dst: Address, now: float) -> None:
         if msg.exchange == ExchangeType.IKE_SA_INIT and not msg.response:
@@ -316,10 +385,10 @@ class IkeEndpoint:
                 return
             sa = self.half_open.get((msg.spi_i, src))
             if sa is not None and sa.init_request == data:  # a retransmission (strongSwan: init hash)
+                self._timer_dirty[sa] = None
                 sa.receive(data, msg, src, dst, now)
                 return
-            from ike.tasks.ike_init import respond_init
-            respond_init(self, data, msg, src, dst, now)
+            self._respond_init(data, msg, src, dst, now)
             return
         our_spi = msg.spi_r if msg.initiator else msg.spi_i
         sa = self.sas.get(our_spi)
@@ -331,8 +400,30 @@ class IkeEndpoint:
         if msg.exchange != ExchangeType.IKE_SA_INIT and (msg.spi_i != sa.spi_i or msg.spi_r != sa.spi_r):
             self.count_drop("SPI mismatch")
             return
-        self.timer_changed(sa)
+        self._timer_dirty[sa] = None
         sa.receive(data, msg, src, dst, now)
+
+    def _respond_init(self, data: bytes, msg: codec.Message, src: Address, dst: Address, now: float) -> None:
+        """A new IKE_SA_INIT request: a fresh responder SA answers it through its task manager;
+        it is filed (half-open) if it accepted, and gone with its answer if it refused."""
+        configs = self.configs_for(dst, src)
+        if not configs:
+            self._events.append(NegotiationFailed("", "IKE_SA_INIT", "NO_PROPOSAL_CHOSEN",
+                                                  f"no connection for {src[0]}"))
+            self.outbox.datagrams.append(Datagram(init_error_reply(msg, NotifyType.NO_PROPOSAL_CHOSEN), dst, src))
+            return
+        nonce = msg.get(NoncePayload)
+        if nonce is not None and self.half_open_count() >= self.cookie_threshold:
+            cookie = msg.notifies().get(NotifyType.COOKIE)
+            if self._demand_cookie(msg.spi_i, nonce.data, cookie.data if cookie else None, src, dst, now):
+                return
+        sa = IkeSa(self, configs[0], initiator=False, local=dst, remote=src, spi_i=msg.spi_i, spi_r=bytes(8),
+                   unique_id=0, now=now)
+        sa.candidates = configs
+        sa.init_request = data
+        sa.receive(data, msg, src, dst, now)
+        if sa.state != IkeState.DEAD:
+            self._register(sa, half_open_key=(msg.spi_i, src))
 
     def _answer_invalid_ike_spi(self, msg: codec.Message, src: Address, dst: Address, now: float) -> None:
         """RFC 7296 s1.5, s2.21.4: an encrypted request for an IKE SA we do not know (we restarted,
@@ -349,14 +440,14 @@ class IkeEndpoint:
         self._invalid_spi_sent += 1
         reply = codec.Message(msg.spi_i, msg.spi_r, ExchangeType.INFORMATIONAL, msg.message_id,
                               not msg.initiator, True, [NotifyPayload(NotifyType.INVALID_IKE_SPI)])
-        self.send(codec.encode(reply), dst, src)
+        self.outbox.datagrams.append(Datagram(codec.encode(reply), dst, src))
         log.debug("invalid_ike_spi_sent", remote=src, exchange=msg.exchange_name)
 
     def datagrams_to_send(self, now: float) -> list[Datagram]:
-        out, self._out = self._out, []
+        out, self.outbox.datagrams = self.outbox.datagrams, []
         return out
 
-    def next_event(self):
+    def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 
     def _push_timer(self, sa: IkeSa) -> None:
@@ -370,10 +461,16 @@ class IkeEndpoint:
         sa.timer_entry = entry = next(self._timer_seq)
         heapq.heappush(self._timers, (deadline, entry, sa.our_spi))
 
+    def reschedule(self, sa: IkeSa) -> None:
+        """Re-read ``sa``'s deadlines before the next timer look-up: for a caller that changed an
+        SA from outside an entry (a test moving a deadline). Entries do this themselves."""
+        self._timer_dirty[sa] = None
+
     def _flush_timers(self) -> None:
-        dirty, self._timer_dirty = self._timer_dirty, {}
+        dirty = list(self._timer_dirty)
+        self._timer_dirty.clear()
         for sa in dirty:
-            if sa.state != "dead" and self.sas.get(sa.our_spi) is sa:
+            if sa.state != IkeState.DEAD and self.sas.get(sa.our_spi) is sa:
                 self._push_timer(sa)
         if len(self._timers) > 2 * len(self.sas) + 64:  # too many superseded entries: compact
             self._timers = [e for e in self._timers if self._current(e) is not None]
@@ -408,29 +505,28 @@ class IkeEndpoint:
                 sa.timer_entry = None
                 due.append(sa)
         for sa in due:
-            self.timer_changed(sa)  # pushed again with whatever deadlines it has afterwards
-            if sa.state != "dead" and any(d <= now for d in sa.deadlines()):
+            self._timer_dirty[sa] = None  # pushed again with whatever deadlines it has afterwards
+            if sa.state != IkeState.DEAD and any(d <= now for d in sa.deadlines()):
                 try:
                     sa.handle_timer(now)
                 except Exception as exc:
+                    self.count_drop("internal error")
                     log.error("timer_failed", ike=sa.name, error=_trace(exc))
                     sa.destroy("internal error", now)
-        self.run_restarts(now)
+        self._settle_safely(now)
 
     def _established_for(self, name: str) -> IkeSa | None:
         """The IKE SA new CHILD SAs of a connection go to: an established one (not a collision's
         undecided SA, preferring the one holding CHILD SAs), else one being set up."""
         up = [sa for sa in filed(self._by_name, name)
-              if sa.state == "established" and not sa.silent and sa.replaces is None]
+              if sa.state == IkeState.ESTABLISHED and not sa.silent and sa.replaces is None]
         if up:
             return max(up, key=lambda sa: (len(sa.children), sa.unique_id))
-        return next((sa for sa in self.sas.values() if sa.name == name and sa.state == "connecting"
+        return next((sa for sa in self.sas.values() if sa.name == name and sa.state == IkeState.CONNECTING
                      and not sa.silent and sa.replaces is None), None)
 
     def initiate(self, connection: str, child: str | None, now: float, *,
-                 packet_ts: tuple[TrafficSelector, TrafficSelector] | None = None) -> None:
-        from ike.tasks.child_create import ChildCreate
-
+                 packet_ts: PacketTs | None = None) -> None:
         config = self.connections[connection]
         children = [config.child(child)] if child is not None else list(config.children)
         sa = self._established_for(connection)
@@ -440,25 +536,24 @@ class IkeEndpoint:
                 busy = any(c.config is cfg for c in sa.children.values()) or any(p is cfg for p in pending)
                 if not busy or (packet_ts is not None and sa.established):
                     sa.queue_task(ChildCreate(cfg, packet_ts), now)
-            return
-        self._start_ike(config, children, packet_ts, now)
+        else:
+            self._start_ike(config, children, packet_ts, now)
+        self._settle(now)
 
-    def _start_ike(self, config: ConnectionConfig, children: list, packet_ts, now: float) -> IkeSa:
-        from ike.tasks.child_create import ChildCreate
-        from ike.tasks.ike_auth import IkeAuth
-        from ike.tasks.ike_init import IkeInit
-
-        remote_ip = next((a for a in config.remote_addrs if a not in ("%any", "%any4", "%any6")), None)
-        if remote_ip is None:
+    def _start_ike(self, config: ConnectionConfig, children: list[ChildConfig], packet_ts: PacketTs | None,
+                   now: float) -> IkeSa:
+        remote = concrete_addrs(config.remote_addrs)
+        if not remote:
             raise ValueError(f"connection {config.name!r} has no concrete remote address to initiate to")
-        local_ip = next((a for a in config.local_addrs if a not in ("%any", "%any4", "%any6")),
-                        "::" if ":" in remote_ip else "0.0.0.0")
+        remote_ip = remote[0]
+        local = concrete_addrs(config.local_addrs)
+        local_ip = local[0] if local else ("::" if ":" in remote_ip else "0.0.0.0")
         sa = IkeSa(self, config, initiator=True, local=(local_ip, config.local_port),
                    remote=(remote_ip, config.remote_port), spi_i=self.new_ike_spi(), spi_r=bytes(8),
                    unique_id=self.next_unique_id(), now=now)
         sa.initiated = (list(children), packet_ts)
-        self.register(sa)
-        sa.queue.append(IkeInit(sa))
+        self._register(sa)
+        sa.queue.append(IkeInit(config.proposals))
         sa.queue.append(IkeAuth(children[0] if children else None, packet_ts))
         for cfg in children[1:]:
             sa.queue.append(ChildCreate(cfg))
@@ -467,47 +562,46 @@ class IkeEndpoint:
         return sa
 
     def terminate_ike(self, connection: str, now: float) -> None:
-        from ike.tasks.informational import IkeDelete
         for sa in list(self.sas.values()):
-            if sa.name != connection or sa.state == "dead":
+            if sa.name != connection or sa.state == IkeState.DEAD:
                 continue
             if sa.established:
                 sa.queue_task(IkeDelete("deleted"), now, first=True)
             else:
                 sa.destroy("deleted", now)
+        self._settle(now)
 
     def terminate_child(self, child: str, now: float) -> None:
-        from ike.tasks.child_delete import ChildDelete
         for sa in list(self.sas.values()):
             for c in list(sa.children.values()):
-                if c.name == child and c.state in ("installed", "rekeying"):
+                if c.name == child and c.state in (ChildState.INSTALLED, ChildState.REKEYING):
                     sa.queue_task(ChildDelete(c, "deleted"), now)
+        self._settle(now)
 
     def rekey_child(self, inbound_spi: int, now: float) -> None:
-        from ike.tasks.child_rekey import ChildRekey
         sa = self.child_index.get(inbound_spi)
         child = sa.children.get(inbound_spi) if sa else None
-        if sa is None or child is None or child.state != "installed" or not sa.established:
+        if sa is None or child is None or child.state != ChildState.INSTALLED or not sa.established:
             return
         child.rekey_at = None
-        self.timer_changed(sa)
+        self._timer_dirty[sa] = None
         if not any(isinstance(t, ChildRekey) and t.child is child for t in sa.queue):
             sa.queue_task(ChildRekey(child), now)
+        self._settle(now)
 
     def note_inbound_esp(self, inbound_spi: int, now: float) -> None:
         sa = self.child_index.get(inbound_spi)
         if sa is not None and now > sa.last_inbound:
-            sa.last_inbound = now
+            sa.last_inbound = now  # DPD only moves later: the heap entry is re-checked lazily
 
     def key_snapshot(self) -> list[dict]:
         """IKE keys of the live SAs for ``tunnel.keyexport`` (the operator asked for them)."""
-        rows = [sa.key_row() for sa in self.sas.values() if sa.state != "dead"]
+        rows = [sa.key_row() for sa in self.sas.values() if sa.state != IkeState.DEAD]
         return [r for r in rows if r is not None]
 
     def status(self) -> list[dict]:
         return list(self.statuses())
 
-    def statuses(self):
+    def statuses(self) -> Iterator[dict]:
         """Each live IKE SA's status, one at a time (a caller encoding thousands need not hold all)."""
-        return (sa.status() for sa in self.sas.values() if sa.state != "dead")
-
+        return (sa.status() for sa in self.sas.values() if sa.state != IkeState.DEAD)

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from ike.constants import ProtocolId
-from ike.proposals import negotiated, parse_proposals
+from ike.codec.constants import ProtocolId
+from ike.crypto.proposals import negotiated, parse_proposals
 from tunnel.lab.configs import LAB_PSK
 from tunnel.lab.espgw import tcp_transfer, wait_until
 from tunnel.lab.interop import (SUITES, SWAN_ALGS, SWAN_CHILD_ALGS, FastStrongSwan, PacedTransfer, Peering,

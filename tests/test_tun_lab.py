@@ -16,7 +16,7 @@ import time
 import dpkt
 import pytest
 
-from test_tun_netns import namespaces
+from tests.test_tun_netns import namespaces
 from tunnel.fragment import fit_to_mtu, fragment_ipv4
 from tunnel.routes import RouteTable
 from tunnel.tun import TunDevice, TunError

@@ -329,7 +329,7 @@ _PROPOSAL_SYNTAX = re.compile(r"^[a-z0-9_]+(-[a-z0-9_]+)*!?$")
 
 def _validate_proposal(proposal: str, kind: str) -> None:
     try:  # the IKE core's parser knows the algorithms; it may not exist yet in this build
-        from ike.proposals import ProtocolId, parse_proposals
+        from ike.crypto.proposals import ProtocolId, parse_proposals
     except ImportError:
         if not _PROPOSAL_SYNTAX.match(proposal):
             raise _Bad(f"{kind} proposals like \"aes256gcm16-prfsha256-ecp256\"") from None

@@ -379,7 +379,6 @@ class Gateway:
             self.ike_sa_names.pop(event.unique_id, None)
             self.nat_keepalives.pop(event.unique_id, None)
             log.info("ike_sa.down", connection=event.name, id=event.unique_id, reason=event.reason)
-            self._maybe_restart(event, now)
         elif isinstance(event, NegotiationFailed):
             self.failures.append({"connection": event.name, "stage": event.stage, "notify": event.notify,
                                   "message": event.message, "child": event.child_name})
@@ -494,19 +493,6 @@ class Gateway:
         self.sadb.remove_inbound(path.inbound_spi)
         self.inbound_ok.clear()  # its verdicts hold the SA (and so its keys) alive
         self.totals.add(path)
-
-    def _maybe_restart(self, down: IkeSaDown, now: float) -> None:
-        """dpd_action/close_action = restart, as strongSwan: bring a dead connection back."""
-        if self._stopping or down.reason not in ("dead peer", "deleted by peer"):
-            return
-        try:
-            conn = self.config.connection(down.name)
-        except KeyError:
-            return
-        action = "dpd_action" if down.reason == "dead peer" else "close_action"
-        if any(getattr(c, action) == "restart" for c in conn.children):
-            log.info("restarting", connection=conn.name, reason=down.reason)
-            self._initiate(conn.name, None, now)
 
     # --- timers -----------------------------------------------------------------------------
     def _housekeeping(self, now: float) -> None:

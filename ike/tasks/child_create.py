@@ -7,36 +7,30 @@ import math
 import struct
 from dataclasses import dataclass, field
 from sys import intern  # one string object for the names thousands of CHILD SAs share
-from typing import TYPE_CHECKING
 
-from ike.child_sa import ChildSa, is_subset, narrow, without_redundant
+from ike.codec.constants import ExchangeType, NotifyType, ProtocolId, TransformType
+from ike.codec.message import Message
+from ike.codec.payloads import KePayload, NoncePayload, NotifyPayload, Payload, SaPayload, TsiPayload, TsrPayload
 from ike.config import ChildConfig, TrafficSelector
-from ike.constants import ExchangeType, NotifyType, ProtocolId, TransformType
-from ike.dh import InvalidKeyExchange, KeyExchange, key_exchange
-from ike.events import NegotiationFailed
-from ike.keys import child_keymat, split_child_keymat
-from ike.payloads import KePayload, NoncePayload, NotifyPayload, Payload, SaPayload, TsiPayload, TsrPayload
-from ike.proposals import Proposal, format_proposal, negotiated, parse_proposals, select_proposal, without_dh
-from ike.tasks.base import DONE, RETRY, Task, uniform
-
-if TYPE_CHECKING:
-    from ike.ike_sa import IkeSa
-    from ike.message import Message
-
-NONCE_LEN = 32
+from ike.crypto.dh import InvalidKeyExchange, KeyExchange, key_exchange
+from ike.crypto.keys import NONCE_LEN, child_keymat, split_child_keymat
+from ike.crypto.proposals import (Negotiated, Proposal, accept_answer as accept_proposal, choose,
+                                  format_proposal, parse_proposals, without_dh)
+from ike.events import Address, NegotiationFailed
+from ike.tasks.base import DONE, POSTPONE, RETRY, IkeSaContext, Outcome, Task, uniform
+from ike.tasks.child_delete import ChildAbandon
+from ike.tasks.child_sa import ChildSa, is_subset, narrow, without_redundant
+from ike.tasks.states import LIVE_CHILD_STATES
 
 
 class ChildFailure(Exception):
+    """A CHILD SA negotiation failed with ``notify``; ``abandoned_spi``: our inbound SPI of an SA
+    the peer installed for an answer we refused (to be deleted, so both sides agree)."""
+
     def __init__(self, notify: NotifyType, message: str, data: bytes = b""):
         super().__init__(message)
         self.notify, self.data = notify, data
-
-
-def new_spi(sa: "IkeSa") -> int:
-    while True:
-        spi = struct.unpack("!I", sa.rng(4))[0]
-        if spi >= 256 and spi not in sa.endpoint.child_index:  # 1-255 are reserved (RFC 4303)
-            return spi
+        self.abandoned_spi: int | None = None
 
 
 @dataclass
@@ -53,10 +47,13 @@ class ChildOffer:
     rekey_of: ChildSa | None = None
 
 
-def make_offer(sa: "IkeSa", cfg: ChildConfig, *, in_auth: bool, packet_ts=None, rekey_of: ChildSa | None = None,
-               group: int | None = None) -> ChildOffer:
+PacketTs = tuple[TrafficSelector, TrafficSelector]
+
+
+def make_offer(sa: IkeSaContext, cfg: ChildConfig, *, in_auth: bool, packet_ts: PacketTs | None = None,
+               rekey_of: ChildSa | None = None, group: int | None = None) -> ChildOffer:
     proposals = parse_proposals(cfg.esp_proposals, ProtocolId.ESP)
-    spi = new_spi(sa)
+    spi = sa.new_child_spi()
     if rekey_of is not None:
         tsi, tsr = list(rekey_of.local_ts), list(rekey_of.remote_ts)
     else:
@@ -77,7 +74,8 @@ def offer_payloads(offer: ChildOffer) -> list[Payload]:
     proposals = [Proposal(p.protocol, p.transforms, p.number, spi) for p in offer.proposals]
     out: list[Payload] = []
     if offer.rekey_of is not None:
-        out.append(NotifyPayload(NotifyType.REKEY_SA, b"", ProtocolId.ESP, struct.pack("!I", offer.rekey_of.inbound_spi)))
+        spi = struct.pack("!I", offer.rekey_of.inbound_spi)
+        out.append(NotifyPayload(NotifyType.REKEY_SA, b"", ProtocolId.ESP, spi))
     out.append(SaPayload(proposals))
     if offer.nonce:
         out.append(NoncePayload(offer.nonce))
@@ -87,7 +85,7 @@ def offer_payloads(offer: ChildOffer) -> list[Payload]:
     return out
 
 
-def _lifetimes(sa: "IkeSa", cfg: ChildConfig, now: float) -> tuple[float | None, float]:
+def _lifetimes(sa: IkeSaContext, cfg: ChildConfig, now: float) -> tuple[float | None, float]:
     """(rekey_at, expire_at); a rekey time or lifetime of 0 means never (as in swanctl.conf)."""
     life = cfg.effective_life_time
     if life <= 0:
@@ -100,41 +98,47 @@ def _lifetimes(sa: "IkeSa", cfg: ChildConfig, now: float) -> tuple[float | None,
     return now + cfg.rekey_time - uniform(sa.rng, 0.0, rand), now + life
 
 
-def build_child(sa: "IkeSa", cfg: ChildConfig, chosen: Proposal, *, exchange_initiator: bool, our_spi: int,
-                peer_spi: int, ni: bytes, nr: bytes, g_ir: bytes | None, local_ts, remote_ts, now: float,
+def build_child(sa: IkeSaContext, cfg: ChildConfig, chosen: Proposal, neg: Negotiated, *, exchange_initiator: bool,
+                our_spi: int, peer_spi: int, ni: bytes, nr: bytes, g_ir: bytes | None,
+                local_ts: list[TrafficSelector], remote_ts: list[TrafficSelector], now: float,
                 rekeyed_from: int | None = None) -> ChildSa:
-    neg = negotiated(chosen)
-    assert sa.neg is not None and sa.keys is not None
+    assert sa.neg is not None and sa.keys is not None and sa.neg.prf is not None
     keymat = child_keymat(sa.neg.prf, sa.keys.sk_d, ni, nr, 2 * neg.child_keymat_len(), g_ir)
     i2r, r2i = split_child_keymat(keymat)
     rekey_at, expire_at = _lifetimes(sa, cfg, now)
     return ChildSa(
-        cfg, sa.endpoint.next_unique_id(), our_spi, peer_spi, intern(format_proposal(chosen)),
+        cfg, sa.next_unique_id(), our_spi, peer_spi, intern(format_proposal(chosen)),
         intern(neg.esp_transform_name),
         neg.esn, tuple(local_ts), tuple(remote_ts), now, rekey_at, expire_at,
         inbound_keymat=r2i if exchange_initiator else i2r, outbound_keymat=i2r if exchange_initiator else r2i,
         rekeyed_from=rekeyed_from)
 
 
-def accept_answer(sa: "IkeSa", offer: ChildOffer, msg: "Message", ni: bytes, nr: bytes, now: float) -> ChildSa:
+def accept_answer(sa: IkeSaContext, offer: ChildOffer, msg: Message, ni: bytes, nr: bytes, now: float) -> ChildSa:
     """Initiator: check the responder's answer against the offer; the new CHILD SA or ChildFailure."""
-    for p in msg.payloads:
-        if isinstance(p, NotifyPayload) and p.notify_type < 16384:
+    for p in msg.all(NotifyPayload):
+        if p.is_error:
             raise ChildFailure(NotifyType(p.notify_type) if p.notify_type in NotifyType._value2member_map_
                                else NotifyType.INVALID_SYNTAX, f"peer answered {p.name}", p.data)
+    try:
+        return _accept_answer(sa, offer, msg, ni, nr, now)
+    except ChildFailure as exc:
+        if msg.get(SaPayload) is not None:  # the peer installed the SA it answered with
+            exc.abandoned_spi = offer.spi
+        raise
+
+
+def _accept_answer(sa: IkeSaContext, offer: ChildOffer, msg: Message, ni: bytes, nr: bytes, now: float) -> ChildSa:
     sa_p, tsi_p, tsr_p = msg.get(SaPayload), msg.get(TsiPayload), msg.get(TsrPayload)
     if sa_p is None or tsi_p is None or tsr_p is None:
         raise ChildFailure(NotifyType.INVALID_SYNTAX, "answer lacks SA, TSi or TSr")
     if len(sa_p.proposals) != 1 or len(sa_p.proposals[0].spi) != 4:
         raise ChildFailure(NotifyType.NO_PROPOSAL_CHOSEN, "answer must hold one ESP proposal with a 4-byte SPI")
-    answer = sa_p.proposals[0]
-    if select_proposal(offer.proposals, [answer]) is None:
+    choice = accept_proposal(offer.proposals, sa_p.proposals)
+    if choice is None:
         raise ChildFailure(NotifyType.NO_PROPOSAL_CHOSEN, "peer chose a proposal we did not offer")
-    try:
-        neg = negotiated(answer)
-        neg.esp_transform_name
-    except ValueError as exc:
-        raise ChildFailure(NotifyType.NO_PROPOSAL_CHOSEN, str(exc)) from None
+    answer, neg = choice.proposal, choice.negotiated
+    _esp_transform(neg)
     g_ir = None
     if neg.dh:
         ke = msg.get(KePayload)
@@ -148,13 +152,21 @@ def accept_answer(sa: "IkeSa", offer: ChildOffer, msg: "Message", ni: bytes, nr:
             or not all(is_subset(t, offer.tsr) for t in tsr_p.selectors):
         raise ChildFailure(NotifyType.TS_UNACCEPTABLE, "answered traffic selectors are not within the offer")
     peer_spi = struct.unpack("!I", answer.spi)[0]
-    return build_child(sa, offer.config, answer, exchange_initiator=True, our_spi=offer.spi, peer_spi=peer_spi,
+    return build_child(sa, offer.config, answer, neg, exchange_initiator=True, our_spi=offer.spi, peer_spi=peer_spi,
                        ni=ni, nr=nr, g_ir=g_ir, local_ts=without_redundant(tsi_p.selectors),
                        remote_ts=without_redundant(tsr_p.selectors), now=now,
                        rekeyed_from=offer.rekey_of.inbound_spi if offer.rekey_of else None)
 
 
-def pick_config(sa: "IkeSa", tsi: list[TrafficSelector], tsr: list[TrafficSelector]):
+def _esp_transform(neg: Negotiated) -> str:
+    try:
+        return neg.esp_transform_name
+    except ValueError as exc:
+        raise ChildFailure(NotifyType.NO_PROPOSAL_CHOSEN, str(exc)) from None
+
+
+def pick_config(sa: IkeSaContext, tsi: list[TrafficSelector], tsr: list[TrafficSelector]
+                ) -> tuple[ChildConfig | None, list[TrafficSelector], list[TrafficSelector]]:
     """Responder: the first CHILD config whose selectors intersect the offer, with the narrowed
     selectors (ours: local = narrowed TSr, remote = narrowed TSi)."""
     for cfg in sa.config.children:
@@ -164,13 +176,14 @@ def pick_config(sa: "IkeSa", tsi: list[TrafficSelector], tsr: list[TrafficSelect
     return None, [], []
 
 
-def answer_offer(sa: "IkeSa", msg: "Message", now: float, *, in_auth: bool, ni: bytes | None = None,
+def answer_offer(sa: IkeSaContext, msg: Message, now: float, *, in_auth: bool, ni: bytes | None = None,
                  rekey_of: ChildSa | None = None) -> tuple[list[Payload], ChildSa]:
     """Responder: negotiate a CHILD SA from a request; (answer payloads, new CHILD SA) or ChildFailure.
     ``ni`` is the IKE_SA_INIT nonce pair's Ni in IKE_AUTH; CREATE_CHILD_SA carries fresh nonces."""
     sa_p, tsi_p, tsr_p = msg.get(SaPayload), msg.get(TsiPayload), msg.get(TsrPayload)
     if sa_p is None or tsi_p is None or tsr_p is None:
         raise ChildFailure(NotifyType.INVALID_SYNTAX, "request lacks SA, TSi or TSr")
+    cfg: ChildConfig | None
     if rekey_of is not None:
         cfg = rekey_of.config
         remote, local = narrow(tsi_p.selectors, cfg.remote_ts), narrow(tsr_p.selectors, cfg.local_ts)
@@ -180,14 +193,11 @@ def answer_offer(sa: "IkeSa", msg: "Message", now: float, *, in_auth: bool, ni: 
         raise ChildFailure(NotifyType.TS_UNACCEPTABLE, "no CHILD config matches the traffic selectors")
     own = parse_proposals(cfg.esp_proposals, ProtocolId.ESP)
     offered = [p for p in sa_p.proposals if p.protocol == ProtocolId.ESP and len(p.spi) == 4]
-    chosen = select_proposal(own, offered, skip_dh=in_auth)
-    if chosen is None:
+    choice = choose(own, offered, skip_dh=in_auth)
+    if choice is None:
         raise ChildFailure(NotifyType.NO_PROPOSAL_CHOSEN, "no acceptable ESP proposal", b"")
-    try:
-        negotiated(chosen).esp_transform_name
-    except ValueError as exc:
-        raise ChildFailure(NotifyType.NO_PROPOSAL_CHOSEN, str(exc)) from None
-    neg = negotiated(chosen)
+    chosen, neg = choice.proposal, choice.negotiated
+    _esp_transform(neg)
     answer: list[Payload] = []
     g_ir, our_ke = None, None
     if in_auth:
@@ -207,9 +217,9 @@ def answer_offer(sa: "IkeSa", msg: "Message", now: float, *, in_auth: bool, ni: 
                 g_ir = our_ke.shared_secret(ke.data)
             except InvalidKeyExchange as exc:
                 raise ChildFailure(NotifyType.INVALID_SYNTAX, str(exc)) from None
-    our_spi = new_spi(sa)
+    our_spi = sa.new_child_spi()
     peer_spi = struct.unpack("!I", chosen.spi)[0]
-    child = build_child(sa, cfg, chosen, exchange_initiator=False, our_spi=our_spi, peer_spi=peer_spi,
+    child = build_child(sa, cfg, chosen, neg, exchange_initiator=False, our_spi=our_spi, peer_spi=peer_spi,
                         ni=nonce_i, nr=nonce_r, g_ir=g_ir, local_ts=local, remote_ts=remote, now=now,
                         rekeyed_from=rekey_of.inbound_spi if rekey_of else None)
     answer.append(SaPayload([Proposal(chosen.protocol, chosen.transforms, chosen.number, struct.pack("!I", our_spi))]))
@@ -222,7 +232,13 @@ def answer_offer(sa: "IkeSa", msg: "Message", now: float, *, in_auth: bool, ni: 
     return answer, child
 
 
-def failure_event(sa: "IkeSa", stage: str, exc: ChildFailure, child_name: str | None) -> NegotiationFailed:
+def abandon(sa: IkeSaContext, exc: ChildFailure) -> None:
+    """Delete the SA the peer installed for an answer we refused (it lists our SPI as outbound)."""
+    if exc.abandoned_spi is not None:
+        sa.queue_next(ChildAbandon(exc.abandoned_spi))
+
+
+def failure_event(sa: IkeSaContext, stage: str, exc: ChildFailure, child_name: str | None) -> NegotiationFailed:
     return NegotiationFailed(sa.name, stage, exc.notify.name, str(exc), child_name)
 
 
@@ -231,25 +247,29 @@ class ChildCreate(Task):
 
     exchange = ExchangeType.CREATE_CHILD_SA
 
-    def __init__(self, config: ChildConfig, packet_ts=None):
+    def __init__(self, config: ChildConfig, packet_ts: PacketTs | None = None):
         self.config, self.packet_ts = config, packet_ts
         self.offer: ChildOffer | None = None
         self.group: int | None = None
 
-    def build(self, sa, now):
+    def again(self) -> ChildCreate:
+        return ChildCreate(self.config, self.packet_ts)
+
+    def build(self, sa: IkeSaContext, now: float) -> list[Payload] | None:
         if not sa.established:
             return None
-        if self.packet_ts is None and any(c.config is self.config and c.state in ("installed", "rekeying")
+        if self.packet_ts is None and any(c.config is self.config and c.state in LIVE_CHILD_STATES
                                           for c in sa.children.values()):
             return None  # already up (asked twice, or moved here by an IKE rekey)
         self.offer = make_offer(sa, self.config, in_auth=False, packet_ts=self.packet_ts, group=self.group)
         return offer_payloads(self.offer)
 
-    def process(self, sa, msg, raw, src, dst, now):
+    def process(self, sa: IkeSaContext, msg: Message, raw: bytes, src: Address, dst: Address,
+                now: float) -> Outcome:
         assert self.offer is not None
         nonce = msg.get(NoncePayload)
         try:
-            if nonce is None and not any(isinstance(p, NotifyPayload) and p.notify_type < 16384 for p in msg.payloads):
+            if nonce is None and not any(p.is_error for p in msg.all(NotifyPayload)):
                 raise ChildFailure(NotifyType.INVALID_SYNTAX, "answer without a nonce")
             child = accept_answer(sa, self.offer, msg, self.offer.nonce, nonce.data if nonce else b"", now)
         except ChildFailure as exc:
@@ -257,8 +277,8 @@ class ChildCreate(Task):
                 self.group = struct.unpack("!H", exc.data)[0]
                 return RETRY
             if exc.notify == NotifyType.TEMPORARY_FAILURE:
-                sa.postpone(ChildCreate(self.config, self.packet_ts), now)
-                return DONE
+                return POSTPONE
+            abandon(sa, exc)
             sa.emit(failure_event(sa, "CREATE_CHILD_SA", exc, self.config.name))
             sa.log("child_sa_failed", child=self.config.name, notify=exc.notify.name, error=str(exc))
             return DONE
@@ -269,7 +289,7 @@ class ChildCreate(Task):
         return DONE
 
 
-def respond_create(sa: "IkeSa", msg: "Message", now: float) -> list[Payload]:
+def respond_create(sa: IkeSaContext, msg: Message, now: float) -> list[Payload]:
     """Responder: CREATE_CHILD_SA for a new CHILD SA (no REKEY_SA, no IKE proposal)."""
     try:
         payloads, child = answer_offer(sa, msg, now, in_auth=False)

@@ -4,35 +4,57 @@ lists ours for the same pairs, then both remove them."""
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
 
-from ike.child_sa import ChildSa
-from ike.constants import ExchangeType, ProtocolId
-from ike.payloads import DeletePayload, Payload
-from ike.tasks.base import DONE, Task
-
-if TYPE_CHECKING:
-    from ike.ike_sa import IkeSa
+from ike.codec.constants import ExchangeType, ProtocolId
+from ike.codec.message import Message
+from ike.codec.payloads import DeletePayload, Payload
+from ike.events import Address
+from ike.tasks.base import DONE, IkeSaContext, Outcome, Task
+from ike.tasks.child_sa import ChildSa
+from ike.tasks.states import ChildState, IkeState
 
 
 class ChildDelete(Task):
     exchange = ExchangeType.INFORMATIONAL
+    moves_on_ike_rekey = True
 
     def __init__(self, child: ChildSa, reason: str = "deleted"):
         self.child, self.reason = child, reason
 
-    def build(self, sa, now):
-        if self.child.inbound_spi not in sa.children or sa.state not in ("established", "rekeyed"):
+    def build(self, sa: IkeSaContext, now: float) -> list[Payload] | None:
+        if self.child.inbound_spi not in sa.children or sa.state not in (IkeState.ESTABLISHED, IkeState.REKEYED):
             return None
-        self.child.state = "deleting"
+        if self.child.state != ChildState.DELETING:
+            self.child.move_to(ChildState.DELETING)
         return [DeletePayload(ProtocolId.ESP, [struct.pack("!I", self.child.inbound_spi)], 4)]
 
-    def process(self, sa, msg, raw, src, dst, now):
+    def process(self, sa: IkeSaContext, msg: Message, raw: bytes, src: Address, dst: Address,
+                now: float) -> Outcome:
         sa.remove_child(self.child, self.reason)
         return DONE
 
 
-def respond_child_deletes(sa: "IkeSa", deletes: list[DeletePayload], now: float) -> list[Payload]:
+class ChildAbandon(Task):
+    """Delete the CHILD SA the peer installed for an answer we refused: we never installed ours,
+    so the Delete lists the inbound SPI we had offered (the peer's SA sends to it)."""
+
+    exchange = ExchangeType.INFORMATIONAL
+    moves_on_ike_rekey = True
+
+    def __init__(self, spi: int):
+        self.spi = spi
+
+    def build(self, sa: IkeSaContext, now: float) -> list[Payload] | None:
+        if sa.state not in (IkeState.ESTABLISHED, IkeState.REKEYED):
+            return None
+        return [DeletePayload(ProtocolId.ESP, [struct.pack("!I", self.spi)], 4)]
+
+    def process(self, sa: IkeSaContext, msg: Message, raw: bytes, src: Address, dst: Address,
+                now: float) -> Outcome:
+        return DONE
+
+
+def respond_child_deletes(sa: IkeSaContext, deletes: list[DeletePayload], now: float) -> list[Payload]:
     ours: list[bytes] = []
     for d in deletes:
         if d.spi_size != 4:
@@ -43,23 +65,19 @@ def respond_child_deletes(sa: "IkeSa", deletes: list[DeletePayload], now: float)
             if child is None:
                 # maybe an SA our outstanding CREATE_CHILD_SA is about to install: the peer
                 # deleted it before our answer arrived (strongSwan's deleted_spis)
-                if sa.active is not None and sa.active.task.exchange == ExchangeType.CREATE_CHILD_SA:
+                active = sa.active_task
+                if active is not None and active.exchange == ExchangeType.CREATE_CHILD_SA:
                     if not isinstance(sa.peer_deleted_spis, set):
                         sa.peer_deleted_spis = set()
                     sa.peer_deleted_spis.add(spi)
                 continue
             # a CHILD SA we are deleting ourselves already (collision): the answer still lists it
             ours.append(struct.pack("!I", child.inbound_spi))
-            reason = "rekeyed" if child.state == "rekeyed" or _collided(sa, child) else "deleted by peer"
-            if child.state == "redundant":
+            active = sa.active_task
+            collided = active is not None and active.collided_on(child)
+            reason = "rekeyed" if child.state == ChildState.REKEYED or collided else "deleted by peer"
+            if child.state == ChildState.REDUNDANT:
                 reason = "rekey collision"
             sa.remove_child(child, reason)
     return [DeletePayload(ProtocolId.ESP, ours, 4)] if ours else []
 
-
-def _collided(sa: "IkeSa", child: ChildSa) -> bool:
-    """Our rekey of ``child`` is out and the peer's rekey of it created its successor."""
-    from ike.tasks.child_rekey import ChildRekey
-
-    task = sa.active.task if sa.active else None
-    return isinstance(task, ChildRekey) and task.child is child and task.collision is not None

@@ -9,19 +9,17 @@ side (the winner) deletes the old SA, as strongSwan's child_rekey.c does.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
 
-from ike.child_sa import ChildSa
-from ike.constants import ExchangeType, NotifyType, ProtocolId
-from ike.payloads import NoncePayload, NotifyPayload, Payload
-from ike.tasks.base import DONE, RETRY, Task
-from ike.tasks.child_create import (ChildFailure, ChildOffer, accept_answer, answer_offer,
+from ike.codec.constants import ExchangeType, NotifyType, ProtocolId
+from ike.codec.message import Message
+from ike.codec.payloads import NoncePayload, NotifyPayload, Payload
+from ike.events import Address
+from ike.tasks.base import DONE, POSTPONE, RETRY, IkeSaContext, Outcome, Task
+from ike.tasks.child_create import (ChildCreate, ChildFailure, ChildOffer, abandon, accept_answer, answer_offer,
                                     failure_event, make_offer, offer_payloads)
 from ike.tasks.child_delete import ChildDelete
-
-if TYPE_CHECKING:
-    from ike.ike_sa import IkeSa
-    from ike.message import Message
+from ike.tasks.child_sa import ChildSa
+from ike.tasks.states import ChildState
 
 
 def lower_nonce(nonces: tuple[bytes, bytes]) -> bytes:
@@ -37,6 +35,7 @@ def lost_collision(ours: tuple[bytes, bytes], theirs: tuple[bytes, bytes]) -> bo
 
 class ChildRekey(Task):
     exchange = ExchangeType.CREATE_CHILD_SA
+    moves_on_ike_rekey = True
 
     def __init__(self, child: ChildSa):
         self.child = child
@@ -44,15 +43,22 @@ class ChildRekey(Task):
         self.group: int | None = None
         self.collision: tuple[ChildSa, tuple[bytes, bytes]] | None = None
 
-    def build(self, sa, now):
+    def again(self) -> ChildRekey:
+        return ChildRekey(self.child)
+
+    def collided_on(self, child: ChildSa) -> bool:
+        return child is self.child and self.collision is not None
+
+    def build(self, sa: IkeSaContext, now: float) -> list[Payload] | None:
         child = self.child
-        if not sa.established or sa.children.get(child.inbound_spi) is not child or child.state != "installed":
+        if not sa.established or sa.children.get(child.inbound_spi) is not child or child.state != ChildState.INSTALLED:
             return None
-        child.state = "rekeying"
+        child.move_to(ChildState.REKEYING)
         self.offer = make_offer(sa, child.config, in_auth=False, rekey_of=child, group=self.group)
         return offer_payloads(self.offer)
 
-    def process(self, sa, msg, raw, src, dst, now):
+    def process(self, sa: IkeSaContext, msg: Message, raw: bytes, src: Address, dst: Address,
+                now: float) -> Outcome:
         assert self.offer is not None
         child = self.child
         nonce = msg.get(NoncePayload)
@@ -64,77 +70,75 @@ class ChildRekey(Task):
             return self._failed(sa, exc, now)
         if new.outbound_spi in sa.peer_deleted_spis:  # the peer closed the new SA already
             sa.log("child_sa_deleted_before_installed", child=new.name, spi_out=f"{new.outbound_spi:08x}")
-            if child.inbound_spi in sa.children and child.state == "rekeying":
-                child.state = "installed"
+            new.forget_keys()
+            if child.inbound_spi in sa.children and child.state == ChildState.REKEYING:
+                child.move_to(ChildState.INSTALLED)
             return DONE
         if self.collision is not None:
             other, other_nonces = self.collision
             if lost_collision((self.offer.nonce, nonce.data), other_nonces):
                 sa.log("child_rekey_collision_lost", child=child.name, spi_in=f"{child.inbound_spi:08x}")
-                new.state = "redundant"
+                new.move_to(ChildState.REDUNDANT)
                 new.rekey_at = None
                 sa.add_child(new)
-                child.state = "rekeyed"  # the winner deletes the old SA
-                sa.queue.insert(0, ChildDelete(new, "rekey collision"))
+                child.move_to(ChildState.REKEYED)  # the winner deletes the old SA
+                sa.queue_next(ChildDelete(new, "rekey collision"))
                 return DONE
             sa.log("child_rekey_collision_won", child=child.name, spi_in=f"{child.inbound_spi:08x}")
             if other.inbound_spi in sa.children:
-                other.state = "redundant"  # the loser deletes it, else it goes CHILD_GRACE from now
+                other.move_to(ChildState.REDUNDANT)  # the loser deletes it, else it goes CHILD_GRACE from now
                 other.rekey_at = None
                 other.expire_at = min(other.expire_at, now)
         sa.add_child(new)
-        child.state = "rekeyed"
+        child.move_to(ChildState.REKEYED)
         child.rekey_at = None
-        sa.queue.insert(0, ChildDelete(child, "rekeyed"))
+        sa.queue_next(ChildDelete(child, "rekeyed"))
         return DONE
 
-    def _failed(self, sa, exc: ChildFailure, now) -> str:
+    def _failed(self, sa: IkeSaContext, exc: ChildFailure, now: float) -> Outcome:
         child = self.child
+        abandon(sa, exc)
+        live = child.inbound_spi in sa.children
         if exc.notify == NotifyType.INVALID_KE_PAYLOAD and len(exc.data) == 2 and self.group is None:
             self.group = struct.unpack("!H", exc.data)[0]
-            child.state = "installed"
+            child.move_to(ChildState.INSTALLED)
             return RETRY
         if self.collision is not None:
-            if child.inbound_spi in sa.children:
-                child.state = "rekeyed"  # the peer's rekey of this SA went through; it deletes the old one
+            if live and child.state == ChildState.REKEYING:
+                child.move_to(ChildState.REKEYED)  # the peer's rekey of this SA went through; it deletes the old one
             return DONE
-        if child.inbound_spi not in sa.children:
+        if not live:
             return DONE  # the peer deleted it meanwhile: respect that
         if exc.notify == NotifyType.TEMPORARY_FAILURE:
-            if child.inbound_spi in sa.children and child.state == "rekeying":
-                child.state = "installed"
-                sa.postpone(ChildRekey(child), now)
+            if child.state == ChildState.REKEYING:
+                child.move_to(ChildState.INSTALLED)
+                return POSTPONE
             return DONE
         if exc.notify == NotifyType.CHILD_SA_NOT_FOUND:
             # the peer lost it: replace it with a fresh CHILD SA, as strongSwan does
-            from ike.tasks.child_create import ChildCreate
             sa.log("child_rekey_not_found", child=child.name, spi_in=f"{child.inbound_spi:08x}")
             sa.remove_child(child, "not found by peer")
-            sa.queue.insert(0, ChildCreate(child.config))
+            sa.queue_next(ChildCreate(child.config))
             return DONE
         sa.emit(failure_event(sa, "CREATE_CHILD_SA", exc, child.name))
         sa.log("child_rekey_failed", child=child.name, notify=exc.notify.name, error=str(exc))
-        if child.inbound_spi in sa.children and child.state == "rekeying":
-            child.state = "installed"
+        if child.state == ChildState.REKEYING:
+            child.move_to(ChildState.INSTALLED)
         return DONE
 
-    def timed_out(self, sa, now):
-        pass
 
-
-def respond_child_rekey(sa: "IkeSa", msg: "Message", now: float) -> list[Payload]:
+def respond_child_rekey(sa: IkeSaContext, msg: Message, now: float) -> list[Payload]:
     note = msg.notifies()[NotifyType.REKEY_SA]
     if note.protocol != ProtocolId.ESP or len(note.spi) != 4:
         return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
     child = sa.child_by_outbound(struct.unpack("!I", note.spi)[0])
-    active = sa.active.task if sa.active else None
+    active = sa.active_task
     if child is None:
-        from ike.tasks.child_create import ChildCreate
         if isinstance(active, (ChildRekey, ChildCreate)):  # our answer may be about to create it
             return [NotifyPayload(NotifyType.TEMPORARY_FAILURE)]
         return [NotifyPayload(NotifyType.CHILD_SA_NOT_FOUND, b"", ProtocolId.ESP, note.spi)]
     colliding = isinstance(active, ChildRekey) and active.child is child
-    if child.state != "installed" and not colliding:
+    if child.state != ChildState.INSTALLED and not colliding:
         return [NotifyPayload(NotifyType.TEMPORARY_FAILURE)]
     try:
         payloads, new = answer_offer(sa, msg, now, in_auth=False, rekey_of=child)
@@ -143,9 +147,9 @@ def respond_child_rekey(sa: "IkeSa", msg: "Message", now: float) -> list[Payload
         sa.log("child_rekey_refused", child=child.name, notify=exc.notify.name, error=str(exc))
         return [NotifyPayload(int(exc.notify), exc.data)]
     sa.add_child(new)
-    if colliding:
+    if isinstance(active, ChildRekey) and colliding:
         active.collision = (new, new.nonces)
     else:
-        child.state = "rekeyed"  # the initiator deletes it
+        child.move_to(ChildState.REKEYED)  # the initiator deletes it
         child.rekey_at = None
     return payloads

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from ike.constants import ExchangeType, NotifyType, ProtocolId
-from ike.payloads import NotifyPayload, Payload, SaPayload
-
-if TYPE_CHECKING:
-    from ike.ike_sa import IkeSa
-    from ike.message import Message
+from ike.codec.constants import ExchangeType, NotifyType, ProtocolId
+from ike.codec.message import Message
+from ike.codec.payloads import DeletePayload, NotifyPayload, Payload, SaPayload
+from ike.tasks import child_create, child_delete, child_rekey, ike_auth, ike_delete, ike_init, ike_rekey
+from ike.tasks.base import IkeSaContext
 
 
-def respond(sa: "IkeSa", msg: "Message", now: float) -> list[Payload]:
-    from ike.tasks import child_create, child_rekey, ike_auth, ike_rekey, informational
-
+def respond(sa: IkeSaContext, msg: Message, now: float) -> list[Payload]:
+    if msg.exchange == ExchangeType.IKE_SA_INIT:
+        return ike_init.respond_init(sa, msg, now)
     if msg.exchange == ExchangeType.IKE_AUTH:
         return ike_auth.respond_auth(sa, msg, now)
     if msg.exchange == ExchangeType.INFORMATIONAL:
-        return informational.respond_informational(sa, msg, now)
+        return _informational(sa, msg, now)
     if msg.exchange == ExchangeType.CREATE_CHILD_SA:
         if not sa.established or sa.silent:  # silent: an IKE rekey collision is still undecided
             return [NotifyPayload(NotifyType.TEMPORARY_FAILURE)]
@@ -30,3 +27,16 @@ def respond(sa: "IkeSa", msg: "Message", now: float) -> list[Payload]:
         return child_create.respond_create(sa, msg, now)
     sa.log("unsupported_exchange", exchange=msg.exchange_name)
     return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
+
+
+def _informational(sa: IkeSaContext, msg: Message, now: float) -> list[Payload]:
+    """INFORMATIONAL (RFC 7296 s1.4): an IKE delete, CHILD deletes, error notifies, or nothing (DPD)."""
+    deletes = msg.all(DeletePayload)
+    if any(d.protocol == ProtocolId.IKE for d in deletes):
+        return ike_delete.respond_ike_delete(sa, msg, now)
+    out: list[Payload] = []
+    child_deletes = [d for d in deletes if d.protocol in (ProtocolId.ESP, ProtocolId.AH)]
+    if child_deletes:
+        out += child_delete.respond_child_deletes(sa, child_deletes, now)
+    ike_auth.respond_error_notifies(sa, msg)
+    return out

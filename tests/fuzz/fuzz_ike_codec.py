@@ -7,7 +7,7 @@ Input: a mode byte, then
           carries) for decode_chain / decode_inner, with the same stability check;
   mode 2: a whole datagram opened with the keys of the recorded strongSwan fixtures (chosen by
           the SPIs and the I flag), then its inner chain decoded.
-Invariant: only ike.message.MessageError escapes decoding.
+Invariant: only ike.codec.message.MessageError escapes decoding.
 """
 
 if __name__ == "__main__":
@@ -17,10 +17,10 @@ if __name__ == "__main__":
 import json
 from pathlib import Path
 
-from ike import message as codec
-from ike.constants import ProtocolId
-from ike.proposals import negotiated, parse_proposals
-from ike.skcipher import SkCipher
+from ike.codec import message as codec
+from ike.codec.constants import ProtocolId
+from ike.crypto.proposals import negotiated, parse_proposals
+from ike.crypto.skcipher import SkCipher
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "strongswan"
 NON_ESP_MARKER = bytes(4)

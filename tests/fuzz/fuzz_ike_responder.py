@@ -23,10 +23,10 @@ if __name__ == "__main__":
 import struct
 import zlib
 
-from ike import message as codec
-from ike.constants import ExchangeType, PayloadType
+from ike.codec import message as codec
+from ike.codec.constants import ExchangeType, PayloadType
 from ike.events import ChildSaUp, IkeSaUp
-from ike.tasks.informational import IkeDpd
+from ike.tasks.ike_dpd import IkeDpd
 
 import fuzzlib
 import ikepair
@@ -84,6 +84,7 @@ def _record() -> list[Recorded]:
     now = 30.0
     sa = only_sa()
     sa.rekey_at = now
+    a.reschedule(sa)
     a.handle_timer(now)
     ikepair.pump(eps, now, on_deliver=keep)
     now = 40.0

@@ -1,6 +1,6 @@
 """Two IkeEndpoints in memory for the IKE harnesses: configs, a seeded rng and a message pump.
 
-Kept apart from tests/ike_harness.py so that the harnesses depend only on ike/ (and are
+Kept apart from tests/ike/harness.py so that the harnesses depend only on ike/ (and are
 instrumented as a unit); the timing model is the same: nothing moves unless pumped.
 """
 
