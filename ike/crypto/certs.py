@@ -407,6 +407,9 @@ def validate_chain(end_entity: x509.Certificate, sent: Sequence[x509.Certificate
         else:
             if bad_signature is not None:
                 raise bad_signature
+            if current.issuer == current.subject:
+                raise CertificateUntrusted(f"no chain from {describe(end_entity)} to a configured CA: it ends at "
+                                           f"the self-signed {describe(current)}, which is not a configured CA")
             raise CertificateUntrusted(f"no chain from {describe(end_entity)} to a configured CA: nothing "
                                        f'known issued "{dn_to_text(current.issuer)}"')
         _check_ca(issuer, below=len(chain) - 1)
