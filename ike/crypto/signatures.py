@@ -128,6 +128,12 @@ _RECEIVED_ONLY: tuple[SignatureScheme, ...] = (
     SignatureScheme("sha1WithRSAEncryption", "rsa", HashAlgorithm.SHA1,
                     bytes.fromhex("300d06092a864886f70d0101050500")),
     SignatureScheme("ecdsa-with-sha1", "ecdsa", HashAlgorithm.SHA1, bytes.fromhex("300906072a8648ce3d0401")),
+    # RFC 7427 A.4.1 (empty parameters) and A.4.2 (defaults spelled out): SHA-1, MGF1-SHA-1, salt 20
+    SignatureScheme("RSASSA-PSS SHA-1 (empty parameters)", "rsa", HashAlgorithm.SHA1,
+                    bytes.fromhex("300d06092a864886f70d01010a3000"), pss=True),
+    SignatureScheme("RSASSA-PSS SHA-1 (default parameters)", "rsa", HashAlgorithm.SHA1, bytes.fromhex(
+        "303e06092a864886f70d01010a3031a00b300906052b0e03021a0500a118301606092a864886f70d010108300906052b0e03021a0500"
+        "a203020114a303020101"), pss=True),
     SignatureScheme("RSASSA-PSS SHA-256 (trailer)", "rsa", HashAlgorithm.SHA2_256, _PSS_SHA256_TRAILER, pss=True),
     SignatureScheme("RSASSA-PSS SHA-384 (trailer)", "rsa", HashAlgorithm.SHA2_384, _PSS_SHA384_TRAILER, pss=True),
     SignatureScheme("RSASSA-PSS SHA-512 (trailer)", "rsa", HashAlgorithm.SHA2_512, _PSS_SHA512_TRAILER, pss=True),
