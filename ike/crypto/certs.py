@@ -498,3 +498,24 @@ def chain_to_send(credential: LocalCredential, requested: Sequence[bytes],
         if spki_sha1(issuer) in wanted:
             return chain[:depth + 1]
     return chain
+
+
+# --- the peer's CERT payloads -----------------------------------------------------------------
+
+def validate_peer(cert_ders: Sequence[bytes], store: TrustStore, now: datetime,
+                  peer_id: Identity | None = None) -> list[x509.Certificate]:
+    """The peer's X.509 CERT payload data as received (end entity first, then intermediates,
+    RFC 7296 s3.6): parsed, validated up to a configured CA at ``now`` and, with ``peer_id``
+    (its IDi/IDr), checked to contain that identity. Returns the chain, end entity first."""
+    if not cert_ders:
+        raise CertificateUntrusted("the peer sent no certificate")
+    certs = []
+    for index, der in enumerate(cert_ders):
+        try:
+            certs.append(x509.load_der_x509_certificate(der))
+        except ValueError:
+            raise CertificateGarbage(f"CERT payload {index + 1} is not a DER X.509 certificate") from None
+    chain = validate_chain(certs[0], certs[1:], store, now)
+    if peer_id is not None:
+        check_identity(certs[0], peer_id)
+    return chain

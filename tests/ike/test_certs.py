@@ -522,3 +522,19 @@ def test_chain_to_send_drops_unrelated_intermediates(lab):
     cred = C.LocalCredential(leaf, key, (other_ca, lab.ica))
     assert C.chain_to_send(cred, []) == [leaf]
     assert C.chain_to_send(cred, [C.spki_sha1(lab.ca)], known_cas=[lab.ca]) == [leaf]
+
+
+# --- the peer's CERT payloads -----------------------------------------------------------------
+
+def test_validate_peer_from_cert_payload_bytes():
+    der = [cert("carol.crt").public_bytes(serialization.Encoding.DER),
+           cert("ica.crt").public_bytes(serialization.Encoding.DER)]
+    store = C.TrustStore(cas=[cert("ca.crt")])
+    carol = Identity.parse("carol@strongswan.org")
+    assert len(C.validate_peer(der, store, NOW, carol)) == 3
+    with pytest.raises(C.IdentityMismatch):
+        C.validate_peer(der, store, NOW, Identity.parse("moon.strongswan.org"))
+    with pytest.raises(C.CertificateGarbage, match="CERT payload 2"):
+        C.validate_peer([der[0], b"\x30\x00"], store, NOW)
+    with pytest.raises(C.CertificateUntrusted, match="no certificate"):
+        C.validate_peer([], store, NOW)
