@@ -375,6 +375,8 @@ def validate_chain(end_entity: x509.Certificate, sent: Sequence[x509.Certificate
     entity, keyCertSign for CAs), CRLs of each issuer, and that the end entity's key is one we
     verify AUTH with. Raises a CertError subclass naming the certificate and the reason.
     """
+    if now.tzinfo is None:
+        raise ValueError("validate_chain needs a timezone-aware now (UTC)")
     certificate_public_key(end_entity)
     _check_end_entity(end_entity)
     _check_validity(end_entity, now)
