@@ -81,6 +81,15 @@ def test_strongswan_dn_text_and_der_agree_with_ours():
     assert carol_id.data == carol.subject.public_bytes()
 
 
+def test_strongswan_string_types_in_dns():
+    """PrintableString, UTF8String for non-printable text, IA5String for E=: the DER strongSwan's
+    atodn wrote from the same text, byte for byte; and printed back as strongSwan prints it."""
+    text = "C=CH, ST=Zürich, L=Zürich, O=Lab AG, OU=Ops, CN=gw.example, E=ops@lab.example"
+    subject = C.parse_certificate(fixture("dn-types.der")).subject
+    assert Identity.parse(text).data == subject.public_bytes()
+    assert str(Identity.of_name(subject)) == text
+
+
 def test_ca_key_hash_is_sha1_of_the_spki():
     ca = cert("ca.crt")
     spki = ca.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
