@@ -14,9 +14,11 @@ import struct
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from cryptography import x509
+
 from ike.config import TrafficSelector
-from ike.codec.constants import (NotifyType, PayloadType, ProtocolId, TransformAttr, TransformType, TsType,
-                                 is_error_notify)
+from ike.codec.constants import (CertEncoding, NotifyType, PayloadType, ProtocolId, TransformAttr, TransformType,
+                                 TsType, is_error_notify)
 
 
 @dataclass(frozen=True)
@@ -248,10 +250,11 @@ class AuthPayload(Payload):
 
 @dataclass
 class CertPayload(Payload):
-    """CERT and CERTREQ share a layout: encoding byte + data; parsed, not used (PSK only)."""
+    """CERT (RFC 7296 s3.6): encoding byte + data. An X.509 certificate (encoding 4) must be one
+    DER certificate; other encodings are kept as they came, for the receiver to ignore."""
 
     TYPE: ClassVar[int] = PayloadType.CERT
-    encoding: int = 0
+    encoding: int = CertEncoding.X509_SIGNATURE
     data: bytes = b""
 
     def body(self) -> bytes:
@@ -260,12 +263,48 @@ class CertPayload(Payload):
     @classmethod
     def parse(cls, body: bytes) -> CertPayload:
         _need(body, 1, "CERT")
+        if body[0] == CertEncoding.X509_SIGNATURE:
+            try:
+                x509.load_der_x509_certificate(bytes(body[1:]))
+            except ValueError:
+                raise MalformedPayload("CERT: not a DER X.509 certificate") from None
         return cls(body[0], bytes(body[1:]))
 
 
+CERTREQ_HASH_LEN = 20  # SHA-1 of a CA's SubjectPublicKeyInfo (RFC 7296 s3.7)
+
+
 @dataclass
-class CertReqPayload(CertPayload):
+class CertReqPayload(Payload):
+    """CERTREQ (RFC 7296 s3.7): encoding byte + for X.509 (4) concatenated 20-byte SHA-1 hashes
+    of trusted CAs' public keys (may be empty: any CA)."""
+
     TYPE: ClassVar[int] = PayloadType.CERTREQ
+    encoding: int = CertEncoding.X509_SIGNATURE
+    data: bytes = b""
+
+    @classmethod
+    def for_authorities(cls, key_hashes: list[bytes]) -> CertReqPayload:
+        if any(len(h) != CERTREQ_HASH_LEN for h in key_hashes):
+            raise ValueError("CERTREQ authorities are 20-byte SHA-1 hashes")
+        return cls(CertEncoding.X509_SIGNATURE, b"".join(key_hashes))
+
+    @property
+    def authorities(self) -> list[bytes]:
+        """The CA key hashes of an X.509 CERTREQ (none for other encodings)."""
+        if self.encoding != CertEncoding.X509_SIGNATURE:
+            return []
+        return [self.data[i:i + CERTREQ_HASH_LEN] for i in range(0, len(self.data), CERTREQ_HASH_LEN)]
+
+    def body(self) -> bytes:
+        return bytes([self.encoding]) + self.data
+
+    @classmethod
+    def parse(cls, body: bytes) -> CertReqPayload:
+        _need(body, 1, "CERTREQ")
+        if body[0] == CertEncoding.X509_SIGNATURE and (len(body) - 1) % CERTREQ_HASH_LEN:
+            raise MalformedPayload(f"CERTREQ: {len(body) - 1} bytes of CA hashes, not a multiple of 20")
+        return cls(body[0], bytes(body[1:]))
 
 
 @dataclass

@@ -28,13 +28,18 @@ def local_identity(config: ConnectionConfig, local_addr: str) -> Identity:
     return Identity.of_address(local_addr)
 
 
-def _auth_data(sa: IkeSaContext, psk: bytes, initiator_side: bool, id_payload: IdPayload) -> bytes:
+def auth_octets(sa: IkeSaContext, initiator_side: bool, id_payload: IdPayload) -> bytes:
+    """The side's <Initiator|Responder>SignedOctets (RFC 7296 s2.15): what a PSK AUTH MACs and a
+    signature AUTH (ike.crypto.signatures) signs."""
     assert sa.neg is not None and sa.keys is not None and sa.neg.prf is not None
     if initiator_side:
-        octets = signed_octets(sa.init_request, sa.nr, sa.neg.prf, sa.keys.sk_pi, id_payload.body())
-    else:
-        octets = signed_octets(sa.init_response, sa.ni, sa.neg.prf, sa.keys.sk_pr, id_payload.body())
-    return psk_auth(sa.neg.prf, psk, octets)
+        return signed_octets(sa.init_request, sa.nr, sa.neg.prf, sa.keys.sk_pi, id_payload.body())
+    return signed_octets(sa.init_response, sa.ni, sa.neg.prf, sa.keys.sk_pr, id_payload.body())
+
+
+def _auth_data(sa: IkeSaContext, psk: bytes, initiator_side: bool, id_payload: IdPayload) -> bytes:
+    assert sa.neg is not None and sa.neg.prf is not None
+    return psk_auth(sa.neg.prf, psk, auth_octets(sa, initiator_side, id_payload))
 
 
 def _auth_ok(expected: bytes, got: AuthPayload | None) -> bool:
