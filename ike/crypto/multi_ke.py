@@ -43,16 +43,26 @@ def update_ike_keys_all(neg: Negotiated, keys: IkeKeys, shared_secrets: Iterable
 
 def rekeyed_skeyseed(old_prf: int, old_sk_d: bytes, g_ir: bytes, additional: Sequence[bytes],
                      ni: bytes, nr: bytes) -> bytes:
-    """IKE SA rekey with additional key exchanges (RFC 9370 s2.2.4):
-    SKEYSEED = prf(SK_d, g^ir (new) | SK(1) | ... | SK(n) | Ni | Nr), with the old SA's PRF."""
-    return prf(old_prf, old_sk_d, g_ir + b"".join(additional) + ni + nr)
+    """IKE SA rekey with additional key exchanges (RFC 9370 s2.2.4), with the old SA's PRF:
+    SKEYSEED = prf(SK_d, SK(0) | Ni | Nr | SK(1) | ... | SK(n)), SK(0) the CREATE_CHILD_SA's
+    g^ir. The additional secrets follow the nonces, so with none it is RFC 7296 s2.18's."""
+    return prf(old_prf, old_sk_d, g_ir + ni + nr + b"".join(additional))
+
+
+def rekeyed_ike_keys(neg: Negotiated, old_prf: int, old_sk_d: bytes, g_ir: bytes,
+                     additional: Sequence[bytes], ni: bytes, nr: bytes, spi_i: bytes,
+                     spi_r: bytes) -> IkeKeys:
+    """The new IKE SA's keys after CREATE_CHILD_SA + IKE_FOLLOWUP_KE (RFC 9370 s2.2.4): the
+    SKEYSEED above, then prf+(SKEYSEED, Ni | Nr | SPIi | SPIr) with the new SA's PRF."""
+    skeyseed = rekeyed_skeyseed(old_prf, old_sk_d, g_ir, additional, ni, nr)
+    return _split_ike_keys(neg, skeyseed, ni, nr, spi_i, spi_r)
 
 
 def child_keymat_multi(prf_id: int, sk_d: bytes, g_ir: bytes | None, additional: Sequence[bytes],
                        ni: bytes, nr: bytes, length: int) -> bytes:
     """CHILD SA KEYMAT with additional key exchanges (RFC 9370 s2.2.4):
-    prf+(SK_d, g^ir (new) | SK(1) | ... | SK(n) | Ni | Nr); no PFS group leaves g^ir out."""
-    return prf_plus(prf_id, sk_d, (g_ir or b"") + b"".join(additional) + ni + nr, length)
+    prf+(SK_d, SK(0) | Ni | Nr | SK(1) | ... | SK(n)); no PFS group leaves SK(0) out."""
+    return prf_plus(prf_id, sk_d, (g_ir or b"") + ni + nr + b"".join(additional), length)
 
 
 # -- RFC 9242 s3.3.2 -----------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def record(out_dir: Path) -> Path:
             raise StrongSwanError(f"expected the same 3 SK_* sets on both sides, got {len(sets_a)}/{len(sets_b)}")
         frames = read_ike_frames(pcap)
         opened_by = _opened_by(frames, sets_a)
-        messages = [{**f.summary(), "key_set": k} for f, k in zip(frames, opened_by)]
+        messages = [{**f.summary(), "key_set": k} for f, k in zip(frames, opened_by, strict=True)]
         record = {
             "description": "strongSwan 6.1 <-> 6.1 with ML-KEM-768 as additional key exchange 1: "
                            "IKE_SA_INIT, IKE_INTERMEDIATE, IKE_AUTH, CHILD_SA rekey and IKE_SA rekey "
