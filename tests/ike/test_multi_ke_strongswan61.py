@@ -17,9 +17,9 @@ import pytest
 
 from ike.constants import AuthMethod
 from ike.constants import ProtocolId
-from ike.crypto.multi_ke import (intauth, intauth_chain, intauth_parts, rekeyed_ike_keys, rekeyed_skeyseed,
-                                  update_ike_keys)
-from ike.keys import IkeKeys, derive_ike_keys, prf, psk_auth, signed_octets
+from ike.crypto.multi_ke import (child_keymat_multi, intauth, intauth_chain, intauth_parts, rekeyed_ike_keys,
+                                  rekeyed_skeyseed, update_ike_keys)
+from ike.keys import IkeKeys, child_keymat, derive_ike_keys, prf, psk_auth, signed_octets
 from ike.message import decode, decode_inner, encrypted_payload, open_sk
 from ike.payloads import AuthPayload, IdiPayload, IdrPayload, NoncePayload, SaPayload
 from ike.proposals import negotiated, parse_proposals
@@ -43,9 +43,9 @@ class Recorded:
         self.nr = init_resp.get(NoncePayload).data
         self.spi_i, self.spi_r = self.frames[1].spi_i, self.frames[1].spi_r
 
-    def values(self, name: str) -> list[bytes]:
-        """charon's dumps of ``name`` in log order (gwA, the initiator)."""
-        return [bytes.fromhex(e["hex"]) for e in self.logged if e["name"] == name]
+    def values(self, name: str, group: str = "IKE") -> list[bytes]:
+        """charon's dumps of ``name`` in log order (gwA, the initiator); group IKE or CHD."""
+        return [bytes.fromhex(e["hex"]) for e in self.logged if e["name"] == name and e["group"] == group]
 
     def keys(self, index: int) -> IkeKeys:
         s = self.key_sets[index]
@@ -179,3 +179,32 @@ def test_ike_rekey_with_additional_key_exchange(rec):
 
 def test_ike_auth_message_id_follows_intermediate(rec):
     assert struct.unpack("!I", rec.frames[4].message[20:24])[0] == rec.frames[2].message_id + 1
+
+
+def _opened_pair(rec, request, response, keys: IkeKeys):
+    out = []
+    for frame, sk_e in ((request, keys.sk_ei), (response, keys.sk_er)):
+        msg = decode(frame.message)
+        plain = open_sk(frame.message, msg, SkCipher(rec.neg, sk_e, b""))
+        out.append(decode_inner(msg, encrypted_payload(msg).first_inner, plain))
+    return out
+
+
+def test_child_sa_keys(rec):
+    """The first CHILD SA (IKE_AUTH, no KE): prf+(SK_d(1), Ni | Nr). Its rekey with ECP-384 and
+    ML-KEM-768 (RFC 9370 s2.2.4): prf+(SK_d(1), SK(0) | Ni | Nr | SK(1)), the new nonces."""
+    keys1, esp_key_len = rec.keys(1), 36  # AES-256-GCM key + salt, per direction
+    seeds, enc_i, enc_r = (rec.values(n, "CHD") for n in ("seed", "encryption initiator key",
+                                                          "encryption responder key"))
+    assert seeds[0] == rec.ni + rec.nr
+    first = child_keymat(rec.neg.prf, keys1.sk_d, rec.ni, rec.nr, 2 * esp_key_len)
+    assert (first[:esp_key_len], first[esp_key_len:]) == (enc_i[0], enc_r[0])
+
+    request, response = _opened_pair(rec, rec.frames[6], rec.frames[7], keys1)  # CHILD_SA rekey
+    ni, nr = request.get(NoncePayload).data, response.get(NoncePayload).data
+    g_ir = rec.values("key exchange secret", "CHD")[0]
+    kem_secret = rec.values("additional key exchange secret", "CHD")[0]
+    assert (len(g_ir), len(kem_secret)) == (48, 32)
+    assert seeds[1] == g_ir + ni + nr + kem_secret
+    rekeyed = child_keymat_multi(rec.neg.prf, keys1.sk_d, g_ir, [kem_secret], ni, nr, 2 * esp_key_len)
+    assert (rekeyed[:esp_key_len], rekeyed[esp_key_len:]) == (enc_i[1], enc_r[1])

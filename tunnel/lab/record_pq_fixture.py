@@ -35,7 +35,8 @@ _KEPT = ("key exchange secret", "additional key exchange secret", "nonces", "SKE
          "Sk_d secret", "Sk_ai secret", "Sk_ar secret", "Sk_ei secret", "Sk_er secret",
          "Sk_pi secret", "Sk_pr secret", "IntAuth_N-1", "IntAuth_A|P", "SK_p",
          "IntAuth_N = prf(Sk_px, data)", "IDx'", "octets = message + nonce + prf(Sk_px, IDx') + IntAuth",
-         "AUTH = prf(prf(secret, keypad), octets)")
+         "AUTH = prf(prf(secret, keypad), octets)", "seed", "encryption initiator key",
+         "encryption responder key")
 
 
 def _proposal_text(sa: dict) -> str:

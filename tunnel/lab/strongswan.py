@@ -75,6 +75,7 @@ class StrongSwan:
         self.lab, self.gateway, self.version = lab, gateway, version
         self.connections = list(connections)
         self.ike_log_level = ike_log_level if ike_log_level is not None else (4 if log_keys else 2)
+        self.chd_log_level = 4 if log_keys else 1  # 4 dumps the CHILD SA key derivation inputs
         self.rmem_default = rmem_default
         self.dir = lab.workdir / f"strongswan-{gateway.role}"
         self.conf_path = self.dir / "strongswan.conf"
@@ -109,6 +110,7 @@ charon {{
             flush_line = yes
             default = 1
             ike = {self.ike_log_level}
+            chd = {self.chd_log_level}
             knl = 1
         }}
     }}
@@ -317,27 +319,29 @@ def parse_logged_keys(text: str) -> list[dict[str, str]]:
     return sets
 
 
-_DUMP_HEADER = re.compile(r"(\d+)\[IKE\] (\S.*?) => (\d+) bytes @ ")
+_DUMP_HEADER = re.compile(r"(\d+)\[(IKE|CHD)\] (\S.*?) => (\d+) bytes @ ")
+_ANY_HEX_DUMP = re.compile(r"(\d+)\[(?:IKE|CHD)\]\s+(\d+): ((?:[0-9A-F]{2} )*[0-9A-F]{2})")
 
 
 def parse_logged_dumps(text: str) -> list[dict[str, str]]:
-    """Every value charon's ike-level-4 log dumps, in the order of their header lines:
-    [{'name': 'SKEYSEED', 'thread': '15', 'hex': ...}, ...] (secrets, shared secrets, nonces,
-    IntAuth inputs, AUTH octets). Hexdump lines are matched to their header by thread."""
+    """Every value charon's ike/chd-level-4 log dumps, in the order of their header lines:
+    [{'name': 'SKEYSEED', 'group': 'IKE', 'thread': '15', 'hex': ...}, ...] (secrets, shared
+    secrets, nonces, IntAuth inputs, AUTH octets, CHILD SA keys). Hexdump lines are matched to
+    their header by thread."""
     dumps: list[dict[str, str]] = []
     pending: dict[str, tuple[dict[str, str], int, bytearray]] = {}  # thread -> (entry, size, data)
     for line in text.splitlines():
         header = _DUMP_HEADER.search(line)
         if header:
-            thread, size = header.group(1), int(header.group(3))
-            entry = {"name": header.group(2), "thread": thread, "hex": ""}
+            thread, size = header.group(1), int(header.group(4))
+            entry = {"name": header.group(3), "group": header.group(2), "thread": thread, "hex": ""}
             dumps.append(entry)
             if size:
                 pending[thread] = (entry, size, bytearray())
             else:
                 pending.pop(thread, None)
             continue
-        dump = _HEX_DUMP.search(line)
+        dump = _ANY_HEX_DUMP.search(line)
         if dump and dump.group(1) in pending:
             entry, size, data = pending[dump.group(1)]
             if int(dump.group(2)) == len(data):
