@@ -82,9 +82,10 @@ def _key_sets(dumps: list[dict[str, str]]) -> list[dict[str, str]]:
 
 def record(out_dir: Path) -> Path:
     with Lab(ipv6=False) as lab:
-        conf = {"proposals": [IKE_PROPOSAL], "esp_proposals": [ESP_PROPOSAL]}
-        gw_a = StrongSwan(lab, lab.gwA, "6.1", [site_to_site(lab, "A", **conf)], log_keys=True).start()
-        gw_b = StrongSwan(lab, lab.gwB, "6.1", [site_to_site(lab, "B", **conf)], log_keys=True).start()
+        conns = [site_to_site(lab, side, proposals=[IKE_PROPOSAL], esp_proposals=[ESP_PROPOSAL])
+                 for side in ("A", "B")]
+        gw_a = StrongSwan(lab, lab.gwA, "6.1", [conns[0]], log_keys=True).start()
+        gw_b = StrongSwan(lab, lab.gwB, "6.1", [conns[1]], log_keys=True).start()
         pcap = lab.workdir / f"{STEM}.pcap"
         try:
             with lab.capture(lab.gwA, lab.gwA.wan_iface, pcap, bpf=IKE_ONLY):
