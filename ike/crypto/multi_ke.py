@@ -69,6 +69,7 @@ def child_keymat_multi(prf_id: int, sk_d: bytes, g_ir: bytes | None, additional:
 
 IKE_HEADER_LEN = 28
 SK_HEADER_LEN = 4  # the Encrypted payload's generic header
+_PAYLOAD_SK = 46
 
 
 def intauth_parts(message: bytes, sk_offset: int, inner_plaintext: bytes) -> bytes:
@@ -87,6 +88,19 @@ def intauth_parts(message: bytes, sk_offset: int, inner_plaintext: bytes) -> byt
     struct.pack_into("!I", head, 24, len(head) + len(inner_plaintext))
     struct.pack_into("!H", head, sk_offset + 2, SK_HEADER_LEN + len(inner_plaintext))
     return bytes(head) + inner_plaintext
+
+
+def intauth_parts_reassembled(first_fragment: bytes, first_inner: int, inner_plaintext: bytes) -> bytes:
+    """IntAuth_A | IntAuth_P of a fragmented IKE_INTERMEDIATE message (RFC 7383): computed as for
+    the message unfragmented, i.e. the first fragment's IKE header with SK (46) as next payload, an
+    SK generic header whose next payload is ``first_inner`` (the first fragment's SKF header
+    names it), and the reassembled inner payloads; lengths as intauth_parts sets them."""
+    if len(first_fragment) < IKE_HEADER_LEN:
+        raise ValueError("fragment too short for an IKE header")
+    header = bytearray(first_fragment[:IKE_HEADER_LEN])
+    header[16] = _PAYLOAD_SK
+    sk_header = struct.pack("!BBH", first_inner, 0, SK_HEADER_LEN)
+    return intauth_parts(bytes(header) + sk_header, IKE_HEADER_LEN, inner_plaintext)
 
 
 def intauth_step(prf_id: int, sk_p: bytes, previous: bytes, message_parts: bytes) -> bytes:

@@ -1,15 +1,17 @@
 """Record a strongSwan 6.1 <-> 6.1 exchange with ML-KEM (RFC 9370) as a test fixture (root).
 
     .venv/bin/python -m tunnel.lab.record_pq_fixture [--out tests/fixtures/strongswan61]
+        [--suite mlkem768 --suite x25519-mlkem768-mlkem1024]
 
-Two charons from Debian unstable's strongSwan 6.1 (``ensure_sid_rootfs``), IKE proposal
-``aes256gcm16-prfsha384-ecp384-ke1_mlkem768`` and ESP proposal
-``aes256gcm16-ecp384-ke1_mlkem768``: IKE_SA_INIT, IKE_INTERMEDIATE (ML-KEM-768), IKE_AUTH, a
-CHILD_SA rekey and an IKE_SA rekey (each CREATE_CHILD_SA with ECP-384, then IKE_FOLLOWUP_KE
-with ML-KEM-768, and an INFORMATIONAL delete), and a final delete. Writes
-``strongswan-6.1-mlkem768.pcap`` (IKE only, gwA's public interface) and ``.json`` with every
-value both charons dumped at ``ike = 4``: key exchange secrets, SKEYSEED and SK_* of each key
-update, the IntAuth inputs and results, the AUTH octets. The PSK is the lab's published one.
+Two charons from Debian unstable's strongSwan 6.1 (``ensure_sid_rootfs``) with one of SUITES,
+e.g. IKE ``aes256gcm16-prfsha384-ecp384-ke1_mlkem768`` and ESP
+``aes256gcm16-ecp384-ke1_mlkem768``: IKE_SA_INIT, one IKE_INTERMEDIATE per additional key
+exchange, IKE_AUTH, a CHILD_SA rekey and an IKE_SA rekey (each CREATE_CHILD_SA, then one
+IKE_FOLLOWUP_KE per additional key exchange, and an INFORMATIONAL delete), and a final delete.
+Writes ``strongswan-6.1-SUITE.pcap`` (IKE only, gwA's public interface) and ``.json`` with every
+value both charons dumped at ``ike = 4``/``chd = 4``: key exchange secrets, SKEYSEED and SK_* of
+each key update, the IntAuth inputs and results, the AUTH octets, the CHILD SA KEYMAT inputs and
+keys. The PSK is the lab's published one.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from tunnel.lab.netns import Lab
 from tunnel.lab.record_fixtures import IKE_ONLY, _exchange
 from tunnel.lab.strongswan import StrongSwan, StrongSwanError, parse_logged_dumps
 
-IKE_PROPOSAL = "aes256gcm16-prfsha384-ecp384-ke1_mlkem768"
-ESP_PROPOSAL = "aes256gcm16-ecp384-ke1_mlkem768"
-STEM = "strongswan-6.1-mlkem768"
+SUITES = {  # name: (IKE proposal, ESP proposal, number of additional key exchanges)
+    "mlkem768": ("aes256gcm16-prfsha384-ecp384-ke1_mlkem768", "aes256gcm16-ecp384-ke1_mlkem768", 1),
+    "x25519-mlkem768-mlkem1024": ("aes256gcm16-prfsha256-x25519-ke1_mlkem768-ke2_mlkem1024",
+                                  "aes256gcm16-x25519-ke1_mlkem768-ke2_mlkem1024", 2),
+}
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "strongswan61"
 # what the fixture keeps of charon's dumps (NAT-D hashes and the like are left out)
 _KEPT = ("key exchange secret", "additional key exchange secret", "nonces", "SKEYSEED",
@@ -80,13 +84,15 @@ def _key_sets(dumps: list[dict[str, str]]) -> list[dict[str, str]]:
     return sets
 
 
-def record(out_dir: Path) -> Path:
+def record(out_dir: Path, suite: str = "mlkem768") -> Path:
+    ike_proposal, esp_proposal, additional = SUITES[suite]
+    stem = f"strongswan-6.1-{suite}"
     with Lab(ipv6=False) as lab:
-        conns = [site_to_site(lab, side, proposals=[IKE_PROPOSAL], esp_proposals=[ESP_PROPOSAL])
+        conns = [site_to_site(lab, side, proposals=[ike_proposal], esp_proposals=[esp_proposal])
                  for side in ("A", "B")]
         gw_a = StrongSwan(lab, lab.gwA, "6.1", [conns[0]], log_keys=True).start()
         gw_b = StrongSwan(lab, lab.gwB, "6.1", [conns[1]], log_keys=True).start()
-        pcap = lab.workdir / f"{STEM}.pcap"
+        pcap = lab.workdir / f"{stem}.pcap"
         try:
             with lab.capture(lab.gwA, lab.gwA.wan_iface, pcap, bpf=IKE_ONLY):
                 sas = _exchange(gw_a, gw_b)
@@ -96,23 +102,26 @@ def record(out_dir: Path) -> Path:
         dumps = {role: [d for d in parse_logged_dumps(gw.log_text()) if d["name"] in _KEPT]
                  for role, gw in (("gwA", gw_a), ("gwB", gw_b))}
         sets_a, sets_b = _key_sets(dumps["gwA"]), _key_sets(dumps["gwB"])
-        if sets_a != sets_b or len(sets_a) != 3:
-            raise StrongSwanError(f"expected the same 3 SK_* sets on both sides, got {len(sets_a)}/{len(sets_b)}")
+        expected = additional + 2  # IKE_SA_INIT, one per IKE_INTERMEDIATE, the rekeyed IKE SA
+        if sets_a != sets_b or len(sets_a) != expected:
+            raise StrongSwanError(f"expected the same {expected} SK_* sets on both sides, "
+                                  f"got {len(sets_a)}/{len(sets_b)}")
         frames = read_ike_frames(pcap)
         opened_by = _opened_by(frames, sets_a)
         messages = [{**f.summary(), "key_set": k} for f, k in zip(frames, opened_by, strict=True)]
         record = {
-            "description": "strongSwan 6.1 <-> 6.1 with ML-KEM-768 as additional key exchange 1: "
-                           "IKE_SA_INIT, IKE_INTERMEDIATE, IKE_AUTH, CHILD_SA rekey and IKE_SA rekey "
-                           "(CREATE_CHILD_SA + IKE_FOLLOWUP_KE each, then a delete), delete; "
-                           "captured on gwA's public interface",
+            "description": f"strongSwan 6.1 <-> 6.1 with {additional} additional key exchange(s): "
+                           "IKE_SA_INIT, IKE_INTERMEDIATE (one per additional key exchange), IKE_AUTH, "
+                           "CHILD_SA rekey and IKE_SA rekey (CREATE_CHILD_SA + IKE_FOLLOWUP_KE per "
+                           "additional key exchange, then a delete), delete; captured on gwA's public "
+                           "interface",
             "strongswan_version": gw_a.version_string(),
-            "pcap": f"{STEM}.pcap",
+            "pcap": f"{stem}.pcap",
             "initiator": {"addr": lab.gwA.wan_addr4, "id": "gwa.lab"},
             "responder": {"addr": lab.gwB.wan_addr4, "id": "gwb.lab"},
             "psk_hex": LAB_PSK.hex(),  # the lab's published test PSK, not a secret
-            "ike_proposal": IKE_PROPOSAL,
-            "esp_proposal": ESP_PROPOSAL,
+            "ike_proposal": ike_proposal,
+            "esp_proposal": esp_proposal,
             "sk_cipher": "aes-gcm-16",
             "ike_sas": [{"spi_i": sa["initiator-spi"], "spi_r": sa["responder-spi"],
                          "proposal": _proposal_text(sa)} for sa in sas["ike_sas"]],
@@ -123,8 +132,8 @@ def record(out_dir: Path) -> Path:
             "logged": dumps,  # charon's dumps in log order, per gateway (thread ids as logged)
         }
         out_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(pcap, out_dir / f"{STEM}.pcap")
-        target = out_dir / f"{STEM}.json"
+        shutil.copyfile(pcap, out_dir / f"{stem}.pcap")
+        target = out_dir / f"{stem}.json"
         target.write_text(json.dumps(record, indent=1) + "\n")
         return target
 
@@ -132,8 +141,10 @@ def record(out_dir: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--suite", action="append", choices=sorted(SUITES))
     args = parser.parse_args(argv)
-    print(record(args.out))
+    for suite in args.suite or sorted(SUITES):
+        print(record(args.out, suite))
     return 0
 
 
