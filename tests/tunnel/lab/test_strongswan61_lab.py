@@ -31,3 +31,20 @@ def test_strongswan_61_pair_negotiates_ml_kem_768():
             assert "IKE_INTERMEDIATE" in out
             (sa,) = gw_a.list_sas()
             assert (sa["dh-group"], sa.get("ake1")) == ("ECP_384", "ML_KEM_768")
+
+
+def test_strongswan_61_accepts_the_proposal_syntax_espgw_parses():
+    """The issue's proposal strings (and espgw's format of them) load into strongSwan 6.1."""
+    from ike.constants import ProtocolId
+    from ike.proposals import format_proposal, parse_proposals
+
+    ike = ["aes256gcm16-prfsha384-ecp384-ke1_mlkem768",
+           "aes256gcm16-prfsha256-x25519-ke1_mlkem768-ke2_mlkem1024",
+           "aes256gcm16-prfsha256-x25519-ke1_mlkem768-ke1_none"]
+    esp = ["aes256gcm16-ecp384-ke1_mlkem768"]
+    assert [format_proposal(p) for p in parse_proposals(ike, ProtocolId.IKE)] == ike
+    assert [format_proposal(p) for p in parse_proposals(esp, ProtocolId.ESP)] == esp
+    with Lab(ipv6=False) as lab, StrongSwan(lab, lab.gwA, "6.1") as gw:
+        out = gw.load_all([site_to_site(lab, "A", proposals=ike, esp_proposals=esp)])
+        assert "loaded connection 'lab'" in out, out
+        assert "invalid" not in gw.log_text().lower()
