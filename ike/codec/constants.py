@@ -73,6 +73,13 @@ class TransformType(IntEnum):
     INTEG = 3
     DH = 4  # "Key Exchange Method" since RFC 9370
     ESN = 5
+    ADDKE1 = 6  # RFC 9370 s2.2.1: Additional Key Exchange 1..7
+    ADDKE2 = 7
+    ADDKE3 = 8
+    ADDKE4 = 9
+    ADDKE5 = 10
+    ADDKE6 = 11
+    ADDKE7 = 12
 
 
 class TransformAttr(IntEnum):
@@ -163,6 +170,9 @@ class DhId(IntEnum):
     ECP512_BP = 30
     CURVE25519 = 31
     CURVE448 = 32
+    ML_KEM_512 = 35  # draft-ietf-ipsecme-ikev2-mlkem
+    ML_KEM_768 = 36
+    ML_KEM_1024 = 37
 
 
 class EsnId(IntEnum):

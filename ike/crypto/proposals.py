@@ -4,10 +4,16 @@ The keyword table follows strongSwan's proposal_keywords_static.txt (only the al
 implements); selection follows libstrongswan's proposal.c: the responder walks its own proposals
 in order and takes the first one any offered proposal matches, choosing in each transform type
 the first of its own algorithms the offer contains.
+
+Additional key exchanges (RFC 9370) are written as strongSwan does: ``ke1_mlkem768`` .. ``ke7_..``
+put a key exchange method in transform type ADDKE1..7 (6..12); ``ke1_none`` makes that one
+optional. Each ADDKE type is selected like the others, and is optional: a side that lists no
+transform of a type, or lists NONE, lets it go unused (RFC 9370 s2.2.1).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from ike.codec.constants import DhId, EncrId, EsnId, IntegId, PrfId, ProtocolId, TransformType
@@ -41,7 +47,9 @@ def _build_keywords() -> dict[str, Transform]:
     for name, dh_id in (("none", DhId.NONE), ("modpnone", DhId.NONE), ("modp2048", DhId.MODP2048),
                         ("modp3072", DhId.MODP3072), ("modp4096", DhId.MODP4096),
                         ("ecp256", DhId.ECP256), ("ecp384", DhId.ECP384), ("ecp521", DhId.ECP521),
-                        ("x25519", DhId.CURVE25519), ("curve25519", DhId.CURVE25519)):
+                        ("x25519", DhId.CURVE25519), ("curve25519", DhId.CURVE25519),
+                        ("mlkem512", DhId.ML_KEM_512), ("mlkem768", DhId.ML_KEM_768),
+                        ("mlkem1024", DhId.ML_KEM_1024)):
         table[name] = Transform(D, dh_id)
     table["noesn"] = Transform(S, EsnId.NO_ESN)
     table["esn"] = Transform(S, EsnId.ESN)
@@ -70,11 +78,21 @@ AEAD_ENCR = frozenset({EncrId.AES_GCM_8, EncrId.AES_GCM_12, EncrId.AES_GCM_16,
 # IKE proposals without a prf keyword take the prf matching the integrity algorithm (strongSwan)
 _INTEG_TO_PRF = {IntegId.HMAC_SHA1_96: PrfId.HMAC_SHA1, IntegId.HMAC_SHA2_256_128: PrfId.HMAC_SHA2_256,
                  IntegId.HMAC_SHA2_384_192: PrfId.HMAC_SHA2_384, IntegId.HMAC_SHA2_512_256: PrfId.HMAC_SHA2_512}
-_TYPE_ORDER = (TransformType.ENCR, TransformType.INTEG, TransformType.PRF, TransformType.DH,
+ADDKE_TYPES = (TransformType.ADDKE1, TransformType.ADDKE2, TransformType.ADDKE3, TransformType.ADDKE4,
+               TransformType.ADDKE5, TransformType.ADDKE6, TransformType.ADDKE7)
+KE_TYPES = frozenset((TransformType.DH, *ADDKE_TYPES))
+_TYPE_ORDER = (TransformType.ENCR, TransformType.INTEG, TransformType.PRF, TransformType.DH, *ADDKE_TYPES,
                TransformType.ESN)
+_ADDKE_PREFIX = re.compile(r"ke([1-7])_(.+)")
 
 
 def _lookup(keyword: str, text: str) -> Transform:
+    addke = _ADDKE_PREFIX.fullmatch(keyword)
+    if addke:  # "ke2_mlkem1024": a key exchange method as Additional Key Exchange 2
+        method = _lookup(addke.group(2), text)
+        if method.type != TransformType.DH:
+            raise ValueError(f"{keyword!r} in proposal {text!r} is not a key exchange method")
+        return Transform(ADDKE_TYPES[int(addke.group(1)) - 1], method.id)
     transform = KEYWORDS.get(keyword)
     if transform is not None:
         return transform
@@ -142,6 +160,9 @@ def parse_proposals(text: str | list[str] | tuple[str, ...], protocol: ProtocolI
 
 
 def _transform_name(tr: Transform) -> str:
+    if tr.type in ADDKE_TYPES:
+        number = ADDKE_TYPES.index(TransformType(tr.type)) + 1
+        return f"ke{number}_" + _transform_name(Transform(TransformType.DH, tr.id))
     name = _NAMES.get(tr)
     if name is not None:
         return name
@@ -188,9 +209,10 @@ def _select_one(own: Proposal, offered: Proposal, skip_dh: bool) -> Proposal | N
     aead = False
     types = list(_TYPE_ORDER) + sorted({tr.type for tr in offered.transforms} - set(_TYPE_ORDER))
     for t in types:
-        if (t == TransformType.INTEG and aead) or (t == TransformType.DH and skip_dh):
+        if (t == TransformType.INTEG and aead) or (t in KE_TYPES and skip_dh):
             continue
-        optional = t not in _TYPE_ORDER or (t == TransformType.DH and own.protocol != ProtocolId.IKE)
+        optional = (t not in _TYPE_ORDER or t in ADDKE_TYPES
+                    or (t == TransformType.DH and own.protocol != ProtocolId.IKE))
         found, transform = _select_type(own.of_type(t), offered.of_type(t), optional)
         if not found:
             return None
@@ -212,9 +234,10 @@ def select_proposal(own: list[Proposal], offered: list[Proposal], *, skip_dh: bo
                     answer: bool = False) -> Proposal | None:
     """The responder's choice by its OWN preference order, or None (NO_PROPOSAL_CHOSEN).
 
-    The result has one transform of each type it uses, and the offered proposal's number and SPI.
-    skip_dh ignores key exchange transforms, as for the CHILD SA created in IKE_AUTH (RFC 7296
-    s1.2: its proposals carry no KE; strongSwan's PROPOSAL_SKIP_KE). With ``answer`` the offered
+    The result has one transform of each type it uses, and the offered proposal's number and SPI;
+    an additional key exchange type resolved to NONE, or unused, is left out. skip_dh ignores key
+    exchange transforms (KE and ADDKE1..7), as for the CHILD SA created in IKE_AUTH (RFC 7296 s1.2:
+    its proposals carry no KE; strongSwan's PROPOSAL_SKIP_KE). With ``answer`` the offered
     proposals are a peer's answer to our offer: one with two transforms of a type is refused here,
     so no exchange goes on with an answer ``negotiated`` cannot read.
     """
@@ -258,8 +281,8 @@ def _settle(p: Proposal) -> Choice | None:
 
 
 def without_dh(proposals: list[Proposal]) -> list[Proposal]:
-    """Copies without key exchange transforms (CHILD SA proposals sent in IKE_AUTH)."""
-    return [Proposal(p.protocol, [tr for tr in p.transforms if tr.type != TransformType.DH], p.number, p.spi)
+    """Copies without key exchange transforms, additional ones too (CHILD SA proposals sent in IKE_AUTH)."""
+    return [Proposal(p.protocol, [tr for tr in p.transforms if tr.type not in KE_TYPES], p.number, p.spi)
             for p in proposals]
 
 
@@ -285,6 +308,8 @@ class Negotiated:
     dh: int | None
     esn: bool = False
     protocol: ProtocolId = field(default=ProtocolId.IKE, compare=False)
+    # RFC 9370 additional key exchanges in order: ((1..7, method), ...); NONE ones left out
+    additional_ke: tuple[tuple[int, int], ...] = ()
 
     @property
     def aead(self) -> bool:
@@ -331,6 +356,7 @@ class Negotiated:
     def describe(self) -> str:
         parts = [_enum_name(EncrId, self.encr) + (f"_{self.encr_key_bits}" if self.encr_key_bits else "")]
         parts += [_enum_name(k, v) for k, v in ((IntegId, self.integ), (PrfId, self.prf), (DhId, self.dh)) if v]
+        parts += [f"KE{n}_{_enum_name(DhId, method)}" for n, method in self.additional_ke]
         return "/".join(parts) + ("/ESN" if self.esn else "")
 
 
@@ -361,6 +387,8 @@ def negotiated(p: Proposal) -> Negotiated:
     prf = single(TransformType.PRF, p.protocol == ProtocolId.IKE)
     dh = single(TransformType.DH, p.protocol == ProtocolId.IKE)
     esn = single(TransformType.ESN, False)
+    additional = [(n, tr.id) for n, t in enumerate(ADDKE_TYPES, start=1)
+                  for tr in [single(t, False)] if tr is not None and tr.id != DhId.NONE]
     if not aead and integ is None:
         raise ValueError(f"proposal {format_proposal(p)!r} has a classic cipher but no integrity algorithm")
     return Negotiated(
@@ -371,4 +399,5 @@ def negotiated(p: Proposal) -> Negotiated:
         dh=dh.id if dh and dh.id != DhId.NONE else None,
         esn=bool(esn and esn.id == EsnId.ESN),
         protocol=p.protocol,
+        additional_ke=tuple(additional),
     )

@@ -34,7 +34,8 @@ def prf_named(name: str) -> PrfId:
 def test_every_vector_file_is_used():
     used = {"rfc4868_prf_hmac_sha2.json", "rfc5903_ecp_dh.json", "rfc7748_rfc8031_curve25519.json",
             "rfc7634_ikev2_chacha20poly1305.json", "nist_cavp_ikev2_kdf.json",
-            "rfc7427_appendix_a_algorithm_identifiers.json"}  # tests/ike/test_rfc7427_vectors.py
+            "rfc7427_appendix_a_algorithm_identifiers.json",  # tests/ike/test_rfc7427_vectors.py
+            "acvp_fips203_mlkem_decap.json"}  # tests/ike/test_mlkem_vectors.py
     assert {p.name for p in VECTORS.glob("*.json")} == used
 
 

@@ -16,7 +16,8 @@ import dpkt
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-EXCHANGES = {34: "IKE_SA_INIT", 35: "IKE_AUTH", 36: "CREATE_CHILD_SA", 37: "INFORMATIONAL"}
+EXCHANGES = {34: "IKE_SA_INIT", 35: "IKE_AUTH", 36: "CREATE_CHILD_SA", 37: "INFORMATIONAL",
+             43: "IKE_INTERMEDIATE", 44: "IKE_FOLLOWUP_KE"}
 PAYLOAD_SK = 46
 _HEADER = struct.Struct("!8s8sBBBBII")  # SPIi SPIr next version exchange flags msgid length
 
@@ -131,3 +132,28 @@ def open_sk(message: bytes, encr_key: bytes, integ_key: bytes | None, cipher: st
         raise SkError(f"unknown cipher {cipher!r}")
     pad_len = plain[-1]
     return inner_type, plain[: len(plain) - 1 - pad_len]
+
+
+PAYLOAD_SKF = 53
+
+
+def open_skf(message: bytes, encr_key: bytes) -> tuple[int, int, int, bytes]:
+    """Decrypt an AES-GCM-16 Encrypted Fragment payload (RFC 7383 s2.5) that comes first.
+
+    Returns (fragment number, total fragments, first inner payload type (0 after fragment 1),
+    this fragment's share of the inner payloads). The associated data runs to the end of the
+    SKF header, which is 8 bytes: generic header, Fragment Number, Total Fragments.
+    """
+    if message[16] != PAYLOAD_SKF:
+        raise SkError("first payload is not SKF")
+    inner_type = message[28]
+    skf_len = struct.unpack("!H", message[30:32])[0]
+    number, total = struct.unpack("!HH", message[32:36])
+    body = message[36:28 + skf_len]
+    iv, sealed = body[:8], body[8:]
+    try:
+        plain = AESGCM(encr_key[:-4]).decrypt(encr_key[-4:] + iv, sealed, message[:36])
+    except Exception as exc:  # cryptography raises InvalidTag
+        raise SkError(f"GCM tag mismatch: {exc!r}") from None
+    pad_len = plain[-1]
+    return number, total, inner_type, plain[: len(plain) - 1 - pad_len]

@@ -1,10 +1,11 @@
-"""A cached Debian 13 (trixie) root filesystem with strongSwan 6, for the "6.0" reference peer.
+"""Cached Debian root filesystems with newer strongSwans than the host's, run in a chroot.
 
 Debian 12 ships strongSwan 5.9.8, whose userspace ESP (kernel-libipsec) always wraps ESP in
-UDP. strongSwan 6 can send raw IP protocol 50, so the lab runs trixie's packages in a chroot.
-The tree is about 220 MB and takes ~20 s to build, so it is cached between runs; it is built
-into a temporary directory and renamed, under a file lock, so concurrent test processes never
-see or build a half-made tree.
+UDP. strongSwan 6 can send raw IP protocol 50, so the lab runs Debian 13 (trixie)'s 6.0 in a
+chroot ("6.0"); Debian unstable (sid)'s 6.1 ("6.1") adds ML-KEM (RFC 9370 multiple key
+exchanges), with OpenSSL 3.5 behind its openssl plugin. A tree is about 220 MB and takes
+~20 s to build, so it is cached between runs; it is built into a temporary directory and
+renamed, under a file lock, so concurrent test processes never see or build a half-made tree.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ TRIXIE_PACKAGES = (
     "libcharon-extra-plugins",
     "libstrongswan-standard-plugins",
 )
+# sid: the same, plus the extra plugins (6.1's own "ml" ML-KEM plugin, a fallback to openssl's)
+SID_PACKAGES = TRIXIE_PACKAGES + ("libstrongswan-extra-plugins",)
 # present only in a complete tree: debootstrap installs it last of what we need
 _READY_MARKER = "usr/sbin/charon-systemd"
 
@@ -62,30 +65,41 @@ def debian_mirror(sources_dir: Path = Path("/etc/apt/sources.list.d"),
 
 
 def ensure_trixie_rootfs(cache: Path | None = None, timeout: float = 900) -> Path:
-    """Return the path of a complete trixie root filesystem, building it first if needed."""
+    """Return the path of a complete trixie root filesystem (strongSwan 6.0), building it if needed."""
+    return ensure_rootfs("trixie", TRIXIE_PACKAGES, cache, timeout)
+
+
+def ensure_sid_rootfs(cache: Path | None = None, timeout: float = 900) -> Path:
+    """Return the path of a complete sid root filesystem (strongSwan 6.1), building it if needed."""
+    return ensure_rootfs("sid", SID_PACKAGES, cache, timeout)
+
+
+def ensure_rootfs(suite: str, packages: tuple[str, ...], cache: Path | None = None,
+                  timeout: float = 900) -> Path:
+    """Return ``<cache>/<suite>-root``, a minbase tree of ``suite`` with ``packages``."""
     base = cache or cache_dir()
-    root = base / "trixie-root"
+    root = base / f"{suite}-root"
     if (root / _READY_MARKER).exists():
         return root
     base.mkdir(parents=True, exist_ok=True)
-    with open(base / "trixie-root.lock", "w") as lock:
+    with open(base / f"{suite}-root.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building it right now
         if (root / _READY_MARKER).exists():
             return root
         if shutil.which("debootstrap") is None:
             raise RootfsError("debootstrap is not installed (scripts/bootstrap.sh system)")
-        build = Path(tempfile.mkdtemp(prefix="trixie-root.build-", dir=base))
-        logfile = base / "debootstrap.log"
+        build = Path(tempfile.mkdtemp(prefix=f"{suite}-root.build-", dir=base))
+        logfile = base / f"debootstrap-{suite}.log"
         log.info("lab.rootfs.build", path=str(root), mirror=debian_mirror())
         try:
             with open(logfile, "w") as out:
                 done = subprocess.run(
-                    ["debootstrap", "--variant=minbase", "--include=" + ",".join(TRIXIE_PACKAGES),
-                     "trixie", str(build), debian_mirror()],
+                    ["debootstrap", "--variant=minbase", "--include=" + ",".join(packages),
+                     suite, str(build), debian_mirror()],
                     stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False)
             if done.returncode != 0 or not (build / _READY_MARKER).exists():
                 tail = logfile.read_text(errors="replace").splitlines()[-15:]
-                raise RootfsError("debootstrap failed:\n" + "\n".join(tail))
+                raise RootfsError(f"debootstrap {suite} failed:\n" + "\n".join(tail))
             if root.exists():  # an incomplete leftover from an older, non-atomic build
                 shutil.rmtree(root)
             build.rename(root)

@@ -7,6 +7,8 @@ Two versions, both with userspace ESP (kernel-libipsec + a TUN named ipsec0, rou
   (it fakes a NAT, so IKE moves to 4500 too).
 * "6.0": Debian 13's strongSwan 6.0 in a cached debootstrap tree (``ensure_trixie_rootfs``),
   run with chroot inside the namespace and ``kernel-libipsec.raw_esp = yes``: IP protocol 50.
+* "6.1": Debian unstable's strongSwan 6.1 the same way (``ensure_sid_rootfs``); its openssl
+  plugin (OpenSSL 3.5+) adds ML-KEM-512/768/1024 (RFC 9370 additional key exchanges).
 
 Each instance has a private strongswan.conf (selected by STRONGSWAN_CONF), its own vici socket
 and a filelog in its work directory; the PSK lives only in swanctl.conf (mode 0600).
@@ -27,13 +29,13 @@ import structlog
 
 from ike.config import ConnectionConfig
 from tunnel.lab.netns import WORK_BASE, CommandFailed, Gateway, Lab, LabError
-from tunnel.lab.rootfs import ensure_trixie_rootfs, rootfs_strongswan_version
+from tunnel.lab.rootfs import ensure_sid_rootfs, ensure_trixie_rootfs, rootfs_strongswan_version
 from tunnel.lab.sas import ListSasParseError, parse_list_sas
 from tunnel.lab.swanctl_conf import render_swanctl_conf
 
 log = structlog.get_logger(__name__)
 
-VERSIONS = ("5.9", "6.0")
+VERSIONS = ("5.9", "6.0", "6.1")
 CHARON = "/usr/sbin/charon-systemd"  # writes no pid file, unlike /usr/lib/ipsec/charon
 # Explicit plugin lists: deterministic, and without error-notify/lookip, whose fixed sockets
 # collide between daemons. kernel-libipsec must precede kernel-netlink (first ipsec backend wins).
@@ -42,7 +44,9 @@ _COMMON_PLUGINS = "pem pkcs1 pkcs8 x509 pubkey revocation constraints " \
 PLUGINS = {
     "5.9": "random nonce openssl aes sha1 sha2 hmac gcm gmp kdf " + _COMMON_PLUGINS,
     "6.0": "random nonce openssl gcm " + _COMMON_PLUGINS,  # 6.x: openssl does aes/sha*/hmac/kdf
+    "6.1": "random nonce openssl gcm " + _COMMON_PLUGINS,  # openssl also does ML-KEM
 }
+_ROOTFS = {"6.0": ensure_trixie_rootfs, "6.1": ensure_sid_rootfs}
 _SWANCTL_SUBDIRS = ("x509", "x509ca", "x509ocsp", "x509aa", "x509ac", "x509crl", "pubkey",
                     "private", "rsa", "ecdsa", "bliss", "pkcs8", "pkcs12")
 # chroot for 6.0: ip netns exec gives each call its own mount namespace, so these mounts are
@@ -71,6 +75,7 @@ class StrongSwan:
         self.lab, self.gateway, self.version = lab, gateway, version
         self.connections = list(connections)
         self.ike_log_level = ike_log_level if ike_log_level is not None else (4 if log_keys else 2)
+        self.chd_log_level = 4 if log_keys else 1  # 4 dumps the CHILD SA key derivation inputs
         self.rmem_default = rmem_default
         self.dir = lab.workdir / f"strongswan-{gateway.role}"
         self.conf_path = self.dir / "strongswan.conf"
@@ -86,7 +91,7 @@ class StrongSwan:
     # -- files -------------------------------------------------------------------------------
 
     def strongswan_conf(self) -> str:
-        raw = "yes" if self.version == "6.0" else "no"  # the option only exists from 5.9.11
+        raw = "no" if self.version == "5.9" else "yes"  # the option only exists from 5.9.11
         return f"""# {self.gateway.role}: private strongswan.conf, selected with STRONGSWAN_CONF
 # charon-systemd reads section charon-systemd, which falls back to charon
 charon-systemd {{
@@ -105,6 +110,7 @@ charon {{
             flush_line = yes
             default = 1
             ike = {self.ike_log_level}
+            chd = {self.chd_log_level}
             knl = 1
         }}
     }}
@@ -153,8 +159,8 @@ swanctl {{
         """Write the configs, start charon, wait for its vici socket, load the connections."""
         if self.running:
             return self
-        if self.version == "6.0":
-            self.rootfs = ensure_trixie_rootfs()
+        if self.version in _ROOTFS:
+            self.rootfs = _ROOTFS[self.version]()
         self.write_config()
         self.vici_path.unlink(missing_ok=True)
         with _raised_rmem(self.rmem_default), open(self.dir / "charon.stdout", "wb") as stdout:
@@ -270,8 +276,8 @@ swanctl {{
         return parse_logged_keys(self.log_text())
 
     def version_string(self) -> str:
-        if self.version == "6.0":
-            return rootfs_strongswan_version(self.rootfs or ensure_trixie_rootfs())
+        if self.version in _ROOTFS:
+            return rootfs_strongswan_version(self.rootfs or _ROOTFS[self.version]())
         done = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libstrongswan"],
                               capture_output=True, text=True, timeout=10)
         return done.stdout.strip() or "unknown"
@@ -311,6 +317,39 @@ def parse_logged_keys(text: str) -> list[dict[str, str]]:
                         keys[name] = bytes(data[:size]).hex()
                         break
     return sets
+
+
+_DUMP_HEADER = re.compile(r"(\d+)\[(IKE|CHD)\] (\S.*?) => (\d+) bytes @ ")
+_ANY_HEX_DUMP = re.compile(r"(\d+)\[(?:IKE|CHD)\]\s+(\d+): ((?:[0-9A-F]{2} )*[0-9A-F]{2})")
+
+
+def parse_logged_dumps(text: str) -> list[dict[str, str]]:
+    """Every value charon's ike/chd-level-4 log dumps, in the order of their header lines:
+    [{'name': 'SKEYSEED', 'group': 'IKE', 'thread': '15', 'hex': ...}, ...] (secrets, shared
+    secrets, nonces, IntAuth inputs, AUTH octets, CHILD SA keys). Hexdump lines are matched to
+    their header by thread."""
+    dumps: list[dict[str, str]] = []
+    pending: dict[str, tuple[dict[str, str], int, bytearray]] = {}  # thread -> (entry, size, data)
+    for line in text.splitlines():
+        header = _DUMP_HEADER.search(line)
+        if header:
+            thread, size = header.group(1), int(header.group(4))
+            entry = {"name": header.group(3), "group": header.group(2), "thread": thread, "hex": ""}
+            dumps.append(entry)
+            if size:
+                pending[thread] = (entry, size, bytearray())
+            else:
+                pending.pop(thread, None)
+            continue
+        dump = _ANY_HEX_DUMP.search(line)
+        if dump and dump.group(1) in pending:
+            entry, size, data = pending[dump.group(1)]
+            if int(dump.group(2)) == len(data):
+                data += bytes.fromhex(dump.group(3))
+            if len(data) >= size:
+                del pending[dump.group(1)]
+                entry["hex"] = bytes(data[:size]).hex()
+    return dumps
 
 
 def _comm(pid: int) -> str:
