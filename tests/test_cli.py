@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tunnel.cli import main, render_sas
-from tunnel.control import ControlError, ControlServer
+from tunnel.ops.cli import main, render_sas
+from tunnel.ops.control import ControlError, ControlServer
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -182,9 +182,9 @@ def test_check_reports_config_errors(capsys, tmp_path):
 
 def test_run_hands_config_to_daemon(monkeypatch, capsys, tmp_path):
     seen = {}
-    fake = types.ModuleType("tunnel.daemon")
+    fake = types.ModuleType("tunnel.daemon.gateway")
     fake.run = lambda config: seen.setdefault("config", config) and 0
-    monkeypatch.setitem(sys.modules, "tunnel.daemon", fake)
+    monkeypatch.setitem(sys.modules, "tunnel.daemon.gateway", fake)
     code, _, _ = run_cli(capsys, "run", "-c", str(EXAMPLES / "site-b.toml"), "--socket", str(tmp_path / "s.sock"),
                          "--log-format", "json")
     assert code == 0
@@ -193,19 +193,19 @@ def test_run_hands_config_to_daemon(monkeypatch, capsys, tmp_path):
 
 
 def test_missing_daemon_and_demo_modules_are_clear_errors(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "tunnel.daemon", None)
-    monkeypatch.setitem(sys.modules, "tunnel.demo", None)
+    monkeypatch.setitem(sys.modules, "tunnel.daemon.gateway", None)
+    monkeypatch.setitem(sys.modules, "tunnel.lab.demo", None)
     code, _, err = run_cli(capsys, "run", "-c", str(EXAMPLES / "site-b.toml"))
-    assert code == 1 and err.startswith("espgw: the gateway daemon (tunnel.daemon) is not part of this build")
+    assert code == 1 and err.startswith("espgw: the gateway daemon (tunnel.daemon.gateway) is not part of this build")
     code, _, err = run_cli(capsys, "demo")
-    assert code == 1 and "tunnel.demo" in err
+    assert code == 1 and "tunnel.lab.demo" in err
 
 
 def test_demo_dispatch(monkeypatch, capsys):
     calls = []
-    fake = types.ModuleType("tunnel.demo")
+    fake = types.ModuleType("tunnel.lab.demo")
     fake.main = lambda argv=None: calls.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "tunnel.demo", fake)
+    monkeypatch.setitem(sys.modules, "tunnel.lab.demo", fake)
     assert main(["demo"]) == 0 and main(["demo", "--keep"]) == 0
     assert calls == [None, ["--keep"]]
 
@@ -216,7 +216,7 @@ def test_render_tolerates_sparse_daemon_answers():
 
 
 def test_console_script_never_shows_a_traceback(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "tunnel.cli", "status", "--socket", str(tmp_path / "x.sock")],
+    run = subprocess.run([sys.executable, "-m", "tunnel.ops.cli", "status", "--socket", str(tmp_path / "x.sock")],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert "cannot reach the daemon" in run.stderr

@@ -1,4 +1,4 @@
-"""tunnel.log: JSON lines off a terminal, level filtering, and redaction of secret-looking keys."""
+"""tunnel.ops.log: JSON lines off a terminal, level filtering, and redaction of secret-looking keys."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import pytest
 import structlog
 
-from tunnel.log import REDACTED, configure_logging, is_secret_key
+from tunnel.ops.log import REDACTED, configure_logging, is_secret_key
 
 
 @pytest.fixture(autouse=True)

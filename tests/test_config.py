@@ -1,4 +1,4 @@
-"""tunnel.config: swanctl-shaped TOML into ike.config objects, with located, secret-free errors."""
+"""tunnel.ops.config: swanctl-shaped TOML into ike.config objects, with located, secret-free errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tunnel.config import ConfigError, load_config, parse_config
+from tunnel.ops.config import ConfigError, load_config, parse_config
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PSK_TEXT = "correct horse battery staple"

@@ -1,4 +1,4 @@
-"""tunnel.control: the JSON-lines control socket, driven by a selector loop in a thread here
+"""tunnel.ops.control: the JSON-lines control socket, driven by a selector loop in a thread here
 (the daemon drives it from its own loop; the thread stands in for that loop only in tests)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tunnel.control import (
+from tunnel.ops.control import (
     MAX_LINE,
     ControlError,
     ControlServer,

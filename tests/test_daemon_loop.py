@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from tunnel.config import Config, GatewayConfig
-from tunnel.daemon import Gateway
+from tunnel.ops.config import Config, GatewayConfig
+from tunnel.daemon.gateway import Gateway
 
 
 class RecordingIke:
@@ -159,7 +159,7 @@ def test_housekeeping_runs_on_time_while_idle(gateway):
 
 
 def test_housekeeping_hands_freed_heap_back_now_and_then(gateway, monkeypatch):
-    import tunnel.daemon as daemon
+    import tunnel.daemon.gateway as daemon
 
     trims = []
     monkeypatch.setattr(daemon, "_release_free_memory", lambda: trims.append(1))

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from test_sockets_lab import A4, B4, esp, gather, pair  # noqa: F401 (pair is a fixture)
-from tunnel.sockets import RawEspSocket, parse_ipv4_esp
+from tunnel.kernel.udp import RawEspSocket, parse_ipv4_esp
 
 pytestmark = pytest.mark.lab
 
@@ -63,7 +63,7 @@ def test_kernel_header_wildcard_socket_sends_from_the_sa_address(pair):
 
 def test_read_esp_batch_splits_gro_runs_and_keeps_ike_apart(pair):
     """The data path's UDP read: ESP as per-datagram lists (GRO split), IKE and junk as read_batch has them."""
-    from tunnel.sockets import NON_ESP_MARKER, UdpIkeSockets
+    from tunnel.kernel.udp import NON_ESP_MARKER, UdpIkeSockets
 
     a, b = pair
     with a.entered():

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from tunnel.sockets import UdpEndpoint
-from tunnel.tun import VNET_HDR_LEN, TunDevice
+from tunnel.kernel.udp import UdpEndpoint
+from tunnel.kernel.tun import VNET_HDR_LEN, TunDevice
 
 
 @pytest.fixture

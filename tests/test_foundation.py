@@ -14,4 +14,4 @@ def test_packages_import():
 
 def test_console_script_declared():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert meta["project"]["scripts"]["espgw"] == "tunnel.cli:main"
+    assert meta["project"]["scripts"]["espgw"] == "tunnel.ops.cli:main"

@@ -8,7 +8,7 @@ import os
 import dpkt
 import pytest
 
-from tunnel.fragment import FragmentError, fit_to_mtu, fragment_ipv4, ipv4_header_checksum
+from tunnel.dataplane.fragment import FragmentError, fit_to_mtu, fragment_ipv4, ipv4_header_checksum
 
 
 def ip4(size: int, df: bool = False, options: bytes = b"", ident: int = 0x1234) -> bytes:

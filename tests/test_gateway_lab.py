@@ -19,7 +19,7 @@ import pytest
 from esp.sa import OutboundSA
 from esp.transforms import transform_by_name
 from ike.config import ChildConfig, TrafficSelector
-from tunnel.icmp import tunnel_mtu
+from tunnel.dataplane.icmp import tunnel_mtu
 from tunnel.lab.configs import site_to_site
 from tunnel.lab.espgw import EspgwGateway, GatewaySettings, tcp_transfer, wait_until
 from tunnel.lab.interop import wire_summary

@@ -8,7 +8,7 @@ import struct
 import dpkt
 import pytest
 
-from tunnel.gro import GSO_TCPV4, GSO_TCPV6, NEEDS_CSUM, TcpCoalescer
+from tunnel.dataplane.gro import GSO_TCPV4, GSO_TCPV6, NEEDS_CSUM, TcpCoalescer
 
 A4, B4 = socket.inet_aton("10.0.0.7"), socket.inet_aton("10.0.5.9")
 A6, B6 = socket.inet_pton(socket.AF_INET6, "fd00:a::7"), socket.inet_pton(socket.AF_INET6, "fd00:b::9")

@@ -7,7 +7,7 @@ import ipaddress
 import dpkt
 import pytest
 
-from tunnel.icmp import frag_needed_v4, packet_too_big_v6, too_big_reply, tunnel_mtu
+from tunnel.dataplane.icmp import frag_needed_v4, packet_too_big_v6, too_big_reply, tunnel_mtu
 
 
 def ip4(size: int, src="10.1.0.5", dst="10.2.0.9", p=17, payload_first=b"") -> bytes:

@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tunnel.keyexport import (
+from tunnel.ops.keyexport import (
     KeyExportError,
     esp_sa_line,
     ikev2_line,

@@ -1,4 +1,4 @@
-"""Raw ESP through an AF_PACKET TX ring (tunnel.packet_tx), between two namespaces on a veth pair.
+"""Raw ESP through an AF_PACKET TX ring (tunnel.kernel.tx_ring), between two namespaces on a veth pair.
 
 Frames must arrive byte for byte, many per send(); a ring the kernel does not drain is a
 counted drop, never a hang; whatever the ring cannot carry (next hop not resolved yet, too
@@ -15,7 +15,7 @@ import pytest
 
 from esp.outer import OuterIPv4
 from test_tun_netns import namespaces, veth
-from tunnel.packet_tx import PacketTxRing, RingSet
+from tunnel.kernel.tx_ring import PacketTxRing, RingSet
 
 pytestmark = pytest.mark.lab
 

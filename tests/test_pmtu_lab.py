@@ -1,4 +1,4 @@
-"""tunnel.pmtu reads the path MTU the kernel would use towards a peer."""
+"""tunnel.kernel.pmtu reads the path MTU the kernel would use towards a peer."""
 
 import sys
 
@@ -10,7 +10,7 @@ pytestmark = pytest.mark.lab
 
 
 def _path_mtu(lab, ns, peer):
-    code = f"from tunnel.pmtu import path_mtu; print(path_mtu({peer!r}))"
+    code = f"from tunnel.kernel.pmtu import path_mtu; print(path_mtu({peer!r}))"
     return int(lab.run(ns, sys.executable, "-c", code).stdout.split()[-1])  # after any log line
 
 

@@ -8,7 +8,7 @@ import dpkt
 import pytest
 
 from ike.config import TrafficSelector
-from tunnel.policy import PolicyTable, parse_packet
+from tunnel.dataplane.policy import PolicyTable, parse_packet
 
 TS = TrafficSelector.from_cidr
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from test_tun_netns import namespaces, veth
-from tunnel.sockets import NON_ESP_MARKER, RawEspSocket, UdpIkeSockets, parse_ipv4_esp
+from tunnel.kernel.udp import NON_ESP_MARKER, RawEspSocket, UdpIkeSockets, parse_ipv4_esp
 
 pytestmark = pytest.mark.lab
 

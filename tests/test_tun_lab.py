@@ -17,9 +17,9 @@ import dpkt
 import pytest
 
 from test_tun_netns import namespaces
-from tunnel.fragment import fit_to_mtu, fragment_ipv4
-from tunnel.routes import RouteTable
-from tunnel.tun import TunDevice, TunError
+from tunnel.dataplane.fragment import fit_to_mtu, fragment_ipv4
+from tunnel.kernel.routes import RouteTable
+from tunnel.kernel.tun import TunDevice, TunError
 
 pytestmark = pytest.mark.lab
 
@@ -135,7 +135,7 @@ def test_routes_added_and_removed(netns, tun):
 
 CHILD = textwrap.dedent("""
     import sys, time
-    from tunnel.routes import CleanupOnSignal, RouteTable
+    from tunnel.kernel.routes import CleanupOnSignal, RouteTable
     routes = RouteTable(sys.argv[1])
     routes.add("10.201.0.0/16")
     routes.add("fd43::/48")

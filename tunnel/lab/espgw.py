@@ -2,7 +2,7 @@
 
 ``EspgwGateway`` runs one ``espgw run`` inside a lab gateway namespace from an
 ``ike.config.ConnectionConfig`` (e.g. ``tunnel.lab.configs.site_to_site``), rendered here as the
-TOML ``tunnel.config`` reads. The control socket is a Unix socket in the lab's work directory,
+TOML ``tunnel.ops.config`` reads. The control socket is a Unix socket in the lab's work directory,
 reachable from the caller's namespace, so status queries need no ``ip netns exec``.
 """
 
@@ -19,16 +19,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ike.config import ChildConfig, ConnectionConfig
-from tunnel.control import ControlError, control_request
+from tunnel.ops.control import ControlError, control_request
 from tunnel.lab.netns import Gateway, Lab, LabError
 from tunnel.lab.swanctl_conf import format_ts
 
-ESPGW = [sys.executable, "-m", "tunnel.cli"]
+ESPGW = [sys.executable, "-m", "tunnel.ops.cli"]
 
 
 @dataclass
 class GatewaySettings:
-    """The ``[gateway]`` table of an espgw config (see ``tunnel.config.GatewayConfig``)."""
+    """The ``[gateway]`` table of an espgw config (see ``tunnel.ops.config.GatewayConfig``)."""
 
     tun_name: str = "espgw0"
     mtu: int = 1400

@@ -4,8 +4,8 @@ Everything here runs once per packet, so it avoids per-packet allocation beyond 
 itself: bound methods are cached on the objects, the kernel builds outer IPv4 headers (or
 ``esp.outer`` templates do, on an IP_HDRINCL socket), and counters are plain integer attributes.
 Per wake-up rather than per packet: ESP-in-UDP goes out in GSO batches and raw IPv4 ESP through
-AF_PACKET TX rings (``TxBatcher``, ``tunnel.packet_tx``), and
-decrypted packets go to the TUN through ``tunnel.gro`` (the daemon wires both).
+AF_PACKET TX rings (``TxBatcher``, ``tunnel.kernel.tx_ring``), and
+decrypted packets go to the TUN through ``tunnel.dataplane.gro`` (the daemon wires both).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from esp.outer import OuterIPv4, OuterIPv6, ecn_decapsulate
 from esp.sa import InboundSA, Lifetime, OutboundSA
 from esp.transforms import transform_by_name
 from ike.events import ChildSaUp
-from tunnel.fragment import fit_to_mtu
-from tunnel.icmp import tunnel_mtu
-from tunnel.packet_tx import RingSet
+from tunnel.dataplane.fragment import fit_to_mtu
+from tunnel.dataplane.icmp import tunnel_mtu
+from tunnel.kernel.tx_ring import RingSet
 
 log = structlog.get_logger("tunnel")
 
@@ -129,7 +129,7 @@ class TxBatcher:
     """What one loop turn sends, sent together: ESP-in-UDP per SA with UDP GSO, raw ESP via TX rings.
 
     One ``sendmsg`` with UDP_SEGMENT carries a run of equal-sized datagrams, and one ``send`` on
-    an AF_PACKET TX ring (``tunnel.packet_tx``) carries every frame written into it, so the
+    an AF_PACKET TX ring (``tunnel.kernel.tx_ring``) carries every frame written into it, so the
     kernel's send path runs once per batch instead of once per packet. The daemon calls
     ``flush()`` when it has handled what its sockets and TUN had to offer, before it waits again.
     ``rings`` (a ``RingSet``, or None for raw sockets only) is kept up to date from ``flush``.

@@ -4,12 +4,12 @@ The device is non-persistent, so the kernel deletes it (and every route through 
 file descriptor closes -- also when the process dies. Reads are non-blocking and batched: the
 daemon calls ``read_batch`` when the fd is readable and gets up to ``max_packets`` packets
 without a poll per packet (one zero-timeout poll after the first tells a lone packet from a
-burst, ``tunnel.drain``). Offloads are switched off (TUNSETOFFLOAD 0), so the kernel never hands
+burst, ``tunnel.kernel.drain``). Offloads are switched off (TUNSETOFFLOAD 0), so the kernel never hands
 us GSO super-packets: splitting them in Python costs more than it saves.
 
 With ``vnet_hdr=True`` (IFF_VNET_HDR) every packet in either direction carries a 10-byte
 virtio-net header. Reads strip it; ``write`` prepends an empty one; ``write_gso`` hands the
-kernel one TCP super-packet (GSO + checksum offload) built by ``tunnel.gro``, which the stack
+kernel one TCP super-packet (GSO + checksum offload) built by ``tunnel.dataplane.gro``, which the stack
 then treats like a packet its own GRO merged.
 """
 
@@ -26,7 +26,7 @@ import structlog
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from tunnel.drain import pending_probe
+from tunnel.kernel.drain import pending_probe
 
 __all__ = ["TunDevice", "TunError"]
 
@@ -119,7 +119,7 @@ class TunDevice:
         read, fd, more = os.read, self.fd, self._more
         try:
             for i in range(max_packets):
-                if i == 1 and not more(0):  # a lone packet: no failing read (tunnel.drain)
+                if i == 1 and not more(0):  # a lone packet: no failing read (tunnel.kernel.drain)
                     break
                 packets.append(read(fd, _MAX_PACKET))
         except BlockingIOError:
@@ -137,7 +137,7 @@ class TunDevice:
         dropped = 0
         try:
             for i in range(max_packets):
-                if i == 1 and not more(0):  # a lone packet: no failing read (tunnel.drain)
+                if i == 1 and not more(0):  # a lone packet: no failing read (tunnel.kernel.drain)
                     break
                 data = read(fd, _MAX_PACKET + VNET_HDR_LEN)
                 if data[1] or len(data) <= VNET_HDR_LEN:  # gso_type set, or nothing after the header

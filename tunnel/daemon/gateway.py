@@ -3,7 +3,7 @@
 One thread, one selector loop. It owns every piece of I/O the sans-I/O cores need: the TUN
 device, raw ESP sockets, UDP 500/4500, the control socket and the clock. IKE (``ike.endpoint``)
 gets datagrams and time and answers with datagrams, events and a deadline; the events install
-and remove CHILD SAs in the data plane (``tunnel.datapath``).
+and remove CHILD SAs in the data plane (``tunnel.dataplane.child``).
 """
 
 from __future__ import annotations
@@ -28,17 +28,17 @@ from esp.sadb import SADatabase
 from ike.config import ChildConfig, ConnectionConfig, TrafficSelector
 from ike.endpoint import IkeEndpoint
 from ike.events import Address, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed
-from tunnel.config import Config
-from tunnel.control import ControlError, ControlServer, EncodedJson
-from tunnel.datapath import ChildPath, DropLog, EspReceiver, InboundFilter, TxBatcher, inner_mtu, make_transmit, send_with_mtu
-from tunnel.gro import TcpCoalescer
-from tunnel.log import configure_logging
-from tunnel.pmtu import path_mtu
-from tunnel.policy import PolicyTable, parse_packet
-from tunnel.routes import RouteTable
-from tunnel.packet_tx import RingSet
-from tunnel.sockets import RawEspSocket, UdpIkeSockets
-from tunnel.tun import TunDevice
+from tunnel.ops.config import Config
+from tunnel.ops.control import ControlError, ControlServer, EncodedJson
+from tunnel.dataplane.child import ChildPath, DropLog, EspReceiver, InboundFilter, TxBatcher, inner_mtu, make_transmit, send_with_mtu
+from tunnel.dataplane.gro import TcpCoalescer
+from tunnel.ops.log import configure_logging
+from tunnel.kernel.pmtu import path_mtu
+from tunnel.dataplane.policy import PolicyTable, parse_packet
+from tunnel.kernel.routes import RouteTable
+from tunnel.kernel.tx_ring import RingSet
+from tunnel.kernel.udp import RawEspSocket, UdpIkeSockets
+from tunnel.kernel.tun import TunDevice
 
 log = structlog.get_logger("espgw")
 

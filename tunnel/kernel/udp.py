@@ -23,7 +23,7 @@ from typing import Callable, Iterable, NamedTuple
 
 import structlog
 
-from tunnel.drain import pending_probe
+from tunnel.kernel.drain import pending_probe
 
 __all__ = ["RawEspSocket", "UdpIkeSockets", "UdpEndpoint", "EspDatagram", "UdpDatagram", "NON_ESP_MARKER",
            "parse_ipv4_esp"]
@@ -156,7 +156,7 @@ class RawEspSocket:
         recv, more = self._sock.recv, self._more
         try:
             for i in range(max_packets):
-                if i == 1 and not more(0):  # a lone packet: no failing read (tunnel.drain)
+                if i == 1 and not more(0):  # a lone packet: no failing read (tunnel.kernel.drain)
                     break
                 packets.append(recv(_MAX_DATAGRAM))
         except BlockingIOError:
@@ -177,7 +177,7 @@ class RawEspSocket:
         recvmsg, more = self._sock.recvmsg, self._more
         try:
             for i in range(max_packets):
-                if i == 1 and not more(0):  # a lone packet: no failing read (tunnel.drain)
+                if i == 1 and not more(0):  # a lone packet: no failing read (tunnel.kernel.drain)
                     break
                 data, ancdata, _flags, addr = recvmsg(_MAX_DATAGRAM, _ANC_SPACE)
                 if len(data) < 8:
@@ -462,7 +462,7 @@ class UdpEndpoint:
         port = self.port
         try:
             for i in range(max_packets):
-                if i == 1 and not more(0):  # a lone packet: no failing read (tunnel.drain)
+                if i == 1 and not more(0):  # a lone packet: no failing read (tunnel.kernel.drain)
                     break
                 data, ancdata, _flags, addr = recvmsg(_MAX_DATAGRAM, _ANC_SPACE)
                 local, ecn, segment = self._parse_ancillary(ancdata)
@@ -493,7 +493,7 @@ class UdpEndpoint:
         esp = 0
         try:
             for i in range(max_packets):
-                if i == 1 and not more(0):  # a lone packet: no failing read (tunnel.drain)
+                if i == 1 and not more(0):  # a lone packet: no failing read (tunnel.kernel.drain)
                     break
                 data, ancdata, _flags, addr = recvmsg(_MAX_DATAGRAM, _ANC_SPACE)
                 ecn, segment = _ecn_and_segment(ancdata)  # the local address only if IKE needs it

@@ -1,7 +1,7 @@
 """``espgw``: run the gateway, query and steer it over its control socket, export keys.
 
 Client commands (``status``, ``list-sas``, ``initiate``, ``terminate``, ``keys``) talk to a running
-``espgw run`` through ``tunnel.control``; the socket path is ``--socket``, else the
+``espgw run`` through ``tunnel.ops.control``; the socket path is ``--socket``, else the
 ``gateway.control_socket`` of ``-c FILE``, else /run/espgw/espgw.sock. Every failure ends in one
 ``espgw: ...`` line on stderr and exit status 1 (2 for bad usage, from argparse), never a traceback.
 
@@ -18,8 +18,8 @@ import os
 import sys
 from typing import Any, Sequence
 
-from tunnel.config import DEFAULT_CONTROL_SOCKET, Config, ConfigError, load_config
-from tunnel.control import ControlError, DaemonUnreachable, control_request
+from tunnel.ops.config import DEFAULT_CONTROL_SOCKET, Config, ConfigError, load_config
+from tunnel.ops.control import ControlError, DaemonUnreachable, control_request
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "demo":
-        args.demo_args = extra  # passed through to tunnel.demo untouched
+        args.demo_args = extra  # passed through to tunnel.lab.demo untouched
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
@@ -134,10 +134,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.socket:
         config.gateway.control_socket = args.socket
-    from tunnel.log import configure_logging
+    from tunnel.ops.log import configure_logging
 
     configure_logging(args.log_level or config.gateway.log_level, args.log_format or config.gateway.log_format)
-    daemon = _import_optional("tunnel.daemon", "the gateway daemon")
+    daemon = _import_optional("tunnel.daemon.gateway", "the gateway daemon")
     return daemon.run(config) or EXIT_OK
 
 
@@ -184,7 +184,7 @@ def _steer(args: argparse.Namespace, verb: str) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from tunnel.keyexport import KeyExportError, write_wireshark_keys
+    from tunnel.ops.keyexport import KeyExportError, write_wireshark_keys
 
     snapshot = _request(args, {"cmd": "keys"})
     try:
@@ -201,7 +201,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    demo = _import_optional("tunnel.demo", "the demo")
+    demo = _import_optional("tunnel.lab.demo", "the demo")
     extra = [arg for arg in args.demo_args if arg != "--"]
     return (demo.main(extra) if extra else demo.main()) or EXIT_OK
 

@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if shutil.which(tool) is None:
             print(f"espgw demo: needs {tool} (iproute2, tcpdump) on the PATH", file=sys.stderr)
             return 1
-    from tunnel.log import configure_logging
+    from tunnel.ops.log import configure_logging
 
     configure_logging("warning", "console")  # the lab's own chatter stays out of the report
     global _MAIN_PID

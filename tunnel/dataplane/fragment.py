@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from tunnel.icmp import IPV4_MIN_MTU, too_big_reply
+from tunnel.dataplane.icmp import IPV4_MIN_MTU, too_big_reply
 
 __all__ = ["FragmentError", "MtuVerdict", "fragment_ipv4", "fit_to_mtu", "ipv4_header_checksum"]
 

@@ -3,11 +3,11 @@
 A request is one JSON object per line, ``{"cmd": "status", ...}``; each gets one response line,
 ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``. Commands the CLI sends:
 
-* ``{"cmd": "status"}``: daemon-wide state (see ``tunnel.cli`` for the fields it shows).
+* ``{"cmd": "status"}``: daemon-wide state (see ``tunnel.ops.cli`` for the fields it shows).
 * ``{"cmd": "list-sas"}``: ``{"ike_sas": [...]}``, each IKE SA with its ``children``.
 * ``{"cmd": "initiate", "child": NAME}`` or ``{"cmd": "initiate", "ike": NAME}``.
 * ``{"cmd": "terminate", "ike": NAME}`` or ``{"cmd": "terminate", "child": NAME}``.
-* ``{"cmd": "keys"}``: the key snapshot ``tunnel.keyexport`` writes out for Wireshark.
+* ``{"cmd": "keys"}``: the key snapshot ``tunnel.ops.keyexport`` writes out for Wireshark.
 
 :class:`ControlServer` runs inside the daemon's own selector loop (no threads): it never blocks,
 buffers partial lines and partial writes, caps line length and client count, and survives
