@@ -15,7 +15,7 @@ from esp.sa import OutboundSA
 from esp.transforms import transform_by_name
 from esp.wireshark import esp_sa_line
 
-from esp_helpers import ipv4_packet
+from tests.esp.helpers import ipv4_packet
 
 pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark")
 

@@ -12,11 +12,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import dpkt
 import pytest
 
-from test_tun_netns import namespaces
+from tests.tunnel.kernel.helpers import namespaces
 from tunnel.dataplane.fragment import fit_to_mtu, fragment_ipv4
 from tunnel.kernel.routes import RouteTable
 from tunnel.kernel.tun import TunDevice, TunError
@@ -152,7 +153,7 @@ def test_routes_removed_after_signal(netns, signum, exit_code):
     netns.ip("link", "set", "eodummy1", "up")
     netns.ip("link", "set", "eodummy", "up")
     child = netns.popen(sys.executable, "-c", CHILD, "eodummy", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                        text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+                        text=True, cwd=str(Path(__file__).resolve().parents[3]))
     try:
         lines = iter(child.stdout.readline, "")  # structlog's default output shares stdout
         assert any(line.strip() == "ready" for line in lines), child.stderr.read()

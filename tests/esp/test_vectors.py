@@ -10,7 +10,7 @@ from esp.padding import strip_trailer, trailer
 from esp.sa import InboundSA
 from esp.transforms import transform_by_name
 
-from esp_helpers import VECTOR_DIR, h, load
+from tests.esp.helpers import VECTOR_DIR, h, load
 
 GCM = load("draft-mcgrew-gcm-test-01.json")
 

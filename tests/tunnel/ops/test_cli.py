@@ -15,7 +15,7 @@ import pytest
 from tunnel.ops.cli import main, render_sas
 from tunnel.ops.control import ControlError, ControlServer
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 CHILD = {
     "name": "office-lan", "unique_id": 3, "state": "INSTALLED", "mode": "tunnel", "encap": False,

@@ -1,4 +1,4 @@
-"""Network namespace helpers for the tunnel/ lab tests (and a check that they clean up).
+"""Shared helpers for the kernel-interface lab tests (not a test module): namespaces, veth pairs, ESP-shaped payloads.
 
 Namespaces are named ``eo`` + 6 random hex digits + a suffix, so parallel runs never collide;
 ``namespaces()`` deletes them on exit, also when the test fails. ``Netns.entered()`` moves the
@@ -12,9 +12,9 @@ import contextlib
 import ctypes
 import os
 import secrets
+import struct
 import subprocess
-
-import pytest
+import time
 
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -90,16 +90,20 @@ def veth(a: Netns, b: Netns, addrs_a: list[str], addrs_b: list[str], mtu: int = 
     return name_a, name_b
 
 
-@pytest.mark.lab
-def test_namespaces_are_removed_even_on_failure():
-    names = []
-    with pytest.raises(ZeroDivisionError):
-        with namespaces("a", "b") as (a, b):
-            names = [a.name, b.name]
-            home = os.stat("/proc/thread-self/ns/net").st_ino
-            with a.entered():
-                assert os.stat("/proc/thread-self/ns/net").st_ino != home
-            assert os.stat("/proc/thread-self/ns/net").st_ino == home
-            1 / 0
-    listed = ip("netns", "list")
-    assert all(name not in listed for name in names)
+A4, B4 = "192.0.2.1", "192.0.2.2"
+A6, B6 = "fd00:e5::1", "fd00:e5::2"
+
+
+def esp(spi: int, seq: int, size: int = 64) -> bytes:
+    return struct.pack("!II", spi, seq) + os.urandom(size - 8)
+
+
+def gather(read, want: int, timeout: float = 3.0) -> list:
+    """Call a batch reader until ``want`` items came (or the time is up)."""
+    got: list = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        got += read()
+        if len(got) < want:
+            time.sleep(0.01)
+    return got

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from test_sockets_lab import A4, B4, esp, gather, pair  # noqa: F401 (pair is a fixture)
+from tests.tunnel.kernel.helpers import A4, B4, esp, gather
 from tunnel.kernel.udp import RawEspSocket, parse_ipv4_esp
 
 pytestmark = pytest.mark.lab

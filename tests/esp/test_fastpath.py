@@ -13,7 +13,7 @@ from esp.replay import ReplayWindow
 from esp.sa import InboundSA, Lifetime, OutboundSA
 from esp.transforms import transform_by_name
 
-from esp_helpers import ipv4_packet
+from tests.esp.helpers import ipv4_packet
 
 SPI = 0x4242
 PAYLOAD = b"data\x01\x02\x02\x06"          # next header 6, two pad bytes

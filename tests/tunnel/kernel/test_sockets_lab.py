@@ -2,44 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import select
 import socket
-import struct
-import time
 
 import pytest
 
-from test_tun_netns import namespaces, veth
+from tests.tunnel.kernel.helpers import A4, A6, B4, B6, esp, gather
 from tunnel.kernel.udp import NON_ESP_MARKER, RawEspSocket, UdpIkeSockets, parse_ipv4_esp
 
 pytestmark = pytest.mark.lab
-
-A4, B4 = "192.0.2.1", "192.0.2.2"
-A6, B6 = "fd00:e5::1", "fd00:e5::2"
-
-
-@pytest.fixture(scope="module")
-def pair():
-    with namespaces("a", "b") as (a, b):
-        veth(a, b, [f"{A4}/24", f"{A6}/64"], [f"{B4}/24", f"{B6}/64"])
-        yield a, b
-
-
-def esp(spi: int, seq: int, size: int = 64) -> bytes:
-    return struct.pack("!II", spi, seq) + os.urandom(size - 8)
-
-
-def gather(read, want: int, timeout: float = 3.0) -> list:
-    """Call a batch reader until ``want`` items came (or the time is up)."""
-    got: list = []
-    deadline = time.monotonic() + timeout
-    while len(got) < want and time.monotonic() < deadline:
-        got += read()
-        if len(got) < want:
-            time.sleep(0.01)
-    return got
-
 
 @pytest.mark.parametrize("family,local,peer", [(socket.AF_INET, A4, B4), (socket.AF_INET6, A6, B6)])
 def test_raw_esp_both_ways(pair, family, local, peer):

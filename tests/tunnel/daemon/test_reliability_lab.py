@@ -18,7 +18,7 @@ from tunnel.lab.netns import Lab
 
 pytestmark = pytest.mark.lab
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "reliability.py"
+BENCH = Path(__file__).resolve().parents[3] / "bench" / "reliability.py"
 
 
 def _scenarios():

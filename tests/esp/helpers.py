@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-VECTOR_DIR = Path(__file__).resolve().parent.parent / "rfc-vectors" / "esp"
+VECTOR_DIR = Path(__file__).resolve().parents[2] / "rfc-vectors" / "esp"
 
 
 def load(name: str) -> dict:

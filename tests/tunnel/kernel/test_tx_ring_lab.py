@@ -14,7 +14,7 @@ import time
 import pytest
 
 from esp.outer import OuterIPv4
-from test_tun_netns import namespaces, veth
+from tests.tunnel.kernel.helpers import namespaces, veth
 from tunnel.kernel.tx_ring import PacketTxRing, RingSet
 
 pytestmark = pytest.mark.lab

@@ -10,7 +10,7 @@ from esp.sa import InboundSA, OutboundSA
 from esp.sadb import SADatabase
 from esp.transforms import transform_by_name
 
-from esp_helpers import ipv4_packet
+from tests.esp.helpers import ipv4_packet
 
 
 def test_fuzz_decapsulation_only_typed_drops():

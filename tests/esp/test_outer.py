@@ -12,7 +12,7 @@ from esp.outer import OuterIPv4, OuterIPv6, ecn_decapsulate, ipv4_checksum, pars
 from esp.sa import InboundSA, OutboundSA
 from esp.udpencap import NAT_KEEPALIVE, classify_udp4500, udp_encapsulate
 
-from esp_helpers import ipv4_packet, ipv6_packet
+from tests.esp.helpers import ipv4_packet, ipv6_packet
 
 A4, B4 = socket.inet_aton("198.51.100.1"), socket.inet_aton("203.0.113.9")
 A6, B6 = socket.inet_pton(socket.AF_INET6, "2001:db8::1"), socket.inet_pton(socket.AF_INET6, "2001:db8::2")

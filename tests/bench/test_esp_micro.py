@@ -6,7 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "esp_micro.py"
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "esp_micro.py"
 
 
 def _module():

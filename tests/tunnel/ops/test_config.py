@@ -10,7 +10,7 @@ import pytest
 
 from tunnel.ops.config import ConfigError, load_config, parse_config
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 PSK_TEXT = "correct horse battery staple"
 
 MINIMAL = f"""

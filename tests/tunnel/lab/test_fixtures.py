@@ -9,7 +9,7 @@ import pytest
 
 from tunnel.lab.ike_pcap import SkError, open_sk, read_ike_frames
 
-FIXTURES = Path(__file__).parent / "fixtures" / "strongswan"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "strongswan"
 RECORDS = sorted(FIXTURES.glob("strongswan-*.json"))
 EXPECTED_EXCHANGES = ["IKE_SA_INIT", "IKE_AUTH", "CREATE_CHILD_SA", "INFORMATIONAL",
                       "CREATE_CHILD_SA", "INFORMATIONAL", "INFORMATIONAL"]

@@ -12,7 +12,7 @@ from esp.sa import InboundSA, Lifetime, OutboundSA
 from esp.sadb import SADatabase
 from esp.transforms import TRANSFORM_NAMES, transform_by_name
 
-from esp_helpers import ipv4_packet, ipv6_packet
+from tests.esp.helpers import ipv4_packet, ipv6_packet
 
 NAMES = [n for n in TRANSFORM_NAMES if not n.endswith("gcm")]   # aliases tested separately
 
