@@ -1,4 +1,4 @@
-"""The packages import and the console script is declared."""
+"""The packages import, the console script is declared and the wheel leaves the lab out."""
 
 import importlib
 import tomllib
@@ -14,4 +14,13 @@ def test_packages_import():
 
 def test_console_script_declared():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert meta["project"]["scripts"]["espgw"] == "tunnel.ops.cli:main"
+    assert meta["project"]["scripts"]["espgw"] == "tunnel.main:main"
+
+
+def test_wheel_leaves_the_lab_out():
+    from setuptools import find_packages
+
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    shipped = set(find_packages(str(ROOT), include=find["include"], exclude=find["exclude"]))
+    assert {"tunnel.dataplane", "tunnel.kernel", "tunnel.daemon", "tunnel.ops"} <= shipped
+    assert not any(name == "tunnel.lab" or name.startswith("tunnel.lab.") for name in shipped)

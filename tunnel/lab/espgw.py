@@ -23,7 +23,7 @@ from tunnel.ops.control import ControlError, control_request
 from tunnel.lab.netns import Gateway, Lab, LabError
 from tunnel.lab.swanctl_conf import format_ts
 
-ESPGW = [sys.executable, "-m", "tunnel.ops.cli"]
+ESPGW = [sys.executable, "-m", "tunnel.main"]
 
 
 @dataclass

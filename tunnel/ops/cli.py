@@ -1,4 +1,7 @@
-"""``espgw``: run the gateway, query and steer it over its control socket, export keys.
+"""``espgw``'s command line: parse, query and steer the daemon over its control socket, export keys.
+
+The commands that start something (``run``: the daemon, ``demo``: the lab) are handed in by the
+entry point, ``tunnel.main``, so this module stays below the daemon it talks to.
 
 Client commands (``status``, ``list-sas``, ``initiate``, ``terminate``, ``keys``) talk to a running
 ``espgw run`` through ``tunnel.ops.control``; the socket path is ``--socket``, else the
@@ -12,11 +15,11 @@ read are documented there (all optional, so a daemon can grow into them).
 from __future__ import annotations
 
 import argparse
-import importlib
+import functools
 import json
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from tunnel.ops.config import DEFAULT_CONTROL_SOCKET, Config, ConfigError, load_config
 from tunnel.ops.control import ControlError, DaemonUnreachable, control_request
@@ -24,15 +27,20 @@ from tunnel.ops.control import ControlError, DaemonUnreachable, control_request
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
+DaemonStarter = Callable[[Config], "int | None"]
+DemoStarter = Callable[[list[str]], "int | None"]
+
+
 class CliError(Exception):
     """A failure to report as ``espgw: message``."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, *, start_daemon: DaemonStarter | None = None,
+         start_demo: DemoStarter | None = None) -> int:
+    parser = build_parser(start_daemon, start_demo)
     args, extra = parser.parse_known_args(argv)
     if args.command == "demo":
-        args.demo_args = extra  # passed through to tunnel.lab.demo untouched
+        args.demo_args = extra  # passed through to the demo untouched
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
@@ -61,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(start_daemon: DaemonStarter | None = None,
+                 start_demo: DemoStarter | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="espgw", description="A site-to-site IPsec gateway (ESP + IKEv2).")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -70,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--socket", metavar="PATH", help="control socket path (overrides the config)")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides gateway.log_level")
     run.add_argument("--log-format", choices=("auto", "console", "json"), help="overrides gateway.log_format")
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=functools.partial(cmd_run, start=start_daemon))
 
     check = commands.add_parser("check", help="validate a configuration and show how it is understood")
     check.add_argument("-c", "--config", required=True, metavar="FILE", help="configuration file (TOML)")
@@ -105,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.set_defaults(func=cmd_keys)
 
     demo = commands.add_parser("demo", help="build the two-gateway namespace lab and show the tunnel working")
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(func=functools.partial(cmd_demo, start=start_demo))
     return parser
 
 
@@ -130,15 +139,16 @@ def _silence_stdout() -> None:
 # ----------------------------------------------------------------------------- commands
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, start: DaemonStarter | None = None) -> int:
+    if start is None:
+        raise CliError("this entry point cannot start the daemon; run `espgw run` (tunnel.main)")
     config = load_config(args.config)
     if args.socket:
         config.gateway.control_socket = args.socket
     from tunnel.ops.log import configure_logging
 
     configure_logging(args.log_level or config.gateway.log_level, args.log_format or config.gateway.log_format)
-    daemon = _import_optional("tunnel.daemon.gateway", "the gateway daemon")
-    return daemon.run(config) or EXIT_OK
+    return start(config) or EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -200,20 +210,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    demo = _import_optional("tunnel.lab.demo", "the demo")
-    extra = [arg for arg in args.demo_args if arg != "--"]
-    return (demo.main(extra) if extra else demo.main()) or EXIT_OK
-
-
-def _import_optional(module: str, what: str) -> Any:
-    """Import a module colleagues add later; its own import errors still surface as bugs."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name == module:
-            raise CliError(f"{what} ({module}) is not part of this build yet") from None
-        raise
+def cmd_demo(args: argparse.Namespace, start: DemoStarter | None = None) -> int:
+    if start is None:
+        raise CliError("this entry point cannot start the demo; run `espgw demo` (tunnel.main)")
+    return start([arg for arg in args.demo_args if arg != "--"]) or EXIT_OK
 
 
 def _socket_path(args: argparse.Namespace) -> str:

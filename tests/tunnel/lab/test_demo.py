@@ -17,7 +17,7 @@ pytestmark = pytest.mark.lab
 
 def test_demo_runs_and_shows_what_the_eavesdropper_sees(tmp_path):
     out = tmp_path / "demo"
-    done = subprocess.run([sys.executable, "-m", "tunnel.ops.cli", "demo", "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "tunnel.main", "demo", "--out", str(out)],
                           capture_output=True, text=True, timeout=60)
     text = done.stdout
     assert done.returncode == 0, text + done.stderr
@@ -42,6 +42,6 @@ def test_demo_without_root_says_so():
     if shutil.which("setpriv") is None:
         pytest.skip("needs setpriv to drop root")
     done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                           sys.executable, "-m", "tunnel.ops.cli", "demo"], capture_output=True, text=True, timeout=30)
+                           sys.executable, "-m", "tunnel.main", "demo"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 1
     assert "needs root" in done.stderr and "Traceback" not in done.stderr
