@@ -8,6 +8,7 @@ and points to a source checkout.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Sequence
 
@@ -26,7 +27,7 @@ def start_daemon(config: Config) -> int | None:
 
 def start_demo(argv: list[str]) -> int | None:
     try:
-        from tunnel.lab import demo
+        demo = importlib.import_module("tunnel.lab.demo")
     except ModuleNotFoundError as exc:
         if exc.name in ("tunnel.lab", "tunnel.lab.demo"):
             raise cli.CliError(DEMO_NEEDS_CHECKOUT) from None

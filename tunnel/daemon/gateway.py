@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import ipaddress
-import json
 import os
 import select
 import selectors
@@ -19,26 +18,29 @@ import signal
 import socket
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import structlog
 from pyroute2 import IPRoute
 
 from esp.sadb import SADatabase
-from ike.config import ChildConfig, ConnectionConfig, TrafficSelector
 from ike.endpoint import IkeEndpoint
 from ike.events import Address, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed
-from tunnel.ops.config import Config
-from tunnel.ops.control import ControlError, ControlServer, EncodedJson
-from tunnel.dataplane.child import ChildPath, DropLog, EspReceiver, InboundFilter, TxBatcher, inner_mtu, make_transmit, send_with_mtu
+from tunnel.daemon import status
+from tunnel.daemon.traps import Traps
+from tunnel.dataplane.child import (ChildPath, DropLog, EspReceiver, InboundFilter, TxBatcher, inner_mtu,
+                                    make_transmit, send_with_mtu)
 from tunnel.dataplane.gro import TcpCoalescer
-from tunnel.ops.log import configure_logging
+from tunnel.dataplane.policy import PolicyTable
 from tunnel.kernel.pmtu import path_mtu
-from tunnel.dataplane.policy import PolicyTable, parse_packet
 from tunnel.kernel.routes import RouteTable
+from tunnel.kernel.tun import TunDevice
 from tunnel.kernel.tx_ring import RingSet
 from tunnel.kernel.udp import RawEspSocket, UdpIkeSockets
-from tunnel.kernel.tun import TunDevice
+from tunnel.ops.config import Config
+from tunnel.ops.control import ControlError, ControlServer
+from tunnel.ops.log import configure_logging
 
 log = structlog.get_logger("espgw")
 
@@ -50,15 +52,6 @@ NAT_KEEPALIVE_INTERVAL = 20.0  # strongSwan's charon.keep_alive default
 TRIM_INTERVAL = 10.0
 PMTU_CACHE_SECONDS = 60.0  # the kernel's PMTU knowledge changes rarely; one netlink query a minute per peer
 REKEY_GRACE = 2.0  # seconds a rekeyed inbound SA keeps accepting packets after its delete
-
-
-class _Trap:
-    """A ``start_action = trap`` child: the first matching packet starts the negotiation."""
-
-    def __init__(self, conn: ConnectionConfig, child: ChildConfig, queue_size: int) -> None:
-        self.conn, self.child = conn, child
-        self.queue: deque[bytes] = deque(maxlen=queue_size)
-        self.pending_since: float | None = None
 
 
 def _concrete(addrs: list[str]) -> list[str]:
@@ -85,7 +78,7 @@ class Gateway:
         self.sadb = SADatabase()
         self.policy = PolicyTable()
         self.inbound_ok = InboundFilter(self.policy)  # cleared on every policy change below
-        self.traps = PolicyTable()
+        self.traps = Traps(self.settings.queue_size)
         self.children: dict[int, ChildPath] = {}  # by inbound SPI
         # A lineage is a CHILD SA and its rekeyed successors: one policy (keyed by the first SA's
         # key) that sends through one of them, ``routed``, and accepts what arrives on any of them.
@@ -97,7 +90,7 @@ class Gateway:
         self.retiring: deque[tuple[float, ChildPath]] = deque()  # (when, rekeyed SA) in order
         self.dying: set[int] = set()  # inbound SPIs of deleted SAs still accepting stragglers
         self._generation = 0
-        self.totals = Totals()
+        self.totals = status.Totals()
         self.drops: dict[str, int] = {}  # gateway-level drops (no SA for a packet, trap queue full)
         # IKE SAs by unique id: their connection's name, and (local, remote) for NAT keepalives
         # of those behind a NAT; not the IkeSaUp events (~200 B each with the remote's ID text)
@@ -183,8 +176,7 @@ class Gateway:
         for conn in self.config.connections:
             for child in conn.children:
                 if child.start_action == "trap":
-                    self.traps.add(("trap", conn.name, child.name), child.local_ts, child.remote_ts,
-                                   _Trap(conn, child, self.settings.queue_size))
+                    self.traps.add(conn, child)
             starting = [c.name for c in conn.children if c.start_action == "start"]
             if starting:
                 self._initiate(conn.name, None if len(starting) == len(conn.children) else starting[0], now)
@@ -295,27 +287,17 @@ class Gateway:
 
     def _unprotected(self, packet: bytes) -> None:
         """No CHILD SA covers the packet: start a trapped child, or drop it."""
-        trap = self.traps.lookup_outbound(packet)
+        trap = self.traps.catch(packet)
         if trap is None:
             if not _link_local_noise(packet):
-                _count(self.drops, "no_policy", 1)
+                self.drops["no_policy"] = self.drops.get("no_policy", 0) + 1
                 self.drop_log("no_policy")
             return
-        if len(trap.queue) == trap.queue.maxlen:
-            _count(self.drops, "trap_queue_full", 1)  # the oldest queued packet makes room
-        trap.queue.append(packet)
         now = self.clock()
-        if trap.pending_since is None or now - trap.pending_since > 30.0:
-            trap.pending_since = now
-            fields = parse_packet(packet)
-            packet_ts = None
-            if fields is not None:
-                version = 4 if packet[0] >> 4 == 4 else 6
-                make = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
-                src, dst = make(fields.src), make(fields.dst)
-                packet_ts = (TrafficSelector(src, src), TrafficSelector(dst, dst))
-            log.info("acquire", connection=trap.conn.name, child=trap.child.name)
-            self._initiate(trap.conn.name, trap.child.name, now, packet_ts=packet_ts)
+        acquire = self.traps.acquire(trap, packet, now)
+        if acquire is not None:
+            log.info("acquire", connection=acquire.connection, child=acquire.child)
+            self._initiate(acquire.connection, acquire.child, now, packet_ts=acquire.packet_ts)
             self._pump(now)
 
     def _on_raw(self, sock: RawEspSocket) -> None:
@@ -424,19 +406,12 @@ class Gateway:
         self.lineages[path.lineage] = members + (path,)
 
     def _flush_trap(self, up: ChildSaUp, path: ChildPath) -> None:
-        for _key, trap in self._trap_entries():
-            if trap.conn.name == up.ike_name and trap.child.name == up.child_name:
-                trap.pending_since = None
-                while trap.queue:
-                    packet = trap.queue.popleft()
-                    if self.policy.lookup_outbound(packet) is path:
-                        if len(packet) <= path.mtu:
-                            path.send(packet)
-                        else:
-                            send_with_mtu(path, packet, self.tun.write, self.icmp_v4, self.icmp_v6)
-
-    def _trap_entries(self):
-        return [(key, rules[0].sa) for key, rules in self.traps._by_child.items()]
+        for packet in self.traps.release(up.ike_name, up.child_name):
+            if self.policy.lookup_outbound(packet) is path:
+                if len(packet) <= path.mtu:
+                    path.send(packet)
+                else:
+                    send_with_mtu(path, packet, self.tun.write, self.icmp_v4, self.icmp_v6)
 
     def _path_mtu(self, peer: str, now: float) -> int:
         cached = self._pmtu_cache.get(peer)
@@ -532,15 +507,15 @@ class Gateway:
         cmd = request.get("cmd")
         now = self.clock()
         if cmd == "status":
-            return self.status(now)
+            return status.status(self, now)
         if cmd == "list-sas":
-            return self.list_sas_json(now, request.get("ike"))
+            return status.list_sas_json(self, now, request.get("ike"))
         if cmd == "initiate":
             return self._control_initiate(request, now)
         if cmd == "terminate":
             return self._control_terminate(request, now)
         if cmd == "keys":
-            return self.key_snapshot()
+            return status.key_snapshot(self)
         raise ControlError(f"unknown command {cmd!r}")
 
     def _control_initiate(self, request: dict, now: float) -> dict:
@@ -571,121 +546,6 @@ class Gateway:
         self._pump(now)
         return {"message": f"terminating IKE SA {name}"}
 
-    def list_sas(self, now: float) -> list[dict]:
-        """IKE SAs with their CHILD SAs in the fields ``espgw list-sas`` renders (times relative to now)."""
-        return [self._describe_ike(sa, now) for sa in self.ike.status()]
-
-    def list_sas_json(self, now: float, name: str | None = None) -> EncodedJson:
-        """``{"ike_sas": list_sas()}`` (only connection ``name``'s if given), encoded SA by SA so
-        each SA's dicts are freed before the next is described."""
-        parts = (json.dumps(self._describe_ike(sa, now), separators=(",", ":")).encode()
-                 for sa in self.ike.statuses() if not name or sa.get("name") == name)
-        return EncodedJson(b'{"ike_sas":[' + b",".join(parts) + b"]}")
-
-    def _describe_ike(self, sa: dict, now: float) -> dict:
-        local, remote = sa.get("local") or ("?", 0), sa.get("remote") or ("?", 0)
-        out = {
-            "name": sa.get("name"), "unique_id": sa.get("unique_id"), "state": str(sa.get("state", "?")).upper(),
-            "version": 2, "spi_i": sa.get("spi_i"), "spi_r": sa.get("spi_r"), "initiator": sa.get("initiator"),
-            "local_addr": local[0], "local_port": local[1], "local_id": sa.get("local_id"),
-            "remote_addr": remote[0], "remote_port": remote[1], "remote_id": sa.get("remote_id"),
-            "nat_local": sa.get("nat_local"), "nat_remote": sa.get("nat_remote"), "proposal": sa.get("proposal"),
-            "established": _ago(sa.get("established"), now), "rekey_in": _until(sa.get("rekey_at"), now),
-            "children": [],
-        }
-        for child in sa.get("children", []):
-            spi_in = child.get("inbound_spi")
-            path = self.children.get(int(spi_in, 16)) if isinstance(spi_in, str) else None
-            entry = {
-                "name": child.get("name"), "unique_id": child.get("unique_id"),
-                "state": str(child.get("state", "?")).upper(), "mode": "tunnel", "proposal": child.get("proposal"),
-                "spi_in": spi_in, "spi_out": child.get("outbound_spi"), "local_ts": child.get("local_ts", []),
-                "remote_ts": child.get("remote_ts", []), "installed": _ago(child.get("established"), now),
-                "rekey_in": _until(child.get("rekey_at"), now), "expires_in": _until(child.get("expire_at"), now),
-            }
-            if path is not None:
-                entry.update(path.describe(now))
-                entry["state"] = str(child.get("state", "installed")).upper()
-            out["children"].append(entry)
-        return out
-
-    def status(self, now: float) -> dict:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            ver = version("espgw")
-        except PackageNotFoundError:
-            ver = "dev"
-        totals = Totals()
-        totals.merge(self.totals)
-        for path in self.children.values():
-            totals.add(path)
-        drops = dict(totals.drops)
-        for reason, count in self.sadb.counters.drops.items():  # unknown SPI, malformed ESP...
-            _count(drops, reason.name.lower(), count)
-        for reason, count in self.drops.items():
-            _count(drops, reason, count)
-        _count(drops, "malformed_inner", self.policy.counters["malformed"])
-        # shorter than an ESP header, or runts on UDP 4500: no SA to charge, the sockets count them
-        for raw in filter(None, (self.raw_v4, self.raw_v6)):
-            _count(drops, "truncated", raw.counters["recv_malformed"])
-        _count(drops, "udp_malformed", self.udp.counters["malformed"])
-        rings = self.udp_out.rings.counters() if self.udp_out.rings is not None else None
-        if rings:
-            _count(drops, "tx_ring_full", rings["ring_full"])
-        for name, count in self.ike.drops.items():
-            _count(drops, f"ike_{name}", count)
-        udp = self.udp.counters
-        return {
-            "version": ver, "pid": os.getpid(), "uptime": round(now - self.started, 1),
-            "tun_name": self.tun.name, "mtu": self.tun.mtu, "control_socket": self.settings.control_socket,
-            "esp_encap": self.settings.esp_encap,
-            "connections": [{"name": c.name, "local_addrs": c.local_addrs, "remote_addrs": c.remote_addrs,
-                             "children": [ch.name for ch in c.children]} for c in self.config.connections],
-            "ike_sas": self.list_sas(now),
-            "counters": {
-                "packets_in": totals.packets_in, "packets_out": totals.packets_out,
-                "bytes_in": totals.bytes_in, "bytes_out": totals.bytes_out,
-                "tun": dict(self.tun.counters), "gro": dict(self.gro.counters), "udp": udp,
-                "raw_esp": dict(self.raw_v4.counters), "raw_esp_ring": rings,
-                "raw_esp6": dict(self.raw_v6.counters) if self.raw_v6 is not None else None,
-            },
-            "drops": drops,
-            "failures": list(self.failures),
-        }
-
-    def key_snapshot(self) -> dict:
-        rows = [row for path in self.children.values() for row in path.key_rows()]
-        ike_keys = getattr(self.ike, "key_snapshot", None)
-        return {"child_sas": rows, "ike_sas": ike_keys() if ike_keys else []}
-
-
-class Totals:
-    """Traffic and drop counters summed over CHILD SAs, also those already gone."""
-
-    def __init__(self) -> None:
-        self.packets_in = self.packets_out = self.bytes_in = self.bytes_out = 0
-        self.drops: dict[str, int] = {}
-
-    def add(self, path: ChildPath) -> None:
-        inb, out = path.inbound.counters, path.outbound.counters
-        self.packets_in += inb.packets
-        self.packets_out += out.packets
-        self.bytes_in += inb.bytes
-        self.bytes_out += out.bytes
-        for counters in (inb, out):
-            for reason, count in counters.drops.items():
-                _count(self.drops, reason.name.lower(), count)
-
-    def merge(self, other: "Totals") -> None:
-        self.packets_in += other.packets_in
-        self.packets_out += other.packets_out
-        self.bytes_in += other.bytes_in
-        self.bytes_out += other.bytes_out
-        for reason, count in other.drops.items():
-            _count(self.drops, reason, count)
-
-
 def _malloc_trim() -> Callable[[], None]:
     try:
         trim = ctypes.CDLL(None).malloc_trim  # glibc; other C libraries may not have it
@@ -698,22 +558,9 @@ def _malloc_trim() -> Callable[[], None]:
 _release_free_memory = _malloc_trim()
 
 
-def _count(drops: dict[str, int], reason: str, count: int) -> None:
-    if count:
-        drops[reason] = drops.get(reason, 0) + count
-
-
 def _link_local_noise(packet: bytes) -> bool:
     """IPv6 packets the kernel sends on the TUN itself (router solicitations, MLD): not traffic."""
     return len(packet) >= 40 and packet[0] >> 4 == 6 and (packet[8:10] in (b"\xfe\x80", bytes(2)))
-
-
-def _ago(when: float | None, now: float) -> float | None:
-    return round(now - when, 1) if isinstance(when, (int, float)) else None
-
-
-def _until(when: float | None, now: float) -> float | None:
-    return round(when - now, 1) if isinstance(when, (int, float)) else None
 
 
 def _local_addresses() -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:

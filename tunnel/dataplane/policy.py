@@ -214,6 +214,11 @@ class PolicyTable:
             bisect.insort(self._rules, rule, key=_rank)
         self._cache.clear()
 
+    def sa_of(self, child_id: Any) -> Any | None:
+        """The SA object ``child_id``'s policy sends through, or None if it has no policy."""
+        rules = self._by_child.get(child_id)
+        return rules[0].sa if rules else None
+
     def bind_inbound(self, child_id: Any, sa_object: Any) -> None:
         """Let ``check_inbound`` accept ``sa_object`` (e.g. the inbound SA) for ``child_id``'s selectors."""
         if child_id not in self._by_child:
