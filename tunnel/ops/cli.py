@@ -262,7 +262,7 @@ def render_sas(ike_sas: list[dict]) -> str:
     spi_i, spi_r (hex), initiator, local_addr/_port/_id, remote_addr/_port/_id, nat_local,
     nat_remote, proposal, established (s ago), rekey_in (s), children. Fields of a child: name,
     unique_id, state, mode, encap, proposal, spi_in, spi_out, bytes_in/out, packets_in/out,
-    last_in/out (s ago), installed (s ago), rekey_in, expires_in, local_ts, remote_ts, drops."""
+    installed (s ago), rekey_in, expires_in, local_ts, remote_ts, drops."""
     lines: list[str] = []
     for sa in ike_sas:
         mark_i, mark_r = ("*", "") if sa.get("initiator") else ("", "*")
@@ -293,10 +293,8 @@ def _render_child(child: dict) -> list[str]:
             timing.append(f"{label} {int(child[key])}s")
     lines.append("    " + ", ".join(timing))
     for direction in ("in", "out"):
-        last = child.get(f"last_{direction}")
         lines.append(f"    {direction:<3} {_spi_text(child.get(f'spi_{direction}'))}, "
-                     f"{child.get(f'bytes_{direction}', 0):>10} bytes, {child.get(f'packets_{direction}', 0):>8} packets"
-                     + (f", {_ago(last):>8}" if isinstance(last, (int, float)) else ""))
+                     f"{child.get(f'bytes_{direction}', 0):>10} bytes, {child.get(f'packets_{direction}', 0):>8} packets")
     lines.append(f"    local  {' '.join(map(str, child.get('local_ts', [])))}")
     lines.append(f"    remote {' '.join(map(str, child.get('remote_ts', [])))}")
     drops = _drops_text(child.get("drops"))

@@ -1,6 +1,6 @@
 """The espgw command line: parsing, errors and rendering, against a stand-in daemon (a ControlServer
 with fixed answers shaped like the daemon's). Whether the CLI and the REAL daemon agree is checked in
-tests/tunnel/lab/test_cli_contract_lab.py (two ``espgw run`` daemons in the lab)."""
+tests/tunnel/ops/test_cli_contract_lab.py (two ``espgw run`` daemons in the lab)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 CHILD = {
     "name": "office-lan", "unique_id": 3, "state": "INSTALLED", "mode": "tunnel", "encap": False,
     "proposal": "aes256gcm16-esn", "spi_in": "c1a2b3c4", "spi_out": 0xC5D6E7F8,
-    "bytes_in": 8400, "packets_in": 100, "bytes_out": 9000, "packets_out": 101, "last_in": 2, "last_out": 1,
+    "bytes_in": 8400, "packets_in": 100, "bytes_out": 9000, "packets_out": 101,
     "installed": 120, "rekey_in": 3400, "expires_in": 3840,
     "local_ts": ["10.0.0.0/24"], "remote_ts": ["10.0.5.0/24"], "drops": {"replay": 3, "auth_failed": 0},
 }
@@ -39,7 +39,7 @@ STATUS = {
     "control_socket": "/run/espgw/site-a.sock",
     "connections": [{"name": "office", "local_addrs": ["192.0.2.1"], "remote_addrs": ["192.0.2.2"], "children": ["office-lan"]}],
     "ike_sas": [IKE_SA], "counters": {"packets_in": 100, "packets_out": 101, "bytes_in": 8400, "bytes_out": 9000},
-    "drops": {"replay": 3, "no_sa": 1},
+    "drops": {"replay": 3, "unknown_spi": 1},
 }
 KEYS = {
     "child_sas": [{"src": "192.0.2.1", "dst": "192.0.2.2", "spi": "c5d6e7f8", "esp_transform": "aes256gcm16", "keymat": "11" * 36}],
@@ -120,7 +120,7 @@ def test_status(daemon, capsys):
     assert code == 0
     assert out.startswith("espgw 0.1.0, pid 4242, up 1h2m5s")
     assert "  office: 192.0.2.1...192.0.2.2 IKEv2, up; children: office-lan" in out
-    assert "security associations: 1 IKE, 1 CHILD" in out and "drops: no_sa 1, replay 3" in out
+    assert "security associations: 1 IKE, 1 CHILD" in out and "drops: replay 3, unknown_spi 1" in out
 
 
 def test_initiate_and_terminate(daemon, capsys):
