@@ -29,9 +29,10 @@ from ike.endpoint import IkeEndpoint
 from ike.events import Address, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed
 from tunnel.daemon import status
 from tunnel.daemon.traps import Traps
-from tunnel.dataplane.child import (ChildPath, DropLog, EspReceiver, InboundFilter, TxBatcher, inner_mtu,
-                                    make_transmit, send_with_mtu)
+from tunnel.dataplane.child import ChildPath, inner_mtu, send_with_mtu
 from tunnel.dataplane.gro import TcpCoalescer
+from tunnel.dataplane.receive import DropLog, EspReceiver, InboundFilter
+from tunnel.dataplane.transmit import TxBatcher, make_transmit
 from tunnel.dataplane.policy import PolicyTable
 from tunnel.kernel.pmtu import path_mtu
 from tunnel.kernel.routes import RouteTable

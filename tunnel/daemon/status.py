@@ -14,7 +14,8 @@ from typing import Protocol
 from esp.sadb import SADatabase
 from ike.endpoint import IkeEndpoint
 from tunnel.daemon.traps import Traps
-from tunnel.dataplane.child import ChildPath, TxBatcher
+from tunnel.dataplane.child import ChildPath
+from tunnel.dataplane.transmit import TxBatcher
 from tunnel.dataplane.gro import TcpCoalescer
 from tunnel.dataplane.policy import PolicyTable
 from tunnel.kernel.tun import TunDevice

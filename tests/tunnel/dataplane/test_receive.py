@@ -9,7 +9,7 @@ from esp.errors import DropReason
 from esp.sa import InboundSA, OutboundSA
 from esp.sadb import SADatabase
 from ike.config import TrafficSelector
-from tunnel.dataplane.child import DropLog, EspReceiver, InboundFilter
+from tunnel.dataplane.receive import DropLog, EspReceiver, InboundFilter
 from tunnel.dataplane.policy import PolicyTable
 
 KEY_A, KEY_B = bytes(range(36)), bytes(range(1, 37))
