@@ -38,7 +38,8 @@ from tunnel.kernel.pmtu import path_mtu
 from tunnel.kernel.routes import RouteTable
 from tunnel.kernel.tun import TunDevice
 from tunnel.kernel.tx_ring import RingSet
-from tunnel.kernel.udp import RawEspSocket, UdpIkeSockets
+from tunnel.kernel.raw_esp import RawEspSocket
+from tunnel.kernel.udp import UdpIkeSockets
 from tunnel.ops.config import Config
 from tunnel.ops.control import ControlError, ControlServer
 from tunnel.ops.log import configure_logging

@@ -19,7 +19,8 @@ from tunnel.dataplane.transmit import TxBatcher
 from tunnel.dataplane.gro import TcpCoalescer
 from tunnel.dataplane.policy import PolicyTable
 from tunnel.kernel.tun import TunDevice
-from tunnel.kernel.udp import RawEspSocket, UdpIkeSockets
+from tunnel.kernel.raw_esp import RawEspSocket
+from tunnel.kernel.udp import UdpIkeSockets
 from tunnel.ops.config import Config, GatewayConfig
 from tunnel.ops.control import EncodedJson
 

@@ -1,69 +1,17 @@
-"""Raw ESP and UDP 500/4500 sockets between two namespaces joined by a veth pair."""
+"""UDP 500/4500 between two namespaces joined by a veth pair: RFC 3948 framing, IP_PKTINFO, GSO/GRO."""
 
 from __future__ import annotations
 
-import select
 import socket
+import time
 
 import pytest
 
+from ike.constants import NON_ESP_MARKER
 from tests.tunnel.kernel.helpers import A4, A6, B4, B6, esp, gather
-from tunnel.kernel.udp import NON_ESP_MARKER, RawEspSocket, UdpIkeSockets, parse_ipv4_esp
+from tunnel.kernel.udp import NAT_KEEPALIVE, UdpIkeSockets
 
 pytestmark = pytest.mark.lab
-
-@pytest.mark.parametrize("family,local,peer", [(socket.AF_INET, A4, B4), (socket.AF_INET6, A6, B6)])
-def test_raw_esp_both_ways(pair, family, local, peer):
-    a, b = pair
-    with a.entered():
-        sender = RawEspSocket(family, local, peer)
-    with b.entered():
-        receiver = RawEspSocket(family, peer)
-    try:
-        assert sender.path_mtu() == 1500
-        assert receiver.path_mtu() is None
-        packets = [esp(0x1000 + i, i + 1, 40 + i) for i in range(20)]
-        for i, packet in enumerate(packets):
-            assert sender.send_esp(packet, tos=0x02 if i % 2 else 0x01)  # ECT(0) / ECT(1)
-        got = gather(receiver.recv_batch, 20)
-        assert [d.esp for d in got] == packets
-        assert {d.src for d in got} == {local}
-        assert [d.ecn for d in got] == [2 if i % 2 else 1 for i in range(20)]
-        # The other way, unconnected, with DF on the IPv4 outer header.
-        reply = esp(0x2000, 1)
-        assert receiver.send_esp(reply, local, df=True)
-        raw = gather(sender.read_batch, 1)
-        if family == socket.AF_INET:
-            assert raw[0][6] & 0x40 and parse_ipv4_esp(raw[0]).esp == reply
-            assert raw[0][9] == 50 and raw[0][12:16] == socket.inet_aton(peer)
-        else:
-            assert raw == [reply]
-        assert sender.read_batch() == [] and receiver.recv_batch() == []  # drained: no blocking
-    finally:
-        sender.close()
-        receiver.close()
-
-
-def test_connected_raw_socket_filters_other_sources(pair):
-    a, b = pair
-    with b.entered():
-        only_from_c = RawEspSocket(socket.AF_INET, B4, "192.0.2.3")
-        anyone = RawEspSocket(socket.AF_INET, B4)
-    with a.entered():
-        sender = RawEspSocket(socket.AF_INET, A4, B4)
-    try:
-        sender.send_esp(esp(1, 1))
-        assert len(gather(anyone.recv_batch, 1)) == 1
-        assert only_from_c.recv_batch() == []
-    finally:
-        for s in (only_from_c, anyone, sender):
-            s.close()
-
-
-def test_raw_short_packets_are_counted():
-    assert parse_ipv4_esp(b"\x45" + bytes(10)) is None
-    assert parse_ipv4_esp(b"\x45" + bytes(19) + b"\x00" * 4) is None  # under 8 bytes of ESP
-    assert parse_ipv4_esp(b"\x41" + bytes(40)) is None
 
 
 def udp_peer(ns, family: int, addr: str) -> socket.socket:
@@ -116,6 +64,9 @@ def test_udp_marker_keepalive_and_pktinfo(pair, family, wildcard, local, peer):
 
 
 def test_esp_in_udp_gso_send_and_gro_receive(pair):
+    """The data path's UDP both ways: a burst leaves in GSO sends and arrives in GRO runs that
+    read_esp_batch splits into the original datagrams, in order; IKE, keepalives and junk on the
+    same port are set apart (IKE) or counted (keepalive)."""
     a, b = pair
     with a.entered():
         sender = UdpIkeSockets([A4], ports=(500, 4500))
@@ -123,17 +74,27 @@ def test_esp_in_udp_gso_send_and_gro_receive(pair):
         receiver = UdpIkeSockets([B4], ports=(500, 4500), gro=True)
     try:
         packets = [esp(0xAB, i + 1, 200) for i in range(30)] + [esp(0xAB, 31, 120)] + [esp(0xAB, 32, 300)]
-        endpoint = sender.endpoint((A4, 4500), (B4, 4500), natt=True)
-        singles = []
-        plain_send = endpoint.send
-        endpoint.send = lambda *args: singles.append(args) or plain_send(*args)
         assert sender.send_esp_batch(packets, (B4, 4500), (A4, 4500)) == len(packets)
-        assert len(singles) == 1  # 200 x 30 + 120 went as one GSO send; the 300 byte one alone
+        assert sender.counters["gso_sends"] == 1  # 200 x 30 + 120 as one GSO send; the 300 byte one alone
+        endpoint = sender.endpoint((A4, 4500), (B4, 4500), natt=True)
+        endpoint.send(NON_ESP_MARKER + b"IKE", (B4, 4500))
+        endpoint.send(NAT_KEEPALIVE, (B4, 4500))
+        last = esp(0xAB, 33, 64)
+        endpoint.send(last, (B4, 4500))
         fd = next(ep.fd for ep in receiver.endpoints if ep.natt)
-        select.select([fd], [], [], 3)
-        got = gather(lambda: receiver.read_batch(fd), len(packets))
-        assert [(d.kind, d.data) for d in got] == [("esp", p) for p in packets]
-        assert {d.remote for d in got} == {(A4, 4500)}
+        runs, others = [], []
+        deadline = time.monotonic() + 3
+        while sum(len(p) for p, _ in runs) < len(packets) + 1 and time.monotonic() < deadline:
+            got_runs, got_others = receiver.read_esp_batch(fd)
+            runs += got_runs
+            others += got_others
+            time.sleep(0.01)
+        others += receiver.read_esp_batch(fd)[1]
+        assert [p for run, _ in runs for p in run] == packets + [last]
+        assert len(runs) < 10 and all(ecn == 0 for _, ecn in runs)  # GRO merged the burst
+        assert [(d.kind, d.data, d.local, d.remote) for d in others] == [("ike", b"IKE", (B4, 4500), (A4, 4500))]
+        counters = receiver.counters
+        assert counters["esp"] == len(packets) + 1 and counters["keepalive"] == 1 and counters["ike"] == 1
     finally:
         sender.close()
         receiver.close()
