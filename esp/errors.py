@@ -18,7 +18,6 @@ class DropReason(enum.Enum):
     REPLAY = "replay"
     AUTH_FAILED = "auth_failed"
     BAD_PADDING = "bad_padding"
-    BAD_NEXT_HEADER = "bad_next_header"
     BAD_INNER = "bad_inner"          # inner IP header malformed or longer than the payload
     DUMMY = "dummy"                  # next header 59: TFC dummy packet, dropped by design
     SA_EXPIRED = "sa_expired"
