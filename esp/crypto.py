@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hmac as std_hmac
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, hmac

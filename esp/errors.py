@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from types import MappingProxyType
-from typing import Mapping
+from collections.abc import Mapping
 
 
 class DropReason(enum.Enum):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 

@@ -168,28 +168,28 @@ def test_fuzz_report_tells_slow_units_from_crashes():
 
 
 PERF_SCRIPT = """\
-   101 
+   101 \x20
 \tffffffff81000001 copy_to_iter ([kernel.kallsyms])
 \tffffffff81000002 tun_chr_read_iter ([kernel.kallsyms])
 \t7f0000000001 read (/usr/lib/x86_64-linux-gnu/libc.so.6)
 
-   101 
+   101 \x20
 \tffffffff81000003 ip_rcv ([kernel.kallsyms])
 \tffffffff81000004 packet_sendmsg ([kernel.kallsyms])
 
-   101 
-\t7f0000000002 ossl_aes_gcm_encrypt_avx512 (/venv/lib/python3.11/site-packages/cryptography/hazmat/bindings/_rust.abi3.so)
+   101 \x20
+\t7f0000000002 ossl_aes_gcm_encrypt_avx512 (/venv/lib/cryptography/hazmat/bindings/_rust.abi3.so)
 
-   101 
+   101 \x20
 \t5500000001 _PyEval_EvalFrameDefault (/usr/bin/python3.11)
 
-   202 
+   202 \x20
 \t7f0000000003 __memmove_avx512_unaligned_erms (/usr/lib/x86_64-linux-gnu/libc.so.6)
 
-   202 
+   202 \x20
 \tffffffff81000005 schedule ([kernel.kallsyms])
 
-   303 
+   303 \x20
 \t5500000001 _PyEval_EvalFrameDefault (/usr/bin/python3.11)
 """
 

@@ -60,6 +60,6 @@ def test_tshark_decrypts_our_packets(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = [line.split("\t") for line in r.stdout.strip().splitlines()]
     assert len(rows) == len(NAMES)
-    for i, (name, (port, payload)) in enumerate(zip(NAMES, rows)):
+    for i, (name, (port, payload)) in enumerate(zip(NAMES, rows, strict=True)):
         assert port == str(50000 + i), name
         assert bytes.fromhex(payload.replace(":", "")) == f"espgw-{name}".encode()

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Callable
+from collections.abc import Callable
 
 from esp.errors import DropReason, SAExpired
 from esp.sa import InboundSA, Lifetime, OutboundSA
@@ -60,7 +60,8 @@ class ChildPath:
         self._transmit = transmit
 
     def __repr__(self) -> str:
-        return f"ChildPath(child={self.child_name!r}, spi_in=0x{self.inbound_spi:08x}, spi_out=0x{self.outbound_spi:08x})"
+        return (f"ChildPath(child={self.child_name!r}, spi_in=0x{self.inbound_spi:08x}, "
+                f"spi_out=0x{self.outbound_spi:08x})")
 
     @property
     def child_name(self) -> str:

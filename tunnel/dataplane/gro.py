@@ -16,14 +16,15 @@ allowed and ending the run), every segment but the last of the same size, no IP 
 extension headers or fragments. UDP datagrams of one flow merge the same way into one
 GSO_UDP_L4 packet (equal sizes but the last, same IP header fields): the kernel splits them again
 at the original boundaries, in C, where a socket without UDP_GRO needs them. Anything else passes
-through unchanged, after the queued packets of its own flow, so no flow is reordered. The segments' own checksums are not verified (that
-costs more than the merge saves); the ESP ICV already vouches for every byte since the peer.
+through unchanged, after the queued packets of its own flow, so no flow is reordered. The segments'
+own checksums are not verified (that costs more than the merge saves); the ESP ICV already vouches
+for every byte since the peer.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["TcpCoalescer", "vnet_header", "GSO_TCPV4", "GSO_TCPV6", "GSO_UDP_L4", "NEEDS_CSUM"]
 

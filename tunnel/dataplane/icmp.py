@@ -99,7 +99,8 @@ def packet_too_big_v6(packet: bytes, mtu: int, source: str | bytes) -> bytes | N
     return bytes(ip)  # dpkt computes the ICMPv6 checksum over the pseudo-header here
 
 
-def too_big_reply(packet: bytes, mtu: int, source_v4: str | bytes | None, source_v6: str | bytes | None) -> bytes | None:
+def too_big_reply(packet: bytes, mtu: int, source_v4: str | bytes | None,
+                  source_v6: str | bytes | None) -> bytes | None:
     """The right "too big" message for ``packet``'s IP version, or None if none may/can be sent."""
     if not packet:
         return None

@@ -9,7 +9,7 @@ second per reason, a log line (``DropLog``).
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import structlog
 

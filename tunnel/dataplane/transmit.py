@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import structlog
 

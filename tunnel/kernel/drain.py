@@ -11,7 +11,7 @@ busy wake-up goes on draining as before and pays the poll once per batch.
 from __future__ import annotations
 
 import select
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["pending_probe"]
 

@@ -12,7 +12,7 @@ import errno
 import ipaddress
 import signal
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import structlog
 from pyroute2 import IPRoute
@@ -141,7 +141,7 @@ class CleanupOnSignal:
         else:
             raise SystemExit(128 + signum)
 
-    def install(self) -> "CleanupOnSignal":
+    def install(self) -> CleanupOnSignal:
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._previous[signum] = signal.signal(signum, self._on_signal)
         atexit.register(self.run)
@@ -155,7 +155,7 @@ class CleanupOnSignal:
         self._previous.clear()
         atexit.unregister(self.run)
 
-    def __enter__(self) -> "CleanupOnSignal":
+    def __enter__(self) -> CleanupOnSignal:
         return self.install()
 
     def __exit__(self, *exc_info) -> None:

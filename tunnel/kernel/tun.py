@@ -20,7 +20,7 @@ import fcntl
 import ipaddress
 import os
 import struct
-from typing import Iterable
+from collections.abc import Iterable
 
 import structlog
 from pyroute2 import IPRoute
@@ -63,7 +63,8 @@ class TunDevice:
         self.ifindex = ifindex
         self.mtu = mtu
         self.vnet_hdr = vnet_hdr
-        self.counters = {"read": 0, "read_batches": 0, "read_dropped": 0, "written": 0, "write_dropped": 0, "gso_written": 0,
+        self.counters = {"read": 0, "read_batches": 0, "read_dropped": 0, "written": 0, "write_dropped": 0,
+                         "gso_written": 0,
                          "gso_segments": 0, "gso_refused": 0}
         self._closed = False
         self._more = pending_probe(fd)
@@ -73,7 +74,7 @@ class TunDevice:
 
     @classmethod
     def create(cls, name: str, mtu: int, addresses: Iterable[str] = (), txqueuelen: int = 4096,
-               accept_local: bool = True, vnet_hdr: bool = False) -> "TunDevice":
+               accept_local: bool = True, vnet_hdr: bool = False) -> TunDevice:
         """Create TUN ``name`` (IFF_TUN | IFF_NO_PI), set MTU and queue length, add addresses, bring it up.
 
         ``addresses`` are "address/prefix" strings, IPv4 or IPv6 (IPv6 ones skip DAD).
@@ -207,7 +208,7 @@ class TunDevice:
         os.close(self.fd)
         log.info("tun.closed", ifname=self.name, **self.counters)
 
-    def __enter__(self) -> "TunDevice":
+    def __enter__(self) -> TunDevice:
         return self
 
     def __exit__(self, *exc_info) -> None:

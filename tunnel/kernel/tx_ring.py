@@ -25,7 +25,7 @@ import mmap
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import structlog
 
@@ -68,7 +68,8 @@ class PacketTxRing:
                  qdisc_bypass: bool = False) -> None:
         page = mmap.PAGESIZE
         if frame_size % 16 or frame_size <= _DATA_OFFSET or page % frame_size and frame_size % page:
-            raise ValueError(f"frame_size {frame_size} must be a multiple of 16 that divides or is a multiple of {page}")
+            raise ValueError(f"frame_size {frame_size} must be a multiple of 16 that divides "
+                             f"or is a multiple of {page}")
         block = max(page, frame_size)
         per_block = block // frame_size
         blocks = max(1, -(-frames // per_block))
@@ -83,9 +84,11 @@ class PacketTxRing:
             self._sock.setsockopt(_SOL_PACKET, _PACKET_LOSS, 1)  # a malformed frame is skipped, not retried forever
             if qdisc_bypass:
                 self._sock.setsockopt(_SOL_PACKET, _PACKET_QDISC_BYPASS, 1)
-            self._sock.setsockopt(_SOL_PACKET, _PACKET_TX_RING, struct.pack("IIII", block, blocks, frame_size, self.frames))
+            ring_request = struct.pack("IIII", block, blocks, frame_size, self.frames)
+            self._sock.setsockopt(_SOL_PACKET, _PACKET_TX_RING, ring_request)
             self._sock.bind((ifname, 0))
-            self._ring = mmap.mmap(self._sock.fileno(), block * blocks, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            self._ring = mmap.mmap(self._sock.fileno(), block * blocks, mmap.MAP_SHARED,
+                                   mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError:
             self._sock.close()
             raise
@@ -229,7 +232,7 @@ class RingPath:
         self._mtu = 0
         self._probe = False
 
-    def attach(self, l2: L2Next | None, ring: "PacketTxRing | None") -> None:
+    def attach(self, l2: L2Next | None, ring: PacketTxRing | None) -> None:
         self.l2 = l2
         if l2 is None or ring is None:
             self._put = None

@@ -21,7 +21,7 @@ import struct
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 IPPROTO_ESP = 50
 IPPROTO_UDP = 17
@@ -270,7 +270,8 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["ipv4_packets", "ipv6_packets", "ip_packets", "udp_datagram", "esp_header", "bit_flipped", "with_spi", "oversized_esp",
+__all__ = ["ipv4_packets", "ipv6_packets", "ip_packets", "udp_datagram", "esp_header", "bit_flipped", "with_spi",
+           "oversized_esp",
            "esp_from_pcap", "write_packets", "ike_junk", "ike_sa_init_template", "flood_requests", "send_file", "flood"]
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import dpkt
 
@@ -36,7 +36,8 @@ class DemoError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="espgw demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"where to keep the artefacts ({DEFAULT_OUT})")
+    parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                        help=f"where to keep the artefacts ({DEFAULT_OUT})")
     parser.add_argument("--no-tshark", action="store_true", help="skip the decryption check with tshark")
     args = parser.parse_args([] if argv is None else argv)  # the CLI passes only what follows "demo"
     if os.geteuid() != 0:
@@ -271,7 +272,8 @@ def _report(lab, ike, first, ping, page_ok, fetch_line, public, lan, marker, out
     if tshark and exported:
         frames, err = _tshark_finds(public, keydir, marker)
         lines.append(f"  with the exported keys, tshark decrypts {public.name} and finds the page in {frames} frame(s)"
-                     if frames else f"  tshark did not find the page with the exported keys ({err[-200:] or 'no match'})")
+                     if frames else
+                     f"  tshark did not find the page with the exported keys ({err[-200:] or 'no match'})")
     lines += [
         "",
         f"files in {out}:",

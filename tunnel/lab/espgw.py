@@ -16,7 +16,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from ike.config import ChildConfig, ConnectionConfig
 from tunnel.ops.control import ControlError, control_request
@@ -109,7 +110,7 @@ class EspgwGateway:
         self.config_path = self.lab.workdir / f"{self.name}.toml"
         self.log_path = self.lab.workdir / f"{self.name}.log"
 
-    def start(self, timeout: float = 10.0) -> "EspgwGateway":
+    def start(self, timeout: float = 10.0) -> EspgwGateway:
         """Write the config, start the daemon and wait until its control socket answers."""
         if self.proc is not None and self.proc.poll() is None:
             raise LabError(f"espgw on {self.name} is already running")
@@ -147,7 +148,7 @@ class EspgwGateway:
         """SIGKILL: no deletes reach the peer, nothing is cleaned up (the TUN goes with the fd)."""
         self.stop(signal.SIGKILL)
 
-    def restart(self) -> "EspgwGateway":
+    def restart(self) -> EspgwGateway:
         self.stop()
         return self.start()
 

@@ -91,7 +91,7 @@ class Peering:
     def child(self) -> str:
         return self.espgw_conn.children[0].name
 
-    def start(self) -> "Peering":
+    def start(self) -> Peering:
         """Load strongSwan's connection and start espgw; nothing is negotiated yet."""
         self._swan_log_start = len(self.swan.log_text())
         self.swan.load_all([self.swan_conn])
@@ -220,7 +220,7 @@ class PacedTransfer:
         self._thread: threading.Thread | None = None
         self._sink: subprocess.Popen | None = None
 
-    def start(self) -> "PacedTransfer":
+    def start(self) -> PacedTransfer:
         bind = "::" if ":" in self.dst else "0.0.0.0"
         self._sink = self.lab.spawn(self.server, sys.executable, "-m", "tunnel.lab.interop", "sink", bind,
                                     self.port, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

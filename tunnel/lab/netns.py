@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import structlog
 from pyroute2 import NetNS, netns
@@ -131,7 +131,7 @@ def parse_ping(output: str) -> PingResult:
     return PingResult(sent, got, *values, output=output)
 
 
-def _ns_name(node: "str | Host | Gateway") -> str:
+def _ns_name(node: str | Host | Gateway) -> str:
     return node if isinstance(node, str) else node.ns
 
 
@@ -152,7 +152,7 @@ class Lab:
                  wan6: str = "2001:db8::/64", gw_a_wan6: str = "2001:db8::1", gw_b_wan6: str = "2001:db8::2",
                  keep_workdir: bool | None = None):
         self.prefix = prefix or "eg" + secrets.token_hex(3)
-        if not re.fullmatch(r"[A-Za-z0-9_]{1,%d}" % _MAX_PREFIX, self.prefix):
+        if not re.fullmatch(rf"[A-Za-z0-9_]{{1,{_MAX_PREFIX}}}", self.prefix):
             raise LabError(f"lab prefix must be 1-{_MAX_PREFIX} letters/digits: {self.prefix!r}")
         self.ipv6 = ipv6
         self.keep_workdir = os.environ.get("ESPGW_LAB_KEEP") == "1" if keep_workdir is None else keep_workdir
@@ -271,7 +271,7 @@ class Lab:
 
     # -- running programs ------------------------------------------------------------------
 
-    def run(self, ns: "str | Host | Gateway", *argv, check: bool = True, timeout: float = 30,
+    def run(self, ns: str | Host | Gateway, *argv, check: bool = True, timeout: float = 30,
             input: str | bytes | None = None, text: bool = True,
             env: dict | None = None) -> subprocess.CompletedProcess:
         """Run a program in a namespace and wait for it; failure raises CommandFailed if check."""
@@ -281,14 +281,15 @@ class Lab:
             text = False
         try:
             done = subprocess.run(["ip", "netns", "exec", name, *argv], capture_output=True, text=text,
-                                  timeout=timeout, input=input, env=env, stdin=None if input is not None else subprocess.DEVNULL)
+                                  timeout=timeout, input=input, env=env,
+                                  stdin=None if input is not None else subprocess.DEVNULL)
         except subprocess.TimeoutExpired as exc:
             raise CommandFailed(name, argv, None, _as_text(exc.stdout), _as_text(exc.stderr)) from None
         if check and done.returncode != 0:
             raise CommandFailed(name, argv, done.returncode, _as_text(done.stdout), _as_text(done.stderr))
         return done
 
-    def spawn(self, ns: "str | Host | Gateway", *argv, **popen_kw) -> subprocess.Popen:
+    def spawn(self, ns: str | Host | Gateway, *argv, **popen_kw) -> subprocess.Popen:
         """Start a program in a namespace; the lab stops it on close (SIGTERM, then SIGKILL)."""
         popen_kw.setdefault("stdin", subprocess.DEVNULL)
         proc = subprocess.Popen(["ip", "netns", "exec", _ns_name(ns), *map(str, argv)], **popen_kw)
@@ -322,7 +323,7 @@ class Lab:
     # -- traffic tools ---------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def capture(self, ns: "str | Host | Gateway", iface: str, path: str | Path,
+    def capture(self, ns: str | Host | Gateway, iface: str, path: str | Path,
                 bpf: str | None = None, startup_timeout: float = 10) -> Iterator[Path]:
         """tcpdump into a pcap file while the block runs; capturing has started on entry."""
         path = Path(path)
@@ -337,7 +338,7 @@ class Lab:
             time.sleep(0.05)  # let the last packets of the block reach the socket
             self.stop(proc, sig=signal.SIGINT)
 
-    def set_loss(self, ns: "str | Host | Gateway", iface: str, percent: float,
+    def set_loss(self, ns: str | Host | Gateway, iface: str, percent: float,
                  direction: str = "egress") -> None:
         """Drop percent% of packets leaving (egress) or entering (ingress) iface; 0 removes it.
 
@@ -361,7 +362,7 @@ class Lab:
                           f"numgen random mod 10000 < {round(percent * 100)} counter drop")
         self.run(name, "nft", "-f", "-", input="\n".join(script) + "\n")
 
-    def ping(self, src: "str | Host | Gateway", dst: str, count: int = 3, interval: float = 0.2,
+    def ping(self, src: str | Host | Gateway, dst: str, count: int = 3, interval: float = 0.2,
              wait: float = 2, size: int | None = None, source: str | None = None,
              timeout: float | None = None) -> PingResult:
         """ping from a namespace; never raises for lost replies (look at .ok / .received)."""
@@ -377,7 +378,7 @@ class Lab:
             raise CommandFailed(_ns_name(src), ["ping", dst], done.returncode, done.stdout, done.stderr)
         return result
 
-    def iperf3(self, client: "str | Host | Gateway", server: "str | Host | Gateway", dst: str,
+    def iperf3(self, client: str | Host | Gateway, server: str | Host | Gateway, dst: str,
                seconds: float = 5, udp: bool = False, bitrate: str | None = None,
                reverse: bool = False, parallel: int = 1, port: int = 5201,
                extra: Sequence[str] = ()) -> dict:
@@ -431,7 +432,7 @@ class Lab:
         if errors:
             raise LabError("lab teardown incomplete: " + "; ".join(errors))
 
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -110,7 +110,7 @@ def record(version: str, suite: str, out_dir: Path) -> Path:
             raise StrongSwanError(f"expected the same 2 key sets on both sides, got {len(keys_a)}/{len(keys_b)}")
         ike_sas = [{"spi_i": sa["initiator-spi"], "spi_r": sa["responder-spi"],
                     "proposal": _proposal_text(sa), "keys": keys}
-                   for sa, keys in zip(sas["ike_sas"], keys_a)]
+                   for sa, keys in zip(sas["ike_sas"], keys_a, strict=True)]
         frames = read_ike_frames(pcap)
         opened = _check_keys(frames, ike_sas, cipher)
         record = {

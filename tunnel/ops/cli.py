@@ -19,7 +19,8 @@ import functools
 import json
 import os
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 from tunnel.ops.config import DEFAULT_CONTROL_SOCKET, Config, ConfigError, load_config
 from tunnel.ops.control import ControlError, DaemonUnreachable, control_request
@@ -65,7 +66,8 @@ def main(argv: Sequence[str] | None = None, *, start_daemon: DaemonStarter | Non
     except Exception as exc:
         if os.environ.get("ESPGW_DEBUG"):
             raise
-        print(f"espgw: internal error: {type(exc).__name__}: {exc} (set ESPGW_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(f"espgw: internal error: {type(exc).__name__}: {exc} (set ESPGW_DEBUG=1 for a traceback)",
+              file=sys.stderr)
         return EXIT_FAILURE
 
 
@@ -87,9 +89,11 @@ def build_parser(start_daemon: DaemonStarter | None = None,
 
     def client(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("--socket", metavar="PATH", help=f"control socket (default: from -c, else {DEFAULT_CONTROL_SOCKET})")
+        sub.add_argument("--socket", metavar="PATH",
+                         help=f"control socket (default: from -c, else {DEFAULT_CONTROL_SOCKET})")
         sub.add_argument("-c", "--config", metavar="FILE", help="take the control socket path from this config")
-        sub.add_argument("--timeout", type=_positive_float, default=10.0, metavar="SECONDS", help="how long to wait for the daemon")
+        sub.add_argument("--timeout", type=_positive_float, default=10.0, metavar="SECONDS",
+                         help="how long to wait for the daemon")
         return sub
 
     status = client("status", "show the daemon's state and drop counters")
@@ -271,7 +275,8 @@ def render_sas(ike_sas: list[dict]) -> str:
                      f"{_spi_text(sa.get('spi_r'), 16)}_r{mark_r}")
         lines.append(f"  local  {_endpoint(sa, 'local')}")
         lines.append(f"  remote {_endpoint(sa, 'remote')}")
-        nat = [label for key, label in (("nat_local", "local behind NAT"), ("nat_remote", "remote behind NAT")) if sa.get(key)]
+        nat = [label for key, label in (("nat_local", "local behind NAT"), ("nat_remote", "remote behind NAT"))
+               if sa.get(key)]
         if sa.get("proposal"):
             lines.append(f"  {sa['proposal']}")
         timing = [f"established {_ago(sa.get('established'))}"]
@@ -294,7 +299,8 @@ def _render_child(child: dict) -> list[str]:
     lines.append("    " + ", ".join(timing))
     for direction in ("in", "out"):
         lines.append(f"    {direction:<3} {_spi_text(child.get(f'spi_{direction}'))}, "
-                     f"{child.get(f'bytes_{direction}', 0):>10} bytes, {child.get(f'packets_{direction}', 0):>8} packets")
+                     f"{child.get(f'bytes_{direction}', 0):>10} bytes, "
+                     f"{child.get(f'packets_{direction}', 0):>8} packets")
     lines.append(f"    local  {' '.join(map(str, child.get('local_ts', [])))}")
     lines.append(f"    remote {' '.join(map(str, child.get('remote_ts', [])))}")
     drops = _drops_text(child.get("drops"))
@@ -316,7 +322,8 @@ def render_status(status: dict) -> str:
     lines = [f"espgw {status.get('version', '')}".rstrip() + f", pid {status.get('pid', '?')}, "
              f"up {_duration_text(status.get('uptime'))}"]
     if status.get("tun_name"):
-        lines.append(f"  tun {status['tun_name']}, mtu {status.get('mtu', '?')}, control {status.get('control_socket', '?')}")
+        lines.append(f"  tun {status['tun_name']}, mtu {status.get('mtu', '?')}, "
+                     f"control {status.get('control_socket', '?')}")
     sas = _as_list(status.get("ike_sas"))
     up = {sa.get("name") for sa in sas if sa.get("state") == "ESTABLISHED"}
     lines.append("connections:")
@@ -360,13 +367,16 @@ def describe_config(config: Config) -> str:
         lines.append(f"  remote {conn.remote.auth} id {conn.remote.id or '(the remote address)'}, "
                      f"secret from {config.psk_sources.get(conn.name, '?')} ({len(conn.psk)} bytes)")
         lines.append(f"  proposals {', '.join(conn.proposals)}")
-        lines.append(f"  rekey_time {_duration_text(conn.rekey_time)}, dpd_delay {_duration_text(conn.dpd_delay) if conn.dpd_delay else 'off'}, "
+        dpd = _duration_text(conn.dpd_delay) if conn.dpd_delay else "off"
+        lines.append(f"  rekey_time {_duration_text(conn.rekey_time)}, dpd_delay {dpd}, "
                      f"encap {'yes' if conn.encap else 'no'}")
         for child in conn.children:
-            lines.append(f"  {child.name}: {' '.join(map(str, child.local_ts))} === {' '.join(map(str, child.remote_ts))}, "
+            lines.append(f"  {child.name}: {' '.join(map(str, child.local_ts))} === "
+                         f"{' '.join(map(str, child.remote_ts))}, "
                          f"{child.mode}, start_action {child.start_action}")
             lines.append(f"    esp_proposals {', '.join(child.esp_proposals)}")
-            lines.append(f"    rekey_time {_duration_text(child.rekey_time)}, life_time {_duration_text(child.effective_life_time)}, "
+            lines.append(f"    rekey_time {_duration_text(child.rekey_time)}, "
+                         f"life_time {_duration_text(child.effective_life_time)}, "
                          f"replay_window {child.replay_window}")
     return "\n".join(lines)
 

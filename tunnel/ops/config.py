@@ -17,7 +17,8 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from ike.config import (
     DEFAULT_ESP_PROPOSALS,
@@ -188,7 +189,8 @@ def parse_list(value: Any) -> list[str]:
     return items
 
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$)({_LABEL})(\.{_LABEL})*\.?$")
 
 
 def parse_addrs(value: Any) -> list[str]:
@@ -371,7 +373,7 @@ class _Table:
             if key not in known and not key.startswith(prefixes):
                 self.problem(key, f"unknown key (espgw understands: {', '.join(sorted(known))})")
 
-    def table(self, key: str) -> "_Table":
+    def table(self, key: str) -> _Table:
         value = self.data.get(key, {})
         if not isinstance(value, dict):
             self.problem(key, "expected a table")

@@ -23,7 +23,8 @@ import selectors
 import socket
 import stat
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import structlog
 
@@ -120,7 +121,7 @@ class ControlServer:
             self.listener.close()
             _remove_socket_file(self.path)
 
-    def __enter__(self) -> "ControlServer":
+    def __enter__(self) -> ControlServer:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -345,7 +346,7 @@ def control_request(path: str, request: dict, timeout: float = 5.0) -> Any:
                 data += chunk
                 if len(data) > MAX_RESPONSE:
                     raise ControlError("the daemon's answer is too long")
-        except socket.timeout:
+        except TimeoutError:
             raise ControlError(f"the daemon did not answer within {timeout:g}s") from None
         except OSError as exc:
             raise ControlError(f"control connection failed: {exc.strerror or exc}") from None

@@ -42,7 +42,7 @@ class Pair:
         self.a: EspgwGateway | None = None
         self.b: EspgwGateway | None = None
 
-    def start(self, *, settings: GatewaySettings | None = None, trap: bool = True, **site_kw) -> "Pair":
+    def start(self, *, settings: GatewaySettings | None = None, trap: bool = True, **site_kw) -> Pair:
         conn_a, conn_b = site_to_site(self.lab, "A", **site_kw), site_to_site(self.lab, "B", **site_kw)
         for child in conn_a.children:
             child.start_action = "trap" if trap else "none"

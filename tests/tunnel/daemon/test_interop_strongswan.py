@@ -252,7 +252,8 @@ def test_psk_mismatch(lab, swan, peering, role):
         assert "received AUTHENTICATION_FAILED notify error" in log
     espgw_log = p.espgw_log()
     failures = [json.loads(line) for line in espgw_log.splitlines() if '"negotiation_failed"' in line]
-    assert [(f["level"], f["stage"], f["notify"]) for f in failures] == [("warning", "IKE_AUTH", "AUTHENTICATION_FAILED")]
+    assert [(f["level"], f["stage"], f["notify"]) for f in failures] == [
+        ("warning", "IKE_AUTH", "AUTHENTICATION_FAILED")]
     for secret in (WRONG_PSK, LAB_PSK):  # neither PSK, in any spelling, in espgw's log
         assert secret.decode() not in espgw_log and secret.hex() not in espgw_log.lower()
     assert "Traceback" not in p.espgw_log()

@@ -2,7 +2,8 @@
 
 A TCP transfer with a SHA-256 over every byte runs hostA -> hostB through the tunnel; the
 gateways' counters show that the fast mechanisms actually carried it (super-packets into gwB's
-TUN, GSO sends on gwA's UDP socket, raw ESP through gwA's TX ring), so a silent fallback to the slow path fails the test.
+TUN, GSO sends on gwA's UDP socket, raw ESP through gwA's TX ring), so a silent fallback to the
+slow path fails the test.
 """
 
 from __future__ import annotations

@@ -71,7 +71,8 @@ def resegment(vnet: bytes, packet: bytes) -> list[bytes]:
     tcp = parsed.data
     # verify as a receiver would: checksum over pseudo-header + segment is 0xffff
     src, dst = (parsed.src, parsed.dst)
-    pseudo = src + dst + struct.pack("!HH", 6, len(tcp_part)) if not v6 else src + dst + struct.pack("!IxxxB", len(tcp_part), 6)
+    lengths = struct.pack("!IxxxB", len(tcp_part), 6) if v6 else struct.pack("!HH", 6, len(tcp_part))
+    pseudo = src + dst + lengths
     assert checksum(pseudo + bytes(whole[ip_len:])) == 0xFFFF
     if not v6:
         assert checksum(bytes(whole[:20])) == 0xFFFF and parsed.len == len(packet)
@@ -253,7 +254,7 @@ def test_udp_and_tcp_with_the_same_ports_stay_apart():
     gro = TcpCoalescer(sink.write, sink.write_gso)
     tcp = [seg(i * 100, b"t" * 100, sport=7000) for i in range(3)]
     udp = [udp_datagram(b"u" * 100, sport=7000) for _ in range(3)]
-    for t, u in zip(tcp, udp):
+    for t, u in zip(tcp, udp, strict=True):
         gro.add(t)
         gro.add(u)
     gro.flush()

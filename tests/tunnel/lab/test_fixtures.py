@@ -26,7 +26,7 @@ def test_fixture_matches_pcap_and_keys_open_sk(record_path):
     assert [f.summary() for f in frames] == record["messages"]
     assert [f.exchange for f in frames[::2]] == EXPECTED_EXCHANGES
     assert all(not q.is_response and r.is_response and q.message_id == r.message_id
-               for q, r in zip(frames[::2], frames[1::2]))
+               for q, r in zip(frames[::2], frames[1::2], strict=True))
     sas = {(sa["spi_i"], sa["spi_r"]): sa["keys"] for sa in record["ike_sas"]}
     assert len(sas) == 2
     inner_types = []

@@ -37,12 +37,14 @@ IKE_SA = {
 STATUS = {
     "version": "0.1.0", "pid": 4242, "uptime": 3725, "tun_name": "espgw0", "mtu": 1400,
     "control_socket": "/run/espgw/site-a.sock",
-    "connections": [{"name": "office", "local_addrs": ["192.0.2.1"], "remote_addrs": ["192.0.2.2"], "children": ["office-lan"]}],
+    "connections": [{"name": "office", "local_addrs": ["192.0.2.1"], "remote_addrs": ["192.0.2.2"],
+                     "children": ["office-lan"]}],
     "ike_sas": [IKE_SA], "counters": {"packets_in": 100, "packets_out": 101, "bytes_in": 8400, "bytes_out": 9000},
     "drops": {"replay": 3, "unknown_spi": 1},
 }
 KEYS = {
-    "child_sas": [{"src": "192.0.2.1", "dst": "192.0.2.2", "spi": "c5d6e7f8", "esp_transform": "aes256gcm16", "keymat": "11" * 36}],
+    "child_sas": [{"src": "192.0.2.1", "dst": "192.0.2.2", "spi": "c5d6e7f8", "esp_transform": "aes256gcm16",
+                   "keymat": "11" * 36}],
     "ike_sas": [{"spi_i": "0123456789abcdef", "spi_r": "fedcba9876543210", "encr_alg": "aes256gcm16",
                  "sk_ei": "22" * 36, "sk_er": "33" * 36, "integ_alg": "none"}],
 }
@@ -103,7 +105,8 @@ def test_list_sas_renders_like_swanctl(daemon, capsys):
     assert lines[0] == "office: #1, ESTABLISHED, IKEv2, 0123456789abcdef_i* fedcba9876543210_r"
     assert lines[1] == "  local  'gw-a.example.net' @ 192.0.2.1[500]"
     assert "  office-lan: #3, INSTALLED, TUNNEL, ESP:aes256gcm16-esn" in lines
-    assert any(line.startswith("    in  c1a2b3c4,") and "8400 bytes" in line and "100 packets" in line for line in lines)
+    assert any(line.startswith("    in  c1a2b3c4,") and "8400 bytes" in line and "100 packets" in line
+               for line in lines)
     assert any(line.startswith("    out c5d6e7f8,") for line in lines)
     assert "    drops  replay 3" in lines
     assert "rekeying in 3400s" in out and "expires in 3840s" in out
@@ -124,8 +127,9 @@ def test_status(daemon, capsys):
 
 
 def test_initiate_and_terminate(daemon, capsys):
-    assert run_cli(capsys, "initiate", "--child", "office-lan", "--socket", daemon.server.path)[1].strip() == "initiated office-lan"
-    assert run_cli(capsys, "terminate", "--ike", "office", "--socket", daemon.server.path)[1].strip() == "terminated office"
+    path = daemon.server.path
+    assert run_cli(capsys, "initiate", "--child", "office-lan", "--socket", path)[1].strip() == "initiated office-lan"
+    assert run_cli(capsys, "terminate", "--ike", "office", "--socket", path)[1].strip() == "terminated office"
     code, _, err = run_cli(capsys, "initiate", "--child", "nope", "--socket", daemon.server.path)
     assert code == 1 and err.strip() == "espgw: no child named 'nope'"
     assert daemon.requests[:2] == [{"cmd": "initiate", "child": "office-lan"}, {"cmd": "terminate", "ike": "office"}]
@@ -175,7 +179,8 @@ def test_check_reports_config_errors(capsys, tmp_path):
     bad.write_text((EXAMPLES / "site-a.toml").read_text().replace('rekey_time = "1h"', 'rekey_time = "soon"'))
     code, out, err = run_cli(capsys, "check", "-c", str(bad))
     assert code == 1 and out == ""
-    assert err == f'espgw: {bad}: connections.office.children.office-lan.rekey_time: expected a duration like "1h" or seconds, got "soon"\n'
+    assert err == (f"espgw: {bad}: connections.office.children.office-lan.rekey_time: "
+                   'expected a duration like "1h" or seconds, got "soon"\n')
 
 
 def test_run_hands_config_to_daemon(capsys, tmp_path):

@@ -60,32 +60,38 @@ def test_defaults_follow_swanctl():
     assert config.psk_sources == {"office": "secrets.ike-office"}
 
 
-@pytest.mark.parametrize("text, seconds", [("1h", 3600), ("30m", 1800), ("10s", 10), ("2d", 172800), (90, 90), ("45", 45), (1.5, 1.5)])
+@pytest.mark.parametrize("text, seconds", [("1h", 3600), ("30m", 1800), ("10s", 10), ("2d", 172800), (90, 90),
+                                           ("45", 45), (1.5, 1.5)])
 def test_durations(text, seconds):
     value = f'"{text}"' if isinstance(text, str) else text
-    config = parse_config(MINIMAL.replace('remote_ts = "10.0.5.0/24"', f'remote_ts = "10.0.5.0/24"\nrekey_time = {value}\nlife_time = "3d"'))
+    config = parse_config(MINIMAL.replace('remote_ts = "10.0.5.0/24"',
+                                          f'remote_ts = "10.0.5.0/24"\nrekey_time = {value}\nlife_time = "3d"'))
     assert config.connections[0].children[0].rekey_time == seconds
 
 
 def test_lists_as_commas_or_arrays_and_selectors():
     text = MINIMAL.replace('local_ts = "10.0.0.0/24"', 'local_ts = ["10.0.0.0/24", "10.0.1.0/24"]') \
                   .replace('remote_ts = "10.0.5.0/24"',
-                           'remote_ts = "10.0.5.0/24, 10.0.6.1-10.0.6.9, 0.0.0.0/0[tcp/443], 2001:db8::/64[udp/1000-2000]"')
+                           'remote_ts = "10.0.5.0/24, 10.0.6.1-10.0.6.9, 0.0.0.0/0[tcp/443], '
+                           '2001:db8::/64[udp/1000-2000]"')
     child = parse_config(text).connections[0].children[0]
     assert [str(ts) for ts in child.local_ts] == ["10.0.0.0/24", "10.0.1.0/24"]
     remote = child.remote_ts
-    assert remote[1].start_addr == ipaddress.ip_address("10.0.6.1") and remote[1].end_addr == ipaddress.ip_address("10.0.6.9")
+    assert remote[1].start_addr == ipaddress.ip_address("10.0.6.1")
+    assert remote[1].end_addr == ipaddress.ip_address("10.0.6.9")
     assert (remote[2].protocol, remote[2].start_port, remote[2].end_port) == (6, 443, 443)
     assert (remote[3].protocol, remote[3].start_port, remote[3].end_port, remote[3].version) == (17, 1000, 2000, 6)
 
 
 def test_error_names_file_key_and_expectation():
     problems = errors_of(MINIMAL.replace('remote_ts = "10.0.5.0/24"', 'remote_ts = "10.0.5.0/24"\nrekey_time = "soon"'))
-    assert problems == ['espgw.toml: connections.office.children.lan.rekey_time: expected a duration like "1h" or seconds, got "soon"']
+    assert problems == ['espgw.toml: connections.office.children.lan.rekey_time: '
+                        'expected a duration like "1h" or seconds, got "soon"']
 
 
 def test_all_problems_reported_together():
-    text = MINIMAL.replace('local_addrs = "192.0.2.1"', 'local_addrs = "192.0.2.1"\ndpd_delay = "often"\nversion = 1\nfoo = 3') \
+    text = MINIMAL.replace('local_addrs = "192.0.2.1"',
+                           'local_addrs = "192.0.2.1"\ndpd_delay = "often"\nversion = 1\nfoo = 3') \
                   .replace('local_ts = "10.0.0.0/24"', 'local_ts = "10.0.0.0/33"\nmode = "transport"')
     text = "[gateway]\nesp_encap = \"tcp\"\nraw_esp_tx = \"mmap\"\nmtu = 10\n" + text
     problems = errors_of(text)
@@ -120,14 +126,17 @@ def test_missing_required_and_wrong_types():
 
 
 def test_bad_proposals_are_rejected_with_the_key():
-    joined = "\n".join(errors_of(MINIMAL.replace('remote_addrs = "192.0.2.2"', 'remote_addrs = "192.0.2.2"\nproposals = "aes999-sha256-modp2048"')))
+    joined = "\n".join(errors_of(MINIMAL.replace('remote_addrs = "192.0.2.2"',
+                                                 'remote_addrs = "192.0.2.2"\nproposals = "aes999-sha256-modp2048"')))
     assert "connections.office.proposals: expected valid IKE proposals" in joined
-    joined = "\n".join(errors_of(MINIMAL.replace('local_ts = "10.0.0.0/24"', 'local_ts = "10.0.0.0/24"\nesp_proposals = "aes128-nope"')))
+    joined = "\n".join(errors_of(MINIMAL.replace('local_ts = "10.0.0.0/24"',
+                                                 'local_ts = "10.0.0.0/24"\nesp_proposals = "aes128-nope"')))
     assert "children.lan.esp_proposals: expected valid ESP proposals" in joined
 
 
 def test_default_keyword_expands_proposals():
-    text = MINIMAL.replace('remote_addrs = "192.0.2.2"', 'remote_addrs = "192.0.2.2"\nproposals = "aes128-sha256-ecp256, default"')
+    text = MINIMAL.replace('remote_addrs = "192.0.2.2"',
+                           'remote_addrs = "192.0.2.2"\nproposals = "aes128-sha256-ecp256, default"')
     assert parse_config(text).connections[0].proposals[1:] == ["aes256gcm16-prfsha256-ecp256", "aes128-sha256-modp2048"]
 
 

@@ -94,7 +94,8 @@ def test_request_response_and_socket_mode(sock_path):
 
 def test_errors_are_replies_not_crashes(sock_path):
     with Loop(sock_path):
-        replies = raw_exchange(sock_path, b'garbage\n[1,2]\n{"nocmd": 1}\n\n{"cmd": "bug"}\n{"cmd": "unserialisable"}\n\xff\xfe\n', 7)
+        lines = b'garbage\n[1,2]\n{"nocmd": 1}\n\n{"cmd": "bug"}\n{"cmd": "unserialisable"}\n\xff\xfe\n'
+        replies = raw_exchange(sock_path, lines, 7)
         assert [reply["ok"] for reply in replies] == [False] * 7
         assert replies[0]["error"] == "bad request: not JSON"
         assert "expected an object" in replies[1]["error"] and "expected an object" in replies[2]["error"]

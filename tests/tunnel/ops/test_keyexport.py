@@ -121,8 +121,10 @@ SK_EI, SK_ER = bytes(range(50, 86)), bytes(range(150, 186))
 def snapshot() -> dict:
     return {
         "child_sas": [
-            {"src": GW_A, "dst": GW_B, "spi": "c0ffee01", "esp_transform": "aes256gcm16", "keymat": GCM_KEYMAT_OUT.hex()},
-            {"src": GW_B, "dst": GW_A, "spi": 0xC0FFEE02, "esp_transform": "aes256gcm16", "keymat": GCM_KEYMAT_IN.hex()},
+            {"src": GW_A, "dst": GW_B, "spi": "c0ffee01", "esp_transform": "aes256gcm16",
+             "keymat": GCM_KEYMAT_OUT.hex()},
+            {"src": GW_B, "dst": GW_A, "spi": 0xC0FFEE02, "esp_transform": "aes256gcm16",
+             "keymat": GCM_KEYMAT_IN.hex()},
             {"src": GW_A, "dst": GW_B, "spi": "c0ffee03", "esp_transform": "aes128-sha256", "keymat": CBC_KEYMAT.hex()},
             {"src": GW_A, "dst": GW_B, "spi": "c0ffee04", "esp_transform": "chacha20poly1305", "keymat": "00" * 36},
         ],
