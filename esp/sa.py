@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 
-from .crypto import ESN_AAD, HEADER, direct_aead, make_opener, make_sealer, split_keymat
+from .crypto import ESN_AAD, HEADER, Opener, Sealer, direct_aead, make_opener, make_sealer, split_keymat
 from .errors import Counters, Drop, DropReason, SAExpired
 from .padding import PAD_PREFIX, trailer_table
 from .replay import ReplayWindow
@@ -72,11 +72,18 @@ def _held_keymat(t: Transform, keymat: bytes) -> bytes:
     return bytes(keymat)
 
 
+def _cipher_not_built(*_args: object) -> bytes:
+    """Stands in for the cipher until the first packet builds it (it never runs: see _slow_path
+    and _first_or_refuse, which every first packet goes through)."""
+    raise RuntimeError("ESP cipher used before it was built")
+
+
 class _LimitedSA:
     """Soft/hard packet and byte limits shared by both directions."""
 
     __slots__ = ("lifetime", "counters", "rekey_needed", "_soft_packets", "_soft_bytes",
-                 "_hard_packets", "_hard_bytes", "spi", "transform", "esn", "_key", "_salt")
+                 "_hard_packets", "_hard_bytes", "spi", "transform", "esn", "_key", "_salt", "expired")
+    # expired: InboundSA replaces the slot with a property (its length check follows it)
 
     def _init_limits(self, lifetime: Lifetime | None, seq_soft: int | None) -> None:
         self.lifetime = lifetime or _NO_LIMITS  # shared: read only, limits are copied below
@@ -100,7 +107,7 @@ class _LimitedSA:
 
 class OutboundSA(_LimitedSA):
     __slots__ = ("seq", "tfc_pad_to", "_max_seq", "_soft_seq", "_seal", "_encrypt", "_trailers", "_align",
-                 "_rng", "_counter_iv", "_pkt_check", "_seq_check", "_byte_check", "expired")
+                 "_rng", "_counter_iv", "_pkt_check", "_seq_check", "_byte_check")
 
     def __init__(self, spi: int, transform: str | Transform, keymat: bytes, *, esn: bool = False,
                  tfc_pad_to: int = 0, lifetime: Lifetime | None = None, initial_seq: int = 0,
@@ -113,8 +120,9 @@ class OutboundSA(_LimitedSA):
         self._max_seq, self._soft_seq = _SEQ_LIMITS[esn][:2]  # never wrap past _max_seq
         self._key: bytes | None = _held_keymat(t, keymat)
         self._init_limits(lifetime, None)
-        self._seal = None                 # the first packet builds it (_build_cipher)
-        self._encrypt, self._salt = None, b""
+        self._seal: Sealer = _cipher_not_built  # the first packet builds it (_build_cipher)
+        self._encrypt: Callable[..., bytes] | None = None
+        self._salt = b""
         self._trailers = trailer_table(t.align)
         self._align = t.align
         # AEAD: IV is the 64-bit counter, unique under the key (RFC 4106 s3.1);
@@ -207,8 +215,9 @@ class InboundSA(_LimitedSA):
         self._key: bytes | None = _held_keymat(t, keymat)
         self._init_limits(lifetime, None)
         self._plan_limit_check()
-        self._open = None
-        self._decrypt, self._salt = None, b""
+        self._open: Opener = _cipher_not_built
+        self._decrypt: Callable[..., bytes] | None = None
+        self._salt = b""
 
     def __repr__(self) -> str:
         return f"InboundSA(spi=0x{self.spi:08x}, transform={self.transform.name})"
