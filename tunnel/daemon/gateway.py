@@ -63,6 +63,15 @@ def _concrete(addrs: list[str]) -> list[str]:
 class Gateway:
     """The daemon's state; ``run()`` loops until SIGTERM/SIGINT or ``stop()``."""
 
+    # set by open()
+    tun: TunDevice
+    gro: TcpCoalescer  # decrypted TCP segments merged per receive batch
+    receiver: EspReceiver  # decapsulates a receive batch into the GRO
+    routes: RouteTable
+    raw_v4: RawEspSocket
+    udp: UdpIkeSockets
+    control: ControlServer
+
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic,
                  rng: Callable[[int], bytes] = os.urandom) -> None:
         self.config = config
@@ -111,15 +120,11 @@ class Gateway:
         self._next_keepalive = self.started + NAT_KEEPALIVE_INTERVAL
         self._next_trim = self.started + TRIM_INTERVAL
         self._wakeup_r = self._wakeup_w = -1
-        self.tun: TunDevice | None = None
-        self.gro: TcpCoalescer | None = None  # decrypted TCP segments merged per receive batch
-        self.receiver: EspReceiver | None = None  # decapsulates a receive batch into the GRO
-        self.routes: RouteTable | None = None
-        self.raw_v4 = self.raw_v6 = None
-        self.udp: UdpIkeSockets | None = None
+        # The devices and sockets (tun, gro, receiver, routes, raw_v4, udp, control: see the class
+        # body) exist from open() on; close() releases those it finds.
+        self.raw_v6: RawEspSocket | None = None
         # what a loop turn sends: ESP-in-UDP per SA with GSO, raw IPv4 ESP through TX rings
         self.udp_out = TxBatcher(RingSet() if self.settings.raw_esp_tx == "ring" else None, clock=clock)
-        self.control: ControlServer | None = None
         self.icmp_v4: str | None = None
         self.icmp_v6: str | None = None
 
@@ -188,18 +193,25 @@ class Gateway:
 
     def close(self) -> None:
         """Delete our IKE SAs at the peer (best effort), then release every resource."""
-        if self.udp is not None:
+        if hasattr(self, "udp"):
             now = self.clock()
             for name in set(self.ike_sa_names.values()):
                 self.ike.terminate_ike(name, now)
             self._pump(now)
-        for closer in (self.control, self.tun, self.raw_v4, self.raw_v6, self.udp, self.udp_out.rings):
+        for name in ("control", "tun", "raw_v4", "raw_v6", "udp"):
+            closer = getattr(self, name, None)
             if closer is not None:
                 try:
                     closer.close()
                 except OSError:
                     pass
-        if self.routes is not None:
+        for closer in (self.udp_out.rings,):
+            if closer is not None:
+                try:
+                    closer.close()
+                except OSError:
+                    pass
+        if hasattr(self, "routes"):
             self.routes.remove_all()
         if self._wakeup_w >= 0:
             signal.set_wakeup_fd(-1)
@@ -265,10 +277,10 @@ class Gateway:
     def _pump(self, now: float) -> None:
         """Send what IKE wants sent and act on its events; called after every input to IKE."""
         self._ike_fed = True
-        ike, udp = self.ike, self.udp
+        ike = self.ike
         while True:
             for dg in ike.datagrams_to_send(now):
-                udp.send_ike(dg.data, dg.dst, dg.src)
+                self.udp.send_ike(dg.data, dg.dst, dg.src)
             event = ike.next_event()
             if event is None:
                 return

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections import deque
-from typing import Protocol
+from typing import Any, Protocol
 
 from esp.sadb import SADatabase
 from ike.endpoint import IkeEndpoint
@@ -39,11 +39,11 @@ class Gateway(Protocol):
     totals: Totals
     drops: dict[str, int]
     failures: deque[dict]
-    tun: TunDevice | None
-    gro: TcpCoalescer | None
-    raw_v4: RawEspSocket | None
+    tun: TunDevice
+    gro: TcpCoalescer
+    raw_v4: RawEspSocket
     raw_v6: RawEspSocket | None
-    udp: UdpIkeSockets | None
+    udp: UdpIkeSockets
     udp_out: TxBatcher
 
 
@@ -62,14 +62,15 @@ def list_sas_json(gw: Gateway, now: float, name: str | None = None) -> EncodedJs
 
 def describe_ike(gw: Gateway, sa: dict, now: float) -> dict:
     local, remote = sa.get("local") or ("?", 0), sa.get("remote") or ("?", 0)
-    out = {
+    children: list[dict] = []
+    out: dict[str, Any] = {
         "name": sa.get("name"), "unique_id": sa.get("unique_id"), "state": str(sa.get("state", "?")).upper(),
         "version": 2, "spi_i": sa.get("spi_i"), "spi_r": sa.get("spi_r"), "initiator": sa.get("initiator"),
         "local_addr": local[0], "local_port": local[1], "local_id": sa.get("local_id"),
         "remote_addr": remote[0], "remote_port": remote[1], "remote_id": sa.get("remote_id"),
         "nat_local": sa.get("nat_local"), "nat_remote": sa.get("nat_remote"), "proposal": sa.get("proposal"),
         "established": _ago(sa.get("established"), now), "rekey_in": _until(sa.get("rekey_at"), now),
-        "children": [],
+        "children": children,
     }
     for child in sa.get("children", []):
         spi_in = child.get("inbound_spi")
@@ -84,7 +85,7 @@ def describe_ike(gw: Gateway, sa: dict, now: float) -> dict:
         if path is not None:
             entry.update(path.describe(now))
             entry["state"] = str(child.get("state", "installed")).upper()
-        out["children"].append(entry)
+        children.append(entry)
     return out
 
 
@@ -100,8 +101,8 @@ def status(gw: Gateway, now: float) -> dict:
     for path in gw.children.values():
         totals.add(path)
     drops = dict(totals.drops)
-    for reason, count in gw.sadb.counters.drops.items():  # unknown SPI, malformed ESP...
-        _count(drops, reason.name.lower(), count)
+    for esp_reason, count in gw.sadb.counters.drops.items():  # unknown SPI, malformed ESP...
+        _count(drops, esp_reason.name.lower(), count)
     for reason, count in gw.drops.items():
         _count(drops, reason, count)
     _count(drops, "trap_queue_full", gw.traps.queue_full)  # the oldest queued packet made room

@@ -118,7 +118,7 @@ class _Range:
     @classmethod
     @functools.lru_cache(maxsize=256)  # immutable: equal selectors (the local subnet) share one
     def of(cls, ts: TrafficSelector) -> _Range:
-        if ts.start_addr.version != ts.end_addr.version or ts.start_addr > ts.end_addr:
+        if ts.start_addr.version != ts.end_addr.version or int(ts.start_addr) > int(ts.end_addr):
             raise ValueError(f"traffic selector {ts} has an invalid address range")
         if not (0 <= ts.start_port <= ts.end_port <= 65535) or not (0 <= ts.protocol <= 255):
             raise ValueError(f"traffic selector {ts} has an invalid protocol or port range")

@@ -9,12 +9,13 @@ second per reason, a log line (``DropLog``).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import structlog
 
 from esp.errors import Drop, DropReason
 from esp.outer import ecn_decapsulate
+from esp.sa import InboundSA
 from tunnel.dataplane.child import NH_IPV4
 
 log = structlog.get_logger("tunnel")
@@ -99,22 +100,24 @@ class EspReceiver:
         self._tun_write = tun_write
         self._drop_log = drop_log
 
-    def receive(self, packets: list, ecn: int, seen: dict, start: int = 0) -> None:
+    def receive(self, packets: Sequence[bytes], ecn: int, seen: dict, start: int = 0) -> None:
         """ESP packets (from the SPI on, or from ``start`` on) that share the outer ECN bits ``ecn``."""
         lookup = self._sadb.lookup
         inbound_ok, tun_write = self._inbound_ok, self._tun_write
-        last_head = sa = noted = None
+        last_head: bytes | None = None
+        sa: InboundSA  # set whenever last_head is: the SA of the run of packets under way
+        noted: InboundSA | None = None
         for esp in packets:
             if start:
                 esp = esp[start:]
             head = esp[:4]
             if head != last_head:
-                sa = lookup(int.from_bytes(head, "big")) if len(esp) >= 8 else None
-                if sa is None:
+                found = lookup(int.from_bytes(head, "big")) if len(esp) >= 8 else None
+                if found is None:
                     last_head = None
                     self._no_sa(esp)
                     continue
-                last_head = head
+                sa, last_head = found, head
             try:
                 next_header, inner = sa.decapsulate(esp)
             except Drop as drop:

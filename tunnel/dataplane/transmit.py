@@ -66,6 +66,8 @@ class TxBatcher:
         """Raw IPv4 ESP through the TX ring towards ``remote_ip``; ``fallback`` (the raw socket)
         takes what the ring cannot (see ``RingPath.send``)."""
         rings = self.rings
+        if rings is None:
+            raise ValueError("ring_transmitter needs a batcher made with TX rings")
         ring_send = rings.path_to(remote_ip, self._clock()).send
         build = OuterIPv4(socket.inet_aton(local_ip), socket.inet_aton(remote_ip), df="copy").build
         dirty, flush = self._dirty, rings.flush

@@ -13,6 +13,8 @@ import ipaddress
 import signal
 import threading
 from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 import structlog
 from pyroute2 import IPRoute
@@ -111,7 +113,7 @@ class CleanupOnSignal:
 
     def __init__(self, *cleanups: Callable[[], object]) -> None:
         self._cleanups: list[Callable[[], object]] = list(cleanups)
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
         self._lock = threading.Lock()
         self._done = False
 

@@ -20,7 +20,7 @@ import fcntl
 import ipaddress
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import structlog
 from pyroute2 import IPRoute
@@ -55,7 +55,11 @@ class TunDevice:
     ``vnet_hdr`` and ``counters`` (``read``, ``read_batches``: wake-ups that read, each ending in
     a read that finds the queue empty unless it took the maximum, ``read_dropped``, ``written``, ``write_dropped``,
     ``gso_written``: super-packets, ``gso_segments``: the packets they carried, ``gso_refused``).
+    ``read_batch(max_packets=64)`` and ``write(packet)`` are chosen once, by ``vnet_hdr``.
     """
+
+    read_batch: Callable[..., list[bytes]]
+    write: Callable[[bytes], bool]
 
     def __init__(self, fd: int, name: str, ifindex: int, mtu: int, vnet_hdr: bool = False) -> None:
         self.fd = fd
@@ -68,9 +72,8 @@ class TunDevice:
                          "gso_segments": 0, "gso_refused": 0}
         self._closed = False
         self._more = pending_probe(fd)
-        if vnet_hdr:
-            self.read_batch = self._read_batch_vnet
-            self.write = self._write_vnet
+        self.read_batch = self._read_batch_vnet if vnet_hdr else self._read_batch_plain
+        self.write = self._write_vnet if vnet_hdr else self._write_plain
 
     @classmethod
     def create(cls, name: str, mtu: int, addresses: Iterable[str] = (), txqueuelen: int = 4096,
@@ -114,7 +117,7 @@ class TunDevice:
     def fileno(self) -> int:
         return self.fd
 
-    def read_batch(self, max_packets: int = 64) -> list[bytes]:
+    def _read_batch_plain(self, max_packets: int = 64) -> list[bytes]:
         """Up to ``max_packets`` packets, stopping early when the queue is empty (never blocks)."""
         packets = []
         read, fd, more = os.read, self.fd, self._more
@@ -180,7 +183,7 @@ class TunDevice:
         self.counters["gso_segments"] += segments
         return True
 
-    def write(self, packet: bytes) -> bool:
+    def _write_plain(self, packet: bytes) -> bool:
         """Hand one IP packet to the kernel; a full queue or a packet it rejects is a counted drop."""
         try:
             os.write(self.fd, packet)

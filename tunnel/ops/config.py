@@ -232,7 +232,7 @@ def parse_traffic_selectors(value: Any) -> list[TrafficSelector]:
         try:
             if "-" in addr:
                 first, last = (ipaddress.ip_address(part.strip()) for part in addr.split("-", 1))
-                if first.version != last.version or first > last:
+                if first.version != last.version or int(first) > int(last):
                     raise ValueError
             else:
                 net = ipaddress.ip_network(addr, strict=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -37,7 +38,7 @@ def _redact(value: Any, depth: int = 0) -> Any:
     return value
 
 
-def redact_secrets(logger: Any, method_name: str, event_dict: dict) -> dict:
+def redact_secrets(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> dict:
     """structlog processor: replace any value whose key looks secret, also in nested dicts."""
     return {key: (REDACTED if key != "event" and is_secret_key(key) else _redact(value))
             for key, value in event_dict.items()}
