@@ -21,6 +21,7 @@ import struct
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from collections.abc import Iterable, Iterator
 
 IPPROTO_ESP = 50
@@ -175,7 +176,7 @@ def ike_sa_init_template(local: str, remote: str, proposals: list[str] | None = 
     from ike.config import AuthConfig, ChildConfig, ConnectionConfig, TrafficSelector
     from ike.endpoint import IkeEndpoint
 
-    kw = {"proposals": proposals} if proposals else {}
+    kw: dict[str, Any] = {"proposals": proposals} if proposals else {}
     conn = ConnectionConfig("flood", [local], [remote], AuthConfig(id="flood"), AuthConfig(id="victim"),
                             psk=os.urandom(32), children=[ChildConfig(
                                 "c", [TrafficSelector.from_cidr("0.0.0.0/0")],

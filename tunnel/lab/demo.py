@@ -105,6 +105,7 @@ def run_demo(out: Path, tshark: bool) -> int:
             (www / "index.html").write_text(_PAGE.format(marker=marker))
             server = lab.spawn(lab.hostB, sys.executable, "-u", "-m", "http.server", HTTP_PORT, "--bind",
                                lab.hostB.addr4, "--directory", www, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            assert server.stdout is not None  # stdout=PIPE
             if b"Serving HTTP" not in server.stdout.readline():
                 raise DemoError("the dashboard's web server did not start")
             public, lan = out / "public.pcap", out / "cafe-lan.pcap"

@@ -84,11 +84,11 @@ def config_toml(conns: list[ConnectionConfig], settings: GatewaySettings, contro
                   f"proposals = {_list(conn.proposals)}", f"rekey_time = {conn.rekey_time}",
                   f"dpd_delay = {conn.dpd_delay}", f"encap = {'true' if conn.encap else 'false'}",
                   *([f"over_time = {conn.over_time}"] if conn.over_time is not None else []),
-                  f"[connections.{conn.name}.local]", 'auth = "psk"', f"id = {_quote(conn.local.id)}",
-                  f"[connections.{conn.name}.remote]", 'auth = "psk"', f"id = {_quote(conn.remote.id)}"]
+                  f"[connections.{conn.name}.local]", 'auth = "psk"', f"id = {_quote(conn.local.id or '')}",
+                  f"[connections.{conn.name}.remote]", 'auth = "psk"', f"id = {_quote(conn.remote.id or '')}"]
         for child in conn.children:
             lines += _child_toml(conn.name, child)
-        lines += [f"[secrets.ike-{conn.name}]", f"id = {_quote(conn.remote.id)}",
+        lines += [f"[secrets.ike-{conn.name}]", f"id = {_quote(conn.remote.id or '')}",
                   f'secret = "0x{conn.psk.hex()}"', ""]
     return "\n".join(lines)
 
@@ -129,6 +129,8 @@ class EspgwGateway:
         return self
 
     def _answers(self) -> bool:
+        if self.proc is None:
+            raise LabError(f"espgw on {self.name} is not running")
         if self.proc.poll() is not None:
             raise LabError(f"espgw on {self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
         try:
@@ -207,6 +209,7 @@ def tcp_transfer(lab: Lab, client, server, dst: str, size: int, *, port: int = 5
     sink = lab.spawn(server, sys.executable, "-m", "tunnel.lab.espgw", "sink", bind, port,
                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=_repo_root())
     try:
+        assert sink.stdout is not None  # stdout=PIPE
         if sink.stdout.readline().strip() != b"listening":
             raise LabError("TCP sink did not start")
         sent = lab.run(client, sys.executable, "-m", "tunnel.lab.espgw", "source", dst, port, size, seed,

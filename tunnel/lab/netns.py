@@ -127,8 +127,8 @@ def parse_ping(output: str) -> PingResult:
     counts = re.search(r"(\d+) packets transmitted, (\d+) (?:packets )?received", output)
     rtt = re.search(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms", output)
     sent, got = (int(counts.group(1)), int(counts.group(2))) if counts else (0, 0)
-    values = [float(v) for v in rtt.groups()] if rtt else [None] * 4
-    return PingResult(sent, got, *values, output=output)
+    low, avg, high, mdev = (float(v) for v in rtt.groups()) if rtt else (None, None, None, None)
+    return PingResult(sent, got, low, avg, high, mdev, output=output)
 
 
 def _ns_name(node: str | Host | Gateway) -> str:
@@ -175,9 +175,9 @@ class Lab:
         self.gwB = Gateway("gwB", ns["gwB"], "lan0", iface(lan_b4, gw_b_lan4), six(lan_b6, gw_b_lan6),
                            "wan0", iface(wan4, gw_b_wan4), six(wan6, gw_b_wan6))
         self.hostA = Host("hostA", ns["hostA"], "eth0", iface(lan_a4, host_a4), six(lan_a6, host_a6),
-                          self.gwA.lan4.ip, self.gwA.lan6.ip if ipv6 else None)
+                          self.gwA.lan4.ip, self.gwA.lan6.ip if self.gwA.lan6 else None)
         self.hostB = Host("hostB", ns["hostB"], "eth0", iface(lan_b4, host_b4), six(lan_b6, host_b6),
-                          self.gwB.lan4.ip, self.gwB.lan6.ip if ipv6 else None)
+                          self.gwB.lan4.ip, self.gwB.lan6.ip if self.gwB.lan6 else None)
         _register(self)
         try:
             self._build()
@@ -247,7 +247,7 @@ class Lab:
     def plain_routing(self) -> Iterator[None]:
         """Route LAN A <-> LAN B in the clear over the public link (a no-IPsec baseline)."""
         pairs = [(self.gwA, self.gwB), (self.gwB, self.gwA)]
-        routes = []
+        routes: list[tuple[str, str, str | None, int]] = []
         for gw, peer in pairs:
             routes.append((gw.ns, str(peer.lan_net4), peer.wan_addr4, 2))
             if self.ipv6:
@@ -267,6 +267,8 @@ class Lab:
     def untunnelled_reachable(self, ipv6: bool = False) -> bool:
         """True if hostA reaches hostB without any tunnel: a leak (the lab must never allow it)."""
         dst = self.hostB.addr6 if ipv6 else self.hostB.addr4
+        if dst is None:
+            raise LabError("this lab has no IPv6")
         return self.ping(self.hostA, dst, count=1, wait=1).received > 0
 
     # -- running programs ------------------------------------------------------------------
@@ -276,17 +278,17 @@ class Lab:
             env: dict | None = None) -> subprocess.CompletedProcess:
         """Run a program in a namespace and wait for it; failure raises CommandFailed if check."""
         name = _ns_name(ns)
-        argv = [str(a) for a in argv]
+        args = [str(a) for a in argv]
         if isinstance(input, bytes):
             text = False
         try:
-            done = subprocess.run(["ip", "netns", "exec", name, *argv], capture_output=True, text=text,
+            done = subprocess.run(["ip", "netns", "exec", name, *args], capture_output=True, text=text,
                                   timeout=timeout, input=input, env=env,
                                   stdin=None if input is not None else subprocess.DEVNULL)
         except subprocess.TimeoutExpired as exc:
-            raise CommandFailed(name, argv, None, _as_text(exc.stdout), _as_text(exc.stderr)) from None
+            raise CommandFailed(name, args, None, _as_text(exc.stdout), _as_text(exc.stderr)) from None
         if check and done.returncode != 0:
-            raise CommandFailed(name, argv, done.returncode, _as_text(done.stdout), _as_text(done.stderr))
+            raise CommandFailed(name, args, done.returncode, _as_text(done.stdout), _as_text(done.stderr))
         return done
 
     def spawn(self, ns: str | Host | Gateway, *argv, **popen_kw) -> subprocess.Popen:
@@ -398,7 +400,8 @@ class Lab:
             try:
                 result = json.loads(done.stdout)
             except json.JSONDecodeError:
-                raise CommandFailed(_ns_name(client), argv, done.returncode, done.stdout, done.stderr) from None
+                raise CommandFailed(_ns_name(client), [str(a) for a in argv], done.returncode, done.stdout,
+                                    done.stderr) from None
             if "error" in result:
                 raise LabError(f"iperf3: {result['error']}")
             return result

@@ -147,7 +147,7 @@ swanctl {{
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self.running else None
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
     def start(self, timeout: float = 15) -> StrongSwan:
         """Write the configs, start charon, wait for its vici socket, load the connections."""
