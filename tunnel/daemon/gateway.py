@@ -3,7 +3,9 @@
 One thread, one selector loop. It owns every piece of I/O the sans-I/O cores need: the TUN
 device, raw ESP sockets, UDP 500/4500, the control socket and the clock. IKE (``ike.endpoint``)
 gets datagrams and time and answers with datagrams, events and a deadline; the events install
-and remove CHILD SAs in the data plane (``tunnel.dataplane.child``).
+and remove CHILD SAs in the data plane (``tunnel.dataplane``). Packets no SA covers go to the
+on-demand traps (``tunnel.daemon.traps``); the control socket's reports are built by
+``tunnel.daemon.status``.
 """
 
 from __future__ import annotations
