@@ -16,7 +16,6 @@ import structlog
 from esp.errors import Drop, DropReason
 from esp.outer import ecn_decapsulate
 from esp.sa import InboundSA
-from tunnel.dataplane.child import NH_IPV4
 
 log = structlog.get_logger("tunnel")
 
@@ -124,7 +123,7 @@ class EspReceiver:
                 if drop.reason is not DropReason.DUMMY:
                     self._drop_log(drop.reason.name.lower(), spi=head.hex())
                 continue
-            if not inner or (next_header == NH_IPV4) != (inner[0] >> 4 == 4) or not inbound_ok(sa, inner):
+            if not inner or (next_header == 4) != (inner[0] >> 4 == 4) or not inbound_ok(sa, inner):  # 4: NH_IPV4
                 sa.counters.drop(DropReason.INNER_MISMATCH)
                 self._drop_log("inner_mismatch", spi=head.hex())
                 continue
