@@ -152,14 +152,14 @@ class Gateway:
         signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
-        self._watch(self.tun.fd, self._on_tun)
-        self._watch(self.raw_v4.fd, functools.partial(self._on_raw, self.raw_v4))
+        self.watch(self.tun.fd, self._on_tun)
+        self.watch(self.raw_v4.fd, functools.partial(self._on_raw, self.raw_v4))
         if self.raw_v6 is not None:
-            self._watch(self.raw_v6.fd, functools.partial(self._on_raw, self.raw_v6))
+            self.watch(self.raw_v6.fd, functools.partial(self._on_raw, self.raw_v6))
         for fd in self.udp.fds():
-            self._watch(fd, functools.partial(self._on_udp, fd))
-        self._watch(self._wakeup_r, self._on_wakeup)
-        self._watch(self.selector.fileno(), self._on_control)
+            self.watch(fd, functools.partial(self._on_udp, fd))
+        self.watch(self._wakeup_r, self._on_wakeup)
+        self.watch(self.selector.fileno(), self._on_control)
         log.info("started", tun=self.tun.name, mtu=self.tun.mtu, connections=[c.name for c in self.config.connections],
                  udp_ports=(self.udp.ike_port, self.udp.nat_port), esp_encap=self.settings.esp_encap)
         self._start_connections()
@@ -191,7 +191,7 @@ class Gateway:
                 self._initiate(conn.name, None if len(starting) == len(conn.children) else starting[0], now)
                 for name in starting[1:] if len(starting) != len(conn.children) else []:
                     self._initiate(conn.name, name, now)
-        self._pump(now)
+        self.pump(now)
 
     def close(self) -> None:
         """Delete our IKE SAs at the peer (best effort), then release every resource."""
@@ -199,7 +199,7 @@ class Gateway:
             now = self.clock()
             for name in set(self.ike_sa_names.values()):
                 self.ike.terminate_ike(name, now)
-            self._pump(now)
+            self.pump(now)
         for name in ("control", "tun", "raw_v4", "raw_v6", "udp"):
             closer = getattr(self, name, None)
             if closer is not None:
@@ -238,7 +238,7 @@ class Gateway:
         for key, mask in self.selector.select(0):
             key.data(mask)
 
-    def _watch(self, fd: int, handler: Callable[[], None]) -> None:
+    def watch(self, fd: int, handler: Callable[[], None]) -> None:
         """Call ``handler()`` from the loop whenever ``fd`` is readable."""
         self._poll.register(fd, select.EPOLLIN)
         self._handlers[fd] = handler
@@ -271,12 +271,12 @@ class Gateway:
             if now >= deadline:
                 if timer is not None and timer <= now:
                     self.ike.handle_timer(now)
-                    self._pump(now)
+                    self.pump(now)
                 if now >= self._next_housekeeping:
                     self._housekeeping(now)
                 flush()  # what IKE events queued (e.g. a trap's packets on a new SA)
 
-    def _pump(self, now: float) -> None:
+    def pump(self, now: float) -> None:
         """Send what IKE wants sent and act on its events; called after every input to IKE."""
         self._ike_fed = True
         ike = self.ike
@@ -314,7 +314,7 @@ class Gateway:
         if acquire is not None:
             log.info("acquire", connection=acquire.connection, child=acquire.child)
             self._initiate(acquire.connection, acquire.child, now, packet_ts=acquire.packet_ts)
-            self._pump(now)
+            self.pump(now)
 
     def _on_raw(self, sock: RawEspSocket) -> None:
         seen: dict[int, Any] = {}
@@ -345,7 +345,7 @@ class Gateway:
                     self.ike.receive_datagram(dg.data, dg.remote, dg.local, now)
                 except Exception:  # the core should never raise; a bug here must not kill the gateway
                     log.exception("ike.receive_failed", remote=dg.remote)
-            self._pump(now)
+            self.pump(now)
 
     def _note_alive(self, seen: dict) -> None:
         if seen:
@@ -509,7 +509,7 @@ class Gateway:
                 path.rekey_requested = True
                 log.info("child_sa.volume_rekey", child=path.child_name, spi_in=f"{path.inbound_spi:08x}")
                 self.ike.rekey_child(path.inbound_spi, now)
-                self._pump(now)
+                self.pump(now)
         if now >= self._next_trim:
             self._next_trim = now + TRIM_INTERVAL
             _release_free_memory()
@@ -541,25 +541,25 @@ class Gateway:
             except KeyError as exc:
                 raise ControlError(str(exc.args[0]) if exc.args else "no such child") from None
             self._initiate(conn.name, child.name, now)
-            self._pump(now)
+            self.pump(now)
             return {"message": f"initiating CHILD SA {child.name} of {conn.name}"}
         name = request.get("ike")
         if name not in {c.name for c in self.config.connections}:
             raise ControlError(f"no connection named {name!r}")
         self._initiate(name, None, now)
-        self._pump(now)
+        self.pump(now)
         return {"message": f"initiating IKE SA {name}"}
 
     def _control_terminate(self, request: dict, now: float) -> dict:
         if request.get("child"):
             self.ike.terminate_child(request["child"], now)
-            self._pump(now)
+            self.pump(now)
             return {"message": f"terminating CHILD SA {request['child']}"}
         name = request.get("ike")
         if not name:
             raise ControlError("terminate needs ike or child")
         self.ike.terminate_ike(name, now)
-        self._pump(now)
+        self.pump(now)
         return {"message": f"terminating IKE SA {name}"}
 
 def _malloc_trim() -> Callable[[], None]:

@@ -20,6 +20,7 @@ class RecordingIke:
         self.timer_reads = 0
         self.fired: list[float] = []
         self.on_fire = None
+        self.events: list = []
 
     def get_timer(self) -> float | None:
         self.timer_reads += 1
@@ -36,7 +37,7 @@ class RecordingIke:
         return []
 
     def next_event(self):
-        return None
+        return self.events.pop(0) if self.events else None
 
     def note_inbound_esp(self, spi: int, now: float) -> None:
         pass
@@ -56,7 +57,7 @@ def gateway(tmp_path):
 def _pair(gw: Gateway, handler_for):
     a, b = socket.socketpair()
     b.setblocking(False)
-    gw._watch(b.fileno(), handler_for(b))
+    gw.watch(b.fileno(), handler_for(b))
     return a, b
 
 
@@ -101,7 +102,7 @@ def test_data_turns_do_not_reread_the_ike_deadline(gateway):
 
 
 def test_ike_input_makes_the_next_turn_read_the_deadline_and_fire_it(gateway):
-    """After IKE was fed (``_pump``), a deadline it now has is honoured without other traffic."""
+    """After IKE was fed (``pump``), a deadline it now has is honoured without other traffic."""
     gateway.ike = ike = RecordingIke(deadline=None)
     ike.on_fire = gateway.stop
 
@@ -109,7 +110,7 @@ def test_ike_input_makes_the_next_turn_read_the_deadline_and_fire_it(gateway):
         def on_readable():
             sock.recv(100)
             ike.deadline = time.monotonic() + 0.05  # as if the datagram had started a retransmit timer
-            gateway._pump(time.monotonic())
+            gateway.pump(time.monotonic())
         return on_readable
 
     a, b = _pair(gateway, handler_for)
@@ -174,8 +175,8 @@ def test_housekeeping_hands_freed_heap_back_now_and_then(gateway, monkeypatch):
 
 
 def test_ike_sa_events_keep_names_and_nat_keepalives(gateway):
-    """The gateway keeps each IKE SA's connection name, and the addresses of those behind a NAT
-    for keepalives, not the events; a down event forgets both."""
+    """IKE SAs that come up are named in the gateway's state, those behind a NAT get keepalives
+    from housekeeping, and a down event forgets both."""
     from ike.events import IkeSaDown, IkeSaUp
 
     class RecordingUdp:
@@ -189,12 +190,17 @@ def test_ike_sa_events_keep_names_and_nat_keepalives(gateway):
                      "me", "peer", True, False)
     direct = IkeSaUp("c", 2, ("192.0.2.1", 500), ("198.51.100.2", 500), b"j" * 8, b"s" * 8, False, "p",
                      "me", "other", False, False)
-    for event in (behind, direct):
-        gateway._on_event(event, 0.0)
+    gateway.ike = ike = RecordingIke()
+    ike.events += [behind, direct]
+    gateway.pump(0.0)
     assert gateway.ike_sa_names == {1: "c", 2: "c"}
     gateway.udp = RecordingUdp()
-    gateway._next_keepalive = 0.0
-    gateway._housekeeping(1.0)
+    start = time.monotonic()
+    gateway.clock = lambda: start + 60.0  # past the first keepalive interval
+    ike.on_fire = gateway.stop
+    ike.deadline = start  # a timer due at once ends the run after one housekeeping turn
+    gateway.run()
     assert gateway.udp.sent == [(("198.51.100.1", 4500), ("192.0.2.1", 4500))]
-    gateway._on_event(IkeSaDown("c", 1, "deleted"), 2.0)
+    ike.events.append(IkeSaDown("c", 1, "deleted"))
+    gateway.pump(2.0)
     assert gateway.ike_sa_names == {2: "c"} and not gateway.nat_keepalives
