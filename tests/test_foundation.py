@@ -20,7 +20,9 @@ def test_console_script_declared():
 def test_wheel_leaves_the_lab_out():
     from setuptools import find_packages
 
-    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["include-package-data"] is False  # else tunnel/lab's modules ride along as data
+    find = setuptools["packages"]["find"]
     shipped = set(find_packages(str(ROOT), include=find["include"], exclude=find["exclude"]))
     assert {"tunnel.dataplane", "tunnel.kernel", "tunnel.daemon", "tunnel.ops"} <= shipped
     assert not any(name == "tunnel.lab" or name.startswith("tunnel.lab.") for name in shipped)
