@@ -70,7 +70,8 @@ def _print_table(rows: list[dict], ratio_rows: list[dict], evaluated: list[dict]
           f" {'rtt espgw':>10} {'rtt sswan':>10}")
     for r in ratio_rows:
         print(f"{r['esp']:<17} {r['espgw']:<18} {r['strongswan']:<12} {r['espgw_mbit_s']:>9.1f} "
-              f"{r['strongswan_mbit_s']:>9.1f} {r['ratio']!s:>6} {r['espgw_ping_ms']!s:>10} {r['strongswan_ping_ms']!s:>10}")
+              f"{r['strongswan_mbit_s']:>9.1f} {r['ratio']!s:>6} "
+              f"{r['espgw_ping_ms']!s:>10} {r['strongswan_ping_ms']!s:>10}")
     print("\ntargets:")
     for t in evaluated:
         mark = {True: "met", False: "NOT met", None: "n/a"}[t["met"]]

@@ -80,7 +80,7 @@ def sink(port: int, bind: str = "0.0.0.0", stop: threading.Event | None = None, 
         while not stop.is_set():
             try:
                 data, ancillary, _flags, _addr = recvmsg(65535, space)
-            except (socket.timeout, InterruptedError):
+            except (TimeoutError, InterruptedError):
                 continue
             segment = 0
             for level, kind, value in ancillary:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.setups import lab_prefix
 from ike.config import AuthConfig, ChildConfig, ConnectionConfig, TrafficSelector
-from tunnel.daemon import TRIM_INTERVAL
+from tunnel.daemon.gateway import TRIM_INTERVAL
 from tunnel.lab.espgw import EspgwGateway, GatewaySettings, wait_until
 from tunnel.lab.netns import Lab
 
@@ -79,7 +79,7 @@ def generate(local: str, remote: str, remote_lan: str, count: int, concurrency: 
             start_one()
         try:
             data, src = sock.recvfrom(65535)
-        except socket.timeout:
+        except TimeoutError:
             data = None
         now = time.monotonic()
         if data is not None and len(data) >= 28:
@@ -124,7 +124,7 @@ def measure(count: int, prefix: str | None = None, timeout: float = 900) -> dict
                                      "the responder to report its CHILD SAs", interval=0.5)
             rss_after_list = rss_bytes(pid)
             # steady state: what the daemon holds once its housekeeping has handed freed heap
-            # back to the kernel (tunnel.daemon.TRIM_INTERVAL), with all SAs still installed
+            # back to the kernel (tunnel.daemon.gateway.TRIM_INTERVAL), with all SAs still installed
             time.sleep(TRIM_INTERVAL + 1.5)
             rss = rss_bytes(pid)
             (still,) = wait_until(lambda: _children(gw, gen["completed"]), 30, "the CHILD SAs, still there",

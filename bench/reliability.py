@@ -134,7 +134,7 @@ class Pinger:
         seqs = {int(n) for _, n in found}
         sent = re.search(r"(\d+) packets transmitted", output)
         times = [self.started] + replies
-        gaps = [b - a for a, b in zip(times, times[1:])]
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
         # echoes still in flight at SIGINT are not losses: count the holes before the last reply
         return {"sent": int(sent.group(1)) if sent else 0, "received": len(replies),
                 "lost": max(seqs, default=0) - len(seqs), "max_gap_s": round(max(gaps), 3) if gaps else None,
@@ -175,16 +175,17 @@ def hostile_esp(lab: Lab, per_set: int = 20, family: int = 4) -> dict:
             "replayed": (esp(captured), {"replay": per_set}),
             "bit_flipped": (esp(attack.bit_flipped(e, bit=i * 8 + 3) for i, e in enumerate(captured)),
                             {"auth_failed": per_set}),
-            "unknown_spi": (esp(attack.with_spi(e, s) for e, s in zip(captured, fake_spis)),
+            "unknown_spi": (esp(attack.with_spi(e, s) for e, s in zip(captured, fake_spis, strict=False)),
                             {"unknown_spi": per_set}),
             "truncated_esp_header": (esp(captured[0][:n] for n in (0, 1, 4, 7)), {"truncated": 4}),
             "truncated_esp_body": (esp(captured[0][:n] for n in (8, 12, 16, 24, 31)), {"truncated": 5}),
             "oversized_60k": ([p for i in range(3) for p in attack.ip_packets(
-                wan_a, wan_b, attack.IPPROTO_ESP, attack.oversized_esp(spi, top + (1 << 24) + i, 60000), ident=4242 + i)],
+                wan_a, wan_b, attack.IPPROTO_ESP, attack.oversized_esp(spi, top + (1 << 24) + i, 60000),
+                ident=4242 + i)],
                 {"auth_failed": 3}),
             "udp500_junk": (udp(500, junk), {"ike_": per_set}),
             "udp4500_junk_ike": (udp(4500, (b"\0\0\0\0" + j for j in junk)), {"ike_": per_set}),
-            "udp4500_junk_esp": (udp(4500, (s.to_bytes(4, "big") + j for s, j in zip(fake_spis, junk))),
+            "udp4500_junk_esp": (udp(4500, (s.to_bytes(4, "big") + j for s, j in zip(fake_spis, junk, strict=False))),
                                  {"unknown_spi": per_set}),
             "udp4500_runt": (udp(4500, [b"\1", b"\1\2\3", b"\0\0\0\0", b"\1\2\3\4\5\6\7"]), {"udp_malformed": 4}),
         }
@@ -196,7 +197,7 @@ def hostile_esp(lab: Lab, per_set: int = 20, family: int = 4) -> dict:
                 sent = send_packets(lab, lab.gwA, packets, name)
                 grown = {}
 
-                def settled():
+                def settled(before=before, expected=expected):
                     nonlocal grown
                     grown = delta(drops(b), before)
                     return all((_ike_drops(grown) if k == "ike_" else grown.get(k, 0)) >= n
@@ -294,7 +295,8 @@ def _socket_losses(gw: EspgwGateway) -> dict[str, int]:
     kernel = gw.lab.run(gw.node, "cat", f"/sys/class/net/{tun}/statistics/tx_dropped", check=False).stdout.strip()
     return {"tun_kernel_tx_dropped": int(kernel or 0),  # the kernel's TUN queue full: the daemon fell behind
             "tun_write_dropped": c["tun"].get("write_dropped", 0), "tun_read_dropped": c["tun"].get("read_dropped", 0),
-            "raw_send_dropped": c["raw_esp"].get("send_dropped", 0), "udp_send_dropped": c["udp"].get("send_dropped", 0)}
+            "raw_send_dropped": c["raw_esp"].get("send_dropped", 0),
+            "udp_send_dropped": c["udp"].get("send_dropped", 0)}
 
 
 def _tcp_counters(lab: Lab, node) -> dict[str, int]:
@@ -440,7 +442,8 @@ def flood(lab: Lab, count: int = 20000, seconds: float = 10.0) -> dict:
 
 
 # --- the full run ---------------------------------------------------------------------------------------
-FULL = {"hostile": {"per_set": 50}, "hostile6": {"per_set": 50, "family": 6}, "loss": {"percent": 10.0, "transfer_bytes": 16 << 20, "handshakes": 10},
+FULL = {"hostile": {"per_set": 50}, "hostile6": {"per_set": 50, "family": 6},
+        "loss": {"percent": 10.0, "transfer_bytes": 16 << 20, "handshakes": 10},
         "rekey": {"seconds": 120, "rekey_every": 10}, "restart": {}, "flood": {"count": 20000, "seconds": 10}}
 
 

@@ -112,7 +112,8 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     for label, row in result["overall"].items():
-        print(f"{label:28} median {row.get('median_ms')} ms  added {row.get('added_ms')}  rounds {row['round_medians_ms']}")
+        print(f"{label:28} median {row.get('median_ms')} ms  added {row.get('added_ms')}  "
+              f"rounds {row['round_medians_ms']}")
     return 0
 
 

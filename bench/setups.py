@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import secrets
 from dataclasses import dataclass
-from typing import Iterator
+from collections.abc import Iterator
 
 from tunnel.lab.configs import site_to_site
 from tunnel.lab.espgw import EspgwGateway, GatewaySettings, wait_until

@@ -94,7 +94,8 @@ def evaluate(rows: list[dict], ike: dict | None, rtt: dict | None = None) -> lis
     if ike:
         full = ike.get("child_sas", 0) >= CHILD_SAS_TARGET
         rss = ike.get("rss_mb")
-        out.append(_target(f"RSS with {ike.get('child_sas')} CHILD SAs (MB)", rss, f"< {RSS_TARGET_MB} at {CHILD_SAS_TARGET}",
+        out.append(_target(f"RSS with {ike.get('child_sas')} CHILD SAs (MB)", rss,
+                           f"< {RSS_TARGET_MB} at {CHILD_SAS_TARGET}",
                            (rss < RSS_TARGET_MB) if full else None,
                            note=None if full else f"only {ike.get('child_sas')} CHILD SAs measured (--quick)"))
     return out

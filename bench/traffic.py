@@ -11,7 +11,7 @@ import re
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 from bench.system import LoadProbe, cpu_seconds, load_record, netns_inode, wait_until_quiet
 from tunnel.lab.netns import Lab

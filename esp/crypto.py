@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hmac as std_hmac
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, hmac
@@ -25,11 +25,11 @@ HEADER = struct.Struct("!II")       # SPI, low 32 bits of the sequence number
 ESN_AAD = struct.Struct("!IQ")      # SPI, full 64-bit ESN (RFC 4106 s5, RFC 7634 s2.1)
 SEQ_HI = struct.Struct("!I")
 
-_HASHES = {"sha1": hashes.SHA1, "sha256": hashes.SHA256,
-           "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
 
 Sealer = Callable[[int, bytes, bytes], bytes]
-Opener = Callable[[bytes, int], bytes]
+Opener = Callable[[bytes | memoryview, int], bytes]
 
 
 def split_keymat(t: Transform, keymat: bytes) -> tuple[bytes, bytes, bytes]:
@@ -41,6 +41,12 @@ def split_keymat(t: Transform, keymat: bytes) -> tuple[bytes, bytes, bytes]:
     salt = k[t.enc_key_len:t.enc_key_len + t.salt_len]
     integ = k[t.enc_key_len + t.salt_len:]
     return enc, salt, integ
+
+
+def _integ_hash(t: Transform) -> hashes.HashAlgorithm:
+    if t.integ_hash is None:
+        raise ValueError(f"{t.name} has no integrity algorithm")
+    return _HASHES[t.integ_hash]()
 
 
 def _auth_failed() -> Drop:
@@ -66,18 +72,18 @@ def make_sealer(t: Transform, keymat: bytes, spi: int, esn: bool) -> Sealer:
     if t.kind == "gmac":
         encrypt = AESGCM(enc).encrypt
 
-        def seal(seq: int, iv: bytes, plaintext: bytes) -> bytes:
+        def seal_gmac(seq: int, iv: bytes, plaintext: bytes) -> bytes:
             header = hdr_pack(spi, seq & 0xFFFFFFFF)
             # RFC 4543 s3.3: everything is AAD; with ESN the AAD holds the full 64 bits.
             aad = (esn_pack(spi, seq) if esn else header) + iv + plaintext
             return header + iv + plaintext + encrypt(salt + iv, b"", aad)
-        return seal
+        return seal_gmac
 
     cipher_alg = algorithms.AES(enc)
-    mac_base = hmac.HMAC(integ, _HASHES[t.integ_hash]())
+    mac_base = hmac.HMAC(integ, _integ_hash(t))
     icv_len = t.icv_len
 
-    def seal(seq: int, iv: bytes, plaintext: bytes) -> bytes:
+    def seal_cbc(seq: int, iv: bytes, plaintext: bytes) -> bytes:
         encryptor = Cipher(cipher_alg, modes.CBC(iv)).encryptor()
         body = hdr_pack(spi, seq & 0xFFFFFFFF) + iv + encryptor.update(plaintext) + encryptor.finalize()
         mac = mac_base.copy()
@@ -85,7 +91,7 @@ def make_sealer(t: Transform, keymat: bytes, spi: int, esn: bool) -> Sealer:
         if esn:  # RFC 4303 s2.2.1: high bits are authenticated but not sent
             mac.update(SEQ_HI.pack(seq >> 32))
         return body + mac.finalize()[:icv_len]
-    return seal
+    return seal_cbc
 
 
 def direct_aead(t: Transform, keymat: bytes, encrypt: bool = False) -> tuple[Callable | None, bytes]:
@@ -102,24 +108,14 @@ def direct_aead(t: Transform, keymat: bytes, encrypt: bool = False) -> tuple[Cal
 
 
 def make_opener(t: Transform, keymat: bytes, esn: bool) -> Opener:
+    """For the transforms ``direct_aead`` leaves out (the SAs open the others inline)."""
+    if t.kind in ("gcm", "chacha") and t.icv_len == 16:
+        raise ValueError(f"{t.name}: the SA decrypts this transform inline (direct_aead)")
     enc, salt, integ = split_keymat(t, keymat)
     iv_end = 8 + t.iv_len
     icv_len = t.icv_len
 
-    if t.kind in ("gcm", "chacha") and icv_len == 16:
-        decrypt = (AESGCM(enc) if t.kind == "gcm" else ChaCha20Poly1305(enc)).decrypt
-        esn_pack = ESN_AAD.pack
-
-        def open_(esp, seq: int) -> bytes:
-            mv = memoryview(esp)           # slices of a memoryview do not copy the payload
-            aad = esn_pack(HEADER.unpack_from(esp)[0], seq) if esn else mv[:8]
-            try:
-                return decrypt(salt + mv[8:iv_end], mv[iv_end:], aad)
-            except InvalidTag:
-                raise _auth_failed() from None
-        return open_
-
-    if t.kind == "gcm":  # truncated ICV: the one-shot AEAD API only takes 16-byte tags
+    if t.kind == "gcm":  # a truncated ICV: the one-shot AEAD API only takes 16-byte tags
         aes = algorithms.AES(enc)
 
         def open_(esp, seq: int) -> bytes:
@@ -137,7 +133,7 @@ def make_opener(t: Transform, keymat: bytes, esn: bool) -> Opener:
     if t.kind == "gmac":
         decrypt = AESGCM(enc).decrypt
 
-        def open_(esp, seq: int) -> bytes:
+        def open_gmac(esp, seq: int) -> bytes:
             head = ESN_AAD.pack(HEADER.unpack_from(esp)[0], seq) if esn else bytes(esp[:8])
             plaintext = bytes(esp[iv_end:-16])
             try:
@@ -145,13 +141,13 @@ def make_opener(t: Transform, keymat: bytes, esn: bool) -> Opener:
             except InvalidTag:
                 raise _auth_failed() from None
             return plaintext
-        return open_
+        return open_gmac
 
     aes = algorithms.AES(enc)
-    mac_base = hmac.HMAC(integ, _HASHES[t.integ_hash]())
+    mac_base = hmac.HMAC(integ, _integ_hash(t))
     compare = std_hmac.compare_digest
 
-    def open_(esp, seq: int) -> bytes:
+    def open_cbc(esp, seq: int) -> bytes:
         mac = mac_base.copy()
         mac.update(esp[:-icv_len])
         if esn:
@@ -160,7 +156,7 @@ def make_opener(t: Transform, keymat: bytes, esn: bool) -> Opener:
             raise _auth_failed()
         d = Cipher(aes, modes.CBC(bytes(esp[8:iv_end]))).decryptor()
         return d.update(esp[iv_end:-icv_len]) + d.finalize()
-    return open_
+    return open_cbc
 
 
 def hmac_icv(hash_name: str, key: bytes, data: bytes, icv_len: int) -> bytes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from types import MappingProxyType
-from typing import Mapping
+from collections.abc import Mapping
 
 
 class DropReason(enum.Enum):
@@ -18,7 +18,6 @@ class DropReason(enum.Enum):
     REPLAY = "replay"
     AUTH_FAILED = "auth_failed"
     BAD_PADDING = "bad_padding"
-    BAD_NEXT_HEADER = "bad_next_header"
     BAD_INNER = "bad_inner"          # inner IP header malformed or longer than the payload
     DUMMY = "dummy"                  # next header 59: TFC dummy packet, dropped by design
     SA_EXPIRED = "sa_expired"

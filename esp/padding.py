@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 PAD_BYTES = bytes(range(1, 256))
 # PAD_PREFIX[n] == PAD_BYTES[:n]: the receiver compares without slicing the table
 PAD_PREFIX = tuple(PAD_BYTES[:n] for n in range(256))
 
 
-@lru_cache(maxsize=None)
+@cache
 def trailer_table(align: int) -> tuple[tuple[bytes, ...], ...]:
     """table[next_header][payload_len % align] -> the whole trailer."""
     def trailer(nh: int, rem: int) -> bytes:

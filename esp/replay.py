@@ -18,6 +18,8 @@ both for the common cases and calls these methods for the rest.
 
 from __future__ import annotations
 
+from typing import cast
+
 MAX_WINDOW = 1 << 16
 _INFER_WITHOUT_WINDOW = 1 << 16   # ESN guess span when anti-replay is off
 _EMPTY_RINGS: dict[int, bytes] = {}
@@ -37,13 +39,14 @@ class ReplayWindow:
         while ring < size:
             ring *= 2
         self.ring_mask = _RING_MASKS.setdefault(ring, ring - 1)
-        # seen[seq & ring_mask] is 1 once seq in (top - ring, top] was accepted; read-only
-        # and shared until own_ring()
-        self.seen: bytes | bytearray = _EMPTY_RINGS.setdefault(ring, bytes(ring))
+        # seen[seq & ring_mask] is 1 once seq in (top - ring, top] was accepted. Until own_ring()
+        # it is the shared all-zero ring, an immutable bytes: read only, never written (typed as
+        # the bytearray it becomes, as every write happens after own_ring()).
+        self.seen: bytearray = cast(bytearray, _EMPTY_RINGS.setdefault(ring, bytes(ring)))
 
     def own_ring(self) -> None:
         """A writable ring of this window's own, before anything marks a slot."""
-        if type(self.seen) is bytes:
+        if not isinstance(self.seen, bytearray):  # still the shared read-only ring
             self.seen = bytearray(len(self.seen))
 
     def reset(self, top: int) -> None:

@@ -18,11 +18,11 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 
-from .crypto import ESN_AAD, HEADER, direct_aead, make_opener, make_sealer, split_keymat
+from .crypto import ESN_AAD, HEADER, Opener, Sealer, direct_aead, make_opener, make_sealer, split_keymat
 from .errors import Counters, Drop, DropReason, SAExpired
 from .padding import PAD_PREFIX, trailer_table
 from .replay import ReplayWindow
@@ -72,11 +72,18 @@ def _held_keymat(t: Transform, keymat: bytes) -> bytes:
     return bytes(keymat)
 
 
+def _cipher_not_built(*_args: object) -> bytes:
+    """Stands in for the cipher until the first packet builds it (it never runs: see _slow_path
+    and _first_or_refuse, which every first packet goes through)."""
+    raise RuntimeError("ESP cipher used before it was built")
+
+
 class _LimitedSA:
     """Soft/hard packet and byte limits shared by both directions."""
 
     __slots__ = ("lifetime", "counters", "rekey_needed", "_soft_packets", "_soft_bytes",
-                 "_hard_packets", "_hard_bytes", "spi", "transform", "esn", "_key", "_salt")
+                 "_hard_packets", "_hard_bytes", "spi", "transform", "esn", "_key", "_salt", "expired")
+    # expired: InboundSA replaces the slot with a property (its length check follows it)
 
     def _init_limits(self, lifetime: Lifetime | None, seq_soft: int | None) -> None:
         self.lifetime = lifetime or _NO_LIMITS  # shared: read only, limits are copied below
@@ -100,7 +107,7 @@ class _LimitedSA:
 
 class OutboundSA(_LimitedSA):
     __slots__ = ("seq", "tfc_pad_to", "_max_seq", "_soft_seq", "_seal", "_encrypt", "_trailers", "_align",
-                 "_rng", "_counter_iv", "_pkt_check", "_seq_check", "_byte_check", "expired")
+                 "_rng", "_counter_iv", "_pkt_check", "_seq_check", "_byte_check")
 
     def __init__(self, spi: int, transform: str | Transform, keymat: bytes, *, esn: bool = False,
                  tfc_pad_to: int = 0, lifetime: Lifetime | None = None, initial_seq: int = 0,
@@ -111,10 +118,11 @@ class OutboundSA(_LimitedSA):
         self.seq = initial_seq        # last sequence number sent
         self.tfc_pad_to = tfc_pad_to
         self._max_seq, self._soft_seq = _SEQ_LIMITS[esn][:2]  # never wrap past _max_seq
-        self._init_limits(lifetime, None)
         self._key: bytes | None = _held_keymat(t, keymat)
-        self._seal = None                 # the first packet builds it (_first_seal)
-        self._encrypt, self._salt = None, b""
+        self._init_limits(lifetime, None)
+        self._seal: Sealer = _cipher_not_built  # the first packet builds it (_build_cipher)
+        self._encrypt: Callable[..., bytes] | None = None
+        self._salt = b""
         self._trailers = trailer_table(t.align)
         self._align = t.align
         # AEAD: IV is the 64-bit counter, unique under the key (RFC 4106 s3.1);
@@ -130,8 +138,11 @@ class OutboundSA(_LimitedSA):
         return f"OutboundSA(spi=0x{self.spi:08x}, transform={self.transform.name}, seq={self.seq})"
 
     def _set_thresholds(self) -> None:
-        """Cheap bounds that send encapsulate into _slow_path near a limit."""
-        if self.rekey_needed:
+        """Cheap bounds that send encapsulate into _slow_path near a limit, and the first packet
+        (which builds the cipher there)."""
+        if self._key is not None:
+            self._pkt_check = self._seq_check = self._byte_check = -1
+        elif self.rekey_needed:
             self._pkt_check, self._seq_check, self._byte_check = (
                 self._hard_packets, self._max_seq, self._hard_bytes)
         else:
@@ -158,26 +169,22 @@ class OutboundSA(_LimitedSA):
             return header + iv + encrypt(self._salt + iv, plaintext,
                                          ESN_AAD.pack(self.spi, seq) if self.esn else header)
         iv = _pack_iv(seq) if self._counter_iv else self._rng(16)
-        seal = self._seal
-        return seal(seq, iv, plaintext) if seal is not None else self._first_seal(seq, iv, plaintext)
+        return self._seal(seq, iv, plaintext)
 
-    def _first_seal(self, seq: int, iv: bytes, plaintext: bytes) -> bytes:
-        """The first packet: build the cipher (see the module docstring), then seal as usual."""
-        key, t = self._key, self.transform
+    def _build_cipher(self, key: bytes) -> None:
+        """The first packet: build the cipher (see the module docstring), let go of the keys."""
         self._key = None
-        self._encrypt, self._salt = direct_aead(t, key, encrypt=True)
+        self._encrypt, self._salt = direct_aead(self.transform, key, encrypt=True)
         if self._encrypt is None:
-            self._seal = make_sealer(t, key, self.spi, self.esn)
-            return self._seal(seq, iv, plaintext)
-        header = _pack_header(self.spi, seq & 0xFFFFFFFF)
-        return header + iv + self._encrypt(self._salt + iv, plaintext,
-                                           ESN_AAD.pack(self.spi, seq) if self.esn else header)
+            self._seal = make_sealer(self.transform, key, self.spi, self.esn)
 
     def encapsulate_dummy(self, size: int = 0) -> bytes:
         """A next-header-59 packet for traffic-flow confidentiality (RFC 4303 s2.6)."""
         return self.encapsulate(bytes(size), NH_NONE)
 
     def _slow_path(self, seq: int, n: int) -> None:
+        if self._key is not None:
+            self._build_cipher(self._key)
         c = self.counters
         if (self.expired or seq > self._max_seq or c.packets >= self._hard_packets
                 or c.bytes + n > self._hard_bytes):
@@ -203,13 +210,14 @@ class InboundSA(_LimitedSA):
         self._min_len = 8 + t.iv_len + t.icv_len + (16 if t.kind == "cbc" else 2)
         self._block = 16 if t.kind == "cbc" else 1
         self._overhead = 8 + t.iv_len + t.icv_len
+        # Built by the first packet (_first_or_refuse, behind the length check): one-shot AEADs
+        # with a full 16-byte tag are then decrypted inline in decapsulate, others through _open.
+        self._key: bytes | None = _held_keymat(t, keymat)
         self._init_limits(lifetime, None)
         self._plan_limit_check()
-        # Built by the first packet (_open_other): one-shot AEADs with a full 16-byte tag are
-        # then decrypted inline in decapsulate, other transforms through _open.
-        self._key: bytes | None = _held_keymat(t, keymat)
-        self._open = None
-        self._decrypt, self._salt = None, b""
+        self._open: Opener = _cipher_not_built
+        self._decrypt: Callable[..., bytes] | None = None
+        self._salt = b""
 
     def __repr__(self) -> str:
         return f"InboundSA(spi=0x{self.spi:08x}, transform={self.transform.name})"
@@ -227,7 +235,7 @@ class InboundSA(_LimitedSA):
         # An expired SA gets an impossible minimum length, so decapsulate needs
         # no separate flag test: the length check sends it to the refusal.
         self._expired = value
-        self._len_check = 1 << 62 if value else self._min_len
+        self._len_check = 1 << 62 if value or self._key is not None else self._min_len
 
     def decapsulate(self, esp: bytes | memoryview) -> tuple[int, bytes]:
         """(next header, inner packet) or a counted Drop.
@@ -239,7 +247,7 @@ class InboundSA(_LimitedSA):
         """
         n = len(esp)
         if n < self._len_check:
-            raise self._truncated_or_expired(n)
+            self._first_or_refuse(n)
         spi, seq = _unpack_header(esp)
         if spi != self.spi:
             raise self._drop(DropReason.UNKNOWN_SPI, f"packet SPI 0x{spi:08x}")
@@ -254,7 +262,7 @@ class InboundSA(_LimitedSA):
         if seq <= top and (seq <= 0 or self._replayed(seq, top, seen[slot])):
             raise self._drop(DropReason.REPLAY, f"seq {seq & 0xFFFFFFFF}")
         decrypt = self._decrypt
-        if decrypt is not None:
+        if decrypt is not None:            # AEAD, full tag: the per-packet case, inlined
             try:
                 plaintext = decrypt(self._salt + esp[8:16], esp[16:],
                                     ESN_AAD.pack(spi, seq) if esn else esp[:8])
@@ -262,7 +270,6 @@ class InboundSA(_LimitedSA):
                 raise self._drop(DropReason.AUTH_FAILED, "ICV mismatch") from None
         else:
             plaintext = self._open_other(esp, seq)
-            seen = replay.seen             # the first packet gave the window its own ring
         # authenticated: now the window may move
         if seq == top + 1:                 # in order: no slot to clear on the way
             seen[slot] = 1
@@ -310,16 +317,7 @@ class InboundSA(_LimitedSA):
         return bool(size and (top - seq >= size or seen))
 
     def _open_other(self, esp: bytes | memoryview, seq: int) -> bytes:
-        """Transforms the inline AEAD call does not cover (CBC+HMAC, GMAC, short GCM tags), and
-        the first packet of any SA, which builds the cipher."""
-        if self._key is not None:
-            self._build_cipher()
-            if self._decrypt is not None:
-                try:
-                    return self._decrypt(self._salt + esp[8:16], esp[16:],
-                                         ESN_AAD.pack(self.spi, seq) if self.esn else esp[:8])
-                except InvalidTag:
-                    raise self._drop(DropReason.AUTH_FAILED, "ICV mismatch") from None
+        """Transforms the inline AEAD call does not cover: CBC+HMAC, GMAC, short GCM tags."""
         if (len(esp) - self._overhead) % self._block:
             raise self._drop(DropReason.TRUNCATED, f"{len(esp)} bytes, not whole cipher blocks")
         try:
@@ -328,13 +326,17 @@ class InboundSA(_LimitedSA):
             self.counters.drop(d.reason)
             raise
 
-    def _build_cipher(self) -> None:
-        key, t = self._key, self.transform
+    def _first_or_refuse(self, n: int) -> None:
+        """Below the length check: the first packet (build the cipher and go on), or a drop."""
+        key = self._key
+        if key is None or self._expired or n < self._min_len:
+            raise self._truncated_or_expired(n)
         self._key = None
-        self._decrypt, self._salt = direct_aead(t, key)
+        self._decrypt, self._salt = direct_aead(self.transform, key)
         if self._decrypt is None:
-            self._open = make_opener(t, key, self.esn)
+            self._open = make_opener(self.transform, key, self.esn)
         self.replay.own_ring()             # decapsulate writes the ring in place from now on
+        self._len_check = self._min_len
 
     def _plan_limit_check(self) -> None:
         """Packet count at which decapsulate next compares both lifetime limits.

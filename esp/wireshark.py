@@ -32,7 +32,7 @@ def esp_sa_line(*, family: str, src: str, dst: str, spi: int, transform: Transfo
         encr, auth, akey = _ENCR[("gcm", transform.icv_len)], "NULL", ""
         ekey = enc + salt      # Wireshark takes the salt as the key's last 4 bytes
     elif transform.kind == "cbc":
-        encr, auth, akey = "AES-CBC [RFC3602]", _AUTH[transform.integ_hash], "0x" + integ.hex()
+        encr, auth, akey = "AES-CBC [RFC3602]", _AUTH[transform.integ_hash or ""], "0x" + integ.hex()
         ekey = enc
     else:
         raise ValueError(f"Wireshark 4.0 cannot decrypt ESP with {transform.name}")

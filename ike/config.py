@@ -1,7 +1,7 @@
 """Connection configuration as the IKE core sees it.
 
 The tables mirror swanctl.conf (``connections.NAME`` with ``children.CHILD``) so a strongSwan user
-recognises every field; ``tunnel.config`` parses the TOML file into these objects. Proposal
+recognises every field; ``tunnel.ops.config`` parses the TOML file into these objects. Proposal
 strings stay in strongSwan's syntax and are parsed by ``ike.crypto.proposals``.
 """
 

@@ -595,7 +595,7 @@ class IkeEndpoint:
             sa.last_inbound = now  # DPD only moves later: the heap entry is re-checked lazily
 
     def key_snapshot(self) -> list[dict]:
-        """IKE keys of the live SAs for ``tunnel.keyexport`` (the operator asked for them)."""
+        """IKE keys of the live SAs for ``tunnel.ops.keyexport`` (the operator asked for them)."""
         rows = [sa.key_row() for sa in self.sas.values() if sa.state != IkeState.DEAD]
         return [r for r in rows if r is not None]
 

@@ -9,16 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 
 import pytest
-
-# tests/ is a package (tests/ike/ must not shadow the real ike package), so pytest puts the
-# checkout root on sys.path, not tests/; the flat test modules import helpers such as
-# esp_helpers by bare name. Appended, not prepended: tests/ike must never win over ike/.
-_TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-if _TESTS_DIR not in sys.path:
-    sys.path.append(_TESTS_DIR)
 
 IN_CI = os.environ.get("CI") == "true"
 

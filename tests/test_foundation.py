@@ -1,4 +1,4 @@
-"""The packages import and the console script is declared."""
+"""The packages import, the console script is declared and the wheel leaves the lab out."""
 
 import importlib
 import tomllib
@@ -14,4 +14,15 @@ def test_packages_import():
 
 def test_console_script_declared():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert meta["project"]["scripts"]["espgw"] == "tunnel.cli:main"
+    assert meta["project"]["scripts"]["espgw"] == "tunnel.main:main"
+
+
+def test_wheel_leaves_the_lab_out():
+    from setuptools import find_packages
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["include-package-data"] is False  # else tunnel/lab's modules ride along as data
+    find = setuptools["packages"]["find"]
+    shipped = set(find_packages(str(ROOT), include=find["include"], exclude=find["exclude"]))
+    assert {"tunnel.dataplane", "tunnel.kernel", "tunnel.daemon", "tunnel.ops"} <= shipped
+    assert not any(name == "tunnel.lab" or name.startswith("tunnel.lab.") for name in shipped)

@@ -486,7 +486,7 @@ class IkeSa(TaskManager):
 
     def key_row(self) -> dict | None:
         """This SA's SK_e*/SK_a* for a Wireshark decryption table; only for an explicit key
-        export (tunnel.keyexport), never logged."""
+        export (tunnel.ops.keyexport), never logged."""
         chosen = self.chosen
         if self.keys is None or chosen is None:
             return None

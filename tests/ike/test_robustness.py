@@ -209,7 +209,7 @@ def test_unknown_critical_payload_answered_and_sa_survives():
 @pytest.mark.parametrize("ike,encr,integ", [("aes256gcm16-prfsha256-ecp256", "aes256gcm16", "none"),
                                             ("aes128-sha256-modp2048", "aes128", "sha256")])
 def test_key_snapshot_for_wireshark_export(ike, encr, integ):
-    from tunnel.keyexport import ikev2_lines
+    from tunnel.ops.keyexport import ikev2_lines
     pair = Pair(*[[c] for c in mirrored(ike)])
     pair.a.initiate("site", None, 0.0)
     pair.run()

@@ -20,8 +20,8 @@ from esp.sa import InboundSA, Lifetime, OutboundSA
 from esp.transforms import transform_by_name
 from ike.crypto.keys import PSK_KEY_PAD, prf
 from tests.ike.harness import ChildSaUp, IkeSaUp, NegotiationFailed, Pair, mirrored
-from tunnel.config import ConfigError, parse_config
-from tunnel.log import configure_logging
+from tunnel.ops.config import ConfigError, parse_config
+from tunnel.ops.log import configure_logging
 
 PSK = b"Tr0ub4dor&3-espgw-secrets-test-psk"
 WRONG_PSK = b"a-different-psk-that-must-not-leak"

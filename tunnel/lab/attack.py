@@ -21,7 +21,8 @@ import struct
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any
+from collections.abc import Iterable, Iterator
 
 IPPROTO_ESP = 50
 IPPROTO_UDP = 17
@@ -175,7 +176,7 @@ def ike_sa_init_template(local: str, remote: str, proposals: list[str] | None = 
     from ike.config import AuthConfig, ChildConfig, ConnectionConfig, TrafficSelector
     from ike.endpoint import IkeEndpoint
 
-    kw = {"proposals": proposals} if proposals else {}
+    kw: dict[str, Any] = {"proposals": proposals} if proposals else {}
     conn = ConnectionConfig("flood", [local], [remote], AuthConfig(id="flood"), AuthConfig(id="victim"),
                             psk=os.urandom(32), children=[ChildConfig(
                                 "c", [TrafficSelector.from_cidr("0.0.0.0/0")],
@@ -270,7 +271,8 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["ipv4_packets", "ipv6_packets", "ip_packets", "udp_datagram", "esp_header", "bit_flipped", "with_spi", "oversized_esp",
+__all__ = ["ipv4_packets", "ipv6_packets", "ip_packets", "udp_datagram", "esp_header", "bit_flipped", "with_spi",
+           "oversized_esp",
            "esp_from_pcap", "write_packets", "ike_junk", "ike_sa_init_template", "flood_requests", "send_file", "flood"]
 
 if __name__ == "__main__":

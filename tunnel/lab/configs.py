@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ike.config import AuthConfig, ChildConfig, ConnectionConfig, TrafficSelector
-from tunnel.lab.netns import Lab
+from tunnel.lab.netns import Gateway, Lab, LabError
 
 LAB_PSK = b"espgw-lab-psk-not-a-secret-0123456789"  # lab only; real deployments use their own
 
@@ -28,16 +30,23 @@ def site_to_site(lab: Lab, side: str, *, name: str = "lab", child: str = "net",
         nets = [str(gw.lan_net4)] + ([str(gw.lan_net6)] if with_v6 else [])
         return [TrafficSelector.from_cidr(n) for n in nets]
 
-    child_kw = {"esp_proposals": esp_proposals} if esp_proposals else {}
-    conn_kw = {"proposals": proposals} if proposals else {}
+    child_kw: dict[str, Any] = {"esp_proposals": esp_proposals} if esp_proposals else {}
+    conn_kw: dict[str, Any] = {"proposals": proposals} if proposals else {}
     conn_kw.update(conn_overrides)
     return ConnectionConfig(
         name=name,
-        local_addrs=[me.wan_addr6 if ipv6_outer else me.wan_addr4],
-        remote_addrs=[peer.wan_addr6 if ipv6_outer else peer.wan_addr4],
+        local_addrs=[_wan(me, ipv6_outer)],
+        remote_addrs=[_wan(peer, ipv6_outer)],
         local=AuthConfig(auth="psk", id=f"{me.role.lower()}.lab"),
         remote=AuthConfig(auth="psk", id=f"{peer.role.lower()}.lab"),
         psk=psk,
         children=[ChildConfig(name=child, local_ts=selectors(me), remote_ts=selectors(peer), **child_kw)],
         **conn_kw,
     )
+
+
+def _wan(gw: Gateway, ipv6: bool) -> str:
+    addr = gw.wan_addr6 if ipv6 else gw.wan_addr4
+    if addr is None:
+        raise LabError(f"{gw.role} has no IPv6 address on the public link")
+    return addr

@@ -2,7 +2,7 @@
 
 ``EspgwGateway`` runs one ``espgw run`` inside a lab gateway namespace from an
 ``ike.config.ConnectionConfig`` (e.g. ``tunnel.lab.configs.site_to_site``), rendered here as the
-TOML ``tunnel.config`` reads. The control socket is a Unix socket in the lab's work directory,
+TOML ``tunnel.ops.config`` reads. The control socket is a Unix socket in the lab's work directory,
 reachable from the caller's namespace, so status queries need no ``ip netns exec``.
 """
 
@@ -16,19 +16,20 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from ike.config import ChildConfig, ConnectionConfig
-from tunnel.control import ControlError, control_request
+from tunnel.ops.control import ControlError, control_request
 from tunnel.lab.netns import Gateway, Lab, LabError
 from tunnel.lab.swanctl_conf import format_ts
 
-ESPGW = [sys.executable, "-m", "tunnel.cli"]
+ESPGW = [sys.executable, "-m", "tunnel.main"]
 
 
 @dataclass
 class GatewaySettings:
-    """The ``[gateway]`` table of an espgw config (see ``tunnel.config.GatewayConfig``)."""
+    """The ``[gateway]`` table of an espgw config (see ``tunnel.ops.config.GatewayConfig``)."""
 
     tun_name: str = "espgw0"
     mtu: int = 1400
@@ -83,11 +84,11 @@ def config_toml(conns: list[ConnectionConfig], settings: GatewaySettings, contro
                   f"proposals = {_list(conn.proposals)}", f"rekey_time = {conn.rekey_time}",
                   f"dpd_delay = {conn.dpd_delay}", f"encap = {'true' if conn.encap else 'false'}",
                   *([f"over_time = {conn.over_time}"] if conn.over_time is not None else []),
-                  f"[connections.{conn.name}.local]", 'auth = "psk"', f"id = {_quote(conn.local.id)}",
-                  f"[connections.{conn.name}.remote]", 'auth = "psk"', f"id = {_quote(conn.remote.id)}"]
+                  f"[connections.{conn.name}.local]", 'auth = "psk"', f"id = {_quote(conn.local.id or '')}",
+                  f"[connections.{conn.name}.remote]", 'auth = "psk"', f"id = {_quote(conn.remote.id or '')}"]
         for child in conn.children:
             lines += _child_toml(conn.name, child)
-        lines += [f"[secrets.ike-{conn.name}]", f"id = {_quote(conn.remote.id)}",
+        lines += [f"[secrets.ike-{conn.name}]", f"id = {_quote(conn.remote.id or '')}",
                   f'secret = "0x{conn.psk.hex()}"', ""]
     return "\n".join(lines)
 
@@ -109,7 +110,7 @@ class EspgwGateway:
         self.config_path = self.lab.workdir / f"{self.name}.toml"
         self.log_path = self.lab.workdir / f"{self.name}.log"
 
-    def start(self, timeout: float = 10.0) -> "EspgwGateway":
+    def start(self, timeout: float = 10.0) -> EspgwGateway:
         """Write the config, start the daemon and wait until its control socket answers."""
         if self.proc is not None and self.proc.poll() is None:
             raise LabError(f"espgw on {self.name} is already running")
@@ -128,6 +129,8 @@ class EspgwGateway:
         return self
 
     def _answers(self) -> bool:
+        if self.proc is None:
+            raise LabError(f"espgw on {self.name} is not running")
         if self.proc.poll() is not None:
             raise LabError(f"espgw on {self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
         try:
@@ -147,7 +150,7 @@ class EspgwGateway:
         """SIGKILL: no deletes reach the peer, nothing is cleaned up (the TUN goes with the fd)."""
         self.stop(signal.SIGKILL)
 
-    def restart(self) -> "EspgwGateway":
+    def restart(self) -> EspgwGateway:
         self.stop()
         return self.start()
 
@@ -206,6 +209,7 @@ def tcp_transfer(lab: Lab, client, server, dst: str, size: int, *, port: int = 5
     sink = lab.spawn(server, sys.executable, "-m", "tunnel.lab.espgw", "sink", bind, port,
                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=_repo_root())
     try:
+        assert sink.stdout is not None  # stdout=PIPE
         if sink.stdout.readline().strip() != b"listening":
             raise LabError("TCP sink did not start")
         sent = lab.run(client, sys.executable, "-m", "tunnel.lab.espgw", "source", dst, port, size, seed,

@@ -122,6 +122,8 @@ def open_sk(message: bytes, encr_key: bytes, integ_key: bytes | None, cipher: st
         except Exception as exc:  # cryptography raises InvalidTag
             raise SkError(f"GCM tag mismatch: {exc!r}") from None
     elif cipher == "aes-cbc-hmac-sha256-128":
+        if integ_key is None:
+            raise SkError("HMAC-SHA256-128 needs an integrity key")
         icv = message[-16:]
         if not hmac.compare_digest(hmac.new(integ_key, message[:-16], hashlib.sha256).digest()[:16], icv):
             raise SkError("HMAC-SHA256-128 mismatch")

@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dpkt
 
@@ -76,7 +77,7 @@ class Peering:
                  settings: GatewaySettings | None = None):
         self.lab, self.swan, self.suite = lab, swan, suite
         self.espgw_initiates = espgw_initiates
-        kw = {"proposals": [SUITES[suite].ike], "esp_proposals": [SUITES[suite].esp]}
+        kw: dict[str, Any] = {"proposals": [SUITES[suite].ike], "esp_proposals": [SUITES[suite].esp]}
         self.espgw_conn: ConnectionConfig = site_to_site(lab, "A", **kw)
         self.swan_conn: ConnectionConfig = site_to_site(lab, "B", **kw)
         self.settings = settings or GatewaySettings(log_level="debug")
@@ -88,10 +89,17 @@ class Peering:
     _count = 0
 
     @property
+    def gw(self) -> EspgwGateway:
+        """espgw's side, from start() on."""
+        if self.espgw is None:
+            raise LabError("the peering is not started")
+        return self.espgw
+
+    @property
     def child(self) -> str:
         return self.espgw_conn.children[0].name
 
-    def start(self) -> "Peering":
+    def start(self) -> Peering:
         """Load strongSwan's connection and start espgw; nothing is negotiated yet."""
         self._swan_log_start = len(self.swan.log_text())
         self.swan.load_all([self.swan_conn])
@@ -102,7 +110,7 @@ class Peering:
 
     def initiate(self) -> None:
         if self.espgw_initiates:
-            self.espgw.request("initiate", child=self.child)
+            self.gw.request("initiate", child=self.child)
         else:
             self.swan.initiate(child=self.child, timeout=10)
 
@@ -112,7 +120,7 @@ class Peering:
         return self.wait_child(lambda e, s: True, timeout, "the CHILD SA on both sides")
 
     def pairs(self) -> tuple[list[dict], list[dict]]:
-        return self.espgw.children(), self.swan.child_sas(self.child)
+        return self.gw.children(), self.swan.child_sas(self.child)
 
     def wait_child(self, predicate, timeout: float, what: str) -> tuple[dict, dict]:
         """Wait for exactly one installed CHILD SA per side, with matching SPIs, and predicate(e, s)."""
@@ -126,13 +134,13 @@ class Peering:
         return wait_until(check, timeout, what, interval=0.1, on_timeout=self.logs)
 
     def ike_pair(self) -> tuple[dict, dict]:
-        (mine,) = self.espgw.ike_sas()
+        (mine,) = self.gw.ike_sas()
         (theirs,) = self.swan.list_sas()
         return mine, theirs
 
     def wait_gone(self, timeout: float = 10) -> None:
         """Both sides without any IKE or CHILD SA."""
-        wait_until(lambda: not self.espgw.ike_sas() and not self.swan.list_sas(), timeout,
+        wait_until(lambda: not self.gw.ike_sas() and not self.swan.list_sas(), timeout,
                    "no SAs left on either side", interval=0.1, on_timeout=self.logs)
 
     def swan_log(self) -> str:
@@ -178,7 +186,9 @@ def wire_summary(pcap_path: str | Path) -> dict:
     ESP receiver is a raw socket (strongSwan 6.0's libipsec) now and then answers an ESP
     packet with one under load. They quote ciphertext only, so they are not a leak.
     """
-    seen = {"esp_raw": set(), "esp_udp": set(), "ike": 0, "esp_unreachable": 0, "clear": 0}
+    esp_raw: set[int] = set()
+    esp_udp: set[int] = set()
+    counts = {"ike": 0, "esp_unreachable": 0, "clear": 0}
     with open(pcap_path, "rb") as f:
         for _, buf in dpkt.pcap.Reader(f):
             ip = dpkt.ethernet.Ethernet(buf).data
@@ -189,19 +199,19 @@ def wire_summary(pcap_path: str | Path) -> dict:
             payload = bytes(buf)[14 + (ip.hl * 4 if v4 else 40):]
             ports = struct.unpack("!HH", payload[:4]) if proto == 17 and len(payload) >= 8 else ()
             if proto == 50:
-                seen["esp_raw"].add(struct.unpack("!I", payload[:4])[0])
+                esp_raw.add(struct.unpack("!I", payload[:4])[0])
             elif 4500 in ports and payload[8:12] == bytes(4):
-                seen["ike"] += 1  # non-ESP marker: IKE on port 4500
+                counts["ike"] += 1  # non-ESP marker: IKE on port 4500
             elif 4500 in ports:
                 if len(payload) > 9:  # a 1-byte 0xff is a NAT-T keepalive
-                    seen["esp_udp"].add(struct.unpack("!I", payload[8:12])[0])
+                    esp_udp.add(struct.unpack("!I", payload[8:12])[0])
             elif 500 in ports:
-                seen["ike"] += 1
+                counts["ike"] += 1
             elif proto == 1 and payload[:2] == b"\x03\x02" and len(payload) >= 28 and payload[17] == 50:
-                seen["esp_unreachable"] += 1
+                counts["esp_unreachable"] += 1
             elif not (not v4 and _link_control_v6(proto, payload)):
-                seen["clear"] += 1
-    return seen
+                counts["clear"] += 1
+    return {"esp_raw": esp_raw, "esp_udp": esp_udp, **counts}
 
 
 class PacedTransfer:
@@ -220,11 +230,12 @@ class PacedTransfer:
         self._thread: threading.Thread | None = None
         self._sink: subprocess.Popen | None = None
 
-    def start(self) -> "PacedTransfer":
+    def start(self) -> PacedTransfer:
         bind = "::" if ":" in self.dst else "0.0.0.0"
         self._sink = self.lab.spawn(self.server, sys.executable, "-m", "tunnel.lab.interop", "sink", bind,
                                     self.port, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     cwd=_repo_root())
+        assert self._sink.stdout is not None  # stdout=PIPE
         if self._sink.stdout.readline().strip() != b"listening":
             raise LabError("TCP sink did not start")
         self._thread = threading.Thread(target=self._run_source, daemon=True)
@@ -240,6 +251,8 @@ class PacedTransfer:
             self._error = exc
 
     def result(self) -> tuple[str, str]:
+        if self._thread is None or self._sink is None:
+            raise LabError("the transfer was not started")
         try:
             self._thread.join(self.seconds + 70)
             if self._error is not None:
@@ -259,6 +272,7 @@ def one_way_udp(lab: Lab, src, dst, seconds: float, *, interval: float = 0.05, p
                      f"s.bind(('0.0.0.0',{port}))\nprint('listening',flush=True)\n"
                      "while True: s.recv(2048)\n", stdout=subprocess.PIPE)
     try:
+        assert sink.stdout is not None  # stdout=PIPE
         if sink.stdout.readline().strip() != b"listening":
             raise LabError("UDP sink did not start")
         code = ("import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"

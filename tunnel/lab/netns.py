@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import structlog
 from pyroute2 import NetNS, netns
@@ -127,11 +127,11 @@ def parse_ping(output: str) -> PingResult:
     counts = re.search(r"(\d+) packets transmitted, (\d+) (?:packets )?received", output)
     rtt = re.search(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms", output)
     sent, got = (int(counts.group(1)), int(counts.group(2))) if counts else (0, 0)
-    values = [float(v) for v in rtt.groups()] if rtt else [None] * 4
-    return PingResult(sent, got, *values, output=output)
+    low, avg, high, mdev = (float(v) for v in rtt.groups()) if rtt else (None, None, None, None)
+    return PingResult(sent, got, low, avg, high, mdev, output=output)
 
 
-def _ns_name(node: "str | Host | Gateway") -> str:
+def _ns_name(node: str | Host | Gateway) -> str:
     return node if isinstance(node, str) else node.ns
 
 
@@ -152,7 +152,7 @@ class Lab:
                  wan6: str = "2001:db8::/64", gw_a_wan6: str = "2001:db8::1", gw_b_wan6: str = "2001:db8::2",
                  keep_workdir: bool | None = None):
         self.prefix = prefix or "eg" + secrets.token_hex(3)
-        if not re.fullmatch(r"[A-Za-z0-9_]{1,%d}" % _MAX_PREFIX, self.prefix):
+        if not re.fullmatch(rf"[A-Za-z0-9_]{{1,{_MAX_PREFIX}}}", self.prefix):
             raise LabError(f"lab prefix must be 1-{_MAX_PREFIX} letters/digits: {self.prefix!r}")
         self.ipv6 = ipv6
         self.keep_workdir = os.environ.get("ESPGW_LAB_KEEP") == "1" if keep_workdir is None else keep_workdir
@@ -175,9 +175,9 @@ class Lab:
         self.gwB = Gateway("gwB", ns["gwB"], "lan0", iface(lan_b4, gw_b_lan4), six(lan_b6, gw_b_lan6),
                            "wan0", iface(wan4, gw_b_wan4), six(wan6, gw_b_wan6))
         self.hostA = Host("hostA", ns["hostA"], "eth0", iface(lan_a4, host_a4), six(lan_a6, host_a6),
-                          self.gwA.lan4.ip, self.gwA.lan6.ip if ipv6 else None)
+                          self.gwA.lan4.ip, self.gwA.lan6.ip if self.gwA.lan6 else None)
         self.hostB = Host("hostB", ns["hostB"], "eth0", iface(lan_b4, host_b4), six(lan_b6, host_b6),
-                          self.gwB.lan4.ip, self.gwB.lan6.ip if ipv6 else None)
+                          self.gwB.lan4.ip, self.gwB.lan6.ip if self.gwB.lan6 else None)
         _register(self)
         try:
             self._build()
@@ -247,7 +247,7 @@ class Lab:
     def plain_routing(self) -> Iterator[None]:
         """Route LAN A <-> LAN B in the clear over the public link (a no-IPsec baseline)."""
         pairs = [(self.gwA, self.gwB), (self.gwB, self.gwA)]
-        routes = []
+        routes: list[tuple[str, str, str | None, int]] = []
         for gw, peer in pairs:
             routes.append((gw.ns, str(peer.lan_net4), peer.wan_addr4, 2))
             if self.ipv6:
@@ -267,28 +267,31 @@ class Lab:
     def untunnelled_reachable(self, ipv6: bool = False) -> bool:
         """True if hostA reaches hostB without any tunnel: a leak (the lab must never allow it)."""
         dst = self.hostB.addr6 if ipv6 else self.hostB.addr4
+        if dst is None:
+            raise LabError("this lab has no IPv6")
         return self.ping(self.hostA, dst, count=1, wait=1).received > 0
 
     # -- running programs ------------------------------------------------------------------
 
-    def run(self, ns: "str | Host | Gateway", *argv, check: bool = True, timeout: float = 30,
+    def run(self, ns: str | Host | Gateway, *argv, check: bool = True, timeout: float = 30,
             input: str | bytes | None = None, text: bool = True,
             env: dict | None = None) -> subprocess.CompletedProcess:
         """Run a program in a namespace and wait for it; failure raises CommandFailed if check."""
         name = _ns_name(ns)
-        argv = [str(a) for a in argv]
+        args = [str(a) for a in argv]
         if isinstance(input, bytes):
             text = False
         try:
-            done = subprocess.run(["ip", "netns", "exec", name, *argv], capture_output=True, text=text,
-                                  timeout=timeout, input=input, env=env, stdin=None if input is not None else subprocess.DEVNULL)
+            done = subprocess.run(["ip", "netns", "exec", name, *args], capture_output=True, text=text,
+                                  timeout=timeout, input=input, env=env,
+                                  stdin=None if input is not None else subprocess.DEVNULL)
         except subprocess.TimeoutExpired as exc:
-            raise CommandFailed(name, argv, None, _as_text(exc.stdout), _as_text(exc.stderr)) from None
+            raise CommandFailed(name, args, None, _as_text(exc.stdout), _as_text(exc.stderr)) from None
         if check and done.returncode != 0:
-            raise CommandFailed(name, argv, done.returncode, _as_text(done.stdout), _as_text(done.stderr))
+            raise CommandFailed(name, args, done.returncode, _as_text(done.stdout), _as_text(done.stderr))
         return done
 
-    def spawn(self, ns: "str | Host | Gateway", *argv, **popen_kw) -> subprocess.Popen:
+    def spawn(self, ns: str | Host | Gateway, *argv, **popen_kw) -> subprocess.Popen:
         """Start a program in a namespace; the lab stops it on close (SIGTERM, then SIGKILL)."""
         popen_kw.setdefault("stdin", subprocess.DEVNULL)
         proc = subprocess.Popen(["ip", "netns", "exec", _ns_name(ns), *map(str, argv)], **popen_kw)
@@ -322,7 +325,7 @@ class Lab:
     # -- traffic tools ---------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def capture(self, ns: "str | Host | Gateway", iface: str, path: str | Path,
+    def capture(self, ns: str | Host | Gateway, iface: str, path: str | Path,
                 bpf: str | None = None, startup_timeout: float = 10) -> Iterator[Path]:
         """tcpdump into a pcap file while the block runs; capturing has started on entry."""
         path = Path(path)
@@ -337,7 +340,7 @@ class Lab:
             time.sleep(0.05)  # let the last packets of the block reach the socket
             self.stop(proc, sig=signal.SIGINT)
 
-    def set_loss(self, ns: "str | Host | Gateway", iface: str, percent: float,
+    def set_loss(self, ns: str | Host | Gateway, iface: str, percent: float,
                  direction: str = "egress") -> None:
         """Drop percent% of packets leaving (egress) or entering (ingress) iface; 0 removes it.
 
@@ -361,7 +364,7 @@ class Lab:
                           f"numgen random mod 10000 < {round(percent * 100)} counter drop")
         self.run(name, "nft", "-f", "-", input="\n".join(script) + "\n")
 
-    def ping(self, src: "str | Host | Gateway", dst: str, count: int = 3, interval: float = 0.2,
+    def ping(self, src: str | Host | Gateway, dst: str, count: int = 3, interval: float = 0.2,
              wait: float = 2, size: int | None = None, source: str | None = None,
              timeout: float | None = None) -> PingResult:
         """ping from a namespace; never raises for lost replies (look at .ok / .received)."""
@@ -377,7 +380,7 @@ class Lab:
             raise CommandFailed(_ns_name(src), ["ping", dst], done.returncode, done.stdout, done.stderr)
         return result
 
-    def iperf3(self, client: "str | Host | Gateway", server: "str | Host | Gateway", dst: str,
+    def iperf3(self, client: str | Host | Gateway, server: str | Host | Gateway, dst: str,
                seconds: float = 5, udp: bool = False, bitrate: str | None = None,
                reverse: bool = False, parallel: int = 1, port: int = 5201,
                extra: Sequence[str] = ()) -> dict:
@@ -397,7 +400,8 @@ class Lab:
             try:
                 result = json.loads(done.stdout)
             except json.JSONDecodeError:
-                raise CommandFailed(_ns_name(client), argv, done.returncode, done.stdout, done.stderr) from None
+                raise CommandFailed(_ns_name(client), [str(a) for a in argv], done.returncode, done.stdout,
+                                    done.stderr) from None
             if "error" in result:
                 raise LabError(f"iperf3: {result['error']}")
             return result
@@ -431,7 +435,7 @@ class Lab:
         if errors:
             raise LabError("lab teardown incomplete: " + "; ".join(errors))
 
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         return self
 
     def __exit__(self, *exc) -> None:

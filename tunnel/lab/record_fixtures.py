@@ -14,10 +14,13 @@ with those keys before anything is written. The PSK is the lab's published test 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tunnel.lab.configs import LAB_PSK, site_to_site
 from tunnel.lab.ike_pcap import open_sk, read_ike_frames
@@ -43,6 +46,10 @@ def _only_child(gw: StrongSwan) -> dict:
     return children[0] if len(children) == 1 else {}
 
 
+def _ignoring_sas(check: Callable[[StrongSwan], bool], gw: StrongSwan, _sas: list[dict]) -> bool:
+    return check(gw)
+
+
 def _exchange(gw_a: StrongSwan, gw_b: StrongSwan) -> dict:
     """Drive the exchanges; returns what the JSON needs to know about the SAs."""
     gw_a.initiate(child="net")
@@ -50,10 +57,14 @@ def _exchange(gw_a: StrongSwan, gw_b: StrongSwan) -> dict:
     child_before = _only_child(gw_a)
 
     gw_a.rekey(child="net")
+    old_spis = (child_before.get("spi-in"), child_before.get("spi-out"))
+
+    def rekeyed(gw: StrongSwan) -> bool:
+        child = _only_child(gw)
+        return child.get("state") == "INSTALLED" and child.get("spi-in") not in old_spis
+
     for gw in (gw_a, gw_b):  # new CHILD_SA installed, old one deleted on both sides
-        gw.wait_for(lambda _, gw=gw: _only_child(gw).get("state") == "INSTALLED"
-                    and _only_child(gw).get("spi-in") not in (child_before.get("spi-in"), child_before.get("spi-out")),
-                    what="CHILD_SA rekey")
+        gw.wait_for(functools.partial(_ignoring_sas, rekeyed, gw), what="CHILD_SA rekey")
     child_after = _only_child(gw_a)
 
     gw_a.rekey(ike="lab")
@@ -95,7 +106,7 @@ def record(version: str, suite: str, out_dir: Path) -> Path:
     ike_proposal, esp_proposal, cipher = SUITES[suite]
     stem = f"strongswan-{version}-{suite}"
     with Lab(ipv6=False) as lab:
-        conf = {"proposals": [ike_proposal], "esp_proposals": [esp_proposal]}
+        conf: dict[str, Any] = {"proposals": [ike_proposal], "esp_proposals": [esp_proposal]}
         gw_a = StrongSwan(lab, lab.gwA, version, [site_to_site(lab, "A", **conf)], log_keys=True).start()
         gw_b = StrongSwan(lab, lab.gwB, version, [site_to_site(lab, "B", **conf)], log_keys=True).start()
         pcap = lab.workdir / f"{stem}.pcap"
@@ -110,7 +121,7 @@ def record(version: str, suite: str, out_dir: Path) -> Path:
             raise StrongSwanError(f"expected the same 2 key sets on both sides, got {len(keys_a)}/{len(keys_b)}")
         ike_sas = [{"spi_i": sa["initiator-spi"], "spi_r": sa["responder-spi"],
                     "proposal": _proposal_text(sa), "keys": keys}
-                   for sa, keys in zip(sas["ike_sas"], keys_a)]
+                   for sa, keys in zip(sas["ike_sas"], keys_a, strict=True)]
         frames = read_ike_frames(pcap)
         opened = _check_keys(frames, ike_sas, cipher)
         record = {

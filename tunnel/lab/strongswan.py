@@ -23,7 +23,7 @@ import re
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import structlog
 
@@ -153,9 +153,9 @@ swanctl {{
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self.running else None
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
-    def start(self, timeout: float = 15) -> "StrongSwan":
+    def start(self, timeout: float = 15) -> StrongSwan:
         """Write the configs, start charon, wait for its vici socket, load the connections."""
         if self.running:
             return self
@@ -194,7 +194,7 @@ swanctl {{
                     os.rmdir(str(self.rootfs) + str(made))
         log.info("lab.strongswan.stopped", gw=self.gateway.role, returncode=proc.returncode)
 
-    def __enter__(self) -> "StrongSwan":
+    def __enter__(self) -> StrongSwan:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -1,0 +1,72 @@
+"""tunnel.ops.log: JSON lines off a terminal, level filtering, and redaction of secret-looking keys."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import structlog
+
+from tunnel.ops.log import REDACTED, configure_logging, is_secret_key
+
+
+@pytest.fixture(autouse=True)
+def reset_structlog():
+    yield
+    structlog.reset_defaults()
+
+
+def test_json_lines_when_not_a_terminal():
+    stream = io.StringIO()
+    configure_logging("info", "auto", stream=stream)
+    structlog.get_logger().info("child sa up", child="lan", spi_in="c1a2b3c4")
+    record = json.loads(stream.getvalue())
+    assert record["event"] == "child sa up" and record["level"] == "info" and record["spi_in"] == "c1a2b3c4"
+    assert "timestamp" in record
+
+
+def test_level_filters():
+    stream = io.StringIO()
+    configure_logging("warning", "json", stream=stream)
+    log = structlog.get_logger()
+    log.info("quiet")
+    log.warning("loud")
+    assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == ["loud"]
+
+
+def test_secrets_redacted_also_nested():
+    stream = io.StringIO()
+    configure_logging("debug", "json", stream=stream)
+    structlog.get_logger().debug("keys", psk=b"hunter2", sk_ei="aa" * 16, keymat="bb" * 8, enc_key="cc",
+                                 sa={"spi": 1, "secret": "dd", "inner": [{"integ_key": "ee"}]},
+                                 keyingtries=3, monkey="ok")
+    text = stream.getvalue()
+    for secret in ("hunter2", "aa" * 16, "bb" * 8, '"cc"', '"dd"', '"ee"'):
+        assert secret not in text
+    record = json.loads(text)
+    assert record["psk"] == record["sk_ei"] == record["keymat"] == record["enc_key"] == REDACTED
+    assert record["sa"]["spi"] == 1 and record["sa"]["inner"][0]["integ_key"] == REDACTED
+    assert record["keyingtries"] == 3 and record["monkey"] == "ok"
+
+
+def test_console_format():
+    stream = io.StringIO()
+    configure_logging("info", "console", stream=stream)
+    structlog.get_logger().info("hello", psk="x")
+    assert "hello" in stream.getvalue() and REDACTED in stream.getvalue()
+
+
+@pytest.mark.parametrize("name, secret", [
+    ("psk", True), ("PSK", True), ("secret", True), ("sk_ai", True), ("skeyseed", True), ("keymat", True),
+    ("key", True), ("keys", True), ("auth_key", True), ("spi", False), ("keyingtries", False), ("event", False),
+])
+def test_secret_key_names(name, secret):
+    assert is_secret_key(name) is secret
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        configure_logging("loud")
+    with pytest.raises(ValueError):
+        configure_logging("info", "xml")

@@ -1,0 +1,588 @@
+"""``espgw run``: the gateway daemon.
+
+One thread, one selector loop. It owns every piece of I/O the sans-I/O cores need: the TUN
+device, raw ESP sockets, UDP 500/4500, the control socket and the clock. IKE (``ike.endpoint``)
+gets datagrams and time and answers with datagrams, events and a deadline; the events install
+and remove CHILD SAs in the data plane (``tunnel.dataplane``). Packets no SA covers go to the
+on-demand traps (``tunnel.daemon.traps``); the control socket's reports are built by
+``tunnel.daemon.status``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import ipaddress
+import os
+import select
+import selectors
+import signal
+import socket
+import time
+from collections import deque
+from typing import Any
+from collections.abc import Callable
+
+import structlog
+from pyroute2 import IPRoute
+
+from esp.sadb import SADatabase
+from ike.endpoint import IkeEndpoint
+from ike.events import Address, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed
+from tunnel.daemon import status
+from tunnel.daemon.traps import Traps
+from tunnel.dataplane.child import ChildPath, inner_mtu, send_with_mtu
+from tunnel.dataplane.gro import TcpCoalescer
+from tunnel.dataplane.receive import DropLog, EspReceiver, InboundFilter
+from tunnel.dataplane.transmit import TxBatcher, make_transmit
+from tunnel.dataplane.policy import PolicyTable
+from tunnel.kernel.pmtu import path_mtu
+from tunnel.kernel.routes import RouteTable
+from tunnel.kernel.tun import TunDevice
+from tunnel.kernel.tx_ring import RingSet
+from tunnel.kernel.raw_esp import RawEspSocket
+from tunnel.kernel.udp import UdpIkeSockets
+from tunnel.ops.config import Config
+from tunnel.ops.control import ControlError, ControlServer
+from tunnel.ops.log import configure_logging
+
+log = structlog.get_logger("espgw")
+
+BATCH = 64
+HOUSEKEEPING_INTERVAL = 1.0
+NAT_KEEPALIVE_INTERVAL = 20.0  # strongSwan's charon.keep_alive default
+# Handshakes churn through short-lived buffers (messages, DH values); glibc keeps freed heap
+# memory mapped until told otherwise, so the daemon gives it back to the kernel now and then.
+TRIM_INTERVAL = 10.0
+PMTU_CACHE_SECONDS = 60.0  # the kernel's PMTU knowledge changes rarely; one netlink query a minute per peer
+REKEY_GRACE = 2.0  # seconds a rekeyed inbound SA keeps accepting packets after its delete
+
+
+def _concrete(addrs: list[str]) -> list[str]:
+    return [a for a in addrs if not a.startswith("%") and "/" not in a]
+
+
+class Gateway:
+    """The daemon's state; ``run()`` loops until SIGTERM/SIGINT or ``stop()``."""
+
+    # set by open()
+    tun: TunDevice
+    gro: TcpCoalescer  # decrypted TCP segments merged per receive batch
+    receiver: EspReceiver  # decapsulates a receive batch into the GRO
+    routes: RouteTable
+    raw_v4: RawEspSocket
+    udp: UdpIkeSockets
+    control: ControlServer
+
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic,
+                 rng: Callable[[int], bytes] = os.urandom) -> None:
+        self.config = config
+        self.settings = config.gateway
+        self.clock = clock
+        self.started = clock()
+        self.force_udp = self.settings.esp_encap == "udp"
+        if self.force_udp:  # both sides must agree to encapsulate: IKE then fakes NAT detection
+            for conn in config.connections:
+                conn.encap = True
+        self.ike = IkeEndpoint(config.connections, rng=rng, now=self.started,
+                               retransmit_timeout=self.settings.retransmit_timeout,
+                               retransmit_base=self.settings.retransmit_base,
+                               retransmit_tries=self.settings.retransmit_tries)
+        self.sadb = SADatabase()
+        self.policy = PolicyTable()
+        self.inbound_ok = InboundFilter(self.policy)  # cleared on every policy change below
+        self.traps = Traps(self.settings.queue_size)
+        self.children: dict[int, ChildPath] = {}  # by inbound SPI
+        # A lineage is a CHILD SA and its rekeyed successors: one policy (keyed by the first SA's
+        # key) that sends through one of them, ``routed``, and accepts what arrives on any of them.
+        self.routed: dict[tuple, ChildPath] = {}
+        # lineage -> its live SAs; a tuple, as most lineages have one SA (a dict each: ~220 B more)
+        self.lineages: dict[tuple, tuple[ChildPath, ...]] = {}
+        self._pmtu_cache: dict[str, tuple[float, int]] = {}  # peer -> (looked up at, path MTU)
+        self.pending: dict[int, ChildPath] = {}  # inbound SPI -> a successor not yet sent through
+        self.retiring: deque[tuple[float, ChildPath]] = deque()  # (when, rekeyed SA) in order
+        self.dying: set[int] = set()  # inbound SPIs of deleted SAs still accepting stragglers
+        self._generation = 0
+        self.totals = status.Totals()
+        self.drops: dict[str, int] = {}  # gateway-level drops (no SA for a packet, trap queue full)
+        # IKE SAs by unique id: their connection's name, and (local, remote) for NAT keepalives
+        # of those behind a NAT; not the IkeSaUp events (~200 B each with the remote's ID text)
+        self.ike_sa_names: dict[int, str] = {}
+        self.nat_keepalives: dict[int, tuple[Address, Address]] = {}
+        self.failures: deque[dict] = deque(maxlen=20)
+        self.drop_log = DropLog(clock)
+        # The loop polls one epoll set: fd -> zero-argument handler. The control server keeps its
+        # own selector (its clients come and go), watched here as one more fd.
+        self._poll = select.epoll()
+        self._handlers: dict[int, Callable[[], None]] = {}
+        self._ike_fed = True  # IKE took input since the loop last read its deadline
+        self.selector = selectors.DefaultSelector()
+        self._stopping = False
+        self._next_housekeeping = self.started
+        self._next_keepalive = self.started + NAT_KEEPALIVE_INTERVAL
+        self._next_trim = self.started + TRIM_INTERVAL
+        self._wakeup_r = self._wakeup_w = -1
+        # The devices and sockets (tun, gro, receiver, routes, raw_v4, udp, control: see the class
+        # body) exist from open() on; close() releases those it finds.
+        self.raw_v6: RawEspSocket | None = None
+        # what a loop turn sends: ESP-in-UDP per SA with GSO, raw IPv4 ESP through TX rings
+        self.udp_out = TxBatcher(RingSet() if self.settings.raw_esp_tx == "ring" else None, clock=clock)
+        self.icmp_v4: str | None = None
+        self.icmp_v6: str | None = None
+
+    # --- set-up and tear-down ---------------------------------------------------------------
+    def open(self) -> None:
+        local = sorted({a for c in self.config.connections for a in c.local_addrs})
+        concrete = _concrete(local)
+        wildcard = len(concrete) != len(local)
+        v4 = [a for a in concrete if ipaddress.ip_address(a).version == 4]
+        v6 = [a for a in concrete if ipaddress.ip_address(a).version == 6]
+        udp_addrs = (["0.0.0.0", "::"] if wildcard else concrete)
+        self.udp = UdpIkeSockets(udp_addrs, gro=True)
+        self.raw_v4 = RawEspSocket(socket.AF_INET, v4[0] if v4 and not wildcard else "0.0.0.0", kernel_header=True)
+        if v6 or wildcard:
+            self.raw_v6 = RawEspSocket(socket.AF_INET6, v6[0] if v6 and not wildcard else "::")
+        self.tun = TunDevice.create(self.settings.tun_name, self.settings.mtu, vnet_hdr=True)
+        self.gro = TcpCoalescer(self.tun.write, self.tun.write_gso)
+        self.receiver = EspReceiver(self.sadb, self.inbound_ok, self.gro.add, self.drop_log)
+        self.routes = RouteTable(self.tun.name)
+        self._install_routes()
+        self.control = ControlServer(self.settings.control_socket, self.handle_control, selector=self.selector)
+        self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        self.watch(self.tun.fd, self._on_tun)
+        self.watch(self.raw_v4.fd, functools.partial(self._on_raw, self.raw_v4))
+        if self.raw_v6 is not None:
+            self.watch(self.raw_v6.fd, functools.partial(self._on_raw, self.raw_v6))
+        for fd in self.udp.fds():
+            self.watch(fd, functools.partial(self._on_udp, fd))
+        self.watch(self._wakeup_r, self._on_wakeup)
+        self.watch(self.selector.fileno(), self._on_control)
+        log.info("started", tun=self.tun.name, mtu=self.tun.mtu, connections=[c.name for c in self.config.connections],
+                 udp_ports=(self.udp.ike_port, self.udp.nat_port), esp_encap=self.settings.esp_encap)
+        self._start_connections()
+
+    def _install_routes(self) -> None:
+        """Route every child's remote subnets into the TUN, sourced from our address in its local subnets."""
+        own = _local_addresses()
+        for conn in self.config.connections:
+            for child in conn.children:
+                for remote in child.remote_ts:
+                    src = next((str(a) for a in own for ts in child.local_ts
+                                if a.version == remote.version and ts.contains_addr(a)), None)
+                    if remote.version == 4 and src and not self.icmp_v4:
+                        self.icmp_v4 = src
+                    if remote.version == 6 and src and not self.icmp_v6:
+                        self.icmp_v6 = src
+                    for net in ipaddress.summarize_address_range(remote.start_addr, remote.end_addr):
+                        if str(net) not in self.routes.routes:
+                            self.routes.add(str(net), src=src)
+
+    def _start_connections(self) -> None:
+        now = self.clock()
+        for conn in self.config.connections:
+            for child in conn.children:
+                if child.start_action == "trap":
+                    self.traps.add(conn, child)
+            starting = [c.name for c in conn.children if c.start_action == "start"]
+            if starting:
+                self._initiate(conn.name, None if len(starting) == len(conn.children) else starting[0], now)
+                for name in starting[1:] if len(starting) != len(conn.children) else []:
+                    self._initiate(conn.name, name, now)
+        self.pump(now)
+
+    def close(self) -> None:
+        """Delete our IKE SAs at the peer (best effort), then release every resource."""
+        if hasattr(self, "udp"):
+            now = self.clock()
+            for name in set(self.ike_sa_names.values()):
+                self.ike.terminate_ike(name, now)
+            self.pump(now)
+        for name in ("control", "tun", "raw_v4", "raw_v6", "udp"):
+            closer = getattr(self, name, None)
+            if closer is not None:
+                try:
+                    closer.close()
+                except OSError:
+                    pass
+        for closer in (self.udp_out.rings,):
+            if closer is not None:
+                try:
+                    closer.close()
+                except OSError:
+                    pass
+        if hasattr(self, "routes"):
+            self.routes.remove_all()
+        if self._wakeup_w >= 0:
+            signal.set_wakeup_fd(-1)
+            os.close(self._wakeup_r)
+            os.close(self._wakeup_w)
+            self._wakeup_r = self._wakeup_w = -1
+        self.selector.close()
+        self._poll.close()
+        self._handlers.clear()
+        log.info("stopped")
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self._stopping = True
+
+    def _on_wakeup(self) -> None:
+        try:
+            os.read(self._wakeup_r, 512)
+        except BlockingIOError:
+            pass
+
+    def _on_control(self) -> None:
+        for key, mask in self.selector.select(0):
+            key.data(mask)
+
+    def watch(self, fd: int, handler: Callable[[], None]) -> None:
+        """Call ``handler()`` from the loop whenever ``fd`` is readable."""
+        self._poll.register(fd, select.EPOLLIN)
+        self._handlers[fd] = handler
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    # --- the loop ---------------------------------------------------------------------------
+    def run(self) -> None:
+        # Every turn of an idle gateway starts with cold CPU caches, and on a busy machine each
+        # packet's hop through the gateways runs back to back on one CPU: the work between
+        # waking and sending is the latency. So a turn does only what its events need: IKE's
+        # deadline is read again only after IKE took input (a heap walk; inbound ESP only moves
+        # DPD later, and waking at a deadline that has since moved costs one idle turn), IKE is
+        # pumped only after it was fed, and the clock decides whether timers are due at all.
+        poll, handlers, clock, flush = self._poll.poll, self._handlers, self.clock, self.udp_out.flush
+        timer: float | None = None
+        while not self._stopping:
+            if self._ike_fed:
+                self._ike_fed = False
+                timer = self.ike.get_timer()
+            deadline = self._next_housekeeping
+            if timer is not None and timer < deadline:
+                deadline = timer
+            timeout = deadline - clock()
+            for fd, _mask in poll(timeout if timeout > 0.0 else 0.0, len(handlers) or 1):
+                handlers[fd]()
+            flush()  # ESP-in-UDP (GSO) and ring frames the handlers queued
+            now = clock()
+            if now >= deadline:
+                if timer is not None and timer <= now:
+                    self.ike.handle_timer(now)
+                    self.pump(now)
+                if now >= self._next_housekeeping:
+                    self._housekeeping(now)
+                flush()  # what IKE events queued (e.g. a trap's packets on a new SA)
+
+    def pump(self, now: float) -> None:
+        """Send what IKE wants sent and act on its events; called after every input to IKE."""
+        self._ike_fed = True
+        ike = self.ike
+        while True:
+            for dg in ike.datagrams_to_send(now):
+                self.udp.send_ike(dg.data, dg.dst, dg.src)
+            event = ike.next_event()
+            if event is None:
+                return
+            self._on_event(event, now)
+
+    # --- packets ----------------------------------------------------------------------------
+    def _on_tun(self) -> None:
+        lookup = self.policy.lookup_outbound
+        write = self.tun.write
+        for packet in self.tun.read_batch(BATCH):
+            path = lookup(packet)
+            if path is None:
+                self._unprotected(packet)
+            elif len(packet) <= path.mtu:
+                path.send(packet)
+            else:
+                send_with_mtu(path, packet, write, self.icmp_v4, self.icmp_v6)
+
+    def _unprotected(self, packet: bytes) -> None:
+        """No CHILD SA covers the packet: start a trapped child, or drop it."""
+        trap = self.traps.catch(packet)
+        if trap is None:
+            if not _link_local_noise(packet):
+                self.drops["no_policy"] = self.drops.get("no_policy", 0) + 1
+                self.drop_log("no_policy")
+            return
+        now = self.clock()
+        acquire = self.traps.acquire(trap, packet, now)
+        if acquire is not None:
+            log.info("acquire", connection=acquire.connection, child=acquire.child)
+            self._initiate(acquire.connection, acquire.child, now, packet_ts=acquire.packet_ts)
+            self.pump(now)
+
+    def _on_raw(self, sock: RawEspSocket) -> None:
+        seen: dict[int, Any] = {}
+        if sock.family == socket.AF_INET:
+            # the outer IPv4 header parsed inline: no tuple, no address string per packet
+            malformed = self.receiver.receive_ipv4(sock.read_batch(BATCH), seen)
+            if malformed:
+                sock.counters["recv_malformed"] += malformed
+        else:
+            receive = self.receiver.receive
+            for dg in sock.recv_batch(BATCH):
+                receive((dg.esp,), dg.ecn, seen)
+        self.gro.flush()
+        self._note_alive(seen)
+
+    def _on_udp(self, fd: int) -> None:
+        seen: dict[int, Any] = {}
+        runs, others = self.udp.read_esp_batch(fd, BATCH)
+        receive = self.receiver.receive
+        for packets, ecn in runs:
+            receive(packets, ecn, seen)
+        self.gro.flush()
+        self._note_alive(seen)
+        if others:
+            now = self.clock()
+            for dg in others:
+                try:
+                    self.ike.receive_datagram(dg.data, dg.remote, dg.local, now)
+                except Exception:  # the core should never raise; a bug here must not kill the gateway
+                    log.exception("ike.receive_failed", remote=dg.remote)
+            self.pump(now)
+
+    def _note_alive(self, seen: dict) -> None:
+        if seen:
+            now = self.clock()
+            for spi in seen:
+                self.ike.note_inbound_esp(spi, now)
+                if spi in self.pending:
+                    self._route(self.pending[spi])
+
+    # --- IKE events -------------------------------------------------------------------------
+    def _initiate(self, conn: str, child: str | None, now: float, **kw) -> None:
+        try:
+            self.ike.initiate(conn, child, now, **kw)
+        except (KeyError, ValueError) as exc:
+            log.error("initiate_failed", connection=conn, child=child, error=str(exc))
+
+    def _on_event(self, event: Any, now: float) -> None:
+        if isinstance(event, ChildSaUp):
+            self._install_child(event, now)
+        elif isinstance(event, ChildSaDown):
+            self._remove_child(event, now)
+        elif isinstance(event, IkeSaUp):
+            self.ike_sa_names[event.unique_id] = event.name
+            if event.nat_local:
+                self.nat_keepalives[event.unique_id] = (event.local, event.remote)
+            log.info("ike_sa.up", connection=event.name, id=event.unique_id, remote=event.remote,
+                     proposal=event.proposal, initiator=event.initiator)
+        elif isinstance(event, IkeSaDown):
+            self.ike_sa_names.pop(event.unique_id, None)
+            self.nat_keepalives.pop(event.unique_id, None)
+            log.info("ike_sa.down", connection=event.name, id=event.unique_id, reason=event.reason)
+        elif isinstance(event, NegotiationFailed):
+            self.failures.append({"connection": event.name, "stage": event.stage, "notify": event.notify,
+                                  "message": event.message, "child": event.child_name})
+            log.warning("negotiation_failed", connection=event.name, stage=event.stage, notify=event.notify,
+                        message=event.message, child=event.child_name)
+
+    def _install_child(self, up: ChildSaUp, now: float) -> None:
+        path_mtu = self._path_mtu(up.remote[0], now)
+        conn = self.config.connection(up.ike_name) if up.ike_name in {c.name for c in self.config.connections} else None
+        child_cfg = next((c for c in conn.children if c.name == up.child_name), None) if conn else None
+        transmit = make_transmit(up, raw_v4=self.raw_v4, raw_v6=self.raw_v6, udp=self.udp, force_udp=self.force_udp,
+                                 batcher=self.udp_out)
+        path = ChildPath(up, transmit=transmit, mtu=inner_mtu(self.tun.mtu, path_mtu, up, self.force_udp),
+                         rekey_packets=child_cfg.rekey_packets if child_cfg else 0,
+                         rekey_bytes=child_cfg.rekey_bytes if child_cfg else 0, now=now)
+        self._generation += 1
+        path.generation = self._generation
+        self.sadb.add_inbound(path.inbound)
+        self.children[up.inbound_spi] = path
+        old = self.children.get(up.rekeyed_from) if up.rekeyed_from is not None else None
+        if old is None or old.lineage not in self.routed:
+            self._join_lineage(path)
+            self._route(path)
+        else:
+            # Make-before-break: the new inbound SA is live at once; we keep sending on the old
+            # SA until the peer shows it can receive on the new one (ESP arriving on the new
+            # SA, or its delete of the old one), so neither side drops packets it cannot open.
+            path.lineage = old.lineage
+            self._join_lineage(path)
+            self.policy.bind_inbound(path.lineage, path.inbound)
+            self.inbound_ok.clear()
+            self.pending[up.inbound_spi] = path
+        log.info("child_sa.up", connection=up.ike_name, child=up.child_name, id=up.unique_id,
+                 spi_in=f"{up.inbound_spi:08x}", spi_out=f"{up.outbound_spi:08x}", proposal=up.proposal,
+                 encap=up.encap or self.force_udp, local_ts=[str(t) for t in up.local_ts],
+                 remote_ts=[str(t) for t in up.remote_ts], rekeyed_from=up.rekeyed_from)
+        self._flush_trap(up, path)
+
+    def _join_lineage(self, path: ChildPath) -> None:
+        spi = path.inbound_spi  # an SA installed again replaces itself, as in ``children``
+        members = tuple(p for p in self.lineages.get(path.lineage, ()) if p.inbound_spi != spi)
+        self.lineages[path.lineage] = members + (path,)
+
+    def _flush_trap(self, up: ChildSaUp, path: ChildPath) -> None:
+        for packet in self.traps.release(up.ike_name, up.child_name):
+            if self.policy.lookup_outbound(packet) is path:
+                if len(packet) <= path.mtu:
+                    path.send(packet)
+                else:
+                    send_with_mtu(path, packet, self.tun.write, self.icmp_v4, self.icmp_v6)
+
+    def _path_mtu(self, peer: str, now: float) -> int:
+        cached = self._pmtu_cache.get(peer)
+        if cached is None or now - cached[0] > PMTU_CACHE_SECONDS:
+            cached = self._pmtu_cache[peer] = (now, path_mtu(peer))
+        return cached[1]
+
+    def _route(self, path: ChildPath) -> None:
+        """Send the lineage's packets through ``path``; every live SA of it still receives."""
+        lineage = path.lineage
+        previous = self.routed.get(lineage)
+        self.policy.remove(lineage)
+        self.policy.add(lineage, path.local_ts, path.remote_ts, path)
+        for member in self.lineages.get(lineage, ()):
+            self.policy.bind_inbound(lineage, member.inbound)
+        self.inbound_ok.clear()
+        self.routed[lineage] = path
+        self.pending.pop(path.inbound_spi, None)
+        if previous is not None and previous is not path:
+            log.info("child_sa.switched", child=path.child_name, spi_out=f"{path.outbound_spi:08x}",
+                     old_spi_out=f"{previous.outbound_spi:08x}")
+
+    def _remove_child(self, down: ChildSaDown, now: float) -> None:
+        path = self.children.get(down.inbound_spi)
+        if path is None:
+            self.sadb.remove_inbound(down.inbound_spi)
+            return
+        self.pending.pop(down.inbound_spi, None)
+        others = [p for p in self.lineages.get(path.lineage, ()) if p is not path
+                  and p.inbound_spi not in self.dying]
+        if self.routed.get(path.lineage) is path:
+            if others:
+                self._route(max(others, key=lambda p: p.generation))
+            else:
+                self.policy.remove(path.lineage)
+                self.inbound_ok.clear()
+                del self.routed[path.lineage]
+        if others:  # rekeyed: what the peer sent just before switching may still be in flight
+            self.dying.add(down.inbound_spi)
+            self.retiring.append((now + REKEY_GRACE, path))
+        else:
+            self._retire(path)
+        log.info("child_sa.down", connection=down.ike_name, child=down.child_name, id=down.unique_id,
+                 spi_in=f"{down.inbound_spi:08x}", reason=down.reason)
+
+    def _retire(self, path: ChildPath) -> None:
+        """Forget an SA for good; its counters live on in the gateway's totals."""
+        self.children.pop(path.inbound_spi, None)
+        members = tuple(p for p in self.lineages.get(path.lineage, ()) if p is not path)
+        if members:
+            self.lineages[path.lineage] = members
+        else:
+            self.lineages.pop(path.lineage, None)
+        self.dying.discard(path.inbound_spi)
+        self.sadb.remove_inbound(path.inbound_spi)
+        self.inbound_ok.clear()  # its verdicts hold the SA (and so its keys) alive
+        self.totals.add(path)
+
+    # --- timers -----------------------------------------------------------------------------
+    def _housekeeping(self, now: float) -> None:
+        self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
+        while self.retiring and self.retiring[0][0] <= now:
+            self._retire(self.retiring.popleft()[1])
+        for path in list(self.children.values()):
+            if not path.rekey_requested and (path.outbound.rekey_needed or path.inbound.rekey_needed):
+                path.rekey_requested = True
+                log.info("child_sa.volume_rekey", child=path.child_name, spi_in=f"{path.inbound_spi:08x}")
+                self.ike.rekey_child(path.inbound_spi, now)
+                self.pump(now)
+        if now >= self._next_trim:
+            self._next_trim = now + TRIM_INTERVAL
+            _release_free_memory()
+        if now >= self._next_keepalive:
+            self._next_keepalive = now + NAT_KEEPALIVE_INTERVAL
+            for local, remote in self.nat_keepalives.values():
+                self.udp.send_keepalive((remote[0], remote[1]), (local[0], local[1]))
+
+    # --- control socket ---------------------------------------------------------------------
+    def handle_control(self, request: dict) -> Any:
+        cmd = request.get("cmd")
+        now = self.clock()
+        if cmd == "status":
+            return status.status(self, now)
+        if cmd == "list-sas":
+            return status.list_sas_json(self, now, request.get("ike"))
+        if cmd == "initiate":
+            return self._control_initiate(request, now)
+        if cmd == "terminate":
+            return self._control_terminate(request, now)
+        if cmd == "keys":
+            return status.key_snapshot(self)
+        raise ControlError(f"unknown command {cmd!r}")
+
+    def _control_initiate(self, request: dict, now: float) -> dict:
+        if request.get("child"):
+            try:
+                conn, child = self.config.find_child(request["child"])
+            except KeyError as exc:
+                raise ControlError(str(exc.args[0]) if exc.args else "no such child") from None
+            self._initiate(conn.name, child.name, now)
+            self.pump(now)
+            return {"message": f"initiating CHILD SA {child.name} of {conn.name}"}
+        name = request.get("ike")
+        if name not in {c.name for c in self.config.connections}:
+            raise ControlError(f"no connection named {name!r}")
+        self._initiate(name, None, now)
+        self.pump(now)
+        return {"message": f"initiating IKE SA {name}"}
+
+    def _control_terminate(self, request: dict, now: float) -> dict:
+        if request.get("child"):
+            self.ike.terminate_child(request["child"], now)
+            self.pump(now)
+            return {"message": f"terminating CHILD SA {request['child']}"}
+        name = request.get("ike")
+        if not name:
+            raise ControlError("terminate needs ike or child")
+        self.ike.terminate_ike(name, now)
+        self.pump(now)
+        return {"message": f"terminating IKE SA {name}"}
+
+def _malloc_trim() -> Callable[[], None]:
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # glibc; other C libraries may not have it
+    except (OSError, AttributeError):
+        return lambda: None
+    trim.argtypes = [ctypes.c_size_t]
+    return lambda: trim(0)
+
+
+_release_free_memory = _malloc_trim()
+
+
+def _link_local_noise(packet: bytes) -> bool:
+    """IPv6 packets the kernel sends on the TUN itself (router solicitations, MLD): not traffic."""
+    return len(packet) >= 40 and packet[0] >> 4 == 6 and (packet[8:10] in (b"\xfe\x80", bytes(2)))
+
+
+def _local_addresses() -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    with IPRoute() as ipr:
+        return [ipaddress.ip_address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr()
+                if a.get_attr("IFA_ADDRESS")]
+
+
+def run(config: Config) -> int:
+    """Run the gateway in the foreground until SIGTERM or Ctrl-C; the exit status."""
+    configure_logging(config.gateway.log_level, config.gateway.log_format)
+    gateway = Gateway(config)
+    try:
+        gateway.open()
+    except OSError as exc:
+        log.error("startup_failed", error=str(exc))
+        gateway.close()
+        return 1
+    try:
+        gateway.run()
+    finally:
+        gateway.close()
+    return 0

@@ -1,0 +1,646 @@
+"""The gateway's TOML configuration, shaped like swanctl.conf.
+
+``connections.NAME`` (with ``local``, ``remote`` and ``children.CHILD``) and ``secrets.ike-X`` carry
+swanctl's keys and value syntax, so a strongSwan configuration translates line by line; the
+``gateway`` table holds espgw's own settings. :func:`load_config` returns a :class:`Config` holding
+``ike.config.ConnectionConfig`` objects. Every problem in the file is reported at once in one
+:class:`ConfigError` naming the file, the key and what was expected. PSKs never appear in errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import fnmatch
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from collections.abc import Callable
+
+from ike.config import (
+    DEFAULT_ESP_PROPOSALS,
+    DEFAULT_IKE_PROPOSALS,
+    AuthConfig,
+    ChildConfig,
+    ConnectionConfig,
+    TrafficSelector,
+)
+
+DEFAULT_CONTROL_SOCKET = "/run/espgw/espgw.sock"
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; ``problems`` lists each one as ``file: key: message``."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass
+class GatewayConfig:
+    """The ``gateway`` table: espgw's own settings, which swanctl.conf has no place for."""
+
+    tun_name: str = "espgw0"
+    mtu: int = 1400  # inner MTU of the TUN device: leaves room for the ESP and outer headers
+    control_socket: str = DEFAULT_CONTROL_SOCKET
+    log_level: str = "info"
+    log_format: str = "auto"  # auto | console | json
+    esp_encap: str = "raw"  # raw: IP protocol 50; udp: always ESP in UDP port 4500 (RFC 3948)
+    # How raw IPv4 ESP leaves: "ring" batches it through an AF_PACKET TX ring (one syscall per
+    # loop turn; skips this host's netfilter output hooks), "socket" sends one packet per syscall
+    raw_esp_tx: str = "ring"
+    queue_size: int = 64  # packets held per CHILD while an on-demand (trap) negotiation runs
+    # IKE retransmissions, as strongswan.conf's charon.retransmit_*: wait timeout * base ** n
+    # after the n-th resend, give up (peer dead) after ``tries`` resends, about 165 s by default
+    retransmit_timeout: float = 4.0
+    retransmit_base: float = 1.8
+    retransmit_tries: int = 5
+
+
+@dataclass
+class Config:
+    source: str  # file name, for messages
+    gateway: GatewayConfig
+    connections: list[ConnectionConfig]
+    # connection name -> the secrets section its PSK came from, e.g. "secrets.ike-office"
+    psk_sources: dict[str, str] = field(default_factory=dict)
+
+    def connection(self, name: str) -> ConnectionConfig:
+        for conn in self.connections:
+            if conn.name == name:
+                return conn
+        raise KeyError(f"no connection named {name!r}")
+
+    def find_child(self, child_name: str) -> tuple[ConnectionConfig, ChildConfig]:
+        for conn in self.connections:
+            for child in conn.children:
+                if child.name == child_name:
+                    return conn, child
+        raise KeyError(f"no child named {child_name!r}")
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    return parse_config(text, source=str(path))
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{source}: invalid TOML: {exc}"]) from None
+    problems: list[str] = []
+    root = _Table(data, "", source, problems)
+    root.allow({"gateway", "connections", "secrets"})
+    gateway = _parse_gateway(root.table("gateway"))
+    secrets = _parse_secrets(root.table("secrets"))
+    connections: list[ConnectionConfig] = []
+    psk_sources: dict[str, str] = {}
+    conns = root.table("connections")
+    for name in conns.keys():
+        conn_table = conns.table(name)
+        conn = _parse_connection(conn_table, name)
+        if conn is None:
+            continue
+        source_key = _assign_psk(conn, secrets, conn_table)
+        if source_key:
+            psk_sources[name] = source_key
+        connections.append(conn)
+    if not conns.keys() and not problems:
+        problems.append(f"{source}: connections: expected at least one connection table")
+    _check_unique_children(conns, connections)
+    if problems:
+        raise ConfigError(problems)
+    return Config(source, gateway, connections, psk_sources)
+
+
+# ----------------------------------------------------------------------------- value parsers
+# Each raises _Bad(expected) and the table reader turns that into one located message.
+
+
+class _Bad(Exception):
+    def __init__(self, expected: str, show_value: bool = True):
+        self.expected = expected
+        self.show_value = show_value
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> float:
+    """swanctl time values: ``"1h"``, ``"30m"``, ``"10s"``, ``"2d"`` or plain seconds."""
+    if isinstance(value, bool):
+        raise _Bad('a duration like "1h" or seconds')
+    if isinstance(value, (int, float)) and value >= 0:
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    raise _Bad('a duration like "1h" or seconds')
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)\s*$")
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(value: Any) -> int:
+    """swanctl byte and packet counts: plain numbers or with a k/M/G suffix (powers of 1024)."""
+    if isinstance(value, bool):
+        raise _Bad('a count like 1000 or "500M"')
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if match:
+            return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    raise _Bad('a count like 1000 or "500M"')
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("yes", "true", "no", "false"):
+        return value.lower() in ("yes", "true")
+    raise _Bad('yes or no')
+
+
+def parse_list(value: Any) -> list[str]:
+    """A swanctl comma list (``"a, b"``) or a TOML array of strings."""
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",")]
+    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+        items = [item.strip() for item in value]
+    else:
+        raise _Bad("a comma-separated string or an array of strings")
+    if not items or any(not item for item in items):
+        raise _Bad("a non-empty list without empty entries")
+    return items
+
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$)({_LABEL})(\.{_LABEL})*\.?$")
+
+
+def parse_addrs(value: Any) -> list[str]:
+    """``local_addrs``/``remote_addrs``: IPs, subnets, ranges, host names or ``%any``."""
+    addrs = parse_list(value)
+    for addr in addrs:
+        if addr in ("%any", "%any4", "%any6"):
+            continue
+        try:
+            if "-" in addr and not _HOSTNAME.match(addr):
+                first, last = addr.split("-", 1)
+                ipaddress.ip_address(first.strip())
+                ipaddress.ip_address(last.strip())
+            elif "/" in addr:
+                ipaddress.ip_network(addr, strict=False)
+            else:
+                ipaddress.ip_address(addr)
+            continue
+        except ValueError:
+            pass
+        if not _HOSTNAME.match(addr):
+            raise _Bad("IP addresses, subnets, ranges, host names or %any")
+    return addrs
+
+
+_PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58, "icmpv6": 58, "sctp": 132, "gre": 47}
+_TS = re.compile(r"^(?P<addr>[^\[\]]+)(\[(?P<proto>[^/\]]*)(/(?P<port>[^\]]*))?\])?$")
+
+
+def parse_traffic_selectors(value: Any) -> list[TrafficSelector]:
+    """swanctl traffic selectors: ``10.0.0.0/24``, ``10.0.0.1-10.0.0.9``, ``0.0.0.0/0[tcp/443]``."""
+    expected = 'subnets like "10.0.0.0/24", optionally with [proto/port]'
+    selectors = []
+    for item in parse_list(value):
+        match = _TS.match(item)
+        if not match:
+            raise _Bad(expected)
+        addr = match.group("addr").strip()
+        try:
+            if "-" in addr:
+                first, last = (ipaddress.ip_address(part.strip()) for part in addr.split("-", 1))
+                if first.version != last.version or int(first) > int(last):
+                    raise ValueError
+            else:
+                net = ipaddress.ip_network(addr, strict=False)
+                first, last = net.network_address, net.broadcast_address
+        except ValueError:
+            if addr == "dynamic":
+                raise _Bad(expected + ' ("dynamic" is not supported: name the subnet)') from None
+            raise _Bad(expected) from None
+        protocol, start_port, end_port = _parse_ts_protocol_port(match.group("proto"), match.group("port"), expected)
+        selectors.append(TrafficSelector(first, last, protocol, start_port, end_port))
+    return selectors
+
+
+def _parse_ts_protocol_port(proto: str | None, port: str | None, expected: str) -> tuple[int, int, int]:
+    protocol = 0
+    if proto not in (None, "", "%any", "any"):
+        if proto.isdigit() and int(proto) <= 255:
+            protocol = int(proto)
+        elif proto.lower() in _PROTOCOLS:
+            protocol = _PROTOCOLS[proto.lower()]
+        else:
+            raise _Bad(expected)
+    start_port, end_port = 0, 65535
+    if port not in (None, "", "%any", "any"):
+        low, _, high = port.partition("-")
+        high = high or low
+        if not (low.isdigit() and high.isdigit() and int(low) <= int(high) <= 65535):
+            raise _Bad(expected)
+        start_port, end_port = int(low), int(high)
+    return protocol, start_port, end_port
+
+
+def parse_psk(value: Any) -> bytes:
+    """swanctl secrets: ``0x`` hex, ``0s`` base64, otherwise the string's UTF-8 bytes."""
+    if not isinstance(value, str) or not value:
+        raise _Bad("a non-empty string (plain, 0x hex or 0s base64)", show_value=False)
+    if value.startswith("0x"):
+        try:
+            secret = bytes.fromhex(value[2:])
+        except ValueError:
+            raise _Bad("hex digits after 0x", show_value=False) from None
+    elif value.startswith("0s"):
+        try:
+            secret = base64.b64decode(value[2:], validate=True)
+        except (binascii.Error, ValueError):
+            raise _Bad("base64 after 0s", show_value=False) from None
+    else:
+        secret = value.encode("utf-8")
+    if not secret:
+        raise _Bad("a non-empty secret", show_value=False)
+    return secret
+
+
+def _one_of(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if isinstance(value, str) and value in choices:
+            return value
+        raise _Bad(" | ".join(choices))
+    return parse
+
+
+def _int_range(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+            return value
+        raise _Bad(f"an integer from {low} to {high}")
+    return parse
+
+
+def _string(value: Any) -> str:
+    if isinstance(value, str) and value:
+        return value
+    raise _Bad("a non-empty string")
+
+
+def _proposals(kind: str) -> Callable[[Any], list[str]]:
+    defaults = DEFAULT_IKE_PROPOSALS if kind == "IKE" else DEFAULT_ESP_PROPOSALS
+
+    def parse(value: Any) -> list[str]:
+        proposals: list[str] = []
+        for item in parse_list(value):
+            if item == "default":  # swanctl's keyword for the built-in list
+                proposals.extend(defaults)
+            else:
+                proposals.append(item.lower())
+        for proposal in proposals:
+            _validate_proposal(proposal, kind)
+        return proposals
+    return parse
+
+
+_PROPOSAL_SYNTAX = re.compile(r"^[a-z0-9_]+(-[a-z0-9_]+)*!?$")
+
+
+def _validate_proposal(proposal: str, kind: str) -> None:
+    try:  # the IKE core's parser knows the algorithms; it may not exist yet in this build
+        from ike.crypto.proposals import ProtocolId, parse_proposals
+    except ImportError:
+        if not _PROPOSAL_SYNTAX.match(proposal):
+            raise _Bad(f"{kind} proposals like \"aes256gcm16-prfsha256-ecp256\"") from None
+        return
+    try:
+        parse_proposals(proposal, getattr(ProtocolId, kind))
+    except Exception as exc:  # its error type is the IKE core's; the message is what matters here
+        raise _Bad(f"valid {kind} proposals ({exc})") from None
+
+
+# ----------------------------------------------------------------------------- table reader
+
+
+_MISSING = object()
+
+
+class _Table:
+    """One TOML table with its dotted path; records problems instead of raising."""
+
+    def __init__(self, data: Any, path: str, source: str, problems: list[str]):
+        self.data = data if isinstance(data, dict) else {}
+        self.path = path
+        self.source = source
+        self.problems = problems
+        if not isinstance(data, dict):
+            self.problem("", "expected a table")
+
+    def key_path(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path and key else (self.path or key)
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"{self.source}: {self.key_path(key)}: {message}")
+
+    def keys(self) -> list[str]:
+        return list(self.data)
+
+    def allow(self, known: set[str], prefixes: tuple[str, ...] = ()) -> None:
+        for key in self.data:
+            if key not in known and not key.startswith(prefixes):
+                self.problem(key, f"unknown key (espgw understands: {', '.join(sorted(known))})")
+
+    def table(self, key: str) -> _Table:
+        value = self.data.get(key, {})
+        if not isinstance(value, dict):
+            self.problem(key, "expected a table")
+            value = {}
+        return _Table(value, self.key_path(key), self.source, self.problems)
+
+    def get(self, key: str, parse: Callable[[Any], Any], default: Any = _MISSING) -> Any:
+        if key not in self.data:
+            if default is _MISSING:
+                self.problem(key, "missing; this key is required")
+                return None
+            return default
+        value = self.data[key]
+        try:
+            return parse(value)
+        except _Bad as bad:
+            got = f", got {_show(value)}" if bad.show_value else ""
+            self.problem(key, f"expected {bad.expected}{got}")
+            return default if default is not _MISSING else None
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        text = "true" if value else "false"  # as written in TOML
+    else:
+        text = f'"{value}"' if isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def _parse_gateway(table: _Table) -> GatewayConfig:
+    defaults = GatewayConfig()
+    table.allow({"tun_name", "mtu", "control_socket", "log_level", "log_format", "esp_encap", "raw_esp_tx",
+                 "queue_size", "retransmit_timeout", "retransmit_base", "retransmit_tries"})
+    return GatewayConfig(
+        tun_name=table.get("tun_name", _tun_name, defaults.tun_name),
+        mtu=table.get("mtu", _int_range(576, 65535), defaults.mtu),
+        control_socket=table.get("control_socket", _string, defaults.control_socket),
+        log_level=table.get("log_level", _one_of("debug", "info", "warning", "error"), defaults.log_level),
+        log_format=table.get("log_format", _one_of("auto", "console", "json"), defaults.log_format),
+        esp_encap=table.get("esp_encap", _one_of("raw", "udp"), defaults.esp_encap),
+        raw_esp_tx=table.get("raw_esp_tx", _one_of("ring", "socket"), defaults.raw_esp_tx),
+        queue_size=table.get("queue_size", _int_range(0, 65536), defaults.queue_size),
+        retransmit_timeout=table.get("retransmit_timeout", _positive_duration, defaults.retransmit_timeout),
+        retransmit_base=table.get("retransmit_base", _number_at_least(1.0), defaults.retransmit_base),
+        retransmit_tries=table.get("retransmit_tries", _int_range(0, 100), defaults.retransmit_tries),
+    )
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds > 0:
+        return seconds
+    raise _Bad('a duration above 0 like "4s" or seconds')
+
+
+def _number_at_least(low: float) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value < float("inf"):
+            return float(value)
+        raise _Bad(f"a number of at least {low:g}")
+    return parse
+
+
+def _tun_name(value: Any) -> str:
+    # Linux interface names: at most 15 bytes, no slash or whitespace
+    if isinstance(value, str) and 0 < len(value) <= 15 and re.match(r"^[A-Za-z0-9_.-]+$", value):
+        return value
+    raise _Bad("an interface name of 1-15 letters, digits, '_', '.' or '-'")
+
+
+_CONNECTION_KEYS = {
+    "local_addrs", "remote_addrs", "local_port", "remote_port", "proposals", "version", "encap",
+    "dpd_delay", "dpd_timeout", "rekey_time", "over_time", "reauth_time", "fragmentation",
+    "keyingtries", "mobike", "unique", "local", "remote", "children",
+}
+
+
+def _parse_connection(table: _Table, name: str) -> ConnectionConfig | None:
+    table.allow(_CONNECTION_KEYS, prefixes=("local-", "remote-"))
+    start = len(table.problems)
+    defaults = ConnectionConfig(name, [], [], AuthConfig(), AuthConfig())
+    version = table.get("version", _int_range(0, 2), 2)
+    if version == 1:
+        table.problem("version", "espgw implements IKEv2 only; expected 2 (or 0 for any)")
+    conn = ConnectionConfig(
+        name=name,
+        local_addrs=table.get("local_addrs", parse_addrs, ["%any"]),
+        remote_addrs=table.get("remote_addrs", parse_addrs, ["%any"]),
+        local=_parse_auth(table, "local"),
+        remote=_parse_auth(table, "remote"),
+        proposals=table.get("proposals", _proposals("IKE"), list(DEFAULT_IKE_PROPOSALS)),
+        version=2,
+        local_port=table.get("local_port", _int_range(1, 65535), defaults.local_port),
+        remote_port=table.get("remote_port", _int_range(1, 65535), defaults.remote_port),
+        encap=table.get("encap", parse_bool, defaults.encap),
+        dpd_delay=table.get("dpd_delay", parse_duration, defaults.dpd_delay),
+        dpd_timeout=table.get("dpd_timeout", parse_duration, defaults.dpd_timeout),
+        rekey_time=table.get("rekey_time", parse_duration, defaults.rekey_time),
+        over_time=table.get("over_time", parse_duration, defaults.over_time),
+        reauth_time=table.get("reauth_time", parse_duration, defaults.reauth_time),
+        fragmentation=table.get("fragmentation", _one_of("yes", "accept", "force", "no"), defaults.fragmentation),
+        keyingtries=table.get("keyingtries", _int_range(0, 1000), defaults.keyingtries),
+        mobike=table.get("mobike", parse_bool, defaults.mobike),
+        unique=table.get("unique", _one_of("no", "never", "keep", "replace"), defaults.unique),
+    )
+    children = table.table("children")
+    for child_name in children.keys():
+        child = _parse_child(children.table(child_name), child_name)
+        if child is not None:
+            conn.children.append(child)
+    if not children.keys():
+        table.problem("children", "expected at least one child table (the subnets to tunnel)")
+    return conn if len(table.problems) == start else None
+
+
+def _parse_auth(conn: _Table, side: str) -> AuthConfig:
+    # swanctl allows several rounds as local-1, local-2...; espgw does one PSK round
+    names = [key for key in conn.keys() if key == side or key.startswith(side + "-")]
+    if len(names) > 1:
+        conn.problem(names[1], f"only one {side} authentication round is supported")
+    table = conn.table(names[0] if names else side)
+    table.allow({"auth", "id"})
+    auth = table.get("auth", _string, "psk")
+    if auth != "psk":
+        table.problem("auth", f'expected psk (the only method espgw implements), got "{auth}"')
+    return AuthConfig(auth="psk", id=table.get("id", _string, None))
+
+
+_CHILD_KEYS = {
+    "local_ts", "remote_ts", "esp_proposals", "mode", "start_action", "dpd_action", "close_action",
+    "rekey_time", "life_time", "rand_time", "rekey_packets", "rekey_bytes", "replay_window",
+    "tfc_padding",
+}
+
+
+def _parse_child(table: _Table, name: str) -> ChildConfig | None:
+    table.allow(_CHILD_KEYS)
+    start = len(table.problems)
+    defaults = ChildConfig(name, [], [])
+    mode = table.get("mode", _one_of("tunnel", "transport", "pass", "drop"), "tunnel")
+    if mode != "tunnel":
+        table.problem("mode", f'expected tunnel (the only mode espgw implements), got "{mode}"')
+    child = ChildConfig(
+        name=name,
+        local_ts=table.get("local_ts", parse_traffic_selectors),
+        remote_ts=table.get("remote_ts", parse_traffic_selectors),
+        esp_proposals=table.get("esp_proposals", _proposals("ESP"), list(DEFAULT_ESP_PROPOSALS)),
+        mode="tunnel",
+        start_action=table.get("start_action", _one_of("none", "trap", "start"), defaults.start_action),
+        dpd_action=table.get("dpd_action", _one_of("clear", "trap", "restart"), defaults.dpd_action),
+        close_action=table.get("close_action", _one_of("none", "trap", "start"), defaults.close_action),
+        rekey_time=table.get("rekey_time", parse_duration, defaults.rekey_time),
+        life_time=table.get("life_time", parse_duration, defaults.life_time),
+        rand_time=table.get("rand_time", parse_duration, defaults.rand_time),
+        rekey_packets=table.get("rekey_packets", parse_size, defaults.rekey_packets),
+        rekey_bytes=table.get("rekey_bytes", parse_size, defaults.rekey_bytes),
+        replay_window=table.get("replay_window", _int_range(0, 1 << 20), defaults.replay_window),
+        tfc_padding=table.get("tfc_padding", _tfc_padding, defaults.tfc_padding),
+    )
+    if len(table.problems) > start:
+        return None
+    if child.life_time is not None and child.rekey_time and child.life_time <= child.rekey_time:
+        table.problem("life_time", "expected more than rekey_time, so the SA is rekeyed before it expires")
+        return None
+    return child
+
+
+def _tfc_padding(value: Any) -> int:
+    if value == "mtu":
+        return 1500  # pad to the full packet size, as swanctl's "mtu"
+    return _int_range(0, 65535)(value)
+
+
+def _check_unique_children(conns: _Table, connections: list[ConnectionConfig]) -> None:
+    # `espgw initiate --child NAME` must name exactly one child
+    seen: dict[str, str] = {}
+    for conn in connections:
+        for child in conn.children:
+            if child.name in seen:
+                conns.problem(f"{conn.name}.children.{child.name}",
+                              f"child name already used in connection {seen[child.name]!r}; child names must be unique")
+            seen[child.name] = conn.name
+
+
+# ----------------------------------------------------------------------------- secrets
+
+
+@dataclass
+class _Secret:
+    section: str
+    ids: list[str]
+    psk: bytes = field(repr=False)
+
+
+def _parse_secrets(table: _Table) -> list[_Secret]:
+    secrets = []
+    for name in table.keys():
+        if not name.startswith("ike"):
+            table.problem(name, "unknown secret type (espgw understands ike-NAME sections holding PSKs)")
+            continue
+        section = table.table(name)
+        section.allow({"secret", "id"}, prefixes=("id-",))
+        ids: list[str] = []
+        for key in section.keys():
+            if key == "id" or key.startswith("id-"):
+                ids.extend(section.get(key, parse_list, []))
+        psk = section.get("secret", parse_psk)
+        if psk is not None:
+            secrets.append(_Secret(section.path, ids, psk))
+    return secrets
+
+
+# strongSwan's identification match levels: a perfect match outweighs any number of wildcards
+_MATCH_PERFECT, _MATCH_WILDCARD, _MATCH_ANY, _MATCH_NONE = 20, 10, 1, 0
+
+
+def _id_match(pattern: str, identity: str | None) -> int:
+    """How well one of a secret's ids matches an identity (None: not known from the config)."""
+    if pattern == "%any":
+        return _MATCH_ANY
+    if identity is None:
+        return _MATCH_NONE
+    if pattern.lower() == identity.lower():
+        return _MATCH_PERFECT
+    if "*" in pattern and fnmatch.fnmatchcase(identity.lower(), pattern.lower()):
+        return _MATCH_WILDCARD
+    return _MATCH_NONE
+
+
+def _owner_match(secret: _Secret, identity: str | None) -> int:
+    if not secret.ids:
+        return _MATCH_ANY  # a secret without ids is shared with anyone, as in strongSwan
+    return max(_id_match(pattern, identity) for pattern in secret.ids)
+
+
+def _default_id(explicit: str | None, addrs: list[str]) -> str | None:
+    """Without an explicit id strongSwan uses the IKE address, known here only if it is one IP."""
+    if explicit:
+        return explicit
+    if len(addrs) == 1:
+        try:
+            return str(ipaddress.ip_address(addrs[0]))
+        except ValueError:
+            return None
+    return None
+
+
+def _assign_psk(conn: ConnectionConfig, secrets: list[_Secret], table: _Table) -> str | None:
+    """Pick the PSK whose ids best match the connection's two identities (strongSwan's rule:
+    a secret applies if it names either side; the best combined match wins, first on a tie)."""
+    local_id = _default_id(conn.local.id, conn.local_addrs)
+    remote_id = _default_id(conn.remote.id, conn.remote_addrs)
+    best, best_score = None, 0
+    for secret in secrets:
+        mine, theirs = _owner_match(secret, local_id), _owner_match(secret, remote_id)
+        if secret.ids and not (mine or theirs):
+            continue
+        if mine + theirs > best_score:
+            best, best_score = secret, mine + theirs
+    if best is None:
+        table.problem("", (
+            f"no PSK in secrets matches this connection (local id {local_id or 'unknown'}, remote id "
+            f"{remote_id or 'unknown'}); add a secrets.ike-NAME table with id = \"{remote_id or 'PEER-ID'}\" "
+            "and secret = \"...\""))
+        return None
+    conn.psk = best.psk
+    return best.section
