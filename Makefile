@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench fuzz setup clean
+.PHONY: demo test lint bench fuzz setup clean
 
 setup:
 	scripts/bootstrap.sh all
@@ -11,8 +11,13 @@ setup:
 demo: setup
 	$(VENV)/bin/espgw demo
 
-test: setup
+test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff and mypy (settings in pyproject.toml) run before the tests: a type or lint error fails fast
+lint: setup
+	$(VENV)/bin/ruff check esp ike tunnel tests bench
+	$(VENV)/bin/mypy
 
 bench: setup
 	$(VENV)/bin/pip install -q -e '.[test,bench]'

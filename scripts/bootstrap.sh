@@ -33,10 +33,11 @@ python_env() {
 }
 
 # The lab's tools: strongSwan 5.9.8 (the reference peer), iproute2/nftables for the
-# namespaces and loss, iperf3/tcpdump/tshark for traffic, debootstrap for strongSwan 6.
+# namespaces and loss, iperf3/tcpdump/tshark for traffic, debootstrap for strongSwan 6, and
+# strongSwan's pki to cross-check the certificates espgw makes.
 SYSTEM_PKGS=(python3-venv iproute2 iputils-ping nftables iperf3 tcpdump tshark debootstrap curl util-linux
              strongswan-swanctl charon-systemd libcharon-extra-plugins
-             libstrongswan-standard-plugins)
+             libstrongswan-standard-plugins strongswan-pki)
 
 system_pkgs() {
     if [[ $(id -u) -ne 0 ]]; then
