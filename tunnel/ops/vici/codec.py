@@ -26,18 +26,18 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass, field
-from typing import Union
+from typing import TypeAlias
 
 VICI_MESSAGE_SIZE_MAX = 512 * 1024  # strongSwan's vici_socket.h: the largest packet either side accepts
 MAX_DEPTH = 16  # sections within sections; swanctl.conf needs 3, list-sa events 4
 LENGTH_PREFIX = struct.Struct("!I")
 
-Value = Union[bytes, list[bytes], "Message"]
-Message = dict[str, Value]
+Value: TypeAlias = "bytes | list[bytes] | dict[str, Value]"
+Message: TypeAlias = "dict[str, Value]"
 # What the encoder accepts: text and numbers become strings, as the vici plugin encodes them
-Scalar = Union[bytes, str, int]
-EncodableValue = Union[Scalar, list[Scalar], list[bytes], list[str], "EncodableMessage"]
-EncodableMessage = dict[str, EncodableValue]
+Scalar: TypeAlias = "bytes | str | int"
+EncodableValue: TypeAlias = "Scalar | list[Scalar] | list[bytes] | list[str] | dict[str, EncodableValue]"
+EncodableMessage: TypeAlias = "dict[str, EncodableValue]"
 
 
 class ViciError(Exception):

@@ -91,7 +91,7 @@ INVOCATIONS: list[tuple[str, list[str]]] = [
     # the daemon already holds a connection, secret and pool the file no longer has: swanctl unloads them
     ("load-all-stale", ["--load-all", "--file", "{conf}"]),
 ]
-STALE = {"get-conns": {"conns": ["old-conn"]}, "get-shared": {"keys": ["ike-old"]},
+STALE: dict[str, dict[str, Any]] = {"get-conns": {"conns": ["old-conn"]}, "get-shared": {"keys": ["ike-old"]},
          "get-pools": {"old-pool": {"base": "10.9.0.1", "size": "14", "online": "0", "offline": "0"}}}
 
 
@@ -99,7 +99,7 @@ def _answer(command: str, version: str, stale: bool = False) -> dict[str, Any]:
     """The least each command needs for swanctl to carry on as with a daemon with nothing loaded
     (``stale``: holding what STALE lists)."""
     if stale and command in STALE:
-        return STALE[command]
+        return dict(STALE[command])
     if command == "version":
         return {"daemon": "charon", "version": version, "sysname": "Linux", "release": "recording",
                 "machine": "x86_64"}
@@ -146,7 +146,8 @@ def record_invocation(argv: list[str], workdir: Path, uri_path: str, swanctl: li
         server.close()
         sock_path.unlink(missing_ok=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"swanctl {' '.join(argv)} exited {proc.returncode}: {b''.join(output).decode(errors='replace')}")
+        said = b"".join(output).decode(errors="replace")
+        raise RuntimeError(f"swanctl {' '.join(argv)} exited {proc.returncode}: {said}")
     return packets
 
 
@@ -236,11 +237,12 @@ def main(args: list[str] | None = None) -> int:
             argv = [arg.replace("{conf}", f"{inside}/swanctl.conf") for arg in argv]
             packets = record_invocation(argv, workdir, f"{inside}/vici.sock", swanctl, version,
                                         stale=name.endswith("-stale"))
-            fixture = {"swanctl_version": version, "invocation": ["swanctl"] + argv,
-                       "commands": [f"{p['type']} {p['name']}" for p in packets], "packets": packets}
+            commands = [f"{p['type']} {p['name']}" for p in packets]
+            fixture = {"swanctl_version": version, "invocation": ["swanctl"] + argv, "commands": commands,
+                       "packets": packets}
             path = out / f"swanctl-{version}-{name}.json"
             path.write_text(json.dumps(fixture, indent=1) + "\n")
-            print(f"{path}: {len(packets)} packets: {', '.join(fixture['commands'])}")
+            print(f"{path}: {len(packets)} packets: {', '.join(commands)}")
     return 0
 
 

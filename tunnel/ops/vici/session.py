@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Container
 from dataclasses import dataclass
-from typing import Union
 
 from .codec import (
     VICI_MESSAGE_SIZE_MAX,
@@ -68,7 +67,7 @@ class SessionClosed:
     detail: str
 
 
-SessionEvent = Union[CommandRequest, EventSubscription, SessionClosed]
+SessionEvent = CommandRequest | EventSubscription | SessionClosed
 
 
 class ViciSession:
