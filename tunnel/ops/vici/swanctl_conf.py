@@ -44,6 +44,7 @@ class ViciConfigError(Exception):
 
 @dataclass
 class _Shared:
+    name: str  # its secrets.* table name for the loader: the vici id, "ike-" prefixed if need be
     section: dict[str, object] = field(repr=False)  # holds the PSK
 
 
@@ -52,7 +53,8 @@ class ViciConfig:
 
     def __init__(self) -> None:
         self._conns: dict[str, ConnectionConfig] = {}
-        self._secrets: dict[str, _Shared] = {}  # secrets.* section name -> its TOML-shaped table
+        self._unnamed = 0  # counts secrets loaded without an id, to name them
+        self._secrets: dict[str, _Shared] = {}  # vici id -> its TOML-shaped secrets table
 
     # ------------------------------------------------------------------ connections
 
@@ -65,7 +67,7 @@ class ViciConfig:
             raise ViciConfigError([f"load-conn: {name}: expected a section"])
         table = _text_tree(section, f"connections.{name}")
         config = _validate({"connections": {name: table},
-                            "secrets": {key: shared.section for key, shared in self._secrets.items()}})
+                            "secrets": {shared.name: shared.section for shared in self._secrets.values()}})
         assert config is not None  # it has a connection
         conn = config.connection(name)
         self._check_child_names(conn)
@@ -112,24 +114,28 @@ class ViciConfig:
         owners = message.get("owners", [])
         if not isinstance(owners, list):
             raise ViciConfigError(["load-shared: owners: expected a list of identities"])
-        ident = _text_key(message, "id", "load-shared") if "id" in message else f"vici-{len(self._secrets)}"
+        if "id" in message:
+            ident = _text_key(message, "id", "load-shared")
+        else:
+            ident = f"vici-{self._unnamed}"
+            self._unnamed += 1
         section_name = ident if ident.startswith("ike") else f"ike-{ident}"
         # 0x hex keeps any bytes intact through the loader's swanctl secret syntax
         section: dict[str, object] = {"secret": "0x" + data.hex()}
         if owners:
             section["id"] = [_text(item, f"secrets.{section_name}.id") for item in owners]
         _validate({"secrets": {section_name: section}}, allow_no_connection=True)
-        self._secrets[section_name] = _Shared(section)
+        self._secrets[ident] = _Shared(section_name, section)
         return ident
 
     def unload_shared(self, message: Message) -> None:
         ident = _text_key(message, "id", "unload-shared")
-        section_name = ident if ident.startswith("ike") else f"ike-{ident}"
-        if self._secrets.pop(section_name, None) is None:
+        if self._secrets.pop(ident, None) is None:
             raise ViciConfigError([f"unload-shared: no secret {ident!r} loaded over vici"])
 
     def get_shared(self) -> dict[str, list[str]]:
-        """The get-shared response: the ids of the loaded secrets (never their values)."""
+        """The get-shared response: the ids of the loaded secrets (never their values), which swanctl
+        compares with its ``secrets`` section names to unload the ones gone from the file."""
         return {"keys": list(self._secrets)}
 
     # ------------------------------------------------------------------ pools
