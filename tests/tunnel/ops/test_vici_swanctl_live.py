@@ -139,3 +139,24 @@ def test_a_refused_key_reaches_the_user(tmp_path):
     assert "loading connection 'office' failed: vici: connections.office.children.office-lan.updown: unknown key" \
         in proc.stderr
     assert server.config.connections() == []
+
+
+def test_the_vici_python_package_as_a_client(tmp_path):
+    # strongSwan's own Python client (PyPI "vici", not an espgw dependency): it unregisters after
+    # a streamed command, which swanctl never does (it closes the connection)
+    vici = pytest.importorskip("vici", reason="the vici package is not installed")
+    sock_path = tmp_path / "vici.sock"
+    server = Server(sock_path)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(str(sock_path))
+    session = vici.Session(client)
+    assert session.version()["daemon"] == b"espgw"
+    [sa] = list(session.list_sas())
+    assert sa["office"]["child-sas"]["office-lan-1"]["spi-in"] == b"c0ffee01"
+    session.load_shared({"id": "ike-x", "type": "IKE", "data": "fake-secret", "owners": ["a.example"]})
+    with pytest.raises(vici.exception.CommandException, match="pools p: not supported"):
+        session.load_pool({"p": {"addrs": "10.3.0.0/28"}})
+    client.close()
+    server.thread.join(20)
+    server.listener.close()
+    assert server.commands == ["version", "list-sas", "load-shared", "load-pool"]
