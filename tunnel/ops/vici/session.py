@@ -94,7 +94,7 @@ class ViciSession:
 
     # ------------------------------------------------------------------ input
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Bytes read from the client, in any pieces."""
         if self.closed:
             return
