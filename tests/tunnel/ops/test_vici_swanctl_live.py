@@ -70,6 +70,10 @@ class Server:
             if request.command == "list-sas":
                 session.emit_event("list-sa", LIST_SA)
                 return {}
+            if request.command == "initiate":
+                session.emit_event("control-log", {"group": "IKE", "level": "1", "ikesa-name": "office",
+                                                   "ikesa-uniqueid": "1", "msg": "initiating IKE_SA office[1]"})
+                return {"success": "yes"}
             if request.command == "load-shared":
                 self.config.load_shared(request.message)
             elif request.command == "load-conn":
@@ -110,6 +114,13 @@ def test_list_sas_prints_the_streamed_sa(tmp_path):
     assert "office-lan: #1, reqid 1, INSTALLED, TUNNEL, ESP:AES_GCM_16-256" in proc.stdout
     assert "in  c0ffee01,   1000 bytes,    10 packets" in proc.stdout
     assert "remote 10.0.5.0/24" in proc.stdout
+
+
+def test_initiate_prints_the_streamed_log(tmp_path):
+    server, proc = swanctl(tmp_path, "--initiate", "--child", "office-lan")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[IKE] initiating IKE_SA office[1]" in proc.stdout
+    assert "initiate completed successfully" in proc.stdout
 
 
 def test_load_all_loads_through_espgw_config(tmp_path):
