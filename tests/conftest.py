@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
+
+# tests/ is a package (tests/tunnel/ops/... must not shadow the real tunnel package), so its
+# helper modules (esp_helpers, ike_harness, test_sockets_lab...) are put on the path by hand
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 IN_CI = os.environ.get("CI") == "true"
 

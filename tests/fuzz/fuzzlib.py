@@ -24,8 +24,8 @@ import structlog
 FUZZ_DIR = Path(__file__).resolve().parent
 CORPUS_DIR = FUZZ_DIR / "corpus"
 CRASHES_DIR = FUZZ_DIR / "crashes"
-TARGETS = ("esp", "ike_codec", "ike_responder")
-INSTRUMENTED_PACKAGES = ["esp", "ike"]
+TARGETS = ("esp", "ike_codec", "ike_responder", "vici")
+INSTRUMENTED_PACKAGES = ["esp", "ike", "tunnel"]  # atheris instruments whole top-level packages
 
 
 ERRORS: list[str] = []  # error-level events since the last clear (a caught exception in a core)
