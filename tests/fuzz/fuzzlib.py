@@ -24,7 +24,8 @@ import structlog
 FUZZ_DIR = Path(__file__).resolve().parent
 CORPUS_DIR = FUZZ_DIR / "corpus"
 CRASHES_DIR = FUZZ_DIR / "crashes"
-TARGETS = ("esp", "ike_codec", "ike_responder", "vici")
+MUTATED_EXCHANGES = ("ike_sa_init", "ike_auth", "create_child", "rekey_child", "rekey_ike", "informational")
+TARGETS = ("esp", "ike_codec", "ike_responder", "vici") + tuple(f"ike_mutate_{kind}" for kind in MUTATED_EXCHANGES)
 INSTRUMENTED_PACKAGES = ["esp", "ike", "tunnel"]  # atheris instruments whole top-level packages
 
 
