@@ -10,7 +10,8 @@ no never-used address left (strongSwan reuses offline leases only when full, too
 Addresses are kept as integer offsets from the pool's first address, so a /8 costs nothing
 until it is used. A subnet pool skips its network and broadcast addresses, a range
 (``10.3.0.10-10.3.0.20``) is inclusive; a larger pool than 2**31 addresses (an IPv6 /64) is
-cut to its first 2**31, as strongSwan does (``AddressPool.limited`` says so, for a warning). Time comes in as ``now``; nothing here reads a clock.
+cut to its first 2**31, as strongSwan does (``AddressPool.limited`` says so, for a warning).
+Time comes in as ``now``; nothing here reads a clock.
 """
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ class AddressPool:
         return address.version == self.version and 0 <= int(address) - int(self.first) < self.size
 
     def overlaps(self, other: AddressPool) -> bool:
-        return self.version == other.version and int(self.first) <= int(other.last) and int(other.first) <= int(self.last)
+        if self.version != other.version:
+            return False
+        return int(self.first) <= int(other.last) and int(other.first) <= int(self.last)
 
     # --- leases ---------------------------------------------------------------------------------
     def acquire(self, identity: Hashable, requested: IPAddress | None, now: float,
