@@ -4,7 +4,7 @@ swanctl sends swanctl.conf almost verbatim: ``load-conn`` carries one ``connecti
 (comma lists already split into vici lists), ``load-shared`` one ``secrets.ike-X`` section as
 ``{id, type, data, owners}``. espgw's TOML configuration has the same tables and keys, so the
 messages are rebuilt into the shape that TOML loader reads and validated by it
-(``tunnel.config.parse_config``): one set of rules and error messages for both ways in, and any key
+(``tunnel.ops.config.parse_config``): one set of rules and error messages for both ways in, and any key
 the loader does not know is an error naming it, never dropped.
 
 A connection's PSK is chosen when it is loaded, from the secrets loaded before it (swanctl
@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, field
 
 from ike.config import ConnectionConfig
-from tunnel.config import _CHILD_KEYS, _CONNECTION_KEYS, Config, ConfigError, parse_config
+from tunnel.ops.config import _CHILD_KEYS, _CONNECTION_KEYS, Config, ConfigError, parse_config
 
 from .codec import Message, Value
 
