@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import NamedTuple
 
 __all__ = ["TcpCoalescer", "vnet_header", "GSO_TCPV4", "GSO_TCPV6", "GSO_UDP_L4", "NEEDS_CSUM"]
 
@@ -36,6 +37,29 @@ _ACK_PSH = 0x18
 _VNET = struct.Struct("=BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset (host order)
 _IPV4_WORDS = struct.Struct("!10H")
 _H = struct.Struct("!H")
+_TCP, _UDP = 6, 17
+
+
+class _Layout(NamedTuple):
+    """Where an IP version keeps what the fast path reads, as offsets into the packet."""
+
+    min_len: int  # shortest packet the fast path looks at
+    ip_len: int  # the fixed IP header (no options, no extension headers)
+    flow_key: slice  # source and destination address and ports
+    next_header: int  # protocol / next header
+    tcp_min: int  # shortest packet with a whole TCP header
+    fixed_a: slice  # IP header bytes every segment of a run shares: IPv4 version..total length,
+    fixed_b: slice  # and flags/fragment, TTL, protocol; IPv6 version..hop limit (fixed_b empty)
+    udp_length: slice  # the UDP length field
+    seq: slice  # the TCP sequence number
+    ack_to_window: slice  # TCP ACK number, data offset, flags, window
+
+
+_IPV4 = _Layout(40, 20, slice(12, 24), 9, 40, slice(0, 4), slice(6, 10), slice(24, 26), slice(24, 28), slice(28, 36))
+_IPV6 = _Layout(48, 40, slice(8, 44), 6, 60, slice(0, 8), slice(0, 0), slice(44, 46), slice(44, 48), slice(48, 56))
+# by the first byte: 0x45 is IPv4 without options, 0x60-0x6f IPv6 (version and traffic class bits)
+_LAYOUTS: tuple[_Layout | None, ...] = tuple(
+    _IPV4 if first == 0x45 else _IPV6 if first >> 4 == 6 else None for first in range(256))
 
 
 def vnet_header(gso_type: int, header_len: int, mss: int, ip_header_len: int) -> bytes:
@@ -58,7 +82,7 @@ class _Run:
     """
 
     __slots__ = ("key", "first", "length", "ip_len", "hlen", "packets", "next_seq", "mss", "size", "open", "psh",
-                 "ip_a", "ip_b", "tcp_a", "tcp_b")
+                 "ip_a", "ip_b", "tcp_a", "tcp_b", "tail")
 
     def __init__(self, key: bytes, first: bytes, ip_len: int, hlen: int, seq: int, payload: int, psh: bool) -> None:
         self.key = key
@@ -77,7 +101,8 @@ class _Run:
         else:  # version, traffic class, flow label, payload length, next header, hop limit
             self.ip_a, self.ip_b = first[0:8], b""
         self.tcp_a = first[ip_len + 8:ip_len + 16]  # ACK number, data offset, flags, window
-        self.tcp_b = first[ip_len + 18:hlen]  # urgent pointer, options
+        self.tail = slice(ip_len + 18, hlen)  # urgent pointer, options
+        self.tcp_b = first[self.tail]
 
 
 class TcpCoalescer:
@@ -98,53 +123,38 @@ class TcpCoalescer:
 
     def add(self, packet: bytes) -> None:
         """Queue a decrypted inner packet, or write it now if it cannot be merged."""
-        # Fast path: a full-size segment that continues its flow's open run.
+        # Fast path: a full-size segment that continues its flow's open run. One path for both IP
+        # versions: the layout says where each compared field sits (a slice in a local costs no
+        # more than a literal one; the layout look-up and unpacking ~0.05 us per packet).
         if len(packet) >= 40:
-            first = packet[0]
-            if first == 0x45:
-                key = packet[12:24]
-                if packet[9] == 17:  # UDP: the run of equal-sized datagrams it continues
+            layout = _LAYOUTS[packet[0]]
+            if layout is None:
+                return self._pass(packet, None)
+            min_len, ip_len, flow_key, next_header, tcp_min, fixed_a, fixed_b, udp_length, seq, ack_to_window = layout
+            if len(packet) >= min_len:
+                key = packet[flow_key]
+                if packet[next_header] == 17:  # UDP (a literal: no global look-up per packet)
                     run = self._runs.get(b"U" + key)
-                    if (run is not None and run.open and len(packet) == run.length and packet[0:4] == run.ip_a
-                            and packet[6:10] == run.ip_b and packet[24:26] == run.tcp_a
+                    if (run is not None and run.open and len(packet) == run.length and packet[fixed_a] == run.ip_a
+                            and packet[fixed_b] == run.ip_b and packet[udp_length] == run.tcp_a
                             and run.size + run.mss <= MAX_IP_PACKET):
                         run.packets.append(packet)
                         run.size += run.mss
                         return None
-                    return self._add_slow(packet, key, None, 20)
-                run = self._runs.get(key)
-                if (run is not None and run.open and len(packet) == run.length and packet[0:4] == run.ip_a
-                        and packet[6:10] == run.ip_b and packet[28:36] == run.tcp_a
-                        and packet[38:run.hlen] == run.tcp_b
-                        and int.from_bytes(packet[24:28], "big") == run.next_seq
-                        and run.size + run.mss <= MAX_IP_PACKET):
-                    run.packets.append(packet)
-                    run.next_seq = (run.next_seq + run.mss) & 0xFFFFFFFF
-                    run.size += run.mss
-                    return None
-                return self._add_slow(packet, key, run, 20)
-            if first >> 4 == 6 and len(packet) >= 48:
-                key = packet[8:44]
-                if packet[6] == 17:
-                    run = self._runs.get(b"U" + key)
-                    if (run is not None and run.open and len(packet) == run.length and packet[0:8] == run.ip_a
-                            and packet[44:46] == run.tcp_a and run.size + run.mss <= MAX_IP_PACKET):
-                        run.packets.append(packet)
-                        run.size += run.mss
-                        return None
-                    return self._add_slow(packet, key, None, 40)
-                if len(packet) < 60:
+                    return self._add_slow(packet, key, None, ip_len)
+                if len(packet) < tcp_min:
                     return self._pass(packet, None)
                 run = self._runs.get(key)
-                if (run is not None and run.open and len(packet) == run.length and packet[0:8] == run.ip_a
-                        and packet[48:56] == run.tcp_a and packet[58:run.hlen] == run.tcp_b
-                        and int.from_bytes(packet[44:48], "big") == run.next_seq
+                if (run is not None and run.open and len(packet) == run.length and packet[fixed_a] == run.ip_a
+                        and packet[fixed_b] == run.ip_b and packet[ack_to_window] == run.tcp_a
+                        and packet[run.tail] == run.tcp_b
+                        and int.from_bytes(packet[seq], "big") == run.next_seq
                         and run.size + run.mss <= MAX_IP_PACKET):
                     run.packets.append(packet)
                     run.next_seq = (run.next_seq + run.mss) & 0xFFFFFFFF
                     run.size += run.mss
                     return None
-                return self._add_slow(packet, key, run, 40)
+                return self._add_slow(packet, key, run, ip_len)
         return self._pass(packet, None)
 
     def _add_slow(self, packet: bytes, key: bytes, run: _Run | None, ip_len: int) -> None:
@@ -158,8 +168,8 @@ class TcpCoalescer:
             return self._pass(packet, None)
         else:
             protocol = packet[6]  # TCP or UDP only right after the fixed header
-        if protocol != 6:
-            if protocol == 17:
+        if protocol != _TCP:
+            if protocol == _UDP:
                 return self._add_udp(packet, b"U" + key, ip_len)
             return self._pass(packet, None)
         flags = packet[ip_len + 13]
