@@ -18,8 +18,11 @@ _UDP_PORTS = struct.Struct("!HH")
 _DF = 0x4000
 
 
-def _inner_tos(inner: bytes) -> tuple[int, bool]:
-    """(traffic class byte, DF) of an inner IPv4/IPv6 packet; IPv6 never fragments en route."""
+def inner_tos(inner: bytes) -> tuple[int, bool]:
+    """(traffic class byte, DF) of an inner IPv4/IPv6 packet, for the outer header (RFC 6040
+    normal mode copies DSCP and ECN; DF is copied from IPv4 and set for IPv6, which never
+    fragments en route). One definition for every sender: the packet-built outer headers here
+    and the kernel-built ones of tunnel.kernel.raw_esp."""
     if not inner:
         return 0, False
     v = inner[0] >> 4
@@ -56,7 +59,7 @@ class OuterIPv4:
 
     def build(self, esp_len: int, inner: bytes) -> bytes:
         """The 20-byte header for an ESP (or UDP-encapsulated ESP) payload of esp_len bytes."""
-        tos, inner_df = _inner_tos(inner)
+        tos, inner_df = inner_tos(inner)
         tos &= 0xFF      # DSCP copied; ECN copied too (RFC 6040 s4.1 normal mode)
         df = self.df
         frag = _DF if (df == "set" or (df == "copy" and inner_df)) else 0
@@ -78,7 +81,7 @@ class OuterIPv6:
         self.flow_label, self.next_header = flow_label, next_header
 
     def build(self, esp_len: int, inner: bytes) -> bytes:
-        tc, _ = _inner_tos(inner)
+        tc, _ = inner_tos(inner)
         flow = 0
         if self.flow_label == "copy" and len(inner) >= 4 and inner[0] >> 4 == 6:
             flow = int.from_bytes(inner[1:4], "big") & 0xFFFFF

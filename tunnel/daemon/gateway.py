@@ -139,7 +139,7 @@ class Gateway:
         v6 = [a for a in concrete if ipaddress.ip_address(a).version == 6]
         udp_addrs = (["0.0.0.0", "::"] if wildcard else concrete)
         self.udp = UdpIkeSockets(udp_addrs, gro=True)
-        self.raw_v4 = RawEspSocket(socket.AF_INET, v4[0] if v4 and not wildcard else "0.0.0.0", kernel_header=True)
+        self.raw_v4 = RawEspSocket(socket.AF_INET, v4[0] if v4 and not wildcard else "0.0.0.0")
         if v6 or wildcard:
             self.raw_v6 = RawEspSocket(socket.AF_INET6, v6[0] if v6 and not wildcard else "::")
         self.tun = TunDevice.create(self.settings.tun_name, self.settings.mtu, vnet_hdr=True)

@@ -125,24 +125,11 @@ def _new_transmit(up: ChildSaUp, *, raw_v4, raw_v6, udp, force_udp: bool,
 
         return transmit_udp
     if ipaddress.ip_address(remote_ip).version == 4:
-        if getattr(raw_v4, "kernel_header", False):
-            transmit = raw_v4.tunnel_sender(remote_ip, local_ip)  # TOS and DF copied from the inner packet
-        else:
-            outer = OuterIPv4(socket.inet_aton(local_ip), socket.inet_aton(remote_ip), df="copy")
-            build, send = outer.build, raw_v4.sender(remote_ip)
-
-            def transmit(esp: bytes, inner: bytes) -> bool:
-                return send(build(len(esp), inner) + esp)
-
+        transmit = raw_v4.tunnel_sender(remote_ip, local_ip)  # the kernel builds the outer header
         if batcher is not None and batcher.rings is not None:
             return batcher.ring_transmitter(remote_ip, local_ip, transmit)
         return transmit
-    send_v6 = raw_v6.sender(remote_ip)  # the kernel builds the outer IPv6 header
-
-    def transmit_v6(esp: bytes, inner: bytes) -> bool:
-        return send_v6(esp)
-
-    return transmit_v6
+    return raw_v6.tunnel_sender(remote_ip)
 
 
 __all__ = ["TxBatcher", "make_transmit"]

@@ -1,11 +1,10 @@
 """ESP over raw IP protocol 50 sockets.
 
-IPv4 uses IP_HDRINCL so the outer header is ours (``send_esp`` builds it from a per-socket
-template; the kernel fills length, checksum and ID), unless ``kernel_header=True``: then the
-kernel builds it (about 1 us less per packet) and TOS and DF come from socket options, set only
-when they change. IPv6 always lets the kernel build the header. Reads come in batches (up to
-``max_packets``, a lone packet without a failing read: ``tunnel.kernel.drain``); send failures
-that only mean "not now" are counted drops, never exceptions.
+The kernel builds the outer header (IPv4 and IPv6 alike: about 1 us less per packet than a
+header of ours through IP_HDRINCL); its TOS/traffic class and DF come from socket options that
+``tunnel_sender`` sets from each inner packet, only when they change. Reads come in batches (up
+to ``max_packets``, a lone packet without a failing read: ``tunnel.kernel.drain``); send
+failures that only mean "not now" are counted drops, never exceptions.
 """
 
 from __future__ import annotations
@@ -15,10 +14,12 @@ import struct
 from collections.abc import Callable
 from typing import NamedTuple
 
+from esp.outer import inner_tos
 from tunnel.kernel.drain import pending_probe
-from tunnel.kernel.socket_options import (ANC_SPACE, DEFAULT_BUFFER, IPV6_MTU, IPV6_RECVTCLASS, IPV6_TCLASS, IP_MTU,
-                                           IP_MTU_DISCOVER, IP_PKTINFO, IP_PMTUDISC_DO, IP_PMTUDISC_DONT,
-                                           MAX_DATAGRAM, TRANSIENT_SEND, address_family, big_buffers)
+from tunnel.kernel.socket_options import (ANC_SPACE, DEFAULT_BUFFER, IPV6_MTU, IPV6_MTU_DISCOVER, IPV6_RECVTCLASS,
+                                           IPV6_TCLASS, IP_MTU, IP_MTU_DISCOVER, IP_PKTINFO, IP_PMTUDISC_DO,
+                                           IP_PMTUDISC_DONT, MAX_DATAGRAM, TRANSIENT_SEND, address_family,
+                                           big_buffers)
 
 __all__ = ["RawEspSocket", "EspDatagram", "parse_ipv4_esp", "IPPROTO_ESP"]
 
@@ -46,14 +47,14 @@ def parse_ipv4_esp(datagram: bytes) -> EspDatagram | None:
 class RawEspSocket:
     """ESP over a raw IP socket, bound to ``local_addr`` and optionally connected to one peer.
 
-    Connecting (one socket per peer) lets the kernel filter by source and lets ``send_esp`` go
-    without a destination; ``path_mtu()`` then reports the kernel's path MTU to the peer.
+    Connecting (one socket per peer) lets the kernel filter by source; ``path_mtu()`` then
+    reports the kernel's path MTU to the peer.
     ``read_batch`` returns what the kernel gives (IPv4: with the IP header), ``recv_batch`` the
     parsed ``EspDatagram`` tuples.
     """
 
     def __init__(self, family: int, local_addr: str, peer_addr: str | None = None, *,
-                 buffer_size: int = DEFAULT_BUFFER, ttl: int = 64, kernel_header: bool = False) -> None:
+                 buffer_size: int = DEFAULT_BUFFER, ttl: int = 64) -> None:
         if family not in (socket.AF_INET, socket.AF_INET6) or address_family(local_addr) != family:
             raise ValueError(f"local address {local_addr} does not match the address family")
         self.family = family
@@ -64,13 +65,12 @@ class RawEspSocket:
         try:
             big_buffers(self._sock, buffer_size)
             if family == socket.AF_INET:
-                if kernel_header:
-                    self._sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
-                    self._sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
-                else:
-                    self._sock.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+                self._sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+                self._sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
                 self._sock.bind((local_addr, 0))
             else:
+                self._sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
+                self._sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IP_PMTUDISC_DONT)
                 self._sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVTCLASS, 1)
                 self._sock.bind((local_addr, 0, 0, 0))
             if peer_addr is not None:
@@ -80,12 +80,7 @@ class RawEspSocket:
             raise
         self.fd = self._sock.fileno()
         self._more = pending_probe(self.fd)
-        self.kernel_header = kernel_header and family == socket.AF_INET
-        self._tos, self._df = 0, False  # what the socket options say now (kernel_header)
-        # Outer IPv4 header template: version/IHL, TOS, [len, ID: kernel], flags, TTL, proto, [csum], addrs.
-        self._v4_tail = (bytes((ttl, IPPROTO_ESP, 0, 0)) + socket.inet_aton(local_addr)
-                         if family == socket.AF_INET else b"")
-        self._v4_peer = socket.inet_aton(peer_addr) if family == socket.AF_INET and peer_addr else None
+        self._tos, self._df = 0, False  # what the socket options say now
 
     def fileno(self) -> int:
         return self.fd
@@ -135,104 +130,41 @@ class RawEspSocket:
         self.counters["received"] += len(result)
         return result
 
-    def send_esp(self, esp: bytes, dst: str | None = None, *, tos: int = 0, df: bool = False) -> bool:
-        """Send an ESP packet (from the SPI on) to ``dst`` or the connected peer; False on a counted drop.
-
-        ``tos`` is the outer TOS/traffic class byte (ECN bits included, RFC 6040); ``df`` sets the
-        outer IPv4 DF bit.
-        """
-        if self.kernel_header:
-            raise ValueError("a kernel_header socket sends tunnel-mode ESP through tunnel_sender()")
-        if self.family == socket.AF_INET:
-            peer = self._v4_peer if dst is None else socket.inet_aton(dst)
-            if peer is None:
-                raise ValueError("no destination: pass dst or connect the socket to a peer")
-            header = bytes((0x45, tos, 0, 0, 0, 0, 0x40 if df else 0, 0)) + self._v4_tail + peer
-            return self.send(header + esp, dst)
-        try:
-            if tos:
-                cmsg = [(socket.IPPROTO_IPV6, IPV6_TCLASS, tos.to_bytes(4, "little"))]
-                self._sock.sendmsg([esp], cmsg, 0, *(() if dst is None else ((dst, 0, 0, 0),)))
-            elif dst is None:
-                self._sock.send(esp)
-            else:
-                self._sock.sendto(esp, (dst, 0, 0, 0))
-        except OSError as exc:
-            return self._send_failed(exc)
-        self.counters["sent"] += 1
-        return True
-
-    def send(self, packet: bytes, dst: str | None = None) -> bool:
-        """Send bytes as they are (IPv4: a whole packet with our outer header)."""
-        try:
-            if dst is None:
-                self._sock.send(packet)
-            else:
-                self._sock.sendto(packet, (dst, 0))
-        except OSError as exc:
-            return self._send_failed(exc)
-        self.counters["sent"] += 1
-        return True
-
-    def sender(self, dst: str | None = None) -> Callable[[bytes], bool]:
-        """``send`` bound to one destination as a closure: the per-packet path skips two calls
-        and the address checks. IPv4: whole packets with our outer header; IPv6: ESP only."""
-        sock_send, counters, failed = self._sock.send, self.counters, self._send_failed
-        if dst is None:
-            def send_connected(packet: bytes) -> bool:
-                try:
-                    sock_send(packet)
-                except OSError as exc:
-                    return failed(exc)
-                counters["sent"] += 1
-                return True
-            return send_connected
-        address = (dst, 0) if self.family == socket.AF_INET else (dst, 0, 0, 0)
-        sendto = self._sock.sendto
-
-        def send_to(packet: bytes) -> bool:
-            try:
-                sendto(packet, address)
-            except OSError as exc:
-                return failed(exc)
-            counters["sent"] += 1
-            return True
-        return send_to
-
     def tunnel_sender(self, dst: str, source: str | None = None) -> Callable[[bytes, bytes], bool]:
-        """With ``kernel_header``: a closure ``send(esp, inner)`` to ``dst``, one Python call per packet.
+        """A closure ``send(esp, inner)`` to ``dst``, one Python call per packet.
 
-        ``source`` other than the bound address (e.g. a wildcard socket) goes into an IP_PKTINFO
-        control message with every packet, so the outer source is the SA's own address. The
-        outer TOS byte and DF bit are socket options, set only when a packet needs other values
-        than the last one, so a steady flow costs one ``sendto`` per packet. They come from the
-        inner packet: RFC 6040 normal mode copies DSCP and
-        ECN; DF is copied from an inner IPv4 header and always set for inner IPv6 (it is never
-        fragmented en route).
+        The outer TOS/traffic class byte and DF come from the inner packet (``esp.outer.inner_tos``:
+        RFC 6040 normal mode copies DSCP and ECN; DF from IPv4, always for IPv6) through socket
+        options, set only when a packet needs other values than the last one, so a steady flow
+        costs one ``sendto`` per packet. Without DF the kernel fragments an outer packet too big
+        for the path; with it, too big is a counted drop. IPv4: ``source`` other than the bound
+        address (a wildcard socket) goes into an IP_PKTINFO control message with every packet,
+        so the outer source is the SA's own address; IPv6 takes the source the route gives.
         """
-        if not self.kernel_header:
-            raise ValueError("tunnel_sender needs an IPv4 socket made with kernel_header=True")
         sock = self._sock
         setsockopt, counters, failed = sock.setsockopt, self.counters, self._send_failed
         sendto, sendmsg = sock.sendto, sock.sendmsg
-        address = (dst, 0)
         pktinfo = None
-        if source is not None and source != self.local_addr:
-            pktinfo = [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=I4s4s", 0, socket.inet_aton(source), bytes(4)))]
-        ip_level, ip_tos, mtu_discover = socket.IPPROTO_IP, socket.IP_TOS, IP_MTU_DISCOVER
+        if self.family == socket.AF_INET:
+            address: tuple = (dst, 0)
+            level, tos_option, mtu_discover = socket.IPPROTO_IP, socket.IP_TOS, IP_MTU_DISCOVER
+            if source is not None and source != self.local_addr:
+                pktinfo = [(socket.IPPROTO_IP, IP_PKTINFO,
+                            struct.pack("=I4s4s", 0, socket.inet_aton(source), bytes(4)))]
+        else:
+            address = (dst, 0, 0, 0)
+            level, tos_option, mtu_discover = socket.IPPROTO_IPV6, IPV6_TCLASS, IPV6_MTU_DISCOVER
+        outer_tos = inner_tos  # a local: no global look-up per packet
 
         def send(esp: bytes, inner: bytes) -> bool:
-            if inner[0] >> 4 == 4:
-                tos, df = inner[1], inner[6] & 0x40 != 0
-            else:
-                tos, df = (inner[0] & 0x0F) << 4 | inner[1] >> 4, True
+            tos, df = outer_tos(inner)
             try:
                 if tos != self._tos or df != self._df:
                     if tos != self._tos:
-                        setsockopt(ip_level, ip_tos, tos)
+                        setsockopt(level, tos_option, tos)
                         self._tos = tos
                     if df != self._df:
-                        setsockopt(ip_level, mtu_discover, IP_PMTUDISC_DO if df else IP_PMTUDISC_DONT)
+                        setsockopt(level, mtu_discover, IP_PMTUDISC_DO if df else IP_PMTUDISC_DONT)
                         self._df = df
                 if pktinfo is None:
                     sendto(esp, address)

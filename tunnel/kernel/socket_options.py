@@ -22,6 +22,7 @@ IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)  # DF set; too big is EMSG
 IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 IPV6_MTU = getattr(socket, "IPV6_MTU", 24)
+IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)  # takes the IP_PMTUDISC_* values
 IPV6_RECVTCLASS = getattr(socket, "IPV6_RECVTCLASS", 66)
 IPV6_TCLASS = getattr(socket, "IPV6_TCLASS", 67)
 SOL_UDP = 17

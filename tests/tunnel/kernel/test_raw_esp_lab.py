@@ -1,6 +1,6 @@
 """Raw ESP (IP protocol 50) between two namespaces joined by a veth pair: both families, source
-filtering, and the kernel-built outer IPv4 header (TOS/ECN and DF from the inner packet, the SA's
-source on a wildcard socket)."""
+filtering, and the kernel-built outer header (TOS/traffic class with ECN, and DF, from the inner
+packet; the SA's source on a wildcard IPv4 socket)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,15 @@ from tunnel.kernel.raw_esp import RawEspSocket, parse_ipv4_esp
 pytestmark = pytest.mark.lab
 
 
+def inner_v4(tos: int, df: bool) -> bytes:
+    """The first bytes of an inner IPv4 packet: all tunnel_sender reads of it."""
+    return bytes((0x45, tos, 0, 20, 0, 0, 0x40 if df else 0, 0)) + bytes(12)
+
+
+def inner_v6(tclass: int) -> bytes:
+    return bytes((0x60 | tclass >> 4, (tclass & 0x0F) << 4)) + bytes(38)
+
+
 @pytest.mark.parametrize("family,local,peer", [(socket.AF_INET, A4, B4), (socket.AF_INET6, A6, B6)])
 def test_raw_esp_both_ways(pair, family, local, peer):
     a, b = pair
@@ -24,16 +33,18 @@ def test_raw_esp_both_ways(pair, family, local, peer):
     try:
         assert sender.path_mtu() == 1500
         assert receiver.path_mtu() is None
+        send = sender.tunnel_sender(peer)
         packets = [esp(0x1000 + i, i + 1, 40 + i) for i in range(20)]
         for i, packet in enumerate(packets):
-            assert sender.send_esp(packet, tos=0x02 if i % 2 else 0x01)  # ECT(0) / ECT(1)
+            ecn = 0x02 if i % 2 else 0x01  # ECT(0) / ECT(1), copied from the inner packet
+            assert send(packet, inner_v4(ecn, False) if family == socket.AF_INET else inner_v6(ecn))
         got = gather(receiver.recv_batch, 20)
         assert [d.esp for d in got] == packets
         assert {d.src for d in got} == {local}
         assert [d.ecn for d in got] == [2 if i % 2 else 1 for i in range(20)]
-        # The other way, unconnected, with DF on the IPv4 outer header.
+        # The other way, from an unconnected socket, with DF from the inner packet.
         reply = esp(0x2000, 1)
-        assert receiver.send_esp(reply, local, df=True)
+        assert receiver.tunnel_sender(local)(reply, inner_v4(0, True))
         raw = gather(sender.read_batch, 1)
         if family == socket.AF_INET:
             assert raw[0][6] & 0x40 and parse_ipv4_esp(raw[0]).esp == reply
@@ -54,7 +65,7 @@ def test_connected_raw_socket_filters_other_sources(pair):
     with a.entered():
         sender = RawEspSocket(socket.AF_INET, A4, B4)
     try:
-        sender.send_esp(esp(1, 1))
+        assert sender.tunnel_sender(B4)(esp(1, 1), inner_v4(0, False))
         assert len(gather(anyone.recv_batch, 1)) == 1
         assert only_from_c.recv_batch() == []
     finally:
@@ -68,15 +79,10 @@ def test_raw_short_packets_are_counted():
     assert parse_ipv4_esp(b"\x41" + bytes(40)) is None
 
 
-def inner_v4(tos: int, df: bool) -> bytes:
-    """The first bytes of an inner IPv4 packet: all tunnel_sender reads of it."""
-    return bytes((0x45, tos, 0, 20, 0, 0, 0x40 if df else 0, 0)) + bytes(12)
-
-
-def test_kernel_header_sets_tos_and_df_per_packet_and_fragments_only_without_df(pair):
+def test_tunnel_sender_sets_tos_and_df_per_packet_and_fragments_only_without_df(pair):
     a, b = pair
     with a.entered():
-        sender = RawEspSocket(socket.AF_INET, A4, kernel_header=True)
+        sender = RawEspSocket(socket.AF_INET, A4)
     with b.entered():
         receiver = RawEspSocket(socket.AF_INET, B4)
     try:
@@ -89,8 +95,6 @@ def test_kernel_header_sets_tos_and_df_per_packet_and_fragments_only_without_df(
         assert [parse_ipv4_esp(d).esp for d in got] == packets
         assert [(d[1], bool(d[6] & 0x40)) for d in got] == plan
         assert all(d[9] == 50 and d[12:16] == socket.inet_aton(A4) and d[8] == 64 for d in got)
-        with pytest.raises(ValueError):
-            sender.send_esp(esp(0x3100, 1), B4)  # tunnel-mode ESP on this socket goes through tunnel_sender
         # DF clear and too big for the link: the kernel fragments the outer packet
         assert send(esp(0x3200, 1, 3000), inner_v4(0, False))
         fragments = gather(receiver.read_batch, 1)  # reassembled before a raw socket sees it
@@ -106,15 +110,13 @@ def test_kernel_header_sets_tos_and_df_per_packet_and_fragments_only_without_df(
 def test_tunnel_sender_copies_tos_and_df_from_the_inner_packet(pair):
     a, b = pair
     with a.entered():
-        sender = RawEspSocket(socket.AF_INET, "0.0.0.0", kernel_header=True)
+        sender = RawEspSocket(socket.AF_INET, "0.0.0.0")
     with b.entered():
         receiver = RawEspSocket(socket.AF_INET, B4)
     try:
         send = sender.tunnel_sender(B4, A4)
-        v4 = lambda tos, df: bytes((0x45, tos, 0, 20, 0, 0, 0x40 if df else 0, 0)) + bytes(12)  # noqa: E731
-        v6 = lambda tclass: bytes((0x60 | tclass >> 4, (tclass & 0x0F) << 4)) + bytes(38)  # noqa: E731
-        plan = [(v4(0, False), 0, False), (v4(0xB8 | 1, True), 0xB9, True), (v6(0x2A), 0x2A, True),
-                (v4(3, False), 3, False)]
+        plan = [(inner_v4(0, False), 0, False), (inner_v4(0xB8 | 1, True), 0xB9, True), (inner_v6(0x2A), 0x2A, True),
+                (inner_v4(3, False), 3, False)]
         packets = [esp(0x5000 + i, i + 1, 80) for i in range(len(plan))]
         for packet, (inner, _, _) in zip(packets, plan, strict=True):
             assert send(packet, inner)
@@ -122,8 +124,6 @@ def test_tunnel_sender_copies_tos_and_df_from_the_inner_packet(pair):
         assert [parse_ipv4_esp(d).esp for d in got] == packets
         assert [(d[1], bool(d[6] & 0x40)) for d in got] == [(tos, df) for _, tos, df in plan]
         assert all(d[12:16] == socket.inet_aton(A4) for d in got)  # the SA's source on a wildcard socket
-        with pytest.raises(ValueError):
-            RawEspSocket.tunnel_sender(receiver, B4)
     finally:
         sender.close()
         receiver.close()
