@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable
 
+from ike.codec.ids import ANY_ID
 from ike.config import (
     DEFAULT_ESP_PROPOSALS,
     DEFAULT_IKE_PROPOSALS,
@@ -27,6 +28,7 @@ from ike.config import (
     ChildConfig,
     ConnectionConfig,
     TrafficSelector,
+    is_any_addr,
 )
 
 DEFAULT_CONTROL_SOCKET = "/run/espgw/espgw.sock"
@@ -197,7 +199,7 @@ def parse_addrs(value: Any) -> list[str]:
     """``local_addrs``/``remote_addrs``: IPs, subnets, ranges, host names or ``%any``."""
     addrs = parse_list(value)
     for addr in addrs:
-        if addr in ("%any", "%any4", "%any6"):
+        if is_any_addr(addr):
             continue
         try:
             if "-" in addr and not _HOSTNAME.match(addr):
@@ -595,7 +597,7 @@ _MATCH_PERFECT, _MATCH_WILDCARD, _MATCH_ANY, _MATCH_NONE = 20, 10, 1, 0
 
 def _id_match(pattern: str, identity: str | None) -> int:
     """How well one of a secret's ids matches an identity (None: not known from the config)."""
-    if pattern == "%any":
+    if pattern == ANY_ID:
         return _MATCH_ANY
     if identity is None:
         return _MATCH_NONE
