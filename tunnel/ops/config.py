@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable
 
+from ike.codec.constants import ProtocolId, TransformType
 from ike.codec.ids import ANY_ID
 from ike.config import (
     DEFAULT_ESP_PROPOSALS,
@@ -30,6 +31,8 @@ from ike.config import (
     TrafficSelector,
     is_any_addr,
 )
+from ike.crypto.mlkem import ML_KEM_METHODS
+from ike.crypto.proposals import ADDKE_TYPES, parse_proposals
 
 DEFAULT_CONTROL_SOCKET = "/run/espgw/espgw.sock"
 
@@ -328,20 +331,17 @@ def _proposals(kind: str) -> Callable[[Any], list[str]]:
     return parse
 
 
-_PROPOSAL_SYNTAX = re.compile(r"^[a-z0-9_]+(-[a-z0-9_]+)*!?$")
-
-
 def _validate_proposal(proposal: str, kind: str) -> None:
-    try:  # the IKE core's parser knows the algorithms; it may not exist yet in this build
-        from ike.crypto.proposals import ProtocolId, parse_proposals
-    except ImportError:
-        if not _PROPOSAL_SYNTAX.match(proposal):
-            raise _Bad(f"{kind} proposals like \"aes256gcm16-prfsha256-ecp256\"") from None
-        return
     try:
-        parse_proposals(proposal, getattr(ProtocolId, kind))
+        parsed = parse_proposals(proposal, getattr(ProtocolId, kind))
     except Exception as exc:  # its error type is the IKE core's; the message is what matters here
         raise _Bad(f"valid {kind} proposals ({exc})") from None
+    # The parser knows ML-KEM and strongSwan's ke1_..ke7_ (RFC 9370), but IKE_INTERMEDIATE and
+    # IKE_FOLLOWUP_KE are not implemented yet: refuse them here rather than fail at the peer.
+    if any(t.type in ADDKE_TYPES or (t.type == TransformType.DH and t.id in ML_KEM_METHODS)
+           for p in parsed for t in p.transforms):
+        raise _Bad(f"{kind} proposals without ML-KEM or additional key exchanges (ke1_..ke7_): "
+                   "post-quantum key exchange is not supported yet")
 
 
 # ----------------------------------------------------------------------------- table reader

@@ -134,6 +134,20 @@ def test_bad_proposals_are_rejected_with_the_key():
     assert "children.lan.esp_proposals: expected valid ESP proposals" in joined
 
 
+@pytest.mark.parametrize("key, proposal", [
+    ("proposals", "aes256gcm16-prfsha384-ecp384-ke1_mlkem768"),
+    ("proposals", "aes256gcm16-prfsha256-x25519-ke1_mlkem768-ke2_mlkem1024"),
+    ("proposals", "aes256gcm16-prfsha256-mlkem768"),
+    ("esp_proposals", "aes256gcm16-ecp384-ke1_mlkem768"),
+])
+def test_post_quantum_proposals_are_refused_until_supported(key, proposal):
+    """ML-KEM parses (the IKE core knows strongSwan's keywords) but is not negotiated yet: the
+    configuration says so instead of the peer failing the handshake later."""
+    anchor = 'remote_addrs = "192.0.2.2"' if key == "proposals" else 'local_ts = "10.0.0.0/24"'
+    joined = "\n".join(errors_of(MINIMAL.replace(anchor, f'{anchor}\n{key} = "{proposal}"')))
+    assert f"{key}: expected" in joined and "post-quantum key exchange is not supported yet" in joined
+
+
 def test_default_keyword_expands_proposals():
     text = MINIMAL.replace('remote_addrs = "192.0.2.2"',
                            'remote_addrs = "192.0.2.2"\nproposals = "aes128-sha256-ecp256, default"')
