@@ -14,6 +14,7 @@ from ike.codec.payloads import SaPayload
 from ike.crypto.proposals import (Proposal, Transform, format_proposal, negotiated, parse_proposals, select_proposal,
                            without_dh)
 from tunnel.lab.ike_pcap import read_ike_frames
+from tests.ike.harness import IkeSaUp, NegotiationFailed, Pair, mirrored
 
 IKE, ESP = ProtocolId.IKE, ProtocolId.ESP
 ISSUE_EXAMPLES = [  # issue #16's proposals, as strongSwan writes them
@@ -156,3 +157,19 @@ def test_proposals_without_addke_unchanged():
     chosen = select("aes256gcm16-prfsha256-ecp256,aes128-sha256-modp2048", "aes128-sha256-modp2048")
     assert format_proposal(chosen) == "aes128-sha256-prfsha256-modp2048"
     assert negotiated(chosen).additional_ke == ()
+
+
+def test_a_responder_without_additional_key_exchanges_refuses_hybrid_only_and_takes_a_fallback():
+    """IKE_INTERMEDIATE is not implemented: a peer offering only a hybrid proposal gets
+    NO_PROPOSAL_CHOSEN, and one with a classic fallback gets the fallback (issue #16's baseline)."""
+    a, b = mirrored(a_ike="aes256gcm16-prfsha384-ecp384-ke1_mlkem768")
+    pair = Pair([a], [b])
+    pair.a.initiate("site", None, 0.0)
+    pair.run()
+    assert [e.notify for e in pair.of("a", NegotiationFailed)] == ["NO_PROPOSAL_CHOSEN"]
+    assert not pair.of("b", IkeSaUp)
+    a, b = mirrored(a_ike="aes256gcm16-prfsha384-ecp384-ke1_mlkem768, aes256gcm16-prfsha256-ecp256")
+    pair = Pair([a], [b])
+    pair.a.initiate("site", None, 0.0)
+    pair.run()
+    assert [e.proposal for e in pair.of("a", IkeSaUp)] == ["aes256gcm16-prfsha256-ecp256"]
