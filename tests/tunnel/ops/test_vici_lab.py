@@ -1,0 +1,183 @@
+"""swanctl drives a running espgw over vici: espgw on gwA starts with no connection, swanctl
+(Debian's 5.9.8, and 6.0 from the trixie root) loads a swanctl.conf into it, brings the tunnel up
+against strongSwan 5.9 on gwB, lists, rekeys, reloads and terminates. One lab, one charon and one
+espgw serve the whole module; the tests run in order and build on each other's state."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tunnel.lab.configs import site_to_site
+from tunnel.lab.espgw import EspgwGateway, wait_until
+from tunnel.lab.netns import Lab
+from tunnel.lab.rootfs import ensure_trixie_rootfs
+from tunnel.lab.strongswan import _CHROOT_SH, StrongSwan
+from tunnel.lab.swanctl_conf import render_swanctl_conf
+
+pytestmark = [pytest.mark.lab, pytest.mark.strongswan,
+              pytest.mark.skipif(shutil.which("swanctl") is None, reason="needs strongSwan's swanctl")]
+
+TRIXIE = Path("/var/cache/espgw/trixie-root")
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with Lab() as lab:
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def charon(lab):
+    with StrongSwan(lab, lab.gwB, "5.9", [site_to_site(lab, "B")]) as charon:
+        yield charon
+
+
+@pytest.fixture(scope="module")
+def espgw(lab, charon):
+    gw = EspgwGateway(lab, lab.gwA, []).start()
+    yield gw
+    print(gw.log_tail(80))
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def conf(lab) -> Path:
+    return lab.workdir / "espgw-swanctl.conf"
+
+
+def swanctl(gw: EspgwGateway, command: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(["swanctl", f"--{command}", "--uri", f"unix://{gw.socket}.vici", *args],
+                          capture_output=True, text=True, timeout=60)
+    if check and done.returncode != 0:
+        raise AssertionError(f"swanctl --{command} failed ({done.returncode}): {done.stdout}{done.stderr}\n"
+                             f"{gw.log_tail()}")
+    return done
+
+
+def write_conf(path: Path, conns, extra: str = "") -> None:
+    text = render_swanctl_conf(conns)
+    if extra:
+        text = text.replace("connections {", "connections {\n" + extra, 1)
+    path.write_text(text)
+
+
+def test_version_and_stats(espgw):
+    assert "espgw" in swanctl(espgw, "version", "--daemon").stdout
+    assert "uptime" in swanctl(espgw, "stats").stdout
+
+
+def test_load_all_initiate_list(lab, espgw, charon, conf):
+    write_conf(conf, [site_to_site(lab, "A")])
+    out = swanctl(espgw, "load-all", "--file", str(conf)).stdout
+    assert "loaded connection 'lab'" in out, out
+    assert "lab:" in swanctl(espgw, "list-conns").stdout
+    swanctl(espgw, "initiate", "--child", "net", "--timeout", "20")
+    children = espgw.children()
+    assert len(children) == 1
+    listed = swanctl(espgw, "list-sas").stdout
+    assert children[0]["spi_in"] in listed and children[0]["spi_out"] in listed, listed
+    assert "ESTABLISHED" in listed and "INSTALLED" in listed
+    assert {c["spi-out"] for c in charon.child_sas("net")} == {children[0]["spi_in"]}
+
+
+def test_rekey_child(espgw):
+    before = espgw.children()[0]["spi_in"]
+    swanctl(espgw, "rekey", "--child", "net")
+    wait_until(lambda: {c["spi_in"] for c in espgw.children()} - {before}, 15, "a rekeyed CHILD SA")
+
+
+def test_load_again_keeps_unchanged_and_unloads_removed(lab, espgw, conf):
+    spis = {c["spi_in"] for c in espgw.children()}
+    extra = site_to_site(lab, "A", name="extra", child="extranet")
+    write_conf(conf, [site_to_site(lab, "A"), extra])
+    swanctl(espgw, "load-all", "--file", str(conf))
+    assert "extra:" in swanctl(espgw, "list-conns").stdout
+    write_conf(conf, [site_to_site(lab, "A")])
+    out = swanctl(espgw, "load-all", "--file", str(conf)).stdout
+    assert "1 unloaded" in out, out  # swanctl reports what it unloaded
+    assert "extra:" not in swanctl(espgw, "list-conns").stdout
+    assert {c["spi_in"] for c in espgw.children()} == spis  # the unchanged connection kept its SA
+
+
+def test_unsupported_key_is_named(lab, espgw, conf, tmp_path):
+    bad = tmp_path / "bad.conf"
+    write_conf(bad, [site_to_site(lab, "A")])
+    bad.write_text(bad.read_text().replace("start_action", "updown = /bin/true\n            start_action", 1))
+    done = swanctl(espgw, "load-all", "--file", str(bad), check=False)
+    assert done.returncode != 0
+    assert "updown" in done.stdout + done.stderr
+
+
+def test_certificates_are_refused_clearly(espgw):
+    sock = _connect(espgw)
+    sock.sendall(_packet(0, "load-cert", b"\x03\x04type\x00\x04X509"))
+    answer = _read_packet(sock)
+    assert b"not supported yet" in answer
+    sock.close()
+
+
+def test_malformed_client_is_dropped_alone(espgw):
+    sock = _connect(espgw)
+    sock.sendall(struct.pack("!I", 100 * 1024 * 1024))
+    sock.settimeout(5)
+    assert sock.recv(100) == b""  # closed by the daemon
+    sock.close()
+    stuck = _connect(espgw)  # never reads: must not block anyone
+    for _ in range(50):
+        stuck.sendall(_packet(0, "list-sas", b""))
+    assert "uptime" in swanctl(espgw, "stats").stdout
+    stuck.close()
+
+
+@pytest.mark.skipif(not (TRIXIE / "usr/sbin/swanctl").exists(), reason="needs the lab's trixie root")
+def test_swanctl_60(lab, espgw, conf):
+    """6.0's swanctl, chrooted as the lab runs charon 6.0 (the lab's work directory bound inside)."""
+
+    def swanctl60(command: str, *args: str) -> str:
+        done = lab.run(lab.gwA, "sh", "-c", _CHROOT_SH, "sh", str(ensure_trixie_rootfs()), str(lab.workdir),
+                       "swanctl", f"--{command}", "--uri", f"unix://{espgw.socket}.vici", *args, check=False,
+                       timeout=60)
+        assert done.returncode == 0, f"swanctl 6.0 --{command}: {done.stdout}{done.stderr}"
+        return done.stdout
+
+    assert "espgw" in swanctl60("version", "--daemon")
+    assert "uptime" in swanctl60("stats")
+    swanctl60("load-all", "--file", str(conf))  # unchanged: nothing happens to the SA
+    assert "lab:" in swanctl60("list-conns")
+    assert espgw.children()[0]["spi_in"] in swanctl60("list-sas")
+
+
+def test_terminate(espgw, charon):
+    swanctl(espgw, "terminate", "--ike", "lab", "--timeout", "10")
+    assert espgw.ike_sas() == []
+    charon.wait_for(lambda sas: not sas, 10, "charon to drop the IKE SA")
+
+
+# --- raw vici packets ---------------------------------------------------------------------------
+def _connect(gw: EspgwGateway) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    sock.connect(f"{gw.socket}.vici")
+    return sock
+
+
+def _packet(kind: int, name: str, message: bytes) -> bytes:
+    body = bytes([kind, len(name)]) + name.encode() + message
+    return struct.pack("!I", len(body)) + body
+
+
+def _read_packet(sock: socket.socket) -> bytes:
+    data = b""
+    while len(data) < 4 or len(data) < 4 + struct.unpack("!I", data[:4])[0]:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
