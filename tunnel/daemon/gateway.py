@@ -212,12 +212,18 @@ class Gateway:
         old = next((c for c in self.config.connections if c.name == conn.name), None)
         if old is not None and old == conn:
             return "unchanged"
+        was_up: list[str] = []
         if old is not None:
+            was_up = sorted({str(c.get("name")) for sa in self.ike.statuses() if sa.get("name") == conn.name
+                             for c in sa.get("children", [])})
             self.remove_connection(conn.name, now)
         self.config.connections.append(conn)
         self.ike.set_connection(conn)
         self._install_routes()
         self._start_connection(conn, now)
+        for child in was_up:  # what was up comes up again with the new settings
+            if any(c.name == child and c.start_action != "start" for c in conn.children):
+                self._initiate(conn.name, child, now)
         self.pump(now)
         log.info("connection.loaded", connection=conn.name, replaced=old is not None)
         return "added" if old is None else "replaced"

@@ -240,7 +240,9 @@ class ViciDaemon:
             return
         if waiter.deadline is not None and waiter.deadline <= now:  # timeout < 0: do not wait
             session.respond(OK)
-        elif child_name is None and self._ike_established(name):
+        elif child_name is None and self._ike_established(name) or self._child_installed(name, child_name):
+            self._control_log(waiter, f"{'CHILD_SA ' + str(child_name) if child_name else 'IKE_SA ' + name} "
+                                      "is already established")
             session.respond(OK)
         else:
             self.waiters.append(waiter)
@@ -298,6 +300,11 @@ class ViciDaemon:
         if not count:
             return _failed(f"no matching SA to rekey for '{child or ike}'")
         return {"success": True, "matches": count}
+
+    def _child_installed(self, name: str, child: str | None) -> bool:
+        return child is not None and any(
+            sa.get("name") == name and any(c.get("name") == child and str(c.get("state")).upper() == "INSTALLED"
+                                           for c in sa.get("children", [])) for sa in self.gw.ike.statuses())
 
     def _ike_established(self, name: str) -> bool:
         return any(sa.get("name") == name and str(sa.get("state")).upper() == "ESTABLISHED"
@@ -436,7 +443,9 @@ def _duration(seconds: float) -> str:
     minutes, secs = divmod(rest, 60)
     if days:
         return f"{days} day{'s' if days != 1 else ''}, {hours:02d}:{minutes:02d}:{secs:02d}"
-    return f"{hours:02d}:{minutes:02d}:{secs:02d}" if hours else f"{minutes} minute{'s' if minutes != 1 else ''}"
+    if hours:
+        return f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    return f"{minutes} minute{'s' if minutes != 1 else ''}" if minutes else f"{secs} second{'s' if secs != 1 else ''}"
 
 
 def _ike_sa(sa: dict) -> EncodableMessage:

@@ -9,9 +9,11 @@ import shutil
 import socket
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import vici
 
 from tunnel.lab.configs import site_to_site
 from tunnel.lab.espgw import EspgwGateway, wait_until
@@ -151,6 +153,45 @@ def test_swanctl_60(lab, espgw, conf):
     swanctl60("load-all", "--file", str(conf))  # unchanged: nothing happens to the SA
     assert "lab:" in swanctl60("list-conns")
     assert espgw.children()[0]["spi_in"] in swanctl60("list-sas")
+
+
+def test_initiate_an_established_child_succeeds(espgw):
+    spis = {c["spi_in"] for c in espgw.children()}
+    assert "already established" in swanctl(espgw, "initiate", "--child", "net").stdout
+    assert {c["spi_in"] for c in espgw.children()} == spis
+
+
+def test_events_reach_the_vici_package(espgw):
+    """The ``vici`` package (an independent client) sees child-rekey and child-updown."""
+    sock = _connect(espgw)
+    session = vici.Session(sock)
+    events = session.listen(["child-rekey", "child-updown"], timeout=0.2)
+    assert next(events) == (None, None)  # registered, nothing happened yet
+    swanctl(espgw, "rekey", "--child", "net")
+    seen: dict[str, dict] = {}
+    deadline = time.monotonic() + 15
+    while "child-rekey" not in seen and time.monotonic() < deadline:
+        kind, message = next(events)
+        if kind is not None:
+            seen[kind.decode()] = message
+    events.close()
+    sock.close()
+    assert "child-rekey" in seen and "child-updown" in seen, seen
+    (ike,) = seen["child-rekey"].values()
+    assert any(spi in {c["spi_in"] for c in espgw.children()}
+               for spi in (c["spi-in"].decode() for c in ike["child-sas"].values()))
+
+
+def test_changed_connection_is_reestablished(lab, espgw, charon, conf):
+    before = {c["spi_in"] for c in espgw.children()}
+    changed = site_to_site(lab, "A")
+    changed.children[0].rekey_time = 1800.0
+    write_conf(conf, [changed])
+    swanctl(espgw, "load-all", "--file", str(conf))
+    wait_until(lambda: len(espgw.children()) == 1 and not {c["spi_in"] for c in espgw.children()} & before, 20,
+               "the changed connection's CHILD SA set up again")
+    assert "rekeying every 1800s" in swanctl(espgw, "list-conns").stdout
+    charon.wait_for(lambda sas: len(sas) == 1, 15, "charon to hold only the new IKE SA")
 
 
 def test_terminate(espgw, charon):
