@@ -19,7 +19,7 @@ import selectors
 import time
 from dataclasses import dataclass, field
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -30,9 +30,6 @@ from tunnel.ops.vici.codec import EncodableMessage, Message
 from tunnel.ops.vici.server import ViciServer
 from tunnel.ops.vici.session import CommandRequest, ViciSession
 from tunnel.ops.vici.swanctl_conf import ViciConfig, ViciConfigError
-
-if TYPE_CHECKING:
-    from tunnel.daemon.gateway import Gateway
 
 log = structlog.get_logger("espgw.vici")
 
@@ -45,6 +42,19 @@ OK: EncodableMessage = {"success": True}
 
 def _failed(errmsg: str) -> EncodableMessage:
     return {"success": False, "errmsg": errmsg}
+
+
+class Gateway(status.Gateway, Protocol):
+    """What the commands use of ``tunnel.daemon.gateway.Gateway``."""
+
+    clock: Callable[[], float]
+    routed: dict[tuple, Any]
+
+    def pump(self, now: float) -> None: ...
+
+    def apply_connection(self, conn: ConnectionConfig, now: float) -> str: ...
+
+    def remove_connection(self, name: str, now: float) -> ConnectionConfig: ...
 
 
 @dataclass
