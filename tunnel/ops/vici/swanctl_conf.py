@@ -3,8 +3,8 @@
 swanctl sends swanctl.conf almost verbatim: ``load-conn`` carries one ``connections.NAME`` section
 (comma lists already split into vici lists), ``load-shared`` one ``secrets.ike-X`` section as
 ``{id, type, data, owners}``. espgw's TOML configuration has the same tables and keys, so the
-messages are rebuilt into the shape that TOML loader reads and validated by it
-(``tunnel.ops.config.parse_config``): one set of rules and error messages for both ways in, and any key
+messages are rebuilt into the tables that loader reads and validated by it
+(``tunnel.ops.config.parse_config_data``): one set of rules and error messages for both ways in, and any key
 the loader does not know is an error naming it, never dropped.
 
 A connection's PSK is chosen when it is loaded, from the secrets loaded before it (swanctl
