@@ -25,6 +25,7 @@ import structlog
 
 from ike.config import ConnectionConfig
 from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed
+from ike.tasks.states import IkeState
 from tunnel.daemon import status
 from tunnel.ops.vici.codec import EncodableMessage, Message
 from tunnel.ops.vici.server import ViciServer
@@ -38,6 +39,7 @@ EVENTS = ("list-sa", "list-conn", "list-cert", "list-authority", "control-log", 
 NO_CERTS = ("certificate credentials over vici are not supported yet; use certs/cacerts in the espgw "
             "configuration")
 OK: EncodableMessage = {"success": True}
+STREAM_BATCH = 256 * 1024  # bytes of list-sa events buffered per client before waiting for it to read
 
 
 def _failed(errmsg: str) -> EncodableMessage:
@@ -103,7 +105,9 @@ class ViciDaemon:
         if handler is not None:
             session.respond(handler(request.message))
         elif request.command in self.streaming:
-            session.respond(self.streaming[request.command](request.message, session))
+            answer = self.streaming[request.command](request.message, session)
+            if answer is not None:
+                session.respond(answer)
         else:
             self.waiting[request.command](session, request.message)
 
@@ -127,19 +131,31 @@ class ViciDaemon:
             "plugins": [],
         }
 
-    def _list_sas(self, message: Message, session: ViciSession) -> EncodableMessage:
-        now = self.gw.clock()
+    def _list_sas(self, message: Message, session: ViciSession) -> EncodableMessage | None:
+        """One list-sa event per IKE SA, a batch at a time as the client reads (a gateway with
+        thousands of SAs would otherwise overflow the client's output limit), then ``{}``."""
         ike, ike_id, child = _text(message, "ike"), _text(message, "ike-id"), _text(message, "child")
-        for sa in self.gw.ike.statuses():
-            if (ike and sa.get("name") != ike) or (ike_id and str(sa.get("unique_id")) != ike_id):
-                continue
-            described = status.describe_ike(self.gw, sa, now)
-            if child:
-                described["children"] = [c for c in described["children"] if c["name"] == child]
-            session.emit_event("list-sa", {str(described["name"]): _ike_sa(described)})
-        return {}
+        pending = iter(list(self.gw.ike.sas.values()))  # the SAs now; one that is gone by its turn is left out
 
-    def _list_conns(self, message: Message, session: ViciSession) -> EncodableMessage:
+        def emit_batch() -> None:
+            now = self.gw.clock()
+            while not session.closed and session.pending_size() < STREAM_BATCH:
+                sa = next(pending, None)
+                if sa is None:
+                    session.respond({})
+                    return
+                if sa.state == IkeState.DEAD or (ike and sa.name != ike) or (ike_id and str(sa.unique_id) != ike_id):
+                    continue
+                described = status.describe_ike(self.gw, sa.status(), now)
+                if child:
+                    described["children"] = [c for c in described["children"] if c["name"] == child]
+                session.emit_event("list-sa", {str(described["name"]): _ike_sa(described)})
+            self.server.when_drained(session, emit_batch)
+
+        emit_batch()
+        return None
+
+    def _list_conns(self, message: Message, session: ViciSession) -> EncodableMessage | None:
         ike = _text(message, "ike")
         for conn in self.gw.config.connections:
             if not ike or conn.name == ike:

@@ -24,7 +24,7 @@ class Loop:
         self.selector = selectors.DefaultSelector()
         self.later: list[ViciSession] = []
         self.calls: list = []  # run in the loop's thread
-        self.server = ViciServer(path, self.dispatch, commands={"version", "list-sas", "slow", "boom"},
+        self.server = ViciServer(path, self.dispatch, commands={"version", "list-sas", "slow", "boom", "stream"},
                                  events={"list-sa", "log"}, selector=self.selector)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -37,6 +37,19 @@ class Loop:
             for i in range(200):
                 session.emit_event("list-sa", {f"sa{i}": {"uniqueid": i, "pad": "x" * 1000}})
             session.respond({})
+        elif request.command == "stream":  # 10 MB of events, more than a client may leave unread
+            numbers = iter(range(10_000))
+
+            def batch() -> None:
+                while session.pending_size() < 256 * 1024:
+                    i = next(numbers, None)
+                    if i is None:
+                        session.respond({"count": 10_000})
+                        return
+                    session.emit_event("list-sa", {f"sa{i}": {"pad": "x" * 1000}})
+                self.server.when_drained(session, batch)
+
+            batch()
         elif request.command == "slow":
             self.later.append(session)  # answered by finish() later
         else:
@@ -154,3 +167,15 @@ def test_events_reach_registered_clients(loop):
     loop.calls.append(lambda: loop.server.emit("log", {"msg": "hello"}))
     packet = decode_packet(read_packet(sock))
     assert (packet.type, packet.name, packet.message) == (PacketType.EVENT, "log", {"msg": b"hello"})
+
+
+def test_a_streaming_command_waits_for_its_reader(loop):
+    sock = connect(loop)
+    sock.sendall(frame(encode_packet(PacketType.EVENT_REGISTER, "list-sa")))
+    assert decode_packet(read_packet(sock)).type == PacketType.EVENT_CONFIRM
+    sock.sendall(frame(encode_packet(PacketType.CMD_REQUEST, "stream", {})))
+    time.sleep(0.3)  # the client reads nothing for a while: the server must not give up on it
+    events = 0
+    while (packet := decode_packet(read_packet(sock))).type == PacketType.EVENT:
+        events += 1
+    assert (events, packet.message) == (10_000, {"count": b"10000"})

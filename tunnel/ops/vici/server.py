@@ -24,17 +24,19 @@ log = structlog.get_logger("espgw.vici")
 
 MAX_CLIENTS = 32
 READ_SIZE = 65536
+LOW_WATER = 64 * 1024  # a streaming command goes on once the client's backlog is below this
 
 Dispatch = Callable[[ViciSession, CommandRequest], None]
 
 
 class _Client:
-    __slots__ = ("sock", "session", "events")
+    __slots__ = ("sock", "session", "events", "resume")
 
     def __init__(self, sock: socket.socket, session: ViciSession):
         self.sock = sock
         self.session = session
         self.events = 0  # the selector interest last set
+        self.resume: Callable[[], None] | None = None  # a streaming command waiting for the client
 
 
 class ViciServer:
@@ -66,6 +68,13 @@ class ViciServer:
         if session.active_command is not None:
             session.respond(message)
         self._process(client)
+
+    def when_drained(self, session: ViciSession, resume: Callable[[], None]) -> None:
+        """Call ``resume()`` once the client has read most of its backlog: a command streaming
+        thousands of events (list-sas) emits a batch at a time instead of buffering them all."""
+        client = self.clients.get(session)
+        if client is not None:
+            client.resume = resume
 
     def emit(self, event: str, message: EncodableMessage) -> None:
         """Raise ``event`` to every client registered for it (ike-updown, log...)."""
@@ -146,16 +155,24 @@ class ViciServer:
         if client.session not in self.clients:
             return
         session = client.session
-        while data := session.pending_output():
-            try:
-                sent = client.sock.send(data)
-            except (BlockingIOError, InterruptedError):
+        while True:
+            while data := session.pending_output():
+                try:
+                    sent = client.sock.send(data)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:  # EPIPE, ECONNRESET: the client went away
+                    session.close("send-failed", exc.strerror or str(exc))
+                    self._drop(client)
+                    return
+                session.output_sent(sent)
+            if client.resume is None or session.closed or session.pending_size() >= LOW_WATER:
                 break
-            except OSError as exc:  # EPIPE, ECONNRESET: the client went away
-                session.close("send-failed", exc.strerror or str(exc))
-                self._drop(client)
+            resume, client.resume = client.resume, None
+            resume()  # the next batch; it may ask to be resumed again
+            if session.active_command is None:  # it answered: what queued behind it may go
+                self._process(client)
                 return
-            session.output_sent(sent)
         if session.closed:
             self._drop(client)
             return
