@@ -222,3 +222,19 @@ def _read_packet(sock: socket.socket) -> bytes:
         data += chunk
     return data
 
+
+
+def test_initiate_against_espgw(lab, espgw, charon, conf):
+    """The same swanctl.conf brings the tunnel up against espgw on gwB (charon is stopped)."""
+    charon.stop()
+    peer = EspgwGateway(lab, lab.gwB, [site_to_site(lab, "B")]).start()
+    try:
+        swanctl(espgw, "initiate", "--child", "net", "--timeout", "20")
+        (mine,), (theirs,) = espgw.children(), peer.children()
+        assert (mine["spi_in"], mine["spi_out"]) == (theirs["spi_out"], theirs["spi_in"])
+        assert mine["spi_in"] in swanctl(espgw, "list-sas").stdout
+        swanctl(espgw, "terminate", "--ike", "lab", "--timeout", "10")
+        wait_until(lambda: not peer.ike_sas(), 10, "espgw on gwB to drop the IKE SA")
+    finally:
+        print(peer.log_tail(40))
+        peer.stop()
