@@ -172,15 +172,12 @@ class ViciDaemon:
         if clash:
             return _failed(clash)
         name = next(iter(message), "")
-        previous = next((c for c in self.loaded.connections() if c.name == name), None)
         try:
             conn = self.loaded.load_conn(message)
         except ViciConfigError as exc:
             log.warning("vici.load_conn_refused", connection=name[:64], error=exc.errmsg[:500])
             return _failed(exc.errmsg)
-        outcome = self.gw.apply_connection(conn, self.gw.clock())
-        if outcome == "unchanged" and previous is not None:
-            self.loaded._conns[name] = previous  # the running config object stays the one in use
+        self.gw.apply_connection(conn, self.gw.clock())  # an unchanged connection keeps its SAs
         return OK
 
     def _clash_with_file(self, message: Message, from_file: set[str]) -> str | None:
