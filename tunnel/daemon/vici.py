@@ -27,6 +27,7 @@ from ike.config import ConnectionConfig
 from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed
 from ike.tasks.states import IkeState
 from tunnel.daemon import status
+from tunnel.daemon.vici_messages import connection, duration, ike_sa, log_message
 from tunnel.ops.vici.codec import EncodableMessage, Message
 from tunnel.ops.vici.server import ViciServer
 from tunnel.ops.vici.session import CommandRequest, ViciSession
@@ -122,7 +123,7 @@ class ViciDaemon:
         since = datetime.datetime.fromtimestamp(self.started_wall).strftime("%b %d %H:%M:%S %Y")
         sas = list(self.gw.ike.statuses())
         return {
-            "uptime": {"running": _duration(now - self.gw.started), "since": since},
+            "uptime": {"running": duration(now - self.gw.started), "since": since},
             # espgw is one thread: no worker pool or job queues to report
             "workers": {"total": 1, "idle": 0, "active": {"critical": 0, "high": 0, "medium": 1, "low": 0}},
             "queues": {"critical": 0, "high": 0, "medium": 0, "low": 0},
@@ -149,7 +150,7 @@ class ViciDaemon:
                 described = status.describe_ike(self.gw, sa.status(), now)
                 if child:
                     described["children"] = [c for c in described["children"] if c["name"] == child]
-                session.emit_event("list-sa", {str(described["name"]): _ike_sa(described)})
+                session.emit_event("list-sa", {str(described["name"]): ike_sa(described)})
             self.server.when_drained(session, emit_batch)
 
         emit_batch()
@@ -159,7 +160,7 @@ class ViciDaemon:
         ike = _text(message, "ike")
         for conn in self.gw.config.connections:
             if not ike or conn.name == ike:
-                session.emit_event("list-conn", {conn.name: _connection(conn)})
+                session.emit_event("list-conn", {conn.name: connection(conn)})
         return {}
 
     def _get_conns(self, _message: Message) -> EncodableMessage:
@@ -408,10 +409,10 @@ class ViciDaemon:
 
     def _control_log(self, waiter: _Waiter, text: str) -> None:
         if waiter.loglevel >= 0:
-            self.server.emit_to(waiter.session, "control-log", _log_message(waiter.connection, text))
+            self.server.emit_to(waiter.session, "control-log", log_message(waiter.connection, text))
 
     def _log(self, connection: str, text: str) -> None:
-        message = _log_message(connection, text)
+        message = log_message(connection, text)
         self.server.emit("log", message)
         for waiter in self.waiters:
             if waiter.connection == connection and waiter.loglevel >= 1:
@@ -422,7 +423,7 @@ class ViciDaemon:
         if sa is None:
             return
         message: EncodableMessage = {"up": True} if up else {}
-        message[name] = _ike_sa(status.describe_ike(self.gw, sa, now))
+        message[name] = ike_sa(status.describe_ike(self.gw, sa, now))
         self.server.emit(event, message)
 
 
@@ -434,10 +435,6 @@ def _version() -> str:
 
 
 # --- messages ---------------------------------------------------------------------------------
-def _log_message(connection: str, text: str) -> EncodableMessage:
-    return {"group": "IKE", "level": 1, "thread": 0, "ikesa-name": connection, "msg": text}
-
-
 def _text(message: Message, key: str) -> str:
     value = message.get(key)
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else ""
@@ -457,122 +454,3 @@ def _loglevel(message: Message) -> int:
         return int(_text(message, "loglevel") or 1)
     except ValueError:
         return 1
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days} day{'s' if days != 1 else ''}, {hours:02d}:{minutes:02d}:{secs:02d}"
-    if hours:
-        return f"{hours:02d}:{minutes:02d}:{secs:02d}"
-    return f"{minutes} minute{'s' if minutes != 1 else ''}" if minutes else f"{secs} second{'s' if secs != 1 else ''}"
-
-
-def _ike_sa(sa: dict) -> EncodableMessage:
-    """One IKE SA as charon's list-sa event describes it, from ``status.describe_ike``."""
-    out: EncodableMessage = {
-        "uniqueid": sa["unique_id"], "version": 2, "state": sa["state"],
-        "local-host": str(sa["local_addr"]), "local-port": sa["local_port"], "local-id": sa["local_id"] or "%any",
-        "remote-host": str(sa["remote_addr"]), "remote-port": sa["remote_port"],
-        "remote-id": sa["remote_id"] or "%any",
-        "initiator-spi": sa["spi_i"] or "0", "responder-spi": sa["spi_r"] or "0",
-    }
-    if sa["initiator"]:
-        out["initiator"] = True
-    if sa["nat_local"]:
-        out["nat-local"] = True
-    if sa["nat_remote"]:
-        out["nat-remote"] = True
-    if sa["nat_local"] or sa["nat_remote"]:
-        out["nat-any"] = True
-    out.update(_algorithms(sa.get("proposal"), ike=True))
-    if sa["established"] is not None:
-        out["established"] = int(sa["established"])
-    if sa["rekey_in"] is not None:
-        out["rekey-time"] = max(0, int(sa["rekey_in"]))
-    children: EncodableMessage = {}
-    for child in sa["children"]:
-        entry: EncodableMessage = {
-            "name": child["name"], "uniqueid": child["unique_id"], "reqid": child["unique_id"],
-            "state": child["state"], "mode": str(child.get("mode", "tunnel")).upper(), "protocol": "ESP",
-            "spi-in": child.get("spi_in") or "0", "spi-out": child.get("spi_out") or "0",
-        }
-        if child.get("encap"):
-            entry["encap"] = True
-        entry.update(_algorithms(child.get("proposal"), ike=False))
-        for key in ("bytes_in", "packets_in", "bytes_out", "packets_out"):
-            entry[key.replace("_", "-")] = child.get(key, 0)
-        if child.get("rekey_in") is not None:
-            entry["rekey-time"] = max(0, int(child["rekey_in"]))
-        if child.get("expires_in") is not None:
-            entry["life-time"] = max(0, int(child["expires_in"]))
-        if child.get("installed") is not None:
-            entry["install-time"] = int(child["installed"])
-        entry["local-ts"] = [str(ts) for ts in child.get("local_ts", [])]
-        entry["remote-ts"] = [str(ts) for ts in child.get("remote_ts", [])]
-        children[f"{child['name']}-{child['unique_id']}"] = entry
-    out["child-sas"] = children
-    return out
-
-
-_ENCR = {"aes": "AES_CBC", "aesgcm": "AES_GCM_", "chacha20poly1305": "CHACHA20_POLY1305"}
-_INTEG = {"sha1": "HMAC_SHA1_96", "sha256": "HMAC_SHA2_256_128", "sha384": "HMAC_SHA2_384_192",
-          "sha512": "HMAC_SHA2_512_256"}
-_DH = {"x25519": "CURVE_25519", "curve25519": "CURVE_25519", "x448": "CURVE_448", "curve448": "CURVE_448"}
-
-
-def _algorithms(proposal: Any, *, ike: bool) -> EncodableMessage:
-    """``aes256gcm16-prfsha256-ecp256`` as strongSwan's encr-alg, encr-keysize, integ-alg,
-    prf-alg and dh-group fields."""
-    out: EncodableMessage = {}
-    for token in str(proposal or "").lower().split("-"):
-        if token.startswith("aes"):
-            rest = token[3:]
-            bits, _, mode = rest.partition("gcm")
-            if "gcm" in rest:
-                out["encr-alg"] = f"AES_GCM_{mode or '16'}"
-            elif rest.endswith("ctr") or "ctr" in rest:
-                bits = rest.replace("ctr", "")
-                out["encr-alg"] = "AES_CTR"
-            else:
-                out["encr-alg"] = "AES_CBC"
-            out["encr-keysize"] = int(bits) if bits.isdigit() else 128
-        elif token.startswith("chacha20poly1305"):
-            out["encr-alg"] = "CHACHA20_POLY1305"
-            out["encr-keysize"] = 256
-        elif token.startswith("prf"):
-            out["prf-alg"] = "PRF_HMAC_" + token[3:].upper().replace("SHA", "SHA2_").replace("SHA2_1", "SHA1")
-        elif token in _INTEG:
-            out["integ-alg"] = _INTEG[token]
-        elif token.startswith("modp"):
-            out["dh-group"] = f"MODP_{token[4:]}"
-        elif token.startswith("ecp"):
-            out["dh-group"] = f"ECP_{token[3:]}"
-        elif token in _DH:
-            out["dh-group"] = _DH[token]
-        elif token.startswith("mlkem"):
-            out["dh-group"] = f"ML_KEM_{token[5:]}"
-    if not ike:
-        out.pop("prf-alg", None)
-    return out
-
-
-def _connection(conn: ConnectionConfig) -> EncodableMessage:
-    """One connection as charon's list-conn event describes it."""
-    children: EncodableMessage = {}
-    for child in conn.children:
-        children[child.name] = {
-            "mode": "TUNNEL", "rekey_time": int(child.rekey_time), "rekey_bytes": child.rekey_bytes,
-            "rekey_packets": child.rekey_packets, "dpd_action": child.dpd_action, "close_action": child.close_action,
-            "local-ts": [str(ts) for ts in child.local_ts], "remote-ts": [str(ts) for ts in child.remote_ts],
-        }
-    return {
-        "local_addrs": list(conn.local_addrs), "remote_addrs": list(conn.remote_addrs), "version": "IKEv2",
-        "reauth_time": int(conn.reauth_time), "rekey_time": int(conn.rekey_time), "unique": conn.unique.upper(),
-        "local-1": {"class": "pre-shared key", "id": conn.local.id or "%any"},
-        "remote-1": {"class": "pre-shared key", "id": conn.remote.id or "%any"},
-        "children": children,
-    }

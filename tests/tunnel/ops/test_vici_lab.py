@@ -165,6 +165,9 @@ def test_events_reach_the_vici_package(espgw):
     """The ``vici`` package (an independent client) sees child-rekey and child-updown."""
     sock = _connect(espgw)
     session = vici.Session(sock)
+    assert session.version()["daemon"] == b"espgw"
+    (listed,) = session.list_sas()
+    assert listed["lab"]["state"] == b"ESTABLISHED"
     events = session.listen(["child-rekey", "child-updown"], timeout=0.2)
     assert next(events) == (None, None)  # registered, nothing happened yet
     swanctl(espgw, "rekey", "--child", "net")
