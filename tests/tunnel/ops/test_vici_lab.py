@@ -227,6 +227,19 @@ def _read_packet(sock: socket.socket) -> bytes:
 
 
 
+def test_trap_loaded_over_vici_negotiates_on_traffic(lab, espgw, charon, conf):
+    """start_action = trap from swanctl.conf: the first packet for the peer's LAN brings the SA up."""
+    trapped = site_to_site(lab, "A")
+    trapped.children[0].start_action = "trap"
+    write_conf(conf, [trapped])
+    swanctl(espgw, "load-all", "--file", str(conf))
+    assert espgw.ike_sas() == []
+    lab.ping(lab.hostA, lab.hostB.addr4, count=1, wait=2)  # caught by the trap, queued, negotiated
+    assert lab.ping(lab.hostA, lab.hostB.addr4, count=3, interval=0.1).ok
+    assert len(espgw.children()) == 1
+    swanctl(espgw, "terminate", "--ike", "lab", "--timeout", "10")
+
+
 def test_initiate_against_espgw(lab, espgw, charon, conf):
     """The same swanctl.conf brings the tunnel up against espgw on gwB (charon is stopped)."""
     charon.stop()
