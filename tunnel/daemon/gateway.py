@@ -416,8 +416,6 @@ class Gateway:
             log.error("initiate_failed", connection=conn, child=child, error=str(exc))
 
     def _on_event(self, event: Any, now: float) -> None:
-        if self.vici is not None:
-            self.vici.on_ike_event(event, now)
         if isinstance(event, ChildSaUp):
             self._install_child(event, now)
         elif isinstance(event, ChildSaDown):
@@ -437,6 +435,11 @@ class Gateway:
                                   "message": event.message, "child": event.child_name})
             log.warning("negotiation_failed", connection=event.name, stage=event.stage, notify=event.notify,
                         message=event.message, child=event.child_name)
+        if self.vici is not None:  # after the data plane acted: a client told "up" finds the SA installed
+            try:
+                self.vici.on_ike_event(event, now)
+            except Exception:  # a bug in reporting to vici clients must not take the gateway down
+                log.exception("vici.event_failed", event=type(event).__name__)
 
     def _install_child(self, up: ChildSaUp, now: float) -> None:
         path_mtu = self._path_mtu(up.remote[0], now)
