@@ -40,6 +40,7 @@ from ike.tasks.child_rekey import ChildRekey
 from ike.tasks.ike_auth import IkeAuth
 from ike.tasks.ike_delete import IkeDelete
 from ike.tasks.ike_init import IkeInit, init_error_reply
+from ike.tasks.ike_rekey import IkeRekey
 from ike.tasks.states import ChildState, IkeState
 
 __all__ = ["Datagram", "IkeEndpoint", "filed"]
@@ -588,6 +589,26 @@ class IkeEndpoint:
         if not any(isinstance(t, ChildRekey) and t.child is child for t in sa.queue):
             sa.queue_task(ChildRekey(child), now)
         self._settle(now)
+
+    def rekey_ike(self, connection: str, now: float) -> int:
+        """Rekey the connection's established IKE SAs now; how many were asked."""
+        count = 0
+        for sa in list(self.sas.values()):
+            if sa.name == connection and sa.established and not sa.has_task(IkeRekey):
+                sa.rekey_at = None
+                self._timer_dirty[sa] = None
+                sa.queue_task(IkeRekey(), now)
+                count += 1
+        self._settle(now)
+        return count
+
+    def set_connection(self, config: ConnectionConfig) -> None:
+        """Add or replace a connection at runtime; SAs set up from an old version keep it."""
+        self.connections[config.name] = config
+
+    def remove_connection(self, connection: str) -> None:
+        """Forget a connection (terminate its SAs first): nothing restarts or accepts it again."""
+        self.connections.pop(connection, None)
 
     def note_inbound_esp(self, inbound_spi: int, now: float) -> None:
         sa = self.child_index.get(inbound_spi)

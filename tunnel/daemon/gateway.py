@@ -27,10 +27,12 @@ import structlog
 from pyroute2 import IPRoute
 
 from esp.sadb import SADatabase
+from ike.config import ConnectionConfig
 from ike.endpoint import IkeEndpoint
 from ike.events import Address, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed
 from tunnel.daemon import status
 from tunnel.daemon.traps import Traps
+from tunnel.daemon.vici import ViciDaemon
 from tunnel.dataplane.child import ChildPath, inner_mtu, send_with_mtu
 from tunnel.dataplane.gro import TcpCoalescer
 from tunnel.dataplane.receive import DropLog, EspReceiver, InboundFilter
@@ -125,6 +127,7 @@ class Gateway:
         # The devices and sockets (tun, gro, receiver, routes, raw_v4, udp, control: see the class
         # body) exist from open() on; close() releases those it finds.
         self.raw_v6: RawEspSocket | None = None
+        self.vici: ViciDaemon | None = None  # the vici socket, if configured (open())
         # what a loop turn sends: ESP-in-UDP per SA with GSO, raw IPv4 ESP through TX rings
         self.udp_out = TxBatcher(RingSet() if self.settings.raw_esp_tx == "ring" else None, clock=clock)
         self.icmp_v4: str | None = None
@@ -134,7 +137,7 @@ class Gateway:
     def open(self) -> None:
         local = sorted({a for c in self.config.connections for a in c.local_addrs})
         concrete = _concrete(local)
-        wildcard = len(concrete) != len(local)
+        wildcard = len(concrete) != len(local) or not local  # none yet: vici may load any
         v4 = [a for a in concrete if ipaddress.ip_address(a).version == 4]
         v6 = [a for a in concrete if ipaddress.ip_address(a).version == 6]
         udp_addrs = (["0.0.0.0", "::"] if wildcard else concrete)
@@ -148,6 +151,8 @@ class Gateway:
         self.routes = RouteTable(self.tun.name)
         self._install_routes()
         self.control = ControlServer(self.settings.control_socket, self.handle_control, selector=self.selector)
+        if self.settings.vici_socket:
+            self.vici = ViciDaemon(self, self.settings.vici_socket, self.selector)
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -183,15 +188,63 @@ class Gateway:
     def _start_connections(self) -> None:
         now = self.clock()
         for conn in self.config.connections:
-            for child in conn.children:
-                if child.start_action == "trap":
-                    self.traps.add(conn, child)
-            starting = [c.name for c in conn.children if c.start_action == "start"]
-            if starting:
-                self._initiate(conn.name, None if len(starting) == len(conn.children) else starting[0], now)
-                for name in starting[1:] if len(starting) != len(conn.children) else []:
-                    self._initiate(conn.name, name, now)
+            self._start_connection(conn, now)
         self.pump(now)
+
+    def _start_connection(self, conn: ConnectionConfig, now: float) -> None:
+        """Its traps, and the children with ``start_action = start`` initiated."""
+        for child in conn.children:
+            if child.start_action == "trap":
+                self.traps.add(conn, child)
+        starting = [c.name for c in conn.children if c.start_action == "start"]
+        if starting:
+            self._initiate(conn.name, None if len(starting) == len(conn.children) else starting[0], now)
+            for name in starting[1:] if len(starting) != len(conn.children) else []:
+                self._initiate(conn.name, name, now)
+
+    # --- runtime configuration changes (vici's load-conn/unload-conn; a future reload) --------
+    def apply_connection(self, conn: ConnectionConfig, now: float) -> str:
+        """Add ``conn``, or replace the connection of its name: "added", "replaced" or "unchanged".
+        An unchanged connection keeps its SAs; a replaced one is torn down (at the peer too) and
+        set up again as its start actions say."""
+        if self.force_udp:
+            conn.encap = True
+        old = next((c for c in self.config.connections if c.name == conn.name), None)
+        if old is not None and old == conn:
+            return "unchanged"
+        was_up: list[str] = []
+        if old is not None:
+            was_up = sorted({str(c.get("name")) for sa in self.ike.statuses() if sa.get("name") == conn.name
+                             for c in sa.get("children", [])})
+            self.remove_connection(conn.name, now)
+        self.config.connections.append(conn)
+        self.ike.set_connection(conn)
+        self._install_routes()
+        self._start_connection(conn, now)
+        for child in was_up:  # what was up comes up again with the new settings
+            if any(c.name == child and c.start_action != "start" for c in conn.children):
+                self._initiate(conn.name, child, now)
+        self.pump(now)
+        log.info("connection.loaded", connection=conn.name, replaced=old is not None)
+        return "added" if old is None else "replaced"
+
+    def remove_connection(self, name: str, now: float) -> ConnectionConfig:
+        """Delete the connection's SAs (at the peer too), its traps and the routes only it needed."""
+        conn = self.config.connection(name)  # KeyError if there is none
+        self.ike.terminate_ike(name, now)
+        self.ike.remove_connection(name)
+        self.traps.remove(conn)
+        self.config.connections.remove(conn)
+        still_routed = {str(net) for c in self.config.connections for child in c.children for ts in child.remote_ts
+                        for net in ipaddress.summarize_address_range(ts.start_addr, ts.end_addr)}
+        for child in conn.children:
+            for ts in child.remote_ts:
+                for net in ipaddress.summarize_address_range(ts.start_addr, ts.end_addr):
+                    if str(net) not in still_routed and str(net) in self.routes.routes:
+                        self.routes.remove(str(net))
+        self.pump(now)
+        log.info("connection.removed", connection=name)
+        return conn
 
     def close(self) -> None:
         """Delete our IKE SAs at the peer (best effort), then release every resource."""
@@ -200,7 +253,7 @@ class Gateway:
             for name in set(self.ike_sa_names.values()):
                 self.ike.terminate_ike(name, now)
             self.pump(now)
-        for name in ("control", "tun", "raw_v4", "raw_v6", "udp"):
+        for name in ("vici", "control", "tun", "raw_v4", "raw_v6", "udp"):
             closer = getattr(self, name, None)
             if closer is not None:
                 try:
@@ -382,6 +435,11 @@ class Gateway:
                                   "message": event.message, "child": event.child_name})
             log.warning("negotiation_failed", connection=event.name, stage=event.stage, notify=event.notify,
                         message=event.message, child=event.child_name)
+        if self.vici is not None:  # after the data plane acted: a client told "up" finds the SA installed
+            try:
+                self.vici.on_ike_event(event, now)
+            except Exception:  # a bug in reporting to vici clients must not take the gateway down
+                log.exception("vici.event_failed", event=type(event).__name__)
 
     def _install_child(self, up: ChildSaUp, now: float) -> None:
         path_mtu = self._path_mtu(up.remote[0], now)
@@ -488,6 +546,8 @@ class Gateway:
     # --- timers -----------------------------------------------------------------------------
     def _housekeeping(self, now: float) -> None:
         self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
+        if self.vici is not None:
+            self.vici.expire(now)
         while self.retiring and self.retiring[0][0] <= now:
             self._retire(self.retiring.popleft()[1])
         for path in list(self.children.values()):
@@ -577,7 +637,7 @@ def run(config: Config) -> int:
     gateway = Gateway(config)
     try:
         gateway.open()
-    except OSError as exc:
+    except (OSError, ControlError) as exc:
         log.error("startup_failed", error=str(exc))
         gateway.close()
         return 1

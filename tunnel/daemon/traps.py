@@ -46,6 +46,10 @@ class Traps:
         self.table.add(_key(conn.name, child.name), child.local_ts, child.remote_ts,
                        Trap(conn, child, self.queue_size))
 
+    def remove(self, conn: ConnectionConfig) -> None:
+        for child in conn.children:
+            self.table.remove(_key(conn.name, child.name))
+
     def catch(self, packet: bytes) -> Trap | None:
         """Queue ``packet`` on the trap that covers it; None if no trap does."""
         trap = self.table.lookup_outbound(packet)

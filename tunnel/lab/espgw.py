@@ -73,7 +73,8 @@ def _child_toml(conn: str, child: ChildConfig) -> list[str]:
 def config_toml(conns: list[ConnectionConfig], settings: GatewaySettings, control_socket: str) -> str:
     """An espgw TOML config for these connections; PSKs as hex in ``secrets.ike-NAME``."""
     lines = ["[gateway]", f"tun_name = {_quote(settings.tun_name)}", f"mtu = {settings.mtu}",
-             f"control_socket = {_quote(control_socket)}", f'esp_encap = "{settings.esp_encap}"',
+             f"control_socket = {_quote(control_socket)}",
+             f"vici_socket = {_quote(control_socket + '.vici')}", f'esp_encap = "{settings.esp_encap}"',
              f'raw_esp_tx = "{settings.raw_esp_tx}"',
              f'log_level = "{settings.log_level}"', f'log_format = "{settings.log_format}"',
              f"queue_size = {settings.queue_size}", f"retransmit_timeout = {settings.retransmit_timeout}",

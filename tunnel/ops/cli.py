@@ -359,7 +359,7 @@ def describe_config(config: Config) -> str:
     gw = config.gateway
     lines = [f"{config.source}: OK",
              f"gateway: tun {gw.tun_name}, mtu {gw.mtu}, esp {gw.esp_encap}, queue {gw.queue_size}, "
-             f"control {gw.control_socket}, log {gw.log_level}/{gw.log_format}"]
+             f"control {gw.control_socket}, vici {gw.vici_socket or 'off'}, log {gw.log_level}/{gw.log_format}"]
     for conn in config.connections:
         lines.append(f"{conn.name}: {','.join(conn.local_addrs)}[{conn.local_port}] ... "
                      f"{','.join(conn.remote_addrs)}[{conn.remote_port}], IKEv2")

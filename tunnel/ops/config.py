@@ -35,6 +35,7 @@ from ike.crypto.mlkem import ML_KEM_METHODS
 from ike.crypto.proposals import ADDKE_TYPES, parse_proposals
 
 DEFAULT_CONTROL_SOCKET = "/run/espgw/espgw.sock"
+DEFAULT_VICI_SOCKET = "/var/run/charon.vici"  # where swanctl and the vici package look first; "" disables
 
 
 class ConfigError(Exception):
@@ -52,6 +53,7 @@ class GatewayConfig:
     tun_name: str = "espgw0"
     mtu: int = 1400  # inner MTU of the TUN device: leaves room for the ESP and outer headers
     control_socket: str = DEFAULT_CONTROL_SOCKET
+    vici_socket: str = DEFAULT_VICI_SOCKET  # strongSwan's vici protocol (swanctl); "" for none
     log_level: str = "info"
     log_format: str = "auto"  # auto | console | json
     esp_encap: str = "raw"  # raw: IP protocol 50; udp: always ESP in UDP port 4500 (RFC 3948)
@@ -104,6 +106,13 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{source}: invalid TOML: {exc}"]) from None
+    return parse_config_data(data, source)
+
+
+def parse_config_data(data: dict[str, Any], source: str, require_connections: bool = True) -> Config:
+    """Validate the tables of a config (as ``tomllib`` reads them; vici's load-conn builds the
+    same shape). A file without connections is refused unless its ``[gateway]`` enables the vici
+    socket, through which they arrive later; ``require_connections=False`` never asks for one."""
     problems: list[str] = []
     root = _Table(data, "", source, problems)
     root.allow({"gateway", "connections", "secrets"})
@@ -121,7 +130,8 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         if source_key:
             psk_sources[name] = source_key
         connections.append(conn)
-    if not conns.keys() and not problems:
+    vici_only = bool(gateway.vici_socket) and "vici_socket" in root.table("gateway").keys()
+    if require_connections and not vici_only and not conns.keys() and not problems:
         problems.append(f"{source}: connections: expected at least one connection table")
     _check_unique_children(conns, connections)
     if problems:
@@ -309,6 +319,12 @@ def _int_range(low: int, high: int) -> Callable[[Any], int]:
     return parse
 
 
+def _string_or_empty(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise _Bad("a string")
+
+
 def _string(value: Any) -> str:
     if isinstance(value, str) and value:
         return value
@@ -410,12 +426,13 @@ def _show(value: Any) -> str:
 
 def _parse_gateway(table: _Table) -> GatewayConfig:
     defaults = GatewayConfig()
-    table.allow({"tun_name", "mtu", "control_socket", "log_level", "log_format", "esp_encap", "raw_esp_tx",
-                 "queue_size", "retransmit_timeout", "retransmit_base", "retransmit_tries"})
+    table.allow({"tun_name", "mtu", "control_socket", "vici_socket", "log_level", "log_format", "esp_encap",
+                 "raw_esp_tx", "queue_size", "retransmit_timeout", "retransmit_base", "retransmit_tries"})
     return GatewayConfig(
         tun_name=table.get("tun_name", _tun_name, defaults.tun_name),
         mtu=table.get("mtu", _int_range(576, 65535), defaults.mtu),
         control_socket=table.get("control_socket", _string, defaults.control_socket),
+        vici_socket=table.get("vici_socket", _string_or_empty, defaults.vici_socket),
         log_level=table.get("log_level", _one_of("debug", "info", "warning", "error"), defaults.log_level),
         log_format=table.get("log_format", _one_of("auto", "console", "json"), defaults.log_format),
         esp_encap=table.get("esp_encap", _one_of("raw", "udp"), defaults.esp_encap),
@@ -449,7 +466,7 @@ def _tun_name(value: Any) -> str:
     raise _Bad("an interface name of 1-15 letters, digits, '_', '.' or '-'")
 
 
-_CONNECTION_KEYS = {
+CONNECTION_KEYS = {
     "local_addrs", "remote_addrs", "local_port", "remote_port", "proposals", "version", "encap",
     "dpd_delay", "dpd_timeout", "rekey_time", "over_time", "reauth_time", "fragmentation",
     "keyingtries", "mobike", "unique", "local", "remote", "children",
@@ -457,7 +474,7 @@ _CONNECTION_KEYS = {
 
 
 def _parse_connection(table: _Table, name: str) -> ConnectionConfig | None:
-    table.allow(_CONNECTION_KEYS, prefixes=("local-", "remote-"))
+    table.allow(CONNECTION_KEYS, prefixes=("local-", "remote-"))
     start = len(table.problems)
     defaults = ConnectionConfig(name, [], [], AuthConfig(), AuthConfig())
     version = table.get("version", _int_range(0, 2), 2)
@@ -507,7 +524,7 @@ def _parse_auth(conn: _Table, side: str) -> AuthConfig:
     return AuthConfig(auth="psk", id=table.get("id", _string, None))
 
 
-_CHILD_KEYS = {
+CHILD_KEYS = {
     "local_ts", "remote_ts", "esp_proposals", "mode", "start_action", "dpd_action", "close_action",
     "rekey_time", "life_time", "rand_time", "rekey_packets", "rekey_bytes", "replay_window",
     "tfc_padding",
@@ -515,7 +532,7 @@ _CHILD_KEYS = {
 
 
 def _parse_child(table: _Table, name: str) -> ChildConfig | None:
-    table.allow(_CHILD_KEYS)
+    table.allow(CHILD_KEYS)
     start = len(table.problems)
     defaults = ChildConfig(name, [], [])
     mode = table.get("mode", _one_of("tunnel", "transport", "pass", "drop"), "tunnel")

@@ -260,3 +260,12 @@ def test_retransmit_schedule_rejects_what_would_never_wait_or_never_end():
                      "gateway.retransmit_base: expected a number of at least 1",
                      "gateway.retransmit_tries: expected an integer from 0 to 100"):
         assert fragment in joined, joined
+
+
+def test_vici_socket_default_and_a_file_without_connections():
+    assert parse_config(MINIMAL).gateway.vici_socket == "/var/run/charon.vici"
+    assert parse_config('[gateway]\nvici_socket = ""\n' + MINIMAL).gateway.vici_socket == ""
+    # connections may all arrive over vici, but only when the file asks for the socket
+    assert parse_config('[gateway]\nvici_socket = "/run/espgw/vici"\n').connections == []
+    with pytest.raises(ConfigError, match="expected at least one connection table"):
+        parse_config('[gateway]\nvici_socket = ""\n')

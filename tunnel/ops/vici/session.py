@@ -169,6 +169,10 @@ class ViciSession:
         """Bytes to write to the client's socket."""
         return bytes(self._output)
 
+    def pending_size(self) -> int:
+        """How many bytes wait for the client (without copying them)."""
+        return len(self._output)
+
     def output_sent(self, count: int) -> None:
         """The socket took the first ``count`` bytes of pending_output()."""
         del self._output[:count]

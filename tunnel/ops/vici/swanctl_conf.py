@@ -3,8 +3,8 @@
 swanctl sends swanctl.conf almost verbatim: ``load-conn`` carries one ``connections.NAME`` section
 (comma lists already split into vici lists), ``load-shared`` one ``secrets.ike-X`` section as
 ``{id, type, data, owners}``. espgw's TOML configuration has the same tables and keys, so the
-messages are rebuilt into the shape that TOML loader reads and validated by it
-(``tunnel.ops.config.parse_config``): one set of rules and error messages for both ways in, and any key
+messages are rebuilt into the tables that loader reads and validated by it
+(``tunnel.ops.config.parse_config_data``): one set of rules and error messages for both ways in, and any key
 the loader does not know is an error naming it, never dropped.
 
 A connection's PSK is chosen when it is loaded, from the secrets loaded before it (swanctl
@@ -16,16 +16,14 @@ again, which ``--load-all`` does. Pools are refused: espgw assigns no virtual IP
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from ike.config import ConnectionConfig
-from tunnel.ops.config import _CHILD_KEYS, _CONNECTION_KEYS, Config, ConfigError, parse_config
+from tunnel.ops.config import CHILD_KEYS, CONNECTION_KEYS, Config, ConfigError, parse_config_data
 
 from .codec import Message, Value
 
 SOURCE = "vici"
-_NO_CONNECTION = f"{SOURCE}: connections: expected at least one connection table"
 SHARED_KEYS = ("id", "type", "data", "owners")
 AUTH_KEYS = ("auth", "id")
 
@@ -68,7 +66,6 @@ class ViciConfig:
         table = _text_tree(section, f"connections.{name}")
         config = _validate({"connections": {name: table},
                             "secrets": {shared.name: shared.section for shared in self._secrets.values()}})
-        assert config is not None  # it has a connection
         conn = config.connection(name)
         self._check_child_names(conn)
         self._conns[name] = conn
@@ -133,6 +130,10 @@ class ViciConfig:
         if self._secrets.pop(ident, None) is None:
             raise ViciConfigError([f"unload-shared: no secret {ident!r} loaded over vici"])
 
+    def clear_shared(self) -> None:
+        """clear-creds: forget every secret (loaded connections keep the PSK they took)."""
+        self._secrets.clear()
+
     def get_shared(self) -> dict[str, list[str]]:
         """The get-shared response: the ids of the loaded secrets (never their values), which swanctl
         compares with its ``secrets`` section names to unload the ones gone from the file."""
@@ -146,15 +147,12 @@ class ViciConfig:
                                "remove the pools section)"])
 
 
-def _validate(data: dict[str, object], allow_no_connection: bool = False) -> Config | None:
-    """The TOML loader's verdict on ``data``; None when ``data`` holds no connection (allowed)."""
+def _validate(data: dict[str, object], allow_no_connection: bool = False) -> Config:
+    """The configuration loader's verdict on ``data``."""
     try:
-        return parse_config(_to_toml(data), source=SOURCE)
+        return parse_config_data(data, SOURCE, require_connections=not allow_no_connection)
     except ConfigError as exc:
-        problems = [p for p in exc.problems if not (allow_no_connection and p == _NO_CONNECTION)]
-        if problems:
-            raise ViciConfigError(problems) from None
-        return None
+        raise ViciConfigError(exc.problems) from None
 
 
 # ----------------------------------------------------------------------------- message -> text
@@ -189,33 +187,14 @@ def _text_value(value: Value, path: str) -> object:
     return _text(value, path)
 
 
-def _to_toml(data: dict[str, object]) -> str:
-    """Render nested dicts of strings and string lists as TOML the loader reads back exactly."""
-    return "".join(f"{_toml_string(key)} = {_toml_value(value)}\n" for key, value in data.items())
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_toml_string(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    assert isinstance(value, str)
-    return _toml_string(value)
-
-
-def _toml_string(text: str) -> str:
-    # JSON's escapes are TOML's basic-string escapes; TOML also wants DEL escaped
-    return json.dumps(text).replace("\x7f", "\\u007f")
-
-
 # ----------------------------------------------------------------------------- the supported keys
 
 
 def supported_keys() -> dict[str, list[str]]:
     """swanctl.conf keys espgw accepts over vici, by section (the README's table)."""
     return {
-        "connections.<conn>": sorted(_CONNECTION_KEYS - {"local", "remote", "children"}),
+        "connections.<conn>": sorted(CONNECTION_KEYS - {"local", "remote", "children"}),
         "connections.<conn>.local / remote": list(AUTH_KEYS),
-        "connections.<conn>.children.<child>": sorted(_CHILD_KEYS),
+        "connections.<conn>.children.<child>": sorted(CHILD_KEYS),
         "secrets.ike-<name> (load-shared)": ["id", "secret", "id-<suffix> (sent as owners)"],
     }
