@@ -558,7 +558,7 @@ class Gateway:
                 self.pump(now)
         if now >= self._next_trim:
             self._next_trim = now + TRIM_INTERVAL
-            _release_free_memory()
+            release_free_memory()
         if now >= self._next_keepalive:
             self._next_keepalive = now + NAT_KEEPALIVE_INTERVAL
             for local, remote in self.nat_keepalives.values():
@@ -608,7 +608,8 @@ class Gateway:
         self.pump(now)
         return {"message": f"terminating IKE SA {name}"}
 
-def _malloc_trim() -> Callable[[], None]:
+def malloc_trim() -> Callable[[], None]:
+    """glibc's malloc_trim(0), or a no-op where the C library has none."""
     try:
         trim = ctypes.CDLL(None).malloc_trim  # glibc; other C libraries may not have it
     except (OSError, AttributeError):
@@ -617,7 +618,9 @@ def _malloc_trim() -> Callable[[], None]:
     return lambda: trim(0)
 
 
-_release_free_memory = _malloc_trim()
+# Housekeeping hands freed heap back to the kernel every TRIM_INTERVAL (a module attribute, so a
+# test can count the calls)
+release_free_memory = malloc_trim()
 
 
 def _link_local_noise(packet: bytes) -> bool:

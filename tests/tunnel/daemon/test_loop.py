@@ -42,6 +42,9 @@ class RecordingIke:
     def note_inbound_esp(self, spi: int, now: float) -> None:
         pass
 
+    def terminate_ike(self, name: str, now: float) -> None:
+        pass
+
 
 @pytest.fixture
 def gateway(tmp_path):
@@ -50,8 +53,7 @@ def gateway(tmp_path):
     watchdog.start()
     yield gw
     watchdog.cancel()
-    gw._poll.close()
-    gw.selector.close()
+    gw.close()
 
 
 def _pair(gw: Gateway, handler_for):
@@ -127,7 +129,6 @@ def test_a_deadline_that_moved_later_costs_one_idle_turn_only(gateway):
     """The loop may wake at a stale (earlier) deadline; IKE re-checks, nothing is lost or repeated."""
     now = time.monotonic()
     gateway.ike = ike = RecordingIke(deadline=now + 0.02)
-    gateway._next_housekeeping = now + 60
     real_get = ike.get_timer
 
     def moved_later():
@@ -141,37 +142,80 @@ def test_a_deadline_that_moved_later_costs_one_idle_turn_only(gateway):
     assert ike.fired[0] - now >= 0.02 and ike.fired[1] - now >= 0.1
 
 
-def test_housekeeping_runs_on_time_while_idle(gateway):
-    gateway.ike = RecordingIke()
-    start = time.monotonic()
-    gateway._next_housekeeping = start + 0.05
-    runs = []
-    real = gateway._housekeeping
+class SteppingClock:
+    """Simulated time that moves ``step`` seconds each time it is read: the loop never waits,
+    and its timers come due in simulated time."""
 
-    def housekeeping(now):
-        runs.append(now)
-        real(now)
-        gateway.stop()
+    def __init__(self, start: float = 1000.0, step: float = 0.25) -> None:
+        self.now, self.step = start, step
 
-    gateway._housekeeping = housekeeping
-    gateway.run()
-    assert len(runs) == 1 and 0.04 <= runs[0] - start < 2.0
-    assert gateway._next_housekeeping > runs[0]
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
 
 
-def test_housekeeping_hands_freed_heap_back_now_and_then(gateway, monkeypatch):
+class RecordingUdp:
+    def __init__(self, clock) -> None:
+        self.clock, self.sent = clock, []
+
+    def send_keepalive(self, remote, local):
+        self.sent.append(self.clock.now)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def simulated(tmp_path):
+    """A gateway on a SteppingClock, idle but for one IKE SA behind a NAT (it gets keepalives)."""
+    from ike.events import IkeSaUp
+
+    clock = SteppingClock()
+    gw = Gateway(Config("test", GatewayConfig(control_socket=str(tmp_path / "ctl"), vici_socket=""), []),
+                 clock=clock)
+    gw.ike = ike = RecordingIke()
+    ike.events.append(IkeSaUp("c", 1, ("192.0.2.1", 4500), ("198.51.100.1", 4500), b"i" * 8, b"r" * 8, True,
+                              "p", "me", "peer", True, False))
+    gw.pump(clock.now)
+    gw.udp = RecordingUdp(clock)
+    yield gw, clock
+    gw.close()
+
+
+def test_housekeeping_runs_on_time_while_idle(simulated):
+    """With nothing to read and no IKE deadline, housekeeping still runs on its interval: the NAT
+    keepalives it sends come every 20 s of (simulated) idle time."""
+    gw, clock = simulated
+    gw.watch(*_stop_after(gw, lambda: len(gw.udp.sent) >= 3))
+    gw.run()
+    first, second, third = gw.udp.sent[:3]
+    assert 20.0 <= first - gw.started < 21.5
+    assert 19.5 < second - first < 21.5 and 19.5 < third - second < 21.5
+
+
+def test_housekeeping_hands_freed_heap_back_now_and_then(simulated, monkeypatch):
     import tunnel.daemon.gateway as daemon
 
-    trims = []
-    monkeypatch.setattr(daemon, "_release_free_memory", lambda: trims.append(1))
-    gateway.ike = RecordingIke()
-    start = gateway._next_trim
-    gateway._housekeeping(start - 1.0)
-    assert trims == []
-    gateway._housekeeping(start)
-    gateway._housekeeping(start + 1.0)
-    assert trims == [1] and gateway._next_trim == start + daemon.TRIM_INTERVAL
-    daemon._malloc_trim()()  # the real one (glibc's malloc_trim, or nothing) runs without error
+    gw, clock = simulated
+    trims: list[float] = []
+    monkeypatch.setattr(daemon, "release_free_memory", lambda: trims.append(clock.now))
+    gw.watch(*_stop_after(gw, lambda: clock.now - gw.started > 35.0))
+    gw.run()
+    assert len(trims) == 3  # at 10, 20 and 30 s
+    assert all(abs(t - gw.started - 10.0 * (i + 1)) < 1.5 for i, t in enumerate(trims))
+    daemon.malloc_trim()()  # the real one (glibc's malloc_trim, or nothing) runs without error
+
+
+def _stop_after(gw: Gateway, done):
+    """A watched fd that is always readable: each loop turn checks ``done`` and stops the loop."""
+    r, w = socket.socketpair()
+    w.send(b"x")
+
+    def check():
+        if done():
+            gw.stop()
+            r.close(), w.close()
+    return r.fileno(), check
 
 
 def test_ike_sa_events_keep_names_and_nat_keepalives(gateway):
@@ -179,12 +223,15 @@ def test_ike_sa_events_keep_names_and_nat_keepalives(gateway):
     from housekeeping, and a down event forgets both."""
     from ike.events import IkeSaDown, IkeSaUp
 
-    class RecordingUdp:
+    class KeepaliveUdp:
         def __init__(self) -> None:
             self.sent: list = []
 
         def send_keepalive(self, remote, local):
             self.sent.append((remote, local))
+
+        def close(self) -> None:
+            pass
 
     behind = IkeSaUp("c", 1, ("192.0.2.1", 4500), ("198.51.100.1", 4500), b"i" * 8, b"r" * 8, True, "p",
                      "me", "peer", True, False)
@@ -194,7 +241,7 @@ def test_ike_sa_events_keep_names_and_nat_keepalives(gateway):
     ike.events += [behind, direct]
     gateway.pump(0.0)
     assert gateway.ike_sa_names == {1: "c", 2: "c"}
-    gateway.udp = RecordingUdp()
+    gateway.udp = KeepaliveUdp()
     start = time.monotonic()
     gateway.clock = lambda: start + 60.0  # past the first keepalive interval
     ike.on_fire = gateway.stop
