@@ -188,7 +188,7 @@ def choose_scheme(key: PrivateKey, peer_hashes: Sequence[int], allowed: Sequence
         common.sort(key=lambda h: h != preferred)
     for h in common:
         for scheme in SCHEMES:
-            if scheme.key_type == kind and scheme.hash == h and scheme.pss == rsa_pss:
+            if scheme.key_type == kind and scheme.hash == h and (kind != "rsa" or scheme.pss == rsa_pss):
                 return scheme
     return None
 
