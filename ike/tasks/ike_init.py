@@ -22,7 +22,7 @@ from ike.events import Address, NegotiationFailed
 from ike.tasks.base import DONE, RETRY, IkeSaContext, Outcome, Rng, Task, destroy
 
 MAX_RETRIES = 5  # COOKIE / INVALID_KE round trips before giving up
-HASH_ALGORITHMS = struct.pack("!HHH", 2, 3, 4)  # SHA2-256/384/512 (RFC 7427 s7)
+HASH_ALGORITHMS = struct.pack("!HHHH", 2, 3, 4, 5)  # SHA2-256/384/512 and Identity (Ed25519) (RFC 7427 s7, RFC 8420)
 ZERO_SPI = bytes(8)
 
 
