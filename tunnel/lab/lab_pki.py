@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import ClassVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -48,6 +49,11 @@ def _issue(subject: str, key: PrivateKey, issuer: x509.Certificate | None, issue
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(now + timedelta(days=days[0])).not_valid_after(now + timedelta(days=days[1]))
                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    # key identifiers: strongSwan finds a CA's CRL by them
+    builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    signer = issuer.public_key() if issuer else key.public_key()
+    builder = builder.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signer),  # type: ignore[arg-type]
+                                    critical=False)
     if san:
         builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(san)]), critical=False)
     algorithm = None if isinstance(issuer_key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
@@ -62,11 +68,12 @@ class LabPki:
     ca_key: PrivateKey = field(repr=False)
     intermediate: tuple[x509.Certificate, PrivateKey] | None = None
     crl: x509.CertificateRevocationList | None = None
+    _crls: ClassVar[int] = 0
 
     @classmethod
-    def make(cls, *, intermediate: bool = False) -> LabPki:
+    def make(cls, *, intermediate: bool = False, name: str = "espgw lab Root CA") -> LabPki:
         ca_key = rsa.generate_private_key(65537, 3072)
-        pki = cls(_issue("espgw lab Root CA", ca_key, None, ca_key, ca=True, days=(-2, 3650)), ca_key)
+        pki = cls(_issue(name, ca_key, None, ca_key, ca=True, days=(-2, 3650)), ca_key)
         if intermediate:
             ica_key = ec.generate_private_key(ec.SECP384R1())
             pki.intermediate = (_issue("espgw lab Intermediate CA", ica_key, pki.ca, ca_key, ca=True), ica_key)
@@ -79,12 +86,21 @@ class LabPki:
         cert = _issue(fqdn, key, issuer, issuer_key, ca=False, san=fqdn, days=days)
         return LocalCredential(cert, key, (self.intermediate[0],) if self.intermediate else ())
 
-    def revoke(self, cert: x509.Certificate) -> None:
-        now = datetime.now(UTC)
-        revoked = x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(now).build()
-        self.crl = (x509.CertificateRevocationListBuilder().issuer_name(self.ca.subject)
+    def revoke(self, *certs: x509.Certificate) -> None:
+        # each CRL strictly newer than the last (thisUpdate has whole seconds): charon keeps the newest
+        LabPki._crls += 1
+        now = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=LabPki._crls)
+        builder = x509.CertificateRevocationListBuilder().issuer_name(self.ca.subject)
+        for cert in certs:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(cert.serial_number)
+                .revocation_date(now - timedelta(hours=1)).build())
+        self.crl = (builder
                     .last_update(now - timedelta(hours=1)).next_update(now + timedelta(days=7))
-                    .add_revoked_certificate(revoked).sign(self.ca_key, hashes.SHA256()))
+                    .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                        self.ca_key.public_key()), critical=False)
+                    .add_extension(x509.CRLNumber(int(now.timestamp() * 1000)), critical=False)  # newest wins in charon
+                    .sign(self.ca_key, hashes.SHA256()))
 
     def trust(self) -> TrustStore:
         return TrustStore(cas=[self.ca], crls=[self.crl] if self.crl else [])

@@ -38,7 +38,17 @@ def swan(request, lab):
 
 @pytest.fixture(scope="module")
 def pki():
-    return LabPki.make(), LabPki.make(intermediate=True), LabPki.make()  # plain, chained, a stranger
+    return LabPki.make(), LabPki.make(intermediate=True), LabPki.make(name="Stranger CA")  # plain, chained, a stranger
+
+
+@pytest.fixture(scope="module")
+def revoked(pki):
+    """Revoked certificates for both gateways and ONE CRL for the module (charon caches CRLs)."""
+    plain = pki[0]
+    creds = {fqdn: plain.gateway(fqdn, "ecdsa256") for fqdn in ("gwa.lab", "gwb.lab")}
+    revoker = LabPki(plain.ca, plain.ca_key)
+    revoker.revoke(*(c.certificate for c in creds.values()))
+    return creds, revoker.trust()
 
 
 @pytest.fixture
@@ -127,20 +137,16 @@ FAILURES = ["expired", "untrusted", "revoked", "id-mismatch"]
 @pytest.mark.parametrize("failure", FAILURES)
 @pytest.mark.parametrize("blame", ["espgw-cert", "swan-cert"])
 @pytest.mark.parametrize("role", list(ROLES))
-def test_failures_end_both_sides(lab, swan, peering, pki, role, failure, blame):
+def test_failures_end_both_sides(lab, swan, peering, pki, revoked, role, failure, blame):
     """The blamed side's certificate is bad; the other side refuses it; nothing is left anywhere."""
     p = peering(role)
     plain, _, stranger = pki
     fqdn = "gwa.lab" if blame == "espgw-cert" else "gwb.lab"
     bad = {"expired": plain.gateway(fqdn, "ecdsa256", expired=True),
            "untrusted": stranger.gateway(fqdn, "ecdsa256"),
-           "revoked": plain.gateway(fqdn, "ecdsa256"),
+           "revoked": revoked[0][fqdn],
            "id-mismatch": plain.gateway("other.lab", "ecdsa256")}[failure]
-    judge_trust = plain.trust()
-    if failure == "revoked":
-        revoker = LabPki(plain.ca, plain.ca_key)
-        revoker.revoke(bad.certificate)
-        judge_trust = revoker.trust()
+    judge_trust = revoked[1] if failure == "revoked" else plain.trust()
     if blame == "espgw-cert":
         pubkey(p, plain, "ecdsa256", espgw_cert=bad, swan_trust=judge_trust)
     else:
