@@ -71,11 +71,12 @@ class LabPki:
     _crls: ClassVar[int] = 0
 
     @classmethod
-    def make(cls, *, intermediate: bool = False, name: str = "espgw lab Root CA") -> LabPki:
-        ca_key = rsa.generate_private_key(65537, 3072)
+    def make(cls, *, intermediate: bool = False, name: str = "espgw lab Root CA", ca_kind: str = "rsa3072",
+             intermediate_kind: str = "ecdsa384") -> LabPki:
+        ca_key = new_key(ca_kind)
         pki = cls(_issue(name, ca_key, None, ca_key, ca=True, days=(-2, 3650)), ca_key)
         if intermediate:
-            ica_key = ec.generate_private_key(ec.SECP384R1())
+            ica_key = new_key(intermediate_kind)
             pki.intermediate = (_issue("espgw lab Intermediate CA", ica_key, pki.ca, ca_key, ca=True), ica_key)
         return pki
 

@@ -119,6 +119,30 @@ def test_chain_through_intermediate(lab, swan, peering, pki, role):
     traffic(lab, p)
 
 
+@pytest.mark.parametrize("role", list(ROLES))
+def test_rsa4096_chain_fragmented_over_1280_byte_path(lab, swan, peering, role):
+    """Root, intermediate and gateway certificates all RSA-4096: each IKE_AUTH message carries two
+    of them and must be fragmented (RFC 7383) to cross a 1280-byte path, both directions."""
+    big = LabPki.make(intermediate=True, ca_kind="rsa4096", intermediate_kind="rsa4096")
+    p = peering(role)
+    pubkey(p, big, "rsa4096")
+    wans = [(lab.gwA, lab.gwA.wan_iface), (lab.gwB, lab.gwB.wan_iface)]
+    for gw, iface in wans:
+        lab.run(gw, "ip", "link", "set", iface, "mtu", "1280")
+    try:
+        p.start()
+        traffic(lab, p)
+    finally:
+        for gw, iface in wans:
+            lab.run(gw, "ip", "link", "set", iface, "mtu", "1500")
+    log = p.swan_log()
+    assert "parsed IKE_AUTH" in log and "EF(" in log  # charon received and sent encrypted fragments
+    if ROLES[role]:  # espgw's own IKE_AUTH request went out in fragments
+        sent = [json.loads(line) for line in p.espgw_log().splitlines()
+                if '"request_sent"' in line and '"IKE_AUTH"' in line]
+        assert sent and sent[0]["fragments"] > 1
+
+
 @pytest.mark.parametrize("mix", ["espgw-pubkey", "espgw-psk"])
 @pytest.mark.parametrize("role", list(ROLES))
 def test_mixed_psk_and_pubkey(lab, swan, peering, pki, role, mix):
