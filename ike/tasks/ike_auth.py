@@ -26,7 +26,8 @@ from ike.codec.payloads import (AuthPayload, CertPayload, CertReqPayload, IdiPay
 from ike.config import AuthConfig, ChildConfig, ConnectionConfig
 from ike.crypto.certs import CertError, certificate_public_key, chain_to_send, validate_peer
 from ike.crypto.keys import psk_auth, signed_octets
-from ike.crypto.signatures import SignatureError, parse_hash_algorithms, sign_auth, verify_auth
+from ike.crypto.signatures import (SignatureError, parse_hash_algorithms, scheme_for_identifier, sign_auth,
+                                   verify_auth)
 from ike.events import Address, NegotiationFailed
 from ike.tasks.base import DONE, IkeSaContext, Outcome, Task, destroy, shared
 from ike.tasks.child_create import (ChildFailure, ChildOffer, PacketTs, abandon, accept_answer, answer_offer,
@@ -88,6 +89,7 @@ def _own_auth(sa: IkeSaContext, cfg: ConnectionConfig, initiator_side: bool, id_
               requested: list[bytes]) -> list[Payload]:
     """Our CERT payloads and AUTH, as our local ``auth`` says."""
     if cfg.local.auth != "pubkey":
+        sa.auth_methods = ("psk", sa.auth_methods[1])
         return [AuthPayload(AuthMethod.SHARED_KEY_MIC, _auth_data(sa, cfg.psk, initiator_side, id_payload))]
     cred = cfg.local.credential
     assert cred is not None, "the config layer gives every pubkey connection its credential"
@@ -96,7 +98,20 @@ def _own_auth(sa: IkeSaContext, cfg: ConnectionConfig, initiator_side: bool, id_
                           for c in chain_to_send(cred, requested, known)]
     method, data = sign_auth(cred.key, auth_octets(sa, initiator_side, id_payload), _peer_hashes(sa),
                              rsa_pss=cfg.local.rsa_pss)
+    sa.auth_methods = (f"pubkey {_method_name(method, data)}", sa.auth_methods[1])
     return out + [AuthPayload(method, data)]
+
+
+def _method_name(method: int, data: bytes) -> str:
+    """What list-sas shows: the RFC 7427 scheme, or the classic method's name."""
+    if method == AuthMethod.DIGITAL_SIGNATURE and data and len(data) > data[0]:
+        scheme = scheme_for_identifier(bytes(data[1:1 + data[0]]))
+        if scheme is not None:
+            return scheme.name
+    try:
+        return AuthMethod(method).name
+    except ValueError:
+        return str(method)
 
 
 def _check_peer_auth(sa: IkeSaContext, cfg: ConnectionConfig, msg: Message, initiator_side: bool,
@@ -110,6 +125,7 @@ def _check_peer_auth(sa: IkeSaContext, cfg: ConnectionConfig, msg: Message, init
             return f"peer used AUTH method {auth.method}, but {cfg.name} expects a pre-shared key"
         if not _auth_ok(_auth_data(sa, cfg.psk, initiator_side, id_payload), auth):
             return "pre-shared key AUTH does not verify"
+        sa.auth_methods = (sa.auth_methods[0], "psk")
         return None
     if auth.method == AuthMethod.SHARED_KEY_MIC:
         return f"peer used a pre-shared key, but {cfg.name} expects a certificate (pubkey)"
@@ -120,12 +136,13 @@ def _check_peer_auth(sa: IkeSaContext, cfg: ConnectionConfig, msg: Message, init
     try:
         chain = validate_peer(ders, cfg.remote.trust, when, peer)
         peer_hashes = _peer_hashes(sa)
-        verify_auth(certificate_public_key(chain[0]), auth.method, auth.data,
-                    auth_octets(sa, initiator_side, id_payload), allow_legacy=peer_hashes is None)
+        scheme = verify_auth(certificate_public_key(chain[0]), auth.method, auth.data,
+                             auth_octets(sa, initiator_side, id_payload), allow_legacy=peer_hashes is None)
     except CertError as exc:
         return f"certificate {exc.reason}: {exc}"
     except SignatureError as exc:
         return f"signature: {exc}"
+    sa.auth_methods = (sa.auth_methods[0], f"pubkey {scheme.name}")
     return None
 
 

@@ -79,6 +79,8 @@ def test_mixed_psk_and_pubkey(initiator):
     a, b = pubkey_pair(b_local="psk")  # a signs, b uses the PSK
     pair = run(a, b, initiator)
     assert pair.of("a", IkeSaUp) and pair.of("b", IkeSaUp)
+    [sa_a] = pair.a.status()
+    assert sa_a["local_auth"].startswith("pubkey ") and sa_a["remote_auth"] == "psk"
 
 
 @pytest.mark.parametrize("initiator", ["a", "b"])

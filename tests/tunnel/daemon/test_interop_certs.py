@@ -106,6 +106,9 @@ def test_key_types(lab, swan, peering, pki, role, case):
     traffic(lab, p)
     ike_mine, ike_theirs = p.ike_pair()
     assert ike_mine["remote_id"] == "gwb.lab" and ike_mine["local_id"] == "gwa.lab"
+    assert ike_mine["local_auth"].startswith("pubkey ") and ike_mine["remote_auth"].startswith("pubkey ")
+    if pss:
+        assert "PSS" in ike_mine["local_auth"]
     log = p.swan_log()
     assert "authentication of 'gwa.lab' with" in log and "successful" in log
     assert "Traceback" not in p.espgw_log()
