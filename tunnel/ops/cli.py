@@ -22,6 +22,7 @@ import sys
 from typing import Any
 from collections.abc import Callable, Sequence
 
+from tunnel.ops import pki
 from tunnel.ops.config import DEFAULT_CONTROL_SOCKET, Config, ConfigError, load_config
 from tunnel.ops.control import ControlError, DaemonUnreachable, control_request
 
@@ -116,6 +117,8 @@ def build_parser(start_daemon: DaemonStarter | None = None,
     keys.add_argument("--wireshark", required=True, metavar="DIR", help="write esp_sa and ikev2_decryption_table here")
     keys.add_argument("--no-merge", action="store_true", help="replace the files instead of adding to them")
     keys.set_defaults(func=cmd_keys)
+
+    pki.add_arguments(commands).set_defaults(func=pki.main)
 
     demo = commands.add_parser("demo", help="build the two-gateway namespace lab and show the tunnel working")
     demo.set_defaults(func=functools.partial(cmd_demo, start=start_demo))
