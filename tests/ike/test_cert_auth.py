@@ -120,3 +120,25 @@ def test_chain_follows_certreq():
 def test_private_key_not_in_repr():
     a, _ = pubkey_pair()
     assert "PRIVATE" not in repr(a) and "key=" not in repr(a.local.credential)
+
+
+@pytest.mark.parametrize("initiator", ["a", "b"])
+def test_garbage_cert_is_authentication_failed(monkeypatch, initiator):
+    """A peer whose CERT payload is not a certificate: AUTHENTICATION_FAILED, one clean line."""
+    import ike.tasks.ike_auth as ike_auth
+    from ike.codec.payloads import CertPayload
+
+    real = ike_auth._own_auth
+
+    def garbled(sa, cfg, initiator_side, id_payload, requested):
+        out = real(sa, cfg, initiator_side, id_payload, requested)
+        if cfg.local.credential is not None and "moon" in repr(cfg.local.credential):
+            out = [CertPayload(4, b"\x30\x03garbage") if isinstance(q, CertPayload) else q for q in out]
+        return out
+    monkeypatch.setattr(ike_auth, "_own_auth", garbled)
+    a, b = pubkey_pair()  # a (moon) sends garbage
+    pair = run(a, b, initiator)
+    assert not pair.a.sas and not pair.b.sas
+    texts = [e.message for e in pair.of("b", NegotiationFailed)]
+    assert any("garbage" in t for t in texts), texts
+    assert all(e.notify == "AUTHENTICATION_FAILED" for side in "ab" for e in pair.of(side, NegotiationFailed))
