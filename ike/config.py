@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Any
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 ANY_ADDRS = frozenset({"%any", "%any4", "%any6"})  # swanctl.conf's wildcard addresses
@@ -90,10 +91,22 @@ class ChildConfig:
 
 @dataclass
 class AuthConfig:
-    """``local`` / ``remote`` sections; only PSK authentication is implemented."""
+    """``local`` / ``remote`` sections: ``auth = "psk"`` or ``"pubkey"`` (certificates).
+
+    For ``pubkey``, the local side carries its ``credential`` (certificate, key, intermediates) and
+    the remote side the ``trust`` its peer's certificate must chain to. The IKE core sees only the
+    monotonic ``now`` of its caller; ``clock_offset`` turns it into wall-clock (Unix) time for
+    certificate validity, set by whoever picks the clock (``time.time() - time.monotonic()`` for
+    the daemon).
+    """
 
     auth: str = "psk"
-    id: str | None = None  # None: the IP address is used (as strongSwan does)
+    id: str | None = None  # None: the certificate's subject with pubkey, else the IP address (as strongSwan)
+    # ike.crypto.certs.LocalCredential / TrustStore (typed loosely: this vocabulary sits below crypto)
+    credential: Any = None
+    trust: Any = None
+    rsa_pss: bool = False  # swanctl's auth = rsa/pss: sign with RSASSA-PSS
+    clock_offset: float = 0.0
 
 
 @dataclass

@@ -14,7 +14,6 @@ import struct
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from cryptography import x509
 
 from ike.config import TrafficSelector
 from ike.codec.constants import (CertEncoding, NotifyType, PayloadType, ProtocolId, TransformAttr, TransformType,
@@ -250,8 +249,9 @@ class AuthPayload(Payload):
 
 @dataclass
 class CertPayload(Payload):
-    """CERT (RFC 7296 s3.6): encoding byte + data. An X.509 certificate (encoding 4) must be one
-    DER certificate; other encodings are kept as they came, for the receiver to ignore."""
+    """CERT (RFC 7296 s3.6): encoding byte + data, kept as they came. Whether X.509 data (encoding
+    4) is one DER certificate is judged by the receiver's validation (``ike.crypto.certs``), so a
+    peer sending garbage is refused with AUTHENTICATION_FAILED, not a syntax error."""
 
     TYPE: ClassVar[int] = PayloadType.CERT
     encoding: int = CertEncoding.X509_SIGNATURE
@@ -263,11 +263,6 @@ class CertPayload(Payload):
     @classmethod
     def parse(cls, body: bytes) -> CertPayload:
         _need(body, 1, "CERT")
-        if body[0] == CertEncoding.X509_SIGNATURE:
-            try:
-                x509.load_der_x509_certificate(bytes(body[1:]))
-            except ValueError:
-                raise MalformedPayload("CERT: not a DER X.509 certificate") from None
         return cls(body[0], bytes(body[1:]))
 
 

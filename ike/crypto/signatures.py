@@ -140,6 +140,11 @@ _RECEIVED_ONLY: tuple[SignatureScheme, ...] = (
 )
 _BY_IDENTIFIER = {s.algorithm_identifier: s for s in SCHEMES + _RECEIVED_ONLY}
 
+
+def scheme_for_identifier(blob: bytes) -> SignatureScheme | None:
+    """The scheme an RFC 7427 AlgorithmIdentifier names, if we know it."""
+    return _BY_IDENTIFIER.get(blob)
+
 # RFC 4754: the ECDSA methods fix curve and hash; the signature is r | s, each as long as the curve.
 _LEGACY_ECDSA = {AuthMethod.ECDSA_SHA256_P256: (ec.SECP256R1, HashAlgorithm.SHA2_256, 32),
                  AuthMethod.ECDSA_SHA384_P384: (ec.SECP384R1, HashAlgorithm.SHA2_384, 48),
@@ -188,7 +193,7 @@ def choose_scheme(key: PrivateKey, peer_hashes: Sequence[int], allowed: Sequence
         common.sort(key=lambda h: h != preferred)
     for h in common:
         for scheme in SCHEMES:
-            if scheme.key_type == kind and scheme.hash == h and scheme.pss == rsa_pss:
+            if scheme.key_type == kind and scheme.hash == h and (kind != "rsa" or scheme.pss == rsa_pss):
                 return scheme
     return None
 
@@ -300,4 +305,4 @@ def verify_auth(key: PublicKey, method: int, data: bytes, octets: bytes, allowed
 __all__ = ["AlgorithmMismatch", "DEFAULT_HASHES", "HashAlgorithm", "HashNotAllowed", "MalformedSignature",
            "SCHEMES", "SignatureError", "SignatureInvalid", "SignatureScheme", "UnknownAlgorithm",
            "UnsupportedAuthMethod", "UnsupportedKey", "choose_scheme", "hash_algorithms_data",
-           "parse_hash_algorithms", "sign_auth", "verify_auth"]
+           "parse_hash_algorithms", "scheme_for_identifier", "sign_auth", "verify_auth"]

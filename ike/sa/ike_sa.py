@@ -90,7 +90,7 @@ class IkeSa(TaskManager):
     """State, keys and CHILD SAs of one IKE SA; the message handling is in TaskManager."""
 
     # slots: a gateway holds thousands of these; an instance dict of ~55 entries costs ~1.5 KB more
-    __slots__ = ("attempt", "candidates", "children", "chosen", "config", "created", "established_at",
+    __slots__ = ("attempt", "auth_methods", "candidates", "children", "chosen", "config", "created", "established_at",
                  "expire_at", "half_open_key", "held_events", "host", "indexed_name", "init_request",
                  "init_response", "initiated", "initiator", "keys", "last_inbound", "local", "local_id", "nat_local",
                  "nat_remote", "neg", "ni", "nr", "peer_deleted_spis", "peer_fragmentation", "peer_key",
@@ -119,6 +119,7 @@ class IkeSa(TaskManager):
         self.init_request = self.init_response = b""
         self.local_id: Identity | None = None
         self.remote_id: Identity | None = None
+        self.auth_methods: tuple[str, str] = ("", "")  # (ours, the peer's), e.g. "pubkey ecdsa-with-sha256"
         self.nat_local = self.nat_remote = False
         self.peer_fragmentation = False
         self.proposal_name = ""  # strongSwan-style, e.g. "aes256gcm16-prfsha256-ecp256"
@@ -329,6 +330,7 @@ class IkeSa(TaskManager):
         new.install_keys(neg, keys)
         new.set_proposal(chosen)
         new.local_id, new.remote_id = self.local_id, self.remote_id
+        new.auth_methods = self.auth_methods
         new.nat_local, new.nat_remote = self.nat_local, self.nat_remote
         new.peer_fragmentation = self.peer_fragmentation
         new.rekeyed_from = self.unique_id
@@ -507,6 +509,7 @@ class IkeSa(TaskManager):
             "spi_i": self.spi_i.hex(), "spi_r": self.spi_r.hex(), "local": list(self.local),
             "remote": list(self.remote), "local_id": str(self.local_id) if self.local_id else None,
             "remote_id": str(self.remote_id) if self.remote_id else None, "proposal": self.proposal_name,
+            "local_auth": self.auth_methods[0], "remote_auth": self.auth_methods[1],
             "nat_local": self.nat_local, "nat_remote": self.nat_remote, "established": self.established_at,
             "rekey_at": self.rekey_at, "expire_at": self.expire_at,
             "children": [c.status() for c in self.children.values()],

@@ -69,6 +69,7 @@ class IkeSaContext(Protocol):
     init_response: bytes
     local_id: Identity | None
     remote_id: Identity | None
+    auth_methods: tuple[str, str]
     nat_local: bool
     nat_remote: bool
     peer_fragmentation: bool

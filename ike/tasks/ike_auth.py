@@ -1,19 +1,33 @@
-"""IKE_AUTH with pre-shared keys (RFC 7296 s1.2, s2.15) and the first CHILD SA.
+"""IKE_AUTH with pre-shared keys or certificates (RFC 7296 s1.2, s2.15, s3.6-3.8; RFC 7427) and
+the first CHILD SA.
+
+Each side authenticates as its own ``auth`` says (PSK one way and signatures the other is
+allowed). With ``pubkey`` we send our chain (shortened to the CA the peer's CERTREQ names) and sign
+with method 14 when the peer announced SIGNATURE_HASH_ALGORITHMS, else with the key type's classic
+method; the peer's CERT payloads must chain to our trust store at wall-clock time
+(``now + clock_offset``), contain its ID, and carry the key its AUTH verifies with.
 
 A failed CHILD SA here keeps the IKE SA (RFC 7296 s1.2, as strongSwan); failed authentication
-ends it with AUTHENTICATION_FAILED.
+ends it with AUTHENTICATION_FAILED and one log line naming the reason.
 """
 
 from __future__ import annotations
 
 import hmac
+from datetime import UTC, datetime
 
-from ike.codec.constants import AuthMethod, ExchangeType, NotifyType
+from cryptography.hazmat.primitives import serialization
+
+from ike.codec.constants import AuthMethod, CertEncoding, ExchangeType, NotifyType
 from ike.codec.ids import ANY_ID, Identity, id_matches
-from ike.codec.message import Message
-from ike.codec.payloads import AuthPayload, IdiPayload, IdPayload, IdrPayload, NotifyPayload, Payload, SaPayload
-from ike.config import ChildConfig, ConnectionConfig
+from ike.codec.message import Message, MessageError, decode
+from ike.codec.payloads import (AuthPayload, CertPayload, CertReqPayload, IdiPayload, IdPayload, IdrPayload,
+                                NotifyPayload, Payload, SaPayload)
+from ike.config import AuthConfig, ChildConfig, ConnectionConfig
+from ike.crypto.certs import CertError, certificate_public_key, chain_to_send, validate_peer
 from ike.crypto.keys import psk_auth, signed_octets
+from ike.crypto.signatures import (SignatureError, parse_hash_algorithms, scheme_for_identifier, sign_auth,
+                                   verify_auth)
 from ike.events import Address, NegotiationFailed
 from ike.tasks.base import DONE, IkeSaContext, Outcome, Task, destroy, shared
 from ike.tasks.child_create import (ChildFailure, ChildOffer, PacketTs, abandon, accept_answer, answer_offer,
@@ -25,6 +39,8 @@ from ike.tasks.states import IkeState
 def local_identity(config: ConnectionConfig, local_addr: str) -> Identity:
     if config.local.id:
         return Identity.parse(config.local.id)
+    if config.local.auth == "pubkey" and config.local.credential is not None:
+        return config.local.credential.identity  # strongSwan: the certificate's subject DN
     return Identity.of_address(local_addr)
 
 
@@ -46,6 +62,93 @@ def _auth_ok(expected: bytes, got: AuthPayload | None) -> bool:
     return got is not None and got.method == AuthMethod.SHARED_KEY_MIC and hmac.compare_digest(expected, got.data)
 
 
+def _peer_init_payloads(sa: IkeSaContext) -> list[Payload]:
+    """The peer's IKE_SA_INIT payloads (kept raw for AUTH anyway): its SIGNATURE_HASH_ALGORITHMS
+    and, from a responder, its CERTREQ."""
+    try:
+        return decode(sa.init_response if sa.initiator else sa.init_request).payloads
+    except MessageError:
+        return []
+
+
+def _peer_hashes(sa: IkeSaContext) -> list[int] | None:
+    for p in _peer_init_payloads(sa):
+        if isinstance(p, NotifyPayload) and p.notify_type == NotifyType.SIGNATURE_HASH_ALGORITHMS:
+            return parse_hash_algorithms(p.data)
+    return None
+
+
+def certreq_payloads(remote: AuthConfig) -> list[Payload]:
+    """Our CERTREQ (RFC 7296 s3.7) when we authenticate the peer by certificate."""
+    if remote.auth != "pubkey" or remote.trust is None:
+        return []
+    return [CertReqPayload.for_authorities(remote.trust.ca_key_hashes())]
+
+
+def _own_auth(sa: IkeSaContext, cfg: ConnectionConfig, initiator_side: bool, id_payload: IdPayload,
+              requested: list[bytes]) -> list[Payload]:
+    """Our CERT payloads and AUTH, as our local ``auth`` says."""
+    if cfg.local.auth != "pubkey":
+        sa.auth_methods = ("psk", sa.auth_methods[1])
+        return [AuthPayload(AuthMethod.SHARED_KEY_MIC, _auth_data(sa, cfg.psk, initiator_side, id_payload))]
+    cred = cfg.local.credential
+    assert cred is not None, "the config layer gives every pubkey connection its credential"
+    known = cfg.remote.trust.cas if cfg.remote.trust is not None else ()
+    out: list[Payload] = [CertPayload(CertEncoding.X509_SIGNATURE, c.public_bytes(_DER))
+                          for c in chain_to_send(cred, requested, known)]
+    method, data = sign_auth(cred.key, auth_octets(sa, initiator_side, id_payload), _peer_hashes(sa),
+                             rsa_pss=cfg.local.rsa_pss)
+    sa.auth_methods = (f"pubkey {_method_name(method, data)}", sa.auth_methods[1])
+    return out + [AuthPayload(method, data)]
+
+
+def _method_name(method: int, data: bytes) -> str:
+    """What list-sas shows: the RFC 7427 scheme, or the classic method's name."""
+    if method == AuthMethod.DIGITAL_SIGNATURE and data and len(data) > data[0]:
+        scheme = scheme_for_identifier(bytes(data[1:1 + data[0]]))
+        if scheme is not None:
+            return scheme.name
+    try:
+        return AuthMethod(method).name
+    except ValueError:
+        return str(method)
+
+
+def _check_peer_auth(sa: IkeSaContext, cfg: ConnectionConfig, msg: Message, initiator_side: bool,
+                     id_payload: IdPayload, peer: Identity, now: float) -> str | None:
+    """None when the peer's AUTH (and with pubkey its certificate) checks out; else the reason."""
+    auth = msg.get(AuthPayload)
+    if auth is None:
+        return "no AUTH payload"
+    if cfg.remote.auth != "pubkey":
+        if auth.method != AuthMethod.SHARED_KEY_MIC:
+            return f"peer used AUTH method {auth.method}, but {cfg.name} expects a pre-shared key"
+        if not _auth_ok(_auth_data(sa, cfg.psk, initiator_side, id_payload), auth):
+            return "pre-shared key AUTH does not verify"
+        sa.auth_methods = (sa.auth_methods[0], "psk")
+        return None
+    if auth.method == AuthMethod.SHARED_KEY_MIC:
+        return f"peer used a pre-shared key, but {cfg.name} expects a certificate (pubkey)"
+    if cfg.remote.trust is None:
+        return "no trusted CA configured"
+    ders = [p.data for p in msg.all(CertPayload) if p.encoding == CertEncoding.X509_SIGNATURE]
+    when = datetime.fromtimestamp(now + cfg.remote.clock_offset, UTC)
+    try:
+        chain = validate_peer(ders, cfg.remote.trust, when, peer)
+        peer_hashes = _peer_hashes(sa)
+        scheme = verify_auth(certificate_public_key(chain[0]), auth.method, auth.data,
+                             auth_octets(sa, initiator_side, id_payload), allow_legacy=peer_hashes is None)
+    except CertError as exc:
+        return f"certificate {exc.reason}: {exc}"
+    except SignatureError as exc:
+        return f"signature: {exc}"
+    sa.auth_methods = (sa.auth_methods[0], f"pubkey {scheme.name}")
+    return None
+
+
+_DER = serialization.Encoding.DER
+
+
 class IkeAuth(Task):
     exchange = ExchangeType.IKE_AUTH
 
@@ -61,11 +164,19 @@ class IkeAuth(Task):
         out: list[Payload] = [idi]
         if sa.first_contact():
             out.append(NotifyPayload(NotifyType.INITIAL_CONTACT))
+        out += certreq_payloads(sa.config.remote)
         remote_id = sa.config.remote.id
         if remote_id and remote_id != ANY_ID:
             peer = Identity.parse(remote_id)
             out.append(IdrPayload(peer.id_type, peer.data))
-        out.append(AuthPayload(AuthMethod.SHARED_KEY_MIC, _auth_data(sa, sa.config.psk, True, idi)))
+        requested = [h for p in _peer_init_payloads(sa) if isinstance(p, CertReqPayload) for h in p.authorities]
+        try:
+            auth_payloads = _own_auth(sa, sa.config, True, idi, requested)
+        except SignatureError as exc:
+            self._fail(sa, "AUTHENTICATION_FAILED", f"cannot sign our AUTH: {exc}")
+            return None
+        out[1:1] = [p for p in auth_payloads if isinstance(p, CertPayload)]  # CERT right after IDi (s1.2)
+        out += [p for p in auth_payloads if not isinstance(p, CertPayload)]
         if self.child_config is not None:
             self.offer = make_offer(sa, self.child_config, in_auth=True, packet_ts=self.packet_ts)
             out.append(NotifyPayload(NotifyType.ESP_TFC_PADDING_NOT_SUPPORTED))
@@ -86,9 +197,11 @@ class IkeAuth(Task):
             err = next((p for p in msg.all(NotifyPayload) if p.is_error), None)
             name = err.name if err else "INVALID_SYNTAX"
             return self._fail(sa, name, f"responder answered IKE_AUTH with {name}")
-        if not _auth_ok(_auth_data(sa, sa.config.psk, False, idr), auth):
-            return self._fail(sa, "AUTHENTICATION_FAILED", "responder's AUTH payload does not verify", True)
-        sa.remote_id = Identity(idr.id_type, idr.data)
+        peer = Identity(idr.id_type, idr.data)
+        reason = _check_peer_auth(sa, sa.config, msg, False, idr, peer, now)
+        if reason is not None:
+            return self._fail(sa, "AUTHENTICATION_FAILED", f"responder {peer} not authenticated: {reason}", True)
+        sa.remote_id = peer
         if not id_matches(sa.config.remote.id, sa.remote_id):
             return self._fail(sa, "AUTHENTICATION_FAILED",
                               f"responder identity {sa.remote_id} is not the configured one", True)
@@ -129,8 +242,9 @@ def respond_auth(sa: IkeSaContext, msg: Message, now: float) -> list[Payload]:
         return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
     idi = Identity(idi_p.id_type, idi_p.data)
     cfg = _pick_connection(sa, idi, Identity(idr_p.id_type, idr_p.data) if idr_p else None)
-    if cfg is None or not _auth_ok(_auth_data(sa, cfg.psk, True, idi_p), auth):
-        text = f"peer {idi} not authenticated" if cfg else f"no connection accepts identity {idi}"
+    reason = _check_peer_auth(sa, cfg, msg, True, idi_p, idi, now) if cfg is not None else None
+    if cfg is None or reason is not None:
+        text = f"peer {idi} not authenticated: {reason}" if cfg else f"no connection accepts identity {idi}"
         sa.emit(NegotiationFailed(cfg.name if cfg else sa.name, "IKE_AUTH", "AUTHENTICATION_FAILED", text))
         sa.log("ike_auth_failed", peer_id=str(idi), error=text)
         sa.delete_after_response = "auth failed"
@@ -145,7 +259,15 @@ def respond_auth(sa: IkeSaContext, msg: Message, now: float) -> list[Payload]:
         sa.delete_after_response = "unique policy"
         return [NotifyPayload(NotifyType.AUTHENTICATION_FAILED)]
     idr = IdrPayload(sa.local_id.id_type, sa.local_id.data)
-    out: list[Payload] = [idr, AuthPayload(AuthMethod.SHARED_KEY_MIC, _auth_data(sa, cfg.psk, False, idr))]
+    requested = [h for p in msg.all(CertReqPayload) for h in p.authorities]
+    try:
+        out: list[Payload] = [idr, *_own_auth(sa, cfg, False, idr, requested)]
+    except SignatureError as exc:
+        text = f"cannot sign our AUTH: {exc}"
+        sa.emit(NegotiationFailed(cfg.name, "IKE_AUTH", "AUTHENTICATION_FAILED", text))
+        sa.log("ike_auth_failed", peer_id=str(idi), error=text)
+        sa.delete_after_response = "auth failed"
+        return [NotifyPayload(NotifyType.AUTHENTICATION_FAILED)]
     if cfg.unique == "replace" or (NotifyType.INITIAL_CONTACT in msg.notifies() and cfg.unique != "never"):
         sa.replace_duplicates()
     sa.set_established(now)

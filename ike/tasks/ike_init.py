@@ -14,7 +14,7 @@ import struct
 
 from ike.codec import message as codec
 from ike.codec.constants import NAT_T_PORT, ExchangeType, NotifyType, ProtocolId, TransformType
-from ike.codec.payloads import KePayload, NoncePayload, NotifyPayload, Payload, SaPayload
+from ike.codec.payloads import CertReqPayload, KePayload, NoncePayload, NotifyPayload, Payload, SaPayload
 from ike.crypto.dh import InvalidKeyExchange, KeyExchange, key_exchange
 from ike.crypto.keys import NONCE_LEN, derive_ike_keys
 from ike.crypto.proposals import accept_answer, choose, parse_proposals
@@ -22,7 +22,7 @@ from ike.events import Address, NegotiationFailed
 from ike.tasks.base import DONE, RETRY, IkeSaContext, Outcome, Rng, Task, destroy
 
 MAX_RETRIES = 5  # COOKIE / INVALID_KE round trips before giving up
-HASH_ALGORITHMS = struct.pack("!HHH", 2, 3, 4)  # SHA2-256/384/512 (RFC 7427 s7)
+HASH_ALGORITHMS = struct.pack("!HHHH", 2, 3, 4, 5)  # SHA2-256/384/512 and Identity (Ed25519) (RFC 7427 s7, RFC 8420)
 ZERO_SPI = bytes(8)
 
 
@@ -197,6 +197,8 @@ def respond_init(sa: IkeSaContext, msg: codec.Message, now: float) -> list[Paylo
         payloads.append(NotifyPayload(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
     if NotifyType.SIGNATURE_HASH_ALGORITHMS in notifies:
         payloads.append(NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, HASH_ALGORITHMS))
+    if config.remote.auth == "pubkey" and config.remote.trust is not None:  # CERTREQ here, as strongSwan
+        payloads.append(CertReqPayload.for_authorities(config.remote.trust.ca_key_hashes()))
     sa.log("ike_sa_init_answered", remote=src, proposal=sa.proposal_name, nat_local=sa.nat_local,
            nat_remote=sa.nat_remote)
     return payloads

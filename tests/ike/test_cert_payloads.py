@@ -8,8 +8,8 @@ from cryptography.hazmat.primitives import serialization
 from ike.codec import payloads as p
 from ike.codec.constants import CertEncoding, PayloadType
 from ike.crypto import certs as C
-from ike.codec.message import MalformedMessage, decode_chain, encode_chain
-from tests.ike.certs_helpers import cert
+from ike.codec.message import decode_chain, encode_chain
+from tests.ike.certs_helpers import NOW, cert
 
 MOON_DER = cert("moon.crt").public_bytes(serialization.Encoding.DER)
 
@@ -24,9 +24,11 @@ def test_cert_round_trip_with_a_strongswan_certificate():
 
 @pytest.mark.parametrize("body", [b"\x04", b"\x04garbage", b"\x04" + MOON_DER[:-1], b"\x04" + MOON_DER + b"\x00",
                                   b"\x04\x30\x03\x02\x01\x00"])
-def test_cert_garbage_is_a_decode_error(body):
-    with pytest.raises(p.MalformedPayload, match="not a DER X.509 certificate"):
-        p.CertPayload.parse(body)
+def test_cert_garbage_is_kept_and_refused_by_validation(body):
+    parsed = p.CertPayload.parse(body)  # the receiver refuses it with AUTHENTICATION_FAILED
+    assert parsed.data == body[1:]
+    with pytest.raises(C.CertificateGarbage):
+        C.validate_peer([parsed.data], C.TrustStore(cas=[cert("ca.crt")]), NOW)
 
 
 def test_cert_empty_and_other_encodings():
@@ -61,6 +63,5 @@ def test_in_a_payload_chain():
     first, data = encode_chain(chain)
     assert decode_chain(first, data) == chain
     bad = bytearray(data)
-    bad[4 + 1 + 10] ^= 0xFF  # inside the certificate's DER header
-    with pytest.raises(MalformedMessage, match="CertPayload"):
-        decode_chain(first, bytes(bad))
+    bad[4 + 1 + 10] ^= 0xFF  # inside the certificate's DER header: decodes, validation refuses it
+    assert decode_chain(first, bytes(bad))[0].data != chain[0].data

@@ -68,6 +68,7 @@ def describe_ike(gw: Gateway, sa: dict, now: float) -> dict:
         "version": 2, "spi_i": sa.get("spi_i"), "spi_r": sa.get("spi_r"), "initiator": sa.get("initiator"),
         "local_addr": local[0], "local_port": local[1], "local_id": sa.get("local_id"),
         "remote_addr": remote[0], "remote_port": remote[1], "remote_id": sa.get("remote_id"),
+        "local_auth": sa.get("local_auth"), "remote_auth": sa.get("remote_auth"),
         "nat_local": sa.get("nat_local"), "nat_remote": sa.get("nat_remote"), "proposal": sa.get("proposal"),
         "established": _ago(sa.get("established"), now), "rekey_in": _until(sa.get("rekey_at"), now),
         "children": children,

@@ -39,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                         help=f"where to keep the artefacts ({DEFAULT_OUT})")
     parser.add_argument("--no-tshark", action="store_true", help="skip the decryption check with tshark")
+    parser.add_argument("--auth", choices=("psk", "cert"), default="psk",
+                        help="authenticate the gateways with a pre-shared key or with certificates from a fresh CA")
     args = parser.parse_args([] if argv is None else argv)  # the CLI passes only what follows "demo"
     if os.geteuid() != 0:
         print("espgw demo: needs root to create network namespaces; run: sudo espgw demo", file=sys.stderr)
@@ -54,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _MAIN_PID = os.getpid()
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return run_demo(Path(args.out).resolve(), tshark=not args.no_tshark and shutil.which("tshark") is not None)
+        return run_demo(Path(args.out).resolve(), tshark=not args.no_tshark and shutil.which("tshark") is not None,
+                        auth=args.auth)
     except KeyboardInterrupt:
         print("\nespgw demo: interrupted; the lab is removed", file=sys.stderr)
         return 130
@@ -74,7 +77,18 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def run_demo(out: Path, tshark: bool) -> int:
+def _use_certificates(conn_a, conn_b) -> None:
+    """``--auth cert``: a fresh CA, an ECDSA certificate per gateway (ids gwa.lab / gwb.lab)."""
+    from ike.config import AuthConfig
+    from tunnel.lab.lab_pki import LabPki
+
+    pki = LabPki.make()
+    for conn, me, peer in ((conn_a, "gwa.lab", "gwb.lab"), (conn_b, "gwb.lab", "gwa.lab")):
+        conn.local = AuthConfig("pubkey", id=me, credential=pki.gateway(me, "ecdsa256"))
+        conn.remote = AuthConfig("pubkey", id=peer, trust=pki.trust())
+
+
+def run_demo(out: Path, tshark: bool, auth: str = "psk") -> int:
     from tunnel.lab.configs import site_to_site
     from tunnel.lab.espgw import EspgwGateway, wait_until
     from tunnel.lab.netns import Lab, LabError, cleanup_stale
@@ -94,6 +108,8 @@ def run_demo(out: Path, tshark: bool) -> int:
     with lab:
         conn_a, conn_b = site_to_site(lab, "A", name="office"), site_to_site(lab, "B", name="office")
         conn_a.children[0].start_action = "trap"  # the laptop's first packet brings the tunnel up
+        if auth == "cert":
+            _use_certificates(conn_a, conn_b)
         gw_a = EspgwGateway(lab, lab.gwA, [conn_a], name="gatewayA")
         gw_b = EspgwGateway(lab, lab.gwB, [conn_b], name="gatewayB")
         try:

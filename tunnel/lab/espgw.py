@@ -22,6 +22,7 @@ from collections.abc import Callable
 from ike.config import ChildConfig, ConnectionConfig
 from tunnel.ops.control import ControlError, control_request
 from tunnel.lab.netns import Gateway, Lab, LabError
+from tunnel.lab.lab_pki import write_swanctl_files
 from tunnel.lab.swanctl_conf import format_ts
 
 ESPGW = [sys.executable, "-m", "tunnel.main"]
@@ -70,7 +71,31 @@ def _child_toml(conn: str, child: ChildConfig) -> list[str]:
     return lines
 
 
-def config_toml(conns: list[ConnectionConfig], settings: GatewaySettings, control_socket: str) -> str:
+def _auth_toml(conn: ConnectionConfig, side: str, pki_dir: Path | None, prefix: str) -> list[str]:
+    """One side's table; certificate files go to ``pki_dir`` (the config file's folder) in
+    swanctl's layout, named after ``prefix`` (the gateway), the connection and the side."""
+    auth = conn.local if side == "local" else conn.remote
+    lines = [f"[connections.{conn.name}.{side}]", f'auth = "{"rsa/pss" if auth.rsa_pss else auth.auth}"']
+    if auth.id:
+        lines.append(f"id = {_quote(auth.id)}")
+    if auth.auth == "pubkey" and pki_dir is not None:
+        for sub in ("x509", "x509ca", "x509crl", "private"):
+            (pki_dir / sub).mkdir(parents=True, exist_ok=True)
+        name = f"{prefix}-{conn.name}-{side}"
+        for stale in (pki_dir / "x509crl").glob(f"{name}-*"):
+            stale.unlink()
+        cert, cacerts = write_swanctl_files(pki_dir, name, auth.credential if side == "local" else None,
+                                            auth.trust if side == "remote" else None)
+        if cert:
+            lines.append(f"certs = {_list([pki_dir / 'x509' / cert])}")
+            lines += [f"[secrets.private-{name}]", f"file = {_quote(str(pki_dir / 'private' / cert))}"]
+        if cacerts:
+            lines.append(f"cacerts = [{', '.join(_quote(str(pki_dir / 'x509ca' / c)) for c in cacerts)}]")
+    return lines
+
+
+def config_toml(conns: list[ConnectionConfig], settings: GatewaySettings, control_socket: str,
+                pki_dir: Path | None = None, prefix: str = "espgw") -> str:
     """An espgw TOML config for these connections; PSKs as hex in ``secrets.ike-NAME``."""
     lines = ["[gateway]", f"tun_name = {_quote(settings.tun_name)}", f"mtu = {settings.mtu}",
              f"control_socket = {_quote(control_socket)}",
@@ -85,12 +110,12 @@ def config_toml(conns: list[ConnectionConfig], settings: GatewaySettings, contro
                   f"proposals = {_list(conn.proposals)}", f"rekey_time = {conn.rekey_time}",
                   f"dpd_delay = {conn.dpd_delay}", f"encap = {'true' if conn.encap else 'false'}",
                   *([f"over_time = {conn.over_time}"] if conn.over_time is not None else []),
-                  f"[connections.{conn.name}.local]", 'auth = "psk"', f"id = {_quote(conn.local.id or '')}",
-                  f"[connections.{conn.name}.remote]", 'auth = "psk"', f"id = {_quote(conn.remote.id or '')}"]
+                  *_auth_toml(conn, "remote", pki_dir, prefix), *_auth_toml(conn, "local", pki_dir, prefix)]
         for child in conn.children:
             lines += _child_toml(conn.name, child)
-        lines += [f"[secrets.ike-{conn.name}]", f"id = {_quote(conn.remote.id or '')}",
-                  f'secret = "0x{conn.psk.hex()}"', ""]
+        if "psk" in (conn.local.auth, conn.remote.auth):
+            lines += [f"[secrets.ike-{conn.name}]", f"id = {_quote(conn.remote.id or '')}",
+                      f'secret = "0x{conn.psk.hex()}"', ""]
     return "\n".join(lines)
 
 
@@ -115,7 +140,8 @@ class EspgwGateway:
         """Write the config, start the daemon and wait until its control socket answers."""
         if self.proc is not None and self.proc.poll() is None:
             raise LabError(f"espgw on {self.name} is already running")
-        self.config_path.write_text(config_toml(self.conns, self.settings, self.socket))
+        self.config_path.write_text(config_toml(self.conns, self.settings, self.socket,
+                                                self.config_path.parent, self.name))
         os.chmod(self.config_path, 0o600)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket)  # a killed daemon leaves its socket behind

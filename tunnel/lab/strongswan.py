@@ -31,6 +31,7 @@ from ike.config import ConnectionConfig
 from tunnel.lab.netns import WORK_BASE, CommandFailed, Gateway, Lab, LabError
 from tunnel.lab.rootfs import ensure_sid_rootfs, ensure_trixie_rootfs, rootfs_strongswan_version
 from tunnel.lab.sas import ListSasParseError, parse_list_sas
+from tunnel.lab.lab_pki import write_swanctl_files
 from tunnel.lab.swanctl_conf import render_swanctl_conf
 
 log = structlog.get_logger(__name__)
@@ -134,6 +135,13 @@ swanctl {{
         for sub in _SWANCTL_SUBDIRS:  # swanctl --load-all complains about each missing one
             (self.dir / "swanctl" / sub).mkdir(parents=True, exist_ok=True)
         self.conf_path.write_text(self.strongswan_conf())
+        swanctl_dir = self.dir / "swanctl"
+        for sub in ("x509", "x509ca", "x509crl", "private"):  # the previous case's credentials go
+            for stale in (swanctl_dir / sub).iterdir():
+                stale.unlink()
+        for conn in self.connections:
+            write_swanctl_files(swanctl_dir, conn.name, conn.local.credential if conn.local.auth == "pubkey" else None,
+                                conn.remote.trust if conn.remote.auth == "pubkey" else None)
         fd = os.open(self.swanctl_conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(render_swanctl_conf(self.connections))

@@ -80,9 +80,13 @@ def _connection_lines(conn: ConnectionConfig) -> list[str]:
         lines.append(f"over_time = {_seconds(conn.over_time)}")
     for side, auth in (("local", conn.local), ("remote", conn.remote)):
         lines.append(f"{side} {{")
-        lines.append(f"    auth = {auth.auth}")
+        lines.append(f"    auth = {'rsa/pss' if auth.rsa_pss else auth.auth}")
         if auth.id:
-            lines.append(f"    id = {auth.id}")
+            lines.append(f'    id = "{auth.id}"' if "," in auth.id or " " in auth.id else f"    id = {auth.id}")
+        if auth.auth == "pubkey" and side == "local" and auth.credential is not None:
+            lines.append(f"    certs = {conn.name}.pem")  # the files: tunnel.lab.lab_pki.write_swanctl_files
+        if auth.auth == "pubkey" and side == "remote" and auth.trust is not None:
+            lines.append(f"    cacerts = {', '.join(f'{conn.name}-ca{n}.pem' for n in range(len(auth.trust.cas)))}")
         lines.append("}")
     lines.append("children {")
     for child in conn.children:
@@ -103,7 +107,7 @@ def render_swanctl_conf(connections: list[ConnectionConfig]) -> str:
     out.append("}")
     out.append("secrets {")
     for conn in connections:
-        if not conn.psk:
+        if not conn.psk or "psk" not in (conn.local.auth, conn.remote.auth):
             continue
         # ids select the secret; without explicit ids strongSwan uses the IP addresses
         ids = [conn.local.id or conn.local_addrs[0], conn.remote.id or conn.remote_addrs[0]]

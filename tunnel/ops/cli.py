@@ -22,6 +22,7 @@ import sys
 from typing import Any
 from collections.abc import Callable, Sequence
 
+from tunnel.ops import pki
 from tunnel.ops.config import DEFAULT_CONTROL_SOCKET, Config, ConfigError, load_config
 from tunnel.ops.control import ControlError, DaemonUnreachable, control_request
 
@@ -116,6 +117,8 @@ def build_parser(start_daemon: DaemonStarter | None = None,
     keys.add_argument("--wireshark", required=True, metavar="DIR", help="write esp_sa and ikev2_decryption_table here")
     keys.add_argument("--no-merge", action="store_true", help="replace the files instead of adding to them")
     keys.set_defaults(func=cmd_keys)
+
+    pki.add_arguments(commands).set_defaults(func=pki.main)
 
     demo = commands.add_parser("demo", help="build the two-gateway namespace lab and show the tunnel working")
     demo.set_defaults(func=functools.partial(cmd_demo, start=start_demo))
@@ -273,8 +276,10 @@ def render_sas(ike_sas: list[dict]) -> str:
         lines.append(f"{sa.get('name', '?')}: #{sa.get('unique_id', '?')}, {sa.get('state', '?')}, "
                      f"IKEv{sa.get('version', 2)}, {_spi_text(sa.get('spi_i'), 16)}_i{mark_i} "
                      f"{_spi_text(sa.get('spi_r'), 16)}_r{mark_r}")
-        lines.append(f"  local  {_endpoint(sa, 'local')}")
-        lines.append(f"  remote {_endpoint(sa, 'remote')}")
+        lines.append(f"  local  {_endpoint(sa, 'local')}" + (f" authenticated by {sa['local_auth']}"
+                                                              if sa.get("local_auth") else ""))
+        lines.append(f"  remote {_endpoint(sa, 'remote')}" + (f" authenticated by {sa['remote_auth']}"
+                                                              if sa.get("remote_auth") else ""))
         nat = [label for key, label in (("nat_local", "local behind NAT"), ("nat_remote", "remote behind NAT"))
                if sa.get(key)]
         if sa.get("proposal"):
@@ -354,6 +359,12 @@ def _duration_text(seconds: Any) -> str:
     return text or "0s"
 
 
+def _default_id(auth, side: str) -> str:
+    if side == "local" and auth.credential is not None:
+        return f"{auth.credential.identity} (the certificate's subject)"
+    return f"(the {side} address)" if auth.auth == "psk" or side == "local" else "(any the certificate holds)"
+
+
 def describe_config(config: Config) -> str:
     """``espgw check``: the configuration as espgw understood it (never the PSKs themselves)."""
     gw = config.gateway
@@ -363,9 +374,14 @@ def describe_config(config: Config) -> str:
     for conn in config.connections:
         lines.append(f"{conn.name}: {','.join(conn.local_addrs)}[{conn.local_port}] ... "
                      f"{','.join(conn.remote_addrs)}[{conn.remote_port}], IKEv2")
-        lines.append(f"  local  {conn.local.auth} id {conn.local.id or '(the local address)'}")
-        lines.append(f"  remote {conn.remote.auth} id {conn.remote.id or '(the remote address)'}, "
-                     f"secret from {config.psk_sources.get(conn.name, '?')} ({len(conn.psk)} bytes)")
+        lines.append(f"  local  {conn.local.auth} id {conn.local.id or _default_id(conn.local, 'local')}"
+                     + (f", certificate {conn.local.credential!r}" if conn.local.credential else ""))
+        remote = f"  remote {conn.remote.auth} id {conn.remote.id or _default_id(conn.remote, 'remote')}"
+        if conn.remote.trust is not None:
+            remote += f", {len(conn.remote.trust.cas)} trusted CA(s), {len(conn.remote.trust.crls)} CRL(s)"
+        if "psk" in (conn.local.auth, conn.remote.auth):
+            remote += f", secret from {config.psk_sources.get(conn.name, '?')} ({len(conn.psk)} bytes)"
+        lines.append(remote)
         lines.append(f"  proposals {', '.join(conn.proposals)}")
         dpd = _duration_text(conn.dpd_delay) if conn.dpd_delay else "off"
         lines.append(f"  rekey_time {_duration_text(conn.rekey_time)}, dpd_delay {dpd}, "

@@ -31,8 +31,11 @@ from ike.config import (
     TrafficSelector,
     is_any_addr,
 )
+from ike.crypto.certs import CertError
 from ike.crypto.mlkem import ML_KEM_METHODS
 from ike.crypto.proposals import ADDKE_TYPES, parse_proposals
+from tunnel.ops import credentials
+from tunnel.ops.credentials import KeySecret
 
 DEFAULT_CONTROL_SOCKET = "/run/espgw/espgw.sock"
 DEFAULT_VICI_SOCKET = "/var/run/charon.vici"  # where swanctl and the vici package look first; "" disables
@@ -118,6 +121,7 @@ def parse_config_data(data: dict[str, Any], source: str, require_connections: bo
     root.allow({"gateway", "connections", "secrets"})
     gateway = _parse_gateway(root.table("gateway"))
     secrets = _parse_secrets(root.table("secrets"))
+    key_secrets = _parse_key_secrets(root.table("secrets"))
     connections: list[ConnectionConfig] = []
     psk_sources: dict[str, str] = {}
     conns = root.table("connections")
@@ -126,7 +130,8 @@ def parse_config_data(data: dict[str, Any], source: str, require_connections: bo
         conn = _parse_connection(conn_table, name)
         if conn is None:
             continue
-        source_key = _assign_psk(conn, secrets, conn_table)
+        _attach_credentials(conn, conn_table, key_secrets)
+        source_key = _assign_psk(conn, secrets, conn_table) if "psk" in (conn.local.auth, conn.remote.auth) else None
         if source_key:
             psk_sources[name] = source_key
         connections.append(conn)
@@ -517,11 +522,36 @@ def _parse_auth(conn: _Table, side: str) -> AuthConfig:
     if len(names) > 1:
         conn.problem(names[1], f"only one {side} authentication round is supported")
     table = conn.table(names[0] if names else side)
-    table.allow({"auth", "id"})
-    auth = table.get("auth", _string, "psk")
-    if auth != "psk":
-        table.problem("auth", f'expected psk (the only method espgw implements), got "{auth}"')
-    return AuthConfig(auth="psk", id=table.get("id", _string, None))
+    table.allow({"auth", "id", "certs"} if side == "local" else {"auth", "id", "cacerts"})
+    auth = table.get("auth", _one_of(*_AUTH_METHODS), "psk")
+    return AuthConfig(auth="psk" if auth == "psk" else "pubkey", id=table.get("id", _string, None),
+                      rsa_pss=auth == "rsa/pss")
+
+
+# swanctl's names for signature authentication (the key decides the algorithm)
+_AUTH_METHODS = ("psk", "pubkey", "rsa", "rsa/pss", "ecdsa", "ed25519")
+
+
+def _attach_credentials(conn: ConnectionConfig, table: _Table, key_secrets: list[KeySecret]) -> None:
+    """Load the certificate, key and CAs of a pubkey connection (files next to the config file)."""
+    base = Path(table.source).parent if table.source not in ("<config>", "") else Path.cwd()
+    sides = {"local": conn.local, "remote": conn.remote}
+    for side, auth in sides.items():
+        if auth.auth != "pubkey":
+            continue
+        section = table.table(side)
+        names = section.get("certs" if side == "local" else "cacerts", parse_list, [])
+        try:
+            if side == "local":
+                if not names:
+                    section.problem("certs", "missing; auth = pubkey needs our certificate")
+                    continue
+                auth.credential = credentials.local_credential(base, names, key_secrets)
+            else:
+                auth.trust = credentials.trust_store(base, names)
+                auth.clock_offset = credentials.wall_clock_offset()
+        except CertError as exc:
+            section.problem("certs" if side == "local" else "cacerts", str(exc))
 
 
 CHILD_KEYS = {
@@ -593,8 +623,11 @@ class _Secret:
 def _parse_secrets(table: _Table) -> list[_Secret]:
     secrets = []
     for name in table.keys():
+        if name.startswith(tuple(f"{kind}-" for kind in credentials.KEY_SECTIONS)):
+            continue  # private keys: _parse_key_secrets
         if not name.startswith("ike"):
-            table.problem(name, "unknown secret type (espgw understands ike-NAME sections holding PSKs)")
+            table.problem(name, "unknown secret type (espgw understands ike-NAME sections holding PSKs "
+                                "and private-NAME key files)")
             continue
         section = table.table(name)
         section.allow({"secret", "id"}, prefixes=("id-",))
@@ -606,6 +639,22 @@ def _parse_secrets(table: _Table) -> list[_Secret]:
         if psk is not None:
             secrets.append(_Secret(section.path, ids, psk))
     return secrets
+
+
+def _parse_key_secrets(table: _Table) -> list[KeySecret]:
+    """``secrets.private-NAME`` (and ``rsa-``, ``ecdsa-``, ``pkcs8-``): a key ``file`` and its
+    passphrase ``secret``."""
+    keys = []
+    for name in table.keys():
+        if not name.startswith(tuple(f"{kind}-" for kind in credentials.KEY_SECTIONS)):
+            continue
+        section = table.table(name)
+        section.allow({"file", "secret"})
+        file = section.get("file", _string)
+        passphrase = section.get("secret", parse_psk, None)
+        if file is not None:
+            keys.append(KeySecret(section.path, file, passphrase))
+    return keys
 
 
 # strongSwan's identification match levels: a perfect match outweighs any number of wildcards

@@ -273,3 +273,31 @@ def test_narrowed_selectors_have_no_redundant_entries(lab, pair):
     assert _ping_ok(lab, lab.hostA, lab.hostB.addr4)
     (child,) = pair.b.children()
     assert child["local_ts"] == [str(lab.gwB.lan_net4)] and child["remote_ts"] == [str(lab.gwA.lan_net4)]
+
+
+@pytest.mark.parametrize("case", ["ok", "untrusted"])
+def test_certificates_between_two_espgw(lab, pair, case):
+    """Both gateways authenticate with certificates (ECDSA gwA, RSA-PSS gwB); with a CA gwB does not
+    trust, gwA's IKE_AUTH is refused and neither side keeps anything."""
+    from ike.config import AuthConfig
+    from tunnel.lab.lab_pki import LabPki
+    ours, stranger = LabPki.make(), LabPki.make(name="Stranger CA")
+    conn_a, conn_b = site_to_site(lab, "A"), site_to_site(lab, "B")
+    conn_a.local = AuthConfig("pubkey", id="gwa.lab", credential=ours.gateway("gwa.lab", "ecdsa256"))
+    conn_a.remote = AuthConfig("pubkey", id="gwb.lab", trust=ours.trust())
+    conn_b.local = AuthConfig("pubkey", id="gwb.lab", credential=ours.gateway("gwb.lab", "rsa3072"), rsa_pss=True)
+    conn_b.remote = AuthConfig("pubkey", id="gwa.lab", trust=(stranger if case == "untrusted" else ours).trust())
+    pair.a = EspgwGateway(lab, lab.gwA, [conn_a]).start()
+    pair.b = EspgwGateway(lab, lab.gwB, [conn_b]).start()
+    pair.a.request("initiate", child="net")
+    if case == "ok":
+        wait_until(lambda: pair.a.children() and pair.b.children(), 10, "the CHILD SA on both", on_timeout=pair.logs)
+        assert lab.ping(lab.hostA, lab.hostB.addr4, count=3, interval=0.1).ok
+        sent, received = tcp_transfer(lab, lab.hostA, lab.hostB, lab.hostB.addr4, 1 << 20, seed=4)
+        assert sent == received
+        (sa,) = pair.a.ike_sas()
+        assert sa["local_auth"] == "pubkey ecdsa-with-sha256" and "PSS" in sa["remote_auth"]
+    else:
+        wait_until(lambda: "untrusted" in pair.b.log_path.read_text(), 10, "gwB's refusal", on_timeout=pair.logs)
+        wait_until(lambda: not pair.a.ike_sas() and not pair.b.ike_sas(), 10, "no SAs", on_timeout=pair.logs)
+        assert "Traceback" not in pair.a.log_path.read_text() + pair.b.log_path.read_text()

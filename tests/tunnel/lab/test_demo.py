@@ -38,6 +38,15 @@ def test_demo_runs_and_shows_what_the_eavesdropper_sees(tmp_path):
     assert not [n for n in netns.listnetns() if n.startswith(LAB_PREFIX)]
 
 
+def test_demo_with_certificates(tmp_path):
+    out = tmp_path / "demo-cert"
+    done = subprocess.run([sys.executable, "-m", "tunnel.main", "demo", "--auth", "cert", "--no-tshark",
+                           "--out", str(out)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "3/3 replies" in done.stdout and "HTTP 200" in done.stdout
+    assert not [n for n in netns.listnetns() if n.startswith(LAB_PREFIX)]
+
+
 def test_demo_without_root_says_so():
     if shutil.which("setpriv") is None:
         pytest.skip("needs setpriv to drop root")

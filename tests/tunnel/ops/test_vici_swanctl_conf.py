@@ -54,8 +54,9 @@ def test_binary_psk_survives():
 @pytest.mark.parametrize("change, fragment", [
     (lambda c: c.update(if_id_in=b"1"), "connections.office.if_id_in: unknown key"),
     (lambda c: c["children"]["lan"].update(updown=b"/bin/true"), "children.lan.updown: unknown key"),
-    (lambda c: c["local"].update(certs=[b"a.pem"]), "local.certs: unknown key"),
-    (lambda c: c["local"].update(auth=b"pubkey"), "expected psk"),
+    (lambda c: c["local"].update(cacerts=[b"a.pem"]), "local.cacerts: unknown key"),
+    (lambda c: c["local"].update(auth=b"pubkey"), "local.certs: missing"),
+    (lambda c: c["local"].update(auth=b"eap-mschapv2"), "expected psk | pubkey"),
     (lambda c: c["children"]["lan"].update(mode=b"transport"), "mode: expected tunnel"),
     (lambda c: c.update(version=b"1"), "IKEv2 only"),
     (lambda c: c.update(proposals=[b"nonsense-cipher"]), "proposals"),
