@@ -63,6 +63,7 @@ class ViciConfig:
         ((name, section),) = message.items()
         if not isinstance(section, dict):
             raise ViciConfigError([f"load-conn: {name}: expected a section"])
+        _refuse_certificates(name, section)
         table = _text_tree(section, f"connections.{name}")
         config = _validate({"connections": {name: table},
                             "secrets": {shared.name: shared.section for shared in self._secrets.values()}})
@@ -145,6 +146,27 @@ class ViciConfig:
         names = ", ".join(message) or "(none)"
         raise ViciConfigError([f"load-pool: pools {names}: not supported (espgw assigns no virtual IPs; "
                                "remove the pools section)"])
+
+
+CERTIFICATE_KEYS = ("certs", "cacerts", "pubkeys")
+
+
+def _refuse_certificates(name: str, section: Message) -> None:
+    """swanctl sends certificate files' contents in load-conn and keys with load-key, which espgw
+    does not take over vici yet: say so by key instead of reading the contents as file names."""
+    problems = []
+    for side, value in section.items():
+        if not isinstance(value, dict) or not side.startswith(("local", "remote")):
+            continue
+        problems += [f"connections.{name}.{side}.{key}: certificates over vici are not supported yet "
+                     "(configure this connection in the espgw configuration file)"
+                     for key in CERTIFICATE_KEYS if key in value]
+        auth = value.get("auth")
+        if isinstance(auth, bytes) and auth not in (b"psk",):
+            problems.append(f"connections.{name}.{side}.auth: only psk over vici (certificate authentication "
+                            "is configured in the espgw configuration file)")
+    if problems:
+        raise ViciConfigError(problems)
 
 
 def _validate(data: dict[str, object], allow_no_connection: bool = False) -> Config:
