@@ -88,6 +88,7 @@ class Gateway:
                                retransmit_timeout=self.settings.retransmit_timeout,
                                retransmit_base=self.settings.retransmit_base,
                                retransmit_tries=self.settings.retransmit_tries,
+                               cookie_threshold=self.settings.cookie_threshold,
                                half_open_limit=self.settings.half_open_limit,
                                half_open_per_ip=self.settings.half_open_per_ip)
         self.sadb = SADatabase()
