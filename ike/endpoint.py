@@ -442,7 +442,8 @@ class IkeEndpoint:
             cookie = msg.notifies().get(NotifyType.COOKIE)
             if self._demand_cookie(msg.spi_i, nonce.data, cookie.data if cookie else None, src, dst, now):
                 return
-        if not self._room_for_half_open(src[0], now):
+        if self._half_open_by_ip.get(src[0], 0) >= self.half_open_per_ip:  # RFC 8019 s4.1, as block_threshold
+            self.count_drop("half-open limit per address")
             return
         sa = IkeSa(self, configs[0], initiator=False, local=dst, remote=src, spi_i=msg.spi_i, spi_r=bytes(8),
                    unique_id=0, now=now)
@@ -450,21 +451,18 @@ class IkeEndpoint:
         sa.init_request = data
         sa.receive(data, msg, src, dst, now)
         if sa.state != IkeState.DEAD:
+            self._make_room_for_half_open(now)
             self._register(sa, half_open_key=(msg.spi_i, src[0]))
 
-    def _room_for_half_open(self, ip: str, now: float) -> bool:
-        """RFC 8019 s4.1/s7: at most ``half_open_per_ip`` half-open SAs per peer address (more are
-        refused, as strongSwan's block_threshold) and ``half_open_limit`` in all (the oldest is
-        evicted, so a real peer still gets in during a flood; a flood's SAs are the old ones)."""
-        if self._half_open_by_ip.get(ip, 0) >= self.half_open_per_ip:
-            self.count_drop("half-open limit per address")
-            return False
+    def _make_room_for_half_open(self, now: float) -> None:
+        """At most ``half_open_limit`` half-open SAs in all (RFC 8019 s7): the oldest is evicted,
+        so a real peer still gets in during a flood (a flood's SAs are the old ones). Only a request
+        that was accepted evicts one."""
         while len(self._connecting) >= self.half_open_limit:
             oldest = next(iter(self._connecting))
             self._drop_half_open(oldest)  # counted out now; the SA is unfiled when settled
             self.count_drop("half-open SA evicted")
             oldest.destroy("evicted (half-open limit)", now)
-        return True
 
     def _answer_invalid_ike_spi(self, msg: codec.Message, src: Address, dst: Address, now: float) -> None:
         """RFC 7296 s1.5, s2.21.4: an encrypted request for an IKE SA we do not know (we restarted,

@@ -155,3 +155,15 @@ def test_the_sa_payload_parser_stops_at_the_proposal_and_transform_bounds(monkey
     with pytest.raises(MalformedPayload, match="transforms"):
         SaPayload.parse(struct.pack("!BBHBBBB", 0, 0, 8, 1, 1, 0, 255))
     assert not parsed
+
+
+def test_only_an_accepted_request_evicts():
+    ep = responder(half_open_limit=2)
+    for i in range(2):
+        ep.receive_datagram(request(i + 1), (f"192.0.2.{i + 1}", 500), DST, 0.0)
+    unacceptable = IkeEndpoint([mirrored(b_remote_addrs=["%any"], a_ike="aes128-sha256-modp2048")[0]],
+                               rng=seeded_rng(5))
+    unacceptable.initiate("site", None, 0.0)
+    (d,) = unacceptable.datagrams_to_send(0.0)
+    ep.receive_datagram(d.data, ("192.0.2.9", 500), DST, 0.0)  # answered NO_PROPOSAL_CHOSEN
+    assert ep.half_open_count() == 2 and "half-open SA evicted" not in ep.drops
