@@ -48,6 +48,10 @@ __all__ = ["Datagram", "IkeEndpoint", "filed"]
 log = structlog.get_logger("ike")
 
 INVALID_IKE_SPI_PER_SECOND = 10
+# RFC 8019 limits on half-open (responder, not yet authenticated) IKE SAs; see the README's
+# Reliability section for how the defaults were chosen
+HALF_OPEN_PER_IP = 5  # strongSwan's charon.block_threshold
+HALF_OPEN_LIMIT = 5000  # strongSwan's charon.init_limit_half_open (unlimited there by default)
 
 Address = tuple[str, int]
 Event = object
@@ -98,18 +102,25 @@ def filed(index: dict, key: object) -> tuple[IkeSa, ...] | dict[IkeSa, None]:
 class IkeEndpoint:
     def __init__(self, connections: list[ConnectionConfig], *, rng: Callable[[int], bytes],
                  cookie_threshold: int = 10, now: float = 0.0, retransmit_timeout: float = retransmit.TIMEOUT,
-                 retransmit_base: float = retransmit.BASE, retransmit_tries: int = retransmit.TRIES):
+                 retransmit_base: float = retransmit.BASE, retransmit_tries: int = retransmit.TRIES,
+                 half_open_limit: int = HALF_OPEN_LIMIT, half_open_per_ip: int = HALF_OPEN_PER_IP):
         self.connections = {c.name: c for c in connections}
         self.rng = rng
         # raises ValueError for a schedule that would never give up or never wait
         self.retransmit_schedule = retransmit.RetransmitSchedule(retransmit_timeout, retransmit_base, retransmit_tries)
         self.cookie_threshold = cookie_threshold
+        if half_open_limit < 1 or half_open_per_ip < 1:
+            raise ValueError("half-open limits must be at least 1")
+        self.half_open_limit, self.half_open_per_ip = half_open_limit, half_open_per_ip
         self.cookies = CookieJar(rng, now)
         self.outbox = Outbox()
         self.drops = self.outbox.drops
         self.sas: dict[bytes, IkeSa] = {}  # by our SPI
-        self.half_open: dict[tuple[bytes, Address], IkeSa] = {}  # responder: (SPIi, peer address)
-        self._connecting: set[IkeSa] = set()  # responder SAs not yet authenticated
+        # responder SAs not yet authenticated, by (SPIi, peer IP): the port is left out so that one
+        # request (or one cookie) replayed from other ports, or with other payloads, is not a new SA
+        self.half_open: dict[tuple[bytes, str], IkeSa] = {}
+        self._connecting: dict[IkeSa, None] = {}  # the same SAs, oldest first (evicted first)
+        self._half_open_by_ip: dict[str, int] = {}
         self.child_index: dict[int, IkeSa] = {}  # inbound ESP SPI -> IKE SA
         # SPIs handed out during the current entry, not yet filed (an SA is filed when settled)
         self._spis_given: set[object] = set()
@@ -172,7 +183,7 @@ class IkeEndpoint:
                 and (not c.remote_addrs or any(_addr_match(p, remote[0]) for p in c.remote_addrs))]
 
     # --- the SA indexes ------------------------------------------------------------------------
-    def _register(self, sa: IkeSa, half_open_key: tuple[bytes, Address] | None = None) -> None:
+    def _register(self, sa: IkeSa, half_open_key: tuple[bytes, str] | None = None) -> None:
         self.sas[sa.our_spi] = sa
         self._timer_dirty[sa] = None
         if sa.established_at is not None:  # a rekeyed IKE SA is established before it is filed
@@ -180,7 +191,9 @@ class IkeEndpoint:
         if half_open_key is not None:
             sa.half_open_key = half_open_key
             self.half_open[half_open_key] = sa
-            self._connecting.add(sa)
+            self._connecting[sa] = None
+            ip = half_open_key[1]
+            self._half_open_by_ip[ip] = self._half_open_by_ip.get(ip, 0) + 1
 
     def _unregister(self, sa: IkeSa) -> None:
         """Drop a dead SA from every structure at once (its keys are gone already)."""
@@ -201,7 +214,13 @@ class IkeEndpoint:
         self._register(sa)
 
     def _drop_half_open(self, sa: IkeSa) -> None:
-        self._connecting.discard(sa)
+        if self._connecting.pop(sa, 0) is None:
+            ip = sa.half_open_key[1] if sa.half_open_key else ""
+            left = self._half_open_by_ip.get(ip, 1) - 1
+            if left > 0:
+                self._half_open_by_ip[ip] = left
+            else:
+                self._half_open_by_ip.pop(ip, None)
         key = sa.half_open_key
         if key is not None and self.half_open.get(key) is sa:
             del self.half_open[key]
@@ -322,6 +341,10 @@ class IkeEndpoint:
     # --- the public API ----------------------------------------------------------------------
     def receive_datagram(self, data: bytes, src: Address, dst: Address, now: float) -> None:
         try:
+            if len(data) > codec.MAX_INIT_MESSAGE and codec.is_ike_sa_init(data):
+                self.count_drop("IKE_SA_INIT too large")  # refused before any parsing or crypto
+                log.debug("datagram_dropped", src=src, reason=f"IKE_SA_INIT of {len(data)} bytes")
+                return
             if self.half_open_count() >= self.cookie_threshold and self._cookie_answered(data, src, dst, now):
                 return
             msg = codec.decode(data)
@@ -356,8 +379,8 @@ class IkeEndpoint:
         fields = init_request_fields(data)
         if fields is None:
             return False
-        sa = self.half_open.get((data[:8], src))
-        if sa is not None and sa.init_request == data:  # a retransmission: answered from its SA
+        sa = self.half_open.get((data[:8], src[0]))
+        if sa is not None:  # a retransmission (answered from its SA) or a replay (dropped there)
             return False
         return self._demand_cookie(data[:8], fields[0], fields[1], src, dst, now)
 
@@ -384,12 +407,14 @@ class IkeEndpoint:
             if msg.spi_r != bytes(8) or not msg.initiator or msg.message_id != 0:
                 self.count_drop("bad IKE_SA_INIT request header")
                 return
-            sa = self.half_open.get((msg.spi_i, src))
-            if sa is not None and sa.init_request == data:  # a retransmission (strongSwan: init hash)
+            sa = self.half_open.get((msg.spi_i, src[0]))
+            if sa is not None and sa.init_request == data and sa.remote == src:  # a retransmission
                 self._timer_dirty[sa] = None
                 sa.receive(data, msg, src, dst, now)
-                return
-            self._respond_init(data, msg, src, dst, now)
+            elif sa is not None:  # the same initiator SPI from the same address: one SA is enough
+                self.count_drop("IKE_SA_INIT replayed")
+            else:
+                self._respond_init(data, msg, src, dst, now)
             return
         our_spi = msg.spi_r if msg.initiator else msg.spi_i
         sa = self.sas.get(our_spi)
@@ -418,13 +443,27 @@ class IkeEndpoint:
             cookie = msg.notifies().get(NotifyType.COOKIE)
             if self._demand_cookie(msg.spi_i, nonce.data, cookie.data if cookie else None, src, dst, now):
                 return
+        if self._half_open_by_ip.get(src[0], 0) >= self.half_open_per_ip:  # RFC 8019 s4.1, as block_threshold
+            self.count_drop("half-open limit per address")
+            return
         sa = IkeSa(self, configs[0], initiator=False, local=dst, remote=src, spi_i=msg.spi_i, spi_r=bytes(8),
                    unique_id=0, now=now)
         sa.candidates = configs
         sa.init_request = data
         sa.receive(data, msg, src, dst, now)
         if sa.state != IkeState.DEAD:
-            self._register(sa, half_open_key=(msg.spi_i, src))
+            self._make_room_for_half_open(now)
+            self._register(sa, half_open_key=(msg.spi_i, src[0]))
+
+    def _make_room_for_half_open(self, now: float) -> None:
+        """At most ``half_open_limit`` half-open SAs in all (RFC 8019 s7): the oldest is evicted,
+        so a real peer still gets in during a flood (a flood's SAs are the old ones). Only a request
+        that was accepted evicts one."""
+        while len(self._connecting) >= self.half_open_limit:
+            oldest = next(iter(self._connecting))
+            self._drop_half_open(oldest)  # counted out now; the SA is unfiled when settled
+            self.count_drop("half-open SA evicted")
+            oldest.destroy("evicted (half-open limit)", now)
 
     def _answer_invalid_ike_spi(self, msg: codec.Message, src: Address, dst: Address, now: float) -> None:
         """RFC 7296 s1.5, s2.21.4: an encrypted request for an IKE SA we do not know (we restarted,

@@ -19,6 +19,10 @@ from ike.codec.payloads import (PAYLOAD_CLASSES, MalformedPayload, NotifyPayload
 P = TypeVar("P", bound=Payload)
 
 MAX_PAYLOADS = 128  # a message with more is treated as malformed (bounds the work per datagram)
+# An IKE_SA_INIT message is never fragmented and a real one is under 2 kB (strongSwan's full default
+# proposal with a MODP-8192 or ML-KEM-1024 key share stays under 2.5 kB). Bigger ones are refused
+# unparsed: the responder keeps the request (AUTH signs it) for every half-open SA.
+MAX_INIT_MESSAGE = 3072
 
 
 class IntegrityError(Exception):
@@ -114,6 +118,11 @@ def parse_header(data: bytes) -> Message:
     return Message(spi_i, spi_r, exchange, mid, bool(flags & HeaderFlag.INITIATOR),
                    bool(flags & HeaderFlag.RESPONSE), version=version,
                    extra_flags=flags & ~(HeaderFlag.INITIATOR | HeaderFlag.RESPONSE) & 0xFF)
+
+
+def is_ike_sa_init(data: bytes) -> bool:
+    """Whether a datagram's header names IKE_SA_INIT (looked at before anything is parsed)."""
+    return len(data) >= IKE_HEADER_LEN and data[18] == ExchangeType.IKE_SA_INIT
 
 
 def decode_chain(first: int, data: bytes) -> list[Payload]:

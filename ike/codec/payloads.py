@@ -119,6 +119,12 @@ def _parse_transform(data: bytes) -> Transform:
     return OpaqueTransform(typ, t_id, key_length, raw_attributes=bytes(attrs))
 
 
+# Bounds on the work one SA payload can ask for (checked before each proposal is parsed).
+# strongSwan's default IKE proposal, the largest real one, has about 40 transforms in one proposal.
+MAX_PROPOSALS = 32
+MAX_TRANSFORMS = 128  # in one proposal and in a whole SA payload
+
+
 def _encode_proposal(p: Proposal, last: bool) -> bytes:
     transforms = b"".join(_encode_transform(t, i == len(p.transforms) - 1) for i, t in enumerate(p.transforms))
     head = struct.pack("!BBHBBBB", 0 if last else 2, 0, 8 + len(p.spi) + len(transforms), p.number,
@@ -129,6 +135,8 @@ def _encode_proposal(p: Proposal, last: bool) -> bytes:
 def _parse_proposal(data: bytes) -> Proposal:
     _need(data, 8, "proposal")
     number, protocol, spi_size, count = data[4], data[5], data[6], data[7]
+    if count > MAX_TRANSFORMS:
+        raise MalformedPayload(f"{count} transforms in one proposal (at most {MAX_TRANSFORMS})")
     _need(data, 8 + spi_size, "proposal SPI")
     spi = bytes(data[8:8 + spi_size])
     pos, transforms = 8 + spi_size, []
@@ -161,9 +169,15 @@ class SaPayload(Payload):
 
     @classmethod
     def parse(cls, body: bytes) -> SaPayload:
-        pos, proposals = 0, []
+        pos, transforms = 0, 0
+        proposals: list[Proposal] = []
         while pos < len(body):
+            if len(proposals) >= MAX_PROPOSALS:
+                raise MalformedPayload(f"more than {MAX_PROPOSALS} proposals")
             _need(body[pos:], 8, "proposal header")
+            transforms += body[pos + 7]
+            if transforms > MAX_TRANSFORMS:
+                raise MalformedPayload(f"more than {MAX_TRANSFORMS} transforms in an SA payload")
             last, length = body[pos], struct.unpack_from("!H", body, pos + 2)[0]
             if length < 8 or pos + length > len(body) or last not in (0, 2):
                 raise MalformedPayload(f"proposal length {length} / mark {last}")

@@ -89,7 +89,10 @@ class Gateway:
         self.ike = IkeEndpoint(config.connections, rng=rng, now=self.started,
                                retransmit_timeout=self.settings.retransmit_timeout,
                                retransmit_base=self.settings.retransmit_base,
-                               retransmit_tries=self.settings.retransmit_tries)
+                               retransmit_tries=self.settings.retransmit_tries,
+                               cookie_threshold=self.settings.cookie_threshold,
+                               half_open_limit=self.settings.half_open_limit,
+                               half_open_per_ip=self.settings.half_open_per_ip)
         self.sadb = SADatabase()
         self.policy = PolicyTable()
         self.inbound_ok = InboundFilter(self.policy)  # cleared on every policy change below

@@ -69,6 +69,11 @@ class GatewayConfig:
     retransmit_timeout: float = 4.0
     retransmit_base: float = 1.8
     retransmit_tries: int = 5
+    # RFC 8019: half-open IKE SAs from which on a COOKIE is demanded, per peer address (more are
+    # refused) and in all (the oldest goes)
+    cookie_threshold: int = 10
+    half_open_per_ip: int = 5
+    half_open_limit: int = 5000
 
 
 @dataclass
@@ -432,7 +437,8 @@ def _show(value: Any) -> str:
 def _parse_gateway(table: _Table) -> GatewayConfig:
     defaults = GatewayConfig()
     table.allow({"tun_name", "mtu", "control_socket", "vici_socket", "log_level", "log_format", "esp_encap",
-                 "raw_esp_tx", "queue_size", "retransmit_timeout", "retransmit_base", "retransmit_tries"})
+                 "raw_esp_tx", "queue_size", "retransmit_timeout", "retransmit_base", "retransmit_tries",
+                 "cookie_threshold", "half_open_per_ip", "half_open_limit"})
     return GatewayConfig(
         tun_name=table.get("tun_name", _tun_name, defaults.tun_name),
         mtu=table.get("mtu", _int_range(576, 65535), defaults.mtu),
@@ -446,6 +452,9 @@ def _parse_gateway(table: _Table) -> GatewayConfig:
         retransmit_timeout=table.get("retransmit_timeout", _positive_duration, defaults.retransmit_timeout),
         retransmit_base=table.get("retransmit_base", _number_at_least(1.0), defaults.retransmit_base),
         retransmit_tries=table.get("retransmit_tries", _int_range(0, 100), defaults.retransmit_tries),
+        cookie_threshold=table.get("cookie_threshold", _int_range(0, 1_000_000), defaults.cookie_threshold),
+        half_open_per_ip=table.get("half_open_per_ip", _int_range(1, 1_000_000), defaults.half_open_per_ip),
+        half_open_limit=table.get("half_open_limit", _int_range(1, 1_000_000), defaults.half_open_limit),
     )
 
 
