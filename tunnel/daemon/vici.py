@@ -29,6 +29,7 @@ from ike.tasks.states import IkeState
 from tunnel.daemon import status
 from tunnel.daemon.vici_messages import connection, duration, ike_sa, log_message
 from tunnel.ops.vici.codec import EncodableMessage, Message
+from tunnel.ops.vici.credstore import ViciCredentials
 from tunnel.ops.vici.server import ViciServer
 from tunnel.ops.vici.session import CommandRequest, ViciSession
 from tunnel.ops.vici.swanctl_conf import ViciConfig, ViciConfigError
@@ -37,8 +38,7 @@ log = structlog.get_logger("espgw.vici")
 
 EVENTS = ("list-sa", "list-conn", "list-cert", "list-authority", "control-log", "log", "ike-updown",
           "child-updown", "ike-rekey", "child-rekey")
-NO_CERTS = ("certificate credentials over vici are not supported yet; use certs/cacerts in the espgw "
-            "configuration")
+NO_CERTS = "load-token: smartcards are not supported"
 OK: EncodableMessage = {"success": True}
 STREAM_BATCH = 256 * 1024  # bytes of list-sa events buffered per client before waiting for it to read
 
@@ -77,6 +77,7 @@ class ViciDaemon:
     def __init__(self, gateway: Gateway, path: str, selector: selectors.BaseSelector):
         self.gw = gateway
         self.loaded = ViciConfig()
+        self.creds = ViciCredentials()  # certificates, keys and authorities from load-cert/-key/-authority
         self.waiters: list[_Waiter] = []
         self.started_wall = time.time()
         self.handlers: dict[str, Callable[[Message], EncodableMessage]] = {
@@ -85,10 +86,13 @@ class ViciDaemon:
             "load-conn": self._load_conn, "unload-conn": self._unload_conn,
             "load-shared": self._load_shared, "unload-shared": self._unload_shared,
             "get-shared": lambda _m: {"keys": self.loaded.get_shared()["keys"]}, "clear-creds": self._clear_creds,
-            "get-keys": lambda _m: {"keys": []}, "get-authorities": lambda _m: {"authorities": []},
+            "get-keys": lambda _m: {"keys": list(self.creds.keys)},
+            "get-authorities": lambda _m: {"authorities": list(self.creds.authorities)},
             "list-certs": lambda _m: {}, "list-authorities": lambda _m: {},
-            "load-key": self._no_certs, "unload-key": self._no_certs, "load-cert": self._no_certs,
-            "load-token": self._no_certs, "load-authority": self._no_certs, "unload-authority": self._no_certs,
+            "load-key": self._load_key, "unload-key": self._creds_call(self.creds.unload_key),
+            "load-cert": self._creds_call(self.creds.load_cert), "load-token": self._no_certs,
+            "load-authority": self._creds_call(self.creds.load_authority),
+            "unload-authority": self._creds_call(self.creds.unload_authority),
             "get-pools": lambda _m: {}, "load-pool": self._load_pool, "unload-pool": self._unload_pool,
             "get-algorithms": lambda _m: {}, "get-counters": lambda _m: {"success": True, "counters": {}},
             "rekey": self._rekey,
@@ -218,10 +222,28 @@ class ViciDaemon:
 
     def _clear_creds(self, _message: Message) -> EncodableMessage:
         self.loaded.clear_shared()  # connections keep the PSK they were loaded with
+        self.creds.clear()
         return OK
 
     def _no_certs(self, _message: Message) -> EncodableMessage:
         return _failed(NO_CERTS)
+
+    def _load_key(self, message: Message) -> EncodableMessage:
+        try:
+            ident = self.creds.load_key(message)
+        except ViciConfigError as exc:
+            return _failed(exc.errmsg)
+        return {"success": True, "id": ident}
+
+    @staticmethod
+    def _creds_call(apply: Callable[[Message], None]) -> Callable[[Message], EncodableMessage]:
+        def handle(message: Message) -> EncodableMessage:
+            try:
+                apply(message)
+            except ViciConfigError as exc:
+                return _failed(exc.errmsg)
+            return OK
+        return handle
 
     def _load_pool(self, message: Message) -> EncodableMessage:
         try:

@@ -116,11 +116,11 @@ def test_unsupported_key_is_named(lab, espgw, conf, tmp_path):
     assert "updown" in done.stdout + done.stderr
 
 
-def test_certificates_are_refused_clearly(espgw):
+def test_certificate_without_data_is_refused_clearly(espgw):
     sock = _connect(espgw)
     sock.sendall(_packet(0, "load-cert", b"\x03\x04type\x00\x04X509"))
     answer = _read_packet(sock)
-    assert b"not supported yet" in answer
+    assert b"load-cert: missing data" in answer
     sock.close()
 
 
