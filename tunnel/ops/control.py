@@ -24,7 +24,7 @@ import socket
 import stat
 import time
 from typing import Any
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import structlog
 
@@ -88,7 +88,7 @@ class ControlServer:
         self.handler = handler
         self.selector = selector
         self.clients: dict[socket.socket, _Client] = {}
-        self.listener = _bind_unix(path)
+        self.listener = bind_unix(path)
         if selector is not None:
             selector.register(self.listener, selectors.EVENT_READ, self._listener_event)
 
@@ -117,9 +117,9 @@ class ControlServer:
             self._drop(client)
         if self.listener.fileno() >= 0:
             if self.selector is not None:
-                _unregister(self.selector, self.listener)
+                unregister(self.selector, self.listener)
             self.listener.close()
-            _remove_socket_file(self.path)
+            remove_socket_file(self.path)
 
     def __enter__(self) -> ControlServer:
         return self
@@ -133,15 +133,7 @@ class ControlServer:
         self._accept()
 
     def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # EMFILE and friends: try again on the next readiness
-                log.warning("control socket accept failed", error=exc.strerror)
-                return
-            sock.setblocking(False)
+        for sock in accept_pending(self.listener, "control socket accept failed"):
             if len(self.clients) >= MAX_CLIENTS:
                 oldest = next(iter(self.clients.values()))
                 log.warning("too many control clients; dropping the oldest")
@@ -248,18 +240,33 @@ class ControlServer:
         if self.clients.pop(client.sock, None) is None:
             return
         if self.selector is not None:
-            _unregister(self.selector, client.sock)
+            unregister(self.selector, client.sock)
         client.sock.close()
 
 
-def _unregister(selector: selectors.BaseSelector, sock: socket.socket) -> None:
+def accept_pending(listener: socket.socket, failure_event: str) -> Iterator[socket.socket]:
+    """Every connection waiting on a non-blocking listener, each made non-blocking; a failed
+    accept (EMFILE and friends) is logged and ends the round: the next readiness tries again."""
+    while True:
+        try:
+            sock, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.warning(failure_event, error=exc.strerror)
+            return
+        sock.setblocking(False)
+        yield sock
+
+
+def unregister(selector: selectors.BaseSelector, sock: socket.socket) -> None:
     try:
         selector.unregister(sock)
     except (KeyError, ValueError):
         pass
 
 
-def _bind_unix(path: str) -> socket.socket:
+def bind_unix(path: str) -> socket.socket:
     """Listen at ``path`` (mode 0600), replacing a stale socket file but never a live daemon's."""
     directory = os.path.dirname(path) or "."
     try:
@@ -299,7 +306,7 @@ def _is_live(path: str) -> bool:
         probe.close()
 
 
-def _remove_socket_file(path: str) -> None:
+def remove_socket_file(path: str) -> None:
     try:
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection
 
 import structlog
 
-from tunnel.ops.control import _bind_unix, _remove_socket_file, _unregister
+from tunnel.ops.control import accept_pending, bind_unix, remove_socket_file, unregister
 
 from .codec import EncodableMessage
 from .session import CommandRequest, EventSubscription, SessionClosed, ViciSession
@@ -48,7 +48,7 @@ class ViciServer:
         self.events = frozenset(events)
         self.selector = selector
         self.clients: dict[ViciSession, _Client] = {}
-        self.listener = _bind_unix(path)  # mode 0600: root's only, as charon's socket
+        self.listener = bind_unix(path)  # mode 0600: root's only, as charon's socket
         selector.register(self.listener, selectors.EVENT_READ, lambda _mask: self._accept())
 
     def close(self) -> None:
@@ -56,9 +56,9 @@ class ViciServer:
             client.session.close("shutdown", "the daemon stops")
             self._drop(client)
         if self.listener.fileno() >= 0:
-            _unregister(self.selector, self.listener)
+            unregister(self.selector, self.listener)
             self.listener.close()
-            _remove_socket_file(self.path)
+            remove_socket_file(self.path)
 
     def finish(self, session: ViciSession, message: EncodableMessage) -> None:
         """Answer a command that responded later than its dispatch (initiate, terminate)."""
@@ -90,15 +90,7 @@ class ViciServer:
 
     # --- internals ---------------------------------------------------------------------------
     def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # EMFILE and friends: try again on the next readiness
-                log.warning("vici.accept_failed", error=exc.strerror)
-                return
-            sock.setblocking(False)
+        for sock in accept_pending(self.listener, "vici.accept_failed"):
             if len(self.clients) >= MAX_CLIENTS:
                 oldest = next(iter(self.clients.values()))
                 log.warning("vici.too_many_clients", limit=MAX_CLIENTS)
@@ -185,5 +177,5 @@ class ViciServer:
     def _drop(self, client: _Client) -> None:
         if self.clients.pop(client.session, None) is None:
             return
-        _unregister(self.selector, client.sock)
+        unregister(self.selector, client.sock)
         client.sock.close()
