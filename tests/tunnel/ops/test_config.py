@@ -8,22 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.tunnel.ops.helpers import MINIMAL, PSK_TEXT
 from tunnel.ops.config import ConfigError, load_config, parse_config
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
-PSK_TEXT = "correct horse battery staple"
-
-MINIMAL = f"""
-[connections.office]
-local_addrs = "192.0.2.1"
-remote_addrs = "192.0.2.2"
-[connections.office.children.lan]
-local_ts = "10.0.0.0/24"
-remote_ts = "10.0.5.0/24"
-[secrets.ike-office]
-id = "192.0.2.2"
-secret = "{PSK_TEXT}"
-"""
 
 
 def errors_of(text: str) -> list[str]:

@@ -4,19 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.tunnel.ops.helpers import MINIMAL
 from tunnel.ops.config import ConfigError, parse_config
-
-MINIMAL = """
-[connections.office]
-local_addrs = "192.0.2.1"
-remote_addrs = "192.0.2.2"
-[connections.office.children.lan]
-local_ts = "10.0.0.0/24"
-remote_ts = "10.0.5.0/24"
-[secrets.ike-office]
-id = "192.0.2.2"
-secret = "correct horse battery staple"
-"""
 
 
 def test_half_open_defaults_and_keys():
