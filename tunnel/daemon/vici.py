@@ -76,8 +76,8 @@ class _Waiter:
 class ViciDaemon:
     def __init__(self, gateway: Gateway, path: str, selector: selectors.BaseSelector):
         self.gw = gateway
-        self.loaded = ViciConfig()
         self.creds = ViciCredentials()  # certificates, keys and authorities from load-cert/-key/-authority
+        self.loaded = ViciConfig(self.creds)  # pubkey connections take their key and CAs from it when loaded
         self.waiters: list[_Waiter] = []
         self.started_wall = time.time()
         self.handlers: dict[str, Callable[[Message], EncodableMessage]] = {

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ike.config import ConnectionConfig
+from ike.codec.ids import dn_to_text
+from ike.config import AuthConfig, ConnectionConfig
 from tunnel.ops.vici.codec import EncodableMessage
 
 
@@ -128,7 +129,20 @@ def connection(conn: ConnectionConfig) -> EncodableMessage:
     return {
         "local_addrs": list(conn.local_addrs), "remote_addrs": list(conn.remote_addrs), "version": "IKEv2",
         "reauth_time": int(conn.reauth_time), "rekey_time": int(conn.rekey_time), "unique": conn.unique.upper(),
-        "local-1": {"class": "pre-shared key", "id": conn.local.id or "%any"},
-        "remote-1": {"class": "pre-shared key", "id": conn.remote.id or "%any"},
+        "local-1": _auth_round(conn.local), "remote-1": _auth_round(conn.remote),
         "children": children,
     }
+
+
+def _auth_round(auth: AuthConfig) -> EncodableMessage:
+    """One side's authentication as list-conn shows it (charon lists a certificate by its subject)."""
+    if auth.auth != "pubkey":
+        return {"class": "pre-shared key", "id": auth.id or "%any"}
+    out: EncodableMessage = {"class": "public key"}
+    if auth.credential is not None:
+        subject = dn_to_text(auth.credential.certificate.subject)
+        out["id"] = auth.id or subject  # charon's default id: the certificate's subject
+        out["certs"] = [subject]
+    else:
+        out["id"] = auth.id or "%any"
+    return out

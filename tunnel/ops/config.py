@@ -117,16 +117,20 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     return parse_config_data(data, source)
 
 
-def parse_config_data(data: dict[str, Any], source: str, require_connections: bool = True) -> Config:
+def parse_config_data(data: dict[str, Any], source: str, require_connections: bool = True,
+                      credential_source: credentials.CredentialSource | None = None) -> Config:
     """Validate the tables of a config (as ``tomllib`` reads them; vici's load-conn builds the
     same shape). A file without connections is refused unless its ``[gateway]`` enables the vici
-    socket, through which they arrive later; ``require_connections=False`` never asks for one."""
+    socket, through which they arrive later; ``require_connections=False`` never asks for one.
+    Certificates and keys come from ``credential_source`` (vici: what its clients loaded), by
+    default from the files next to ``source``."""
     problems: list[str] = []
     root = _Table(data, "", source, problems)
     root.allow({"gateway", "connections", "secrets"})
     gateway = _parse_gateway(root.table("gateway"))
     secrets = _parse_secrets(root.table("secrets"))
     key_secrets = _parse_key_secrets(root.table("secrets"))
+    creds = credential_source or credentials.FileCredentials(_config_folder(source), key_secrets)
     connections: list[ConnectionConfig] = []
     psk_sources: dict[str, str] = {}
     conns = root.table("connections")
@@ -135,7 +139,7 @@ def parse_config_data(data: dict[str, Any], source: str, require_connections: bo
         conn = _parse_connection(conn_table, name)
         if conn is None:
             continue
-        _attach_credentials(conn, conn_table, key_secrets)
+        _attach_credentials(conn, conn_table, creds)
         source_key = _assign_psk(conn, secrets, conn_table) if "psk" in (conn.local.auth, conn.remote.auth) else None
         if source_key:
             psk_sources[name] = source_key
@@ -541,9 +545,12 @@ def _parse_auth(conn: _Table, side: str) -> AuthConfig:
 _AUTH_METHODS = ("psk", "pubkey", "rsa", "rsa/pss", "ecdsa", "ed25519")
 
 
-def _attach_credentials(conn: ConnectionConfig, table: _Table, key_secrets: list[KeySecret]) -> None:
-    """Load the certificate, key and CAs of a pubkey connection (files next to the config file)."""
-    base = Path(table.source).parent if table.source not in ("<config>", "") else Path.cwd()
+def _config_folder(source: str) -> Path:
+    return Path(source).parent if source not in ("<config>", "") else Path.cwd()
+
+
+def _attach_credentials(conn: ConnectionConfig, table: _Table, creds: credentials.CredentialSource) -> None:
+    """Load the certificate, key and CAs of a pubkey connection."""
     sides = {"local": conn.local, "remote": conn.remote}
     for side, auth in sides.items():
         if auth.auth != "pubkey":
@@ -555,9 +562,9 @@ def _attach_credentials(conn: ConnectionConfig, table: _Table, key_secrets: list
                 if not names:
                     section.problem("certs", "missing; auth = pubkey needs our certificate")
                     continue
-                auth.credential = credentials.local_credential(base, names, key_secrets)
+                auth.credential = creds.local_credential(names)
             else:
-                auth.trust = credentials.trust_store(base, names)
+                auth.trust = creds.trust_store(names)
                 auth.clock_offset = credentials.wall_clock_offset()
         except CertError as exc:
             section.problem("certs" if side == "local" else "cacerts", str(exc))

@@ -1,6 +1,12 @@
 """Certificate credentials loaded over vici (load-cert, load-key, load-authority), as swanctl sends
 them: DER or PEM blobs, never file names. Sans-I/O; nothing here logs, and key material never
-appears in an error or ``repr``."""
+appears in an error or ``repr``.
+
+:class:`ViciCredentials` is the configuration loader's credential source for vici connections
+(``tunnel.ops.credentials.StoredCredentials``, the same rules as for files): a load-conn's
+``certs`` find their key among the loaded ones, a remote side without ``cacerts`` trusts every
+loaded CA certificate and authority, and loaded CRLs apply.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from ike.crypto.certs import CertError, PrivateKey, PublicKey, parse_certificates, parse_crl, parse_private_key
+from ike.crypto.certs import CertError, PublicKey, parse_certificates, parse_crl, parse_private_key
+
+from tunnel.ops.credentials import StoredCredentials
 
 from .codec import Message
 from .swanctl_conf import ViciConfigError
@@ -39,22 +47,26 @@ def _blob(message: Message, command: str) -> bytes:
     return data
 
 
+def _add(held: list, new: list) -> None:
+    """swanctl --load-all sends every file again: what is already held is not added twice."""
+    held.extend(item for item in new if item not in held)
+
+
 @dataclass
-class ViciCredentials:
+class ViciCredentials(StoredCredentials):
     """What vici clients loaded: certificates by flag, CRLs, private keys by key id, authorities."""
 
-    certs: list[x509.Certificate] = field(default_factory=list)
-    cas: list[x509.Certificate] = field(default_factory=list)
-    crls: list[x509.CertificateRevocationList] = field(default_factory=list)
-    keys: dict[str, PrivateKey] = field(default_factory=dict, repr=False)
     authorities: dict[str, x509.Certificate] = field(default_factory=dict)
+
+    def trust_anchors(self) -> list[x509.Certificate]:
+        return [*self.cas, *(ca for ca in self.authorities.values() if ca not in self.cas)]
 
     def load_cert(self, message: Message) -> None:
         kind, flag = message.get("type", b"X509"), message.get("flag", b"NONE")
         data = _blob(message, "load-cert")
         try:
             if kind == b"X509_CRL":
-                self.crls.append(parse_crl(data))
+                _add(self.crls, [parse_crl(data)])
                 return
             if kind != b"X509":
                 raise ViciConfigError([f"load-cert: unsupported type {kind!r}"])
@@ -63,7 +75,7 @@ class ViciCredentials:
             parsed = parse_certificates(data)
         except CertError as exc:
             raise ViciConfigError([f"load-cert: {exc}"]) from None
-        (self.cas if flag == b"CA" else self.certs).extend(parsed)
+        _add(self.cas if flag == b"CA" else self.certs, parsed)
 
     def load_key(self, message: Message) -> str:
         data = _blob(message, "load-key")
@@ -72,7 +84,8 @@ class ViciCredentials:
         except CertError as exc:
             raise ViciConfigError([f"load-key: {exc}"]) from None
         ident = key_id(key.public_key())
-        self.keys[ident] = key
+        # the same key loaded again stays the same object, so its connections compare unchanged
+        self.keys.setdefault(ident, key)
         return ident
 
     def unload_key(self, message: Message) -> None:

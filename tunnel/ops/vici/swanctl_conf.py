@@ -11,21 +11,29 @@ A connection's PSK is chosen when it is loaded, from the secrets loaded before i
 ``--load-all`` loads secrets first); later secret changes reach a connection when it is loaded
 again, which ``--load-all`` does. Pools are refused: espgw assigns no virtual IPs.
 
+Certificates work the same way: swanctl sends the contents of the files ``certs`` and ``cacerts``
+name, and they become swanctl.conf's inline form (``0s`` + base64) for the loader, which takes the
+key and CAs from the credential source it is given (the daemon's ``ViciCredentials``: what
+load-key, load-cert and load-authority brought, which ``--load-all`` sends before connections).
+
 :class:`ViciConfig` holds what vici clients loaded; it is sans-I/O and keeps no clock.
 """
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 
 from ike.config import ConnectionConfig
 from tunnel.ops.config import CHILD_KEYS, CONNECTION_KEYS, Config, ConfigError, parse_config_data
+from tunnel.ops.credentials import CredentialSource, StoredCredentials
 
 from .codec import Message, Value
 
 SOURCE = "vici"
 SHARED_KEYS = ("id", "type", "data", "owners")
-AUTH_KEYS = ("auth", "id")
+AUTH_KEYS = ("auth (psk, pubkey, rsa, rsa/pss, ecdsa, ed25519)", "id", "certs (local)", "cacerts (remote)")
+CERTIFICATE_KEYS = ("certs", "cacerts")  # swanctl sends the files' contents as a list of blobs
 
 
 class ViciConfigError(Exception):
@@ -49,7 +57,9 @@ class _Shared:
 class ViciConfig:
     """Connections and IKE secrets loaded over vici, validated by espgw's configuration loader."""
 
-    def __init__(self) -> None:
+    def __init__(self, credentials: CredentialSource | None = None) -> None:
+        # where pubkey connections find keys and CAs; by default none are known
+        self._credentials = credentials if credentials is not None else StoredCredentials()
         self._conns: dict[str, ConnectionConfig] = {}
         self._unnamed = 0  # counts secrets loaded without an id, to name them
         self._secrets: dict[str, _Shared] = {}  # vici id -> its TOML-shaped secrets table
@@ -63,10 +73,10 @@ class ViciConfig:
         ((name, section),) = message.items()
         if not isinstance(section, dict):
             raise ViciConfigError([f"load-conn: {name}: expected a section"])
-        _refuse_certificates(name, section)
-        table = _text_tree(section, f"connections.{name}")
+        table = _text_tree(_inline_certificates(name, section), f"connections.{name}")
         config = _validate({"connections": {name: table},
-                            "secrets": {shared.name: shared.section for shared in self._secrets.values()}})
+                            "secrets": {shared.name: shared.section for shared in self._secrets.values()}},
+                           credentials=self._credentials)
         conn = config.connection(name)
         self._check_child_names(conn)
         self._conns[name] = conn
@@ -148,31 +158,38 @@ class ViciConfig:
                                "remove the pools section)"])
 
 
-CERTIFICATE_KEYS = ("certs", "cacerts", "pubkeys")
-
-
-def _refuse_certificates(name: str, section: Message) -> None:
-    """swanctl sends certificate files' contents in load-conn and keys with load-key, which espgw
-    does not take over vici yet: say so by key instead of reading the contents as file names."""
-    problems = []
+def _inline_certificates(name: str, section: Message) -> Message:
+    """The section with each side's ``certs`` / ``cacerts`` blobs in swanctl.conf's inline form
+    (``0s`` + base64), which the loader reads like file names; ``pubkeys`` is refused by name."""
+    problems, out = [], dict(section)
     for side, value in section.items():
         if not isinstance(value, dict) or not side.startswith(("local", "remote")):
             continue
-        problems += [f"connections.{name}.{side}.{key}: certificates over vici are not supported yet "
-                     "(configure this connection in the espgw configuration file)"
-                     for key in CERTIFICATE_KEYS if key in value]
-        auth = value.get("auth")
-        if isinstance(auth, bytes) and auth not in (b"psk",):
-            problems.append(f"connections.{name}.{side}.auth: only psk over vici (certificate authentication "
-                            "is configured in the espgw configuration file)")
+        if "pubkeys" in value:
+            problems.append(f"connections.{name}.{side}.pubkeys: raw public keys are not supported "
+                            "(authenticate with a certificate: certs and cacerts)")
+        converted = {key: item for key, item in value.items() if key != "pubkeys"}
+        for key in CERTIFICATE_KEYS:
+            blobs = value.get(key)
+            if blobs is None:
+                continue
+            blobs = [blobs] if isinstance(blobs, bytes) else blobs
+            if not isinstance(blobs, list) or not blobs:
+                problems.append(f"connections.{name}.{side}.{key}: expected a list of certificates")
+                continue
+            converted[key] = [b"0s" + base64.b64encode(blob) for blob in blobs]
+        out[side] = converted
     if problems:
         raise ViciConfigError(problems)
+    return out
 
 
-def _validate(data: dict[str, object], allow_no_connection: bool = False) -> Config:
-    """The configuration loader's verdict on ``data``."""
+def _validate(data: dict[str, object], allow_no_connection: bool = False,
+              credentials: CredentialSource | None = None) -> Config:
+    """The configuration loader's verdict on ``data``; never files: credentials come from ``credentials``."""
     try:
-        return parse_config_data(data, SOURCE, require_connections=not allow_no_connection)
+        return parse_config_data(data, SOURCE, require_connections=not allow_no_connection,
+                                 credential_source=credentials or StoredCredentials())
     except ConfigError as exc:
         raise ViciConfigError(exc.problems) from None
 
