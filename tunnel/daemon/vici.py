@@ -221,7 +221,7 @@ class ViciDaemon:
         return OK
 
     def _clear_creds(self, _message: Message) -> EncodableMessage:
-        self.loaded.clear_shared()  # connections keep the PSK they were loaded with
+        self.loaded.clear_shared()  # connections keep the PSK, key and CAs they were loaded with
         self.creds.clear()
         return OK
 

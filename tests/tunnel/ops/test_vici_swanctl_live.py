@@ -11,7 +11,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
+from tunnel.lab.lab_pki import LabPki, write_swanctl_files
+from tunnel.lab.strongswan import _SWANCTL_SUBDIRS
+from tunnel.ops.vici.credstore import ViciCredentials
 from tunnel.ops.vici.record import SWANCTL_CONF
 from tunnel.ops.vici.session import CommandRequest, SessionClosed, ViciSession
 from tunnel.ops.vici.swanctl_conf import ViciConfig, ViciConfigError
@@ -37,8 +41,10 @@ class Server:
     """One client at a time, the way the daemon's loop will serve each vici connection."""
 
     def __init__(self, path: Path):
-        self.config = ViciConfig()
+        self.creds = ViciCredentials()
+        self.config = ViciConfig(self.creds)
         self.commands: list[str] = []
+        self.messages: list[tuple[str, dict]] = []
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(str(path))
         self.listener.listen(1)
@@ -58,6 +64,7 @@ class Server:
                         return
                     if isinstance(event, CommandRequest):
                         self.commands.append(event.command)
+                        self.messages.append((event.command, event.message))
                         session.respond(self.answer(session, event))
                 conn.sendall(session.pending_output())
                 session.output_sent(len(session.pending_output()))
@@ -80,6 +87,12 @@ class Server:
                 self.config.load_conn(request.message)
             elif request.command == "load-pool":
                 self.config.load_pool(request.message)
+            elif request.command == "load-cert":
+                self.creds.load_cert(request.message)
+            elif request.command == "load-key":
+                return {"success": "yes", "id": self.creds.load_key(request.message)}
+            elif request.command == "get-keys":
+                return {"keys": list(self.creds.keys)}
             elif request.command == "get-conns":
                 return self.config.get_conns()
             elif request.command == "get-shared":
@@ -149,6 +162,71 @@ def test_a_refused_key_reaches_the_user(tmp_path):
     assert proc.returncode != 0
     assert "loading connection 'office' failed: vici: connections.office.children.office-lan.updown: unknown key" \
         in proc.stderr
+    assert server.config.connections() == []
+
+
+CERT_CONF = """connections {
+    office {
+        local_addrs = 192.0.2.1
+        remote_addrs = 192.0.2.2
+        local {
+            auth = pubkey
+            certs = office.pem
+        }
+        remote {
+            auth = pubkey
+            id = gwb.lab
+            cacerts = office-ca0.pem
+        }
+        children {
+            office-lan {
+                local_ts = 10.0.0.0/24
+                remote_ts = 10.0.5.0/24
+            }
+        }
+    }
+}
+"""
+
+
+def test_load_all_with_certificates(tmp_path):
+    """swanctl 5.9.8 sends x509/ and x509ca/ with load-cert (flag NONE / CA), private/ with
+    load-key (parsed, as DER of its type), and the connection's certs/cacerts as the files'
+    contents in load-conn; espgw pairs them up."""
+    pki = LabPki.make(ca_kind="ecdsa256")
+    mine = pki.gateway("gwa.lab", "ecdsa256")
+    for sub in _SWANCTL_SUBDIRS:
+        (tmp_path / sub).mkdir(exist_ok=True)
+    write_swanctl_files(tmp_path, "office", mine, pki.trust())
+    conf = tmp_path / "swanctl.conf"
+    conf.write_text(CERT_CONF)
+    server, proc = swanctl(tmp_path, "--load-all", "--file", str(conf))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "loaded connection 'office'" in proc.stdout
+    sent = {command: message for command, message in server.messages}
+    assert sent["load-key"]["type"] == b"ECDSA"  # swanctl parses the key and sends it as DER, typed
+    assert not sent["load-key"]["data"].startswith(b"-----")
+    flags = [m.get("flag") for c, m in server.messages if c == "load-cert"]
+    assert sorted(flags) == [b"CA", b"NONE"]
+    local = sent["load-conn"]["office"]["local"]
+    assert local["certs"] == [mine.certificate.public_bytes(serialization.Encoding.PEM)]  # the file, verbatim
+    [conn] = server.config.connections()
+    assert conn.local.credential.certificate == mine.certificate
+    assert conn.remote.trust.cas == [pki.ca]
+
+
+def test_a_certificate_without_its_key_is_refused_by_name(tmp_path):
+    pki = LabPki.make(ca_kind="ecdsa256")
+    for sub in _SWANCTL_SUBDIRS:
+        (tmp_path / sub).mkdir(exist_ok=True)
+    write_swanctl_files(tmp_path, "office", pki.gateway("gwa.lab", "ecdsa256"), pki.trust())
+    (tmp_path / "private" / "office.pem").unlink()
+    conf = tmp_path / "swanctl.conf"
+    conf.write_text(CERT_CONF)
+    server, proc = swanctl(tmp_path, "--load-all", "--file", str(conf))
+    assert proc.returncode != 0
+    assert "loading connection 'office' failed: vici: connections.office.local.certs: no private key loaded " \
+           'for the certificate "C=CH, O=espgw lab, CN=gwa.lab"' in proc.stderr
     assert server.config.connections() == []
 
 
