@@ -55,3 +55,11 @@ def test_garbage_is_a_clear_error():
     assert "secret-garbage" not in str(err.value)
     with pytest.raises(ViciConfigError, match="missing data"):
         store.load_key({"type": b"rsa"})
+
+
+def test_authority_keys_espgw_cannot_use_are_named(pki):
+    store = ViciCredentials()
+    store.load_authority({"ca": {"cacert": der(pki[0]), "crl_uris": [b"http://crl.example/ca.crl"]}})
+    with pytest.raises(ViciConfigError, match="authorities.hsm.module: not supported"):
+        store.load_authority({"hsm": {"cacert": der(pki[0]), "module": b"opensc"}})
+    assert list(store.authorities) == ["ca"]

@@ -25,6 +25,7 @@ from .codec import Message
 from .swanctl_conf import ViciConfigError
 
 CERT_FLAGS = (b"NONE", b"CA", b"AA", b"OCSP")
+AUTHORITY_KEYS = ("cacert", "crl_uris", "ocsp_uris", "cert_uri_base")  # swanctl.conf authorities.<name>
 
 
 def key_id(public: PublicKey) -> str:
@@ -100,6 +101,10 @@ class ViciCredentials(StoredCredentials):
         ((name, section),) = message.items()
         if not isinstance(section, dict):
             raise ViciConfigError([f"load-authority: {name}: expected a section"])
+        unknown = [key for key in section if key not in AUTHORITY_KEYS]
+        if unknown:
+            raise ViciConfigError([f"authorities.{name}.{key}: not supported (espgw reads the cacert and "
+                                   f"ignores {', '.join(AUTHORITY_KEYS[1:])}; no smartcards)" for key in unknown])
         data = section.get("cacert")
         if not isinstance(data, bytes) or not data:
             raise ViciConfigError([f"load-authority: {name}: missing cacert"])
