@@ -14,7 +14,8 @@ trust store. Two sources share every rule here:
   folders that matches the certificate.
 - :class:`StoredCredentials`: certificates, keys and CRLs held in memory, as vici's load-cert,
   load-key and load-authority deliver them (``tunnel.ops.vici.credstore``). The key is the loaded
-  one matching the certificate; without ``cacerts`` every loaded CA is trusted.
+  one matching the certificate, loaded CA certificates above it are sent as intermediates (as
+  charon does); without ``cacerts`` every loaded CA is trusted.
 
 In both, an entry of ``certs`` / ``cacerts`` may be an inline blob instead of a file name, as
 swanctl.conf allows: ``0x`` and hex, or ``0s`` and base64 (PEM or DER). vici's load-conn carries
@@ -32,10 +33,11 @@ from pathlib import Path
 from typing import Protocol
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from ike.crypto.certs import (CertError, KeyFileError, LocalCredential, PrivateKey, TrustStore, describe,
-                              load_certificates, load_crls, load_private_key, parse_certificates, spki_der)
+from ike.crypto.certs import (MAX_CHAIN_LENGTH, CertError, KeyFileError, LocalCredential, PrivateKey, TrustStore,
+                              describe, load_certificates, load_crls, load_private_key, parse_certificates, spki_der)
 
 KEY_SECTIONS = ("private", "rsa", "ecdsa", "pkcs8")  # secrets.<kind>-NAME, and the folders of the same name
 CERT_FOLDER, CA_FOLDER, CRL_FOLDER = "x509", "x509ca", "x509crl"
@@ -113,6 +115,31 @@ def credential_for(chain: list[x509.Certificate], keys: Iterable[PrivateKey]) ->
         if _public_der(key) == wanted:
             return LocalCredential(chain[0], key, tuple(chain[1:]))
     return None
+
+
+def with_intermediates(credential: LocalCredential, known: list[x509.Certificate]) -> LocalCredential:
+    """``credential`` with the ``known`` CA certificates that continue its chain upwards, short of a
+    self-signed root: as charon sends the intermediates its store holds (swanctl keeps them in
+    ``x509ca/``), so ``certs`` may name the end-entity certificate alone."""
+    chain = [credential.certificate, *credential.intermediates]
+    while len(chain) < MAX_CHAIN_LENGTH:
+        top = chain[-1]
+        issuer = next((ca for ca in known if ca.subject == top.issuer and ca.subject != ca.issuer
+                       and ca not in chain and _signed_by(top, ca)), None)
+        if issuer is None:
+            break
+        chain.append(issuer)
+    if len(chain) == 1 + len(credential.intermediates):
+        return credential
+    return LocalCredential(credential.certificate, credential.key, tuple(chain[1:]))
+
+
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
 
 
 def trust_from(cas: list[x509.Certificate], crls: list[x509.CertificateRevocationList],
@@ -216,7 +243,7 @@ class StoredCredentials:
         if found is None:
             raise KeyFileError(f"no private key loaded for the certificate {describe(chain[0])} (swanctl "
                                "--load-all sends the keys of its private/ folder with load-key)")
-        return found
+        return with_intermediates(found, [*self.cas, *self.certs])
 
     def trust_store(self, cacerts: list[str]) -> TrustStore:
         cas = certificates(cacerts, None, CA_FOLDER) if cacerts else self.trust_anchors()

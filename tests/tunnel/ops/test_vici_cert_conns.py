@@ -91,6 +91,21 @@ def test_intermediates_after_the_certificate_and_crls_apply(pki):
     assert conn.remote.trust.crls == [crl]
 
 
+def test_loaded_intermediates_are_sent_like_charon_sends_them(pki):
+    """certs = the end-entity certificate alone; the intermediate sits in x509ca/ (load-cert CA):
+    it goes out with it, the self-signed root does not."""
+    ca_cert, ca_key, _, _, _ = pki
+    ica, ica_key = make_intermediate(ca_cert, ca_key, "CN=Vici Intermediate", NOW, key_type="ecdsa-p256")
+    leaf, leaf_key = issue(ica, ica_key, "CN=gw-a.example.net", NOW, key_type="ecdsa-p256")
+    store = store_with(pki)
+    store.load_cert({"type": b"X509", "flag": b"CA", "data": ica.public_bytes(PEM)})
+    store.load_key({"type": b"ECDSA", "data": key_der(leaf_key)})
+    conn = ViciConfig(store).load_conn(message(leaf.public_bytes(DER)))
+    assert conn.local.credential.intermediates == (ica,)
+    unrelated = ViciConfig(store).load_conn(message(pki[2].public_bytes(PEM)))
+    assert unrelated.local.credential.intermediates == ()  # issued by the root itself
+
+
 @pytest.mark.parametrize("change, fragment", [
     (lambda m, pki: m["office"]["remote"].update(cacerts=[b"not a certificate"]),
      "vici: connections.office.remote.cacerts: entry 1: not an X.509 certificate"),

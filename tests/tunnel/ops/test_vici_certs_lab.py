@@ -1,8 +1,10 @@
 """swanctl loads a certificate connection into a running espgw over vici (issue #17): Debian's
 swanctl 5.9.8 runs ``--load-all --file F`` with x509/, x509ca/ and private/ beside F, then
 ``--initiate`` brings the tunnel up against strongSwan 5.9 on gwB, both sides authenticating with
-certificates from one lab CA. The lab and espgw fixtures are test_vici_lab's; only charon differs
-(its connection uses certificates too)."""
+certificates of one lab root CA. espgw's certificate comes from an intermediate CA that only its
+x509ca/ holds (``certs`` names the end-entity certificate alone), so charon accepts it only if
+espgw sends the intermediate, as charon would. The lab and espgw fixtures are test_vici_lab's;
+only charon differs (its connection uses certificates too)."""
 
 from __future__ import annotations
 
@@ -27,15 +29,17 @@ lab, espgw, pytestmark, swanctl = vici_lab.lab, vici_lab.espgw, vici_lab.pytestm
 
 @pytest.fixture(scope="module")
 def pki() -> LabPki:
-    return LabPki.make(ca_kind="ecdsa256")
+    return LabPki.make(intermediate=True, ca_kind="ecdsa256")
 
 
 def cert_conn(lab: Lab, side: str, pki: LabPki) -> ConnectionConfig:
-    """site_to_site with certificates: the lab ids are the certificates' DNS subjectAltNames."""
+    """site_to_site with certificates (the lab ids are their DNS subjectAltNames): gwA's through the
+    intermediate, gwB's straight from the root."""
     conn = site_to_site(lab, side)
     me, peer = conn.local.id, conn.remote.id
     assert me is not None and peer is not None
-    conn.local = AuthConfig("pubkey", id=me, credential=pki.gateway(me, "ecdsa256"))
+    issuer = pki if side == "A" else LabPki(pki.ca, pki.ca_key)
+    conn.local = AuthConfig("pubkey", id=me, credential=issuer.gateway(me, "ecdsa256"))
     conn.remote = AuthConfig("pubkey", id=peer, trust=pki.trust())
     return conn
 
@@ -77,6 +81,7 @@ def test_certificate_tunnel_loaded_by_swanctl(lab, espgw: EspgwGateway, charon: 
     assert {c["spi-out"] for c in charon.child_sas("net")} == {child["spi_in"]}
     log = charon.log_text()
     assert "authentication of 'gwa.lab' with ECDSA" in log and "successful" in log
+    assert "Intermediate CA" in log  # received from espgw: charon's own x509ca/ lacks it
 
 
 def test_loading_again_keeps_the_certificate_tunnel(lab, espgw: EspgwGateway, conf: Path):
