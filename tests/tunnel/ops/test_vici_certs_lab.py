@@ -90,5 +90,19 @@ def test_loading_again_keeps_the_certificate_tunnel(lab, espgw: EspgwGateway, co
     swanctl(espgw, "load-all", "--file", str(conf))
     assert {c["spi_in"] for c in espgw.children()} == spis
     assert lab.ping(lab.hostA, lab.hostB.addr4, count=2, interval=0.1).ok
+
+
+@vici_lab.needs_trixie
+def test_swanctl_60_loads_the_same_certificates(lab, espgw: EspgwGateway, conf: Path):
+    """6.0's swanctl sends the same credentials and connection: still unchanged, the SA stays."""
+    spis = {c["spi_in"] for c in espgw.children()}
+    out = vici_lab.swanctl60(lab, espgw, "load-all", "--file", str(conf))
+    assert "loaded connection 'lab'" in out, out
+    assert {c["spi_in"] for c in espgw.children()} == spis
+    assert "public key" in vici_lab.swanctl60(lab, espgw, "list-conns")
+
+
+def test_terminate(espgw: EspgwGateway, charon: StrongSwan):
     swanctl(espgw, "terminate", "--ike", "lab", "--timeout", "10")
     assert espgw.ike_sas() == []
+    charon.wait_for(lambda sas: not sas, 10, "charon to drop the IKE SA")

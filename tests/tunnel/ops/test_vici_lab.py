@@ -137,22 +137,25 @@ def test_malformed_client_is_dropped_alone(espgw):
     stuck.close()
 
 
-@pytest.mark.skipif(not (TRIXIE / "usr/sbin/swanctl").exists(), reason="needs the lab's trixie root")
-def test_swanctl_60(lab, espgw, conf):
+def swanctl60(lab: Lab, gw: EspgwGateway, command: str, *args: str) -> str:
     """6.0's swanctl, chrooted as the lab runs charon 6.0 (the lab's work directory bound inside)."""
+    done = lab.run(lab.gwA, "sh", "-c", _CHROOT_SH, "sh", str(ensure_trixie_rootfs()), str(lab.workdir),
+                   "swanctl", f"--{command}", "--uri", f"unix://{gw.socket}.vici", *args, check=False,
+                   timeout=60)
+    assert done.returncode == 0, f"swanctl 6.0 --{command}: {done.stdout}{done.stderr}"
+    return done.stdout
 
-    def swanctl60(command: str, *args: str) -> str:
-        done = lab.run(lab.gwA, "sh", "-c", _CHROOT_SH, "sh", str(ensure_trixie_rootfs()), str(lab.workdir),
-                       "swanctl", f"--{command}", "--uri", f"unix://{espgw.socket}.vici", *args, check=False,
-                       timeout=60)
-        assert done.returncode == 0, f"swanctl 6.0 --{command}: {done.stdout}{done.stderr}"
-        return done.stdout
 
-    assert "espgw" in swanctl60("version", "--daemon")
-    assert "uptime" in swanctl60("stats")
-    swanctl60("load-all", "--file", str(conf))  # unchanged: nothing happens to the SA
-    assert "lab:" in swanctl60("list-conns")
-    assert espgw.children()[0]["spi_in"] in swanctl60("list-sas")
+needs_trixie = pytest.mark.skipif(not (TRIXIE / "usr/sbin/swanctl").exists(), reason="needs the lab's trixie root")
+
+
+@needs_trixie
+def test_swanctl_60(lab, espgw, conf):
+    assert "espgw" in swanctl60(lab, espgw, "version", "--daemon")
+    assert "uptime" in swanctl60(lab, espgw, "stats")
+    swanctl60(lab, espgw, "load-all", "--file", str(conf))  # unchanged: nothing happens to the SA
+    assert "lab:" in swanctl60(lab, espgw, "list-conns")
+    assert espgw.children()[0]["spi_in"] in swanctl60(lab, espgw, "list-sas")
 
 
 def test_initiate_an_established_child_succeeds(espgw):
