@@ -186,7 +186,8 @@ class FileCredentials:
             raise CertError("certs names no certificate")
         found = credential_for(chain, self._candidate_keys())
         if found is None:
-            raise KeyFileError(f"no private key for the certificate {certs[0]}: add a secrets.private-NAME section "
+            named = certs[0] if inline_blob(certs[0]) is None else describe(chain[0])
+            raise KeyFileError(f"no private key for the certificate {named}: add a secrets.private-NAME section "
                                f"with file = \"...\" (and secret = \"...\" if it is encrypted), or put the key in "
                                f"{self.base / 'private'}")
         return found

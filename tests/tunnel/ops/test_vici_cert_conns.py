@@ -172,6 +172,9 @@ def test_file_and_inline_certificates_share_one_path(pki, tmp_path):
     assert isinstance(found, LocalCredential) and found.certificate == cert
     trust = credentials.trust_store(tmp_path, ["0s" + base64.b64encode(ca_cert.public_bytes(PEM)).decode()])
     assert trust.cas == [ca_cert]
+    with pytest.raises(credentials.CertError, match='certificate "CN=gw-a.example.net"') as info:
+        credentials.local_credential(tmp_path / "elsewhere", [inline], [])
+    assert inline not in str(info.value)  # named by its subject, not dumped
     with pytest.raises(credentials.CertError, match="not valid hex"):
         credentials.trust_store(tmp_path, ["0xzz"])
     with pytest.raises(credentials.CertError, match="a file name"):
