@@ -308,11 +308,21 @@ class TaskManager:
         self.last_response = (msg.message_id, *packets)
         self.peer_mid += 1
         self.send(packets)
+        self._install_pending_keys()
         if self.delete_after_response is not None:
             reason, self.delete_after_response = self.delete_after_response, None
             sa.destroy(reason, now)
             return
         self.kick(now)
+
+    def _install_pending_keys(self) -> None:
+        """An IKE_INTERMEDIATE answer went out under the old keys: the new ones apply from now
+        (RFC 9370 s2.2.2; the cached answer, resent for a retransmitted request, keeps the old)."""
+        sa = self._sa()
+        state = sa.intermediate
+        if state is not None and state.pending_keys is not None and sa.neg is not None:
+            keys, state.pending_keys = state.pending_keys, None
+            sa.install_keys(sa.neg, keys)
 
     def _error_answer(self, msg: codec.Message) -> NotifyPayload:
         exc, self.inner_error = self.inner_error, None

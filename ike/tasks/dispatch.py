@@ -5,13 +5,16 @@ from __future__ import annotations
 from ike.codec.constants import ExchangeType, NotifyType, ProtocolId
 from ike.codec.message import Message
 from ike.codec.payloads import DeletePayload, NotifyPayload, Payload, SaPayload
-from ike.tasks import child_create, child_delete, child_rekey, ike_auth, ike_delete, ike_init, ike_rekey
+from ike.tasks import (child_create, child_delete, child_rekey, ike_auth, ike_delete, ike_init, ike_intermediate,
+                       ike_rekey)
 from ike.tasks.base import IkeSaContext
 
 
 def respond(sa: IkeSaContext, msg: Message, now: float) -> list[Payload]:
     if msg.exchange == ExchangeType.IKE_SA_INIT:
         return ike_init.respond_init(sa, msg, now)
+    if msg.exchange == ExchangeType.IKE_INTERMEDIATE:
+        return ike_intermediate.respond_intermediate(sa, msg, now)
     if msg.exchange == ExchangeType.IKE_AUTH:
         return ike_auth.respond_auth(sa, msg, now)
     if msg.exchange == ExchangeType.INFORMATIONAL:
