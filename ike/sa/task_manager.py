@@ -134,7 +134,10 @@ class TaskManager:
     def kick(self, now: float) -> None:
         """Start the next queued task if no request is outstanding."""
         sa = self._sa()
-        while self.active is None and self.queue and sa.state != IkeState.DEAD:
+        # a peer's IKE_FOLLOWUP_KE sequence holds our requests back for a while (kept after that:
+        # its last exchange may still come)
+        waiting = sa.followup is not None and sa.followup.holding and now < sa.followup.expires
+        while self.active is None and self.queue and sa.state != IkeState.DEAD and not waiting:
             task = self.queue.pop(0)
             payloads = task.build(sa, now)
             if payloads is None:  # no longer applicable (SA gone, CHILD deleted meanwhile, ...)

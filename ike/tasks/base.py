@@ -24,7 +24,8 @@ from ike.events import Address, IkeSaUp
 from ike.tasks.child_sa import ChildSa
 from ike.tasks.states import IkeState
 
-if TYPE_CHECKING:  # the task module imports this one
+if TYPE_CHECKING:  # the task modules import this one
+    from ike.tasks.followup_ke import FollowupResponder
     from ike.tasks.ike_intermediate import Intermediate
 
 Rng = Callable[[int], bytes]
@@ -82,6 +83,7 @@ class IkeSaContext(Protocol):
     delete_after_response: str | None
     silent: bool
     intermediate: Intermediate | None  # RFC 9370 additional key exchanges until IKE_AUTH
+    followup: FollowupResponder | None  # the peer's CREATE_CHILD_SA awaiting IKE_FOLLOWUP_KE
 
     @property
     def name(self) -> str: ...

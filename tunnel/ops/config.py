@@ -371,9 +371,9 @@ def _validate_proposal(proposal: str, kind: str) -> None:
 def _post_quantum_problem(parsed: list, kind: str) -> str | None:
     """What espgw cannot negotiate of ML-KEM and additional key exchanges (RFC 9370), or None.
 
-    IKE SAs take ke1_..ke7_ (IKE_INTERMEDIATE); ML-KEM as the IKE_SA_INIT key exchange, ML-KEM-512
-    (cryptography has none) and additional key exchanges for CHILD SAs (IKE_FOLLOWUP_KE) are
-    refused here rather than failing at the peer."""
+    IKE SAs take ke1_..ke7_ (IKE_INTERMEDIATE), CHILD SAs too (IKE_FOLLOWUP_KE, with PFS); ML-KEM
+    as the primary key exchange (IKE_SA_INIT's, or CREATE_CHILD_SA's KE payload) and ML-KEM-512
+    (cryptography has none) are refused here rather than failing at the peer."""
     for p in parsed:
         for t in p.transforms:
             if t.type not in ADDKE_TYPES and not (t.type == TransformType.DH and t.id in ML_KEM_METHODS):
@@ -381,11 +381,10 @@ def _post_quantum_problem(parsed: list, kind: str) -> str | None:
             name = format_proposal(Proposal(p.protocol, [t]))
             if t.id == DhId.ML_KEM_512:
                 return f"{name}: ML-KEM-512 is not available (the cryptography library has no ML-KEM-512)"
-            if kind != "IKE":
-                return f"{name}: post-quantum key exchange for CHILD SAs (IKE_FOLLOWUP_KE) is not supported yet"
             if t.type == TransformType.DH:
-                return (f"{name}: ML-KEM only as an additional key exchange, e.g. "
-                        "aes256gcm16-prfsha384-ecp384-ke1_mlkem768")
+                example = ("aes256gcm16-prfsha384-ecp384-ke1_mlkem768" if kind == "IKE"
+                           else "aes256gcm16-ecp384-ke1_mlkem768")
+                return f"{name}: ML-KEM only as an additional key exchange, e.g. {example}"
             if t.id and not supported_method(t.id):
                 return f"{name}: key exchange method not supported"
     return None

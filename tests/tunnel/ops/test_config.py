@@ -134,10 +134,18 @@ def test_hybrid_ike_proposals_are_accepted(proposal):
     assert ", ".join(config.connections[0].proposals) == proposal
 
 
+@pytest.mark.parametrize("proposal", ["aes256gcm16-ecp384-ke1_mlkem768",
+                                      "aes256gcm16-x25519-ke1_mlkem768-ke2_mlkem1024, aes256gcm16"])
+def test_hybrid_esp_proposals_are_accepted(proposal):
+    anchor = 'local_ts = "10.0.0.0/24"'
+    config = parse_config(MINIMAL.replace(anchor, f'{anchor}\nesp_proposals = "{proposal}"'))
+    assert ", ".join(config.connections[0].children[0].esp_proposals) == proposal
+
+
 @pytest.mark.parametrize("key, proposal, why", [
     ("proposals", "aes256gcm16-prfsha256-mlkem768", "ML-KEM only as an additional key exchange"),
     ("proposals", "aes256gcm16-prfsha256-x25519-ke1_mlkem512", "no ML-KEM-512"),
-    ("esp_proposals", "aes256gcm16-ecp384-ke1_mlkem768", "(IKE_FOLLOWUP_KE) is not supported yet"),
+    ("esp_proposals", "aes256gcm16-mlkem768", "ML-KEM only as an additional key exchange"),
 ])
 def test_post_quantum_proposals_espgw_cannot_negotiate_are_refused(key, proposal, why):
     """The configuration says what is not negotiated instead of the peer failing the handshake later."""
