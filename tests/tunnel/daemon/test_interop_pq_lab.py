@@ -12,6 +12,7 @@ import re
 
 import pytest
 
+from tunnel.lab.espgw import wait_until
 from tunnel.lab.interop import FastStrongSwan, Peering
 from tunnel.lab.netns import Lab
 
@@ -96,3 +97,44 @@ def test_hybrid_handshake_fragmented_and_ping(lab, swan, peering, role, case):
         assert re.search(r"splitting IKE message \(\d+ bytes\) into \d+ fragments", log), log
         assert re.search(r"received fragment #\d+ of \d+, reassembled fragmented IKE message", log), log
     assert "Traceback" not in p.espgw_log()
+
+
+def _followups(log: str, direction: str) -> list[str]:
+    return _exchanges(log, direction, "IKE_FOLLOWUP_KE")
+
+
+@pytest.mark.parametrize("role", list(ROLES))
+def test_rekeys_with_ml_kem_both_sides(lab, swan, peering, role):
+    """CHILD SA with PFS + ML-KEM-768 (esp_proposals aes256gcm16-ecp384-ke1_mlkem768) and the
+    hybrid IKE SA: strongSwan rekeys both first (IKE_FOLLOWUP_KE from charon), then espgw on its
+    rekey times (IKE_FOLLOWUP_KE from espgw); traffic passes before and after."""
+    ike, _ = CASES["ecp384-mlkem768"]
+    esp = "aes256gcm16-ecp384-ke1_mlkem768"
+    p = peering(ike, role, esp=esp, child_rekey_time=7, child_rand_time=0.5, child_life_time=60, rekey_time=9,
+                over_time=60).start()
+    mine0, _ = p.up()
+    ike0, _ = p.ike_pair()
+    assert lab.ping(lab.hostA, lab.hostB.addr4, count=2, interval=0.05).ok
+    assert "rekey completed" in swan.rekey(child=p.child)
+    mine1, theirs1 = p.wait_child(lambda e, s: e["spi_in"] != mine0["spi_in"], 8, "strongSwan's CHILD rekey")
+    assert mine1["proposal"] == esp and (theirs1.get("dh-group"), theirs1.get("ake1")) == ("ECP_384", "ML_KEM_768")
+    assert "rekey completed" in swan.rekey(ike=p.espgw_conn.name)
+
+    def requests(direction: str) -> list[str]:  # IKE_FOLLOWUP_KE requests: KE and the link notify
+        return [x for x in _followups(p.swan_log(), direction) if "N(ADD_KE)" in x.split()]
+
+    def espgw_rekeyed_both():
+        parsed = _exchanges(p.swan_log(), "parsed", "CREATE_CHILD_SA")
+        return (any("N(REKEY_SA)" in x and "TSi" in x for x in parsed)
+                and any("TSi" not in x and "KE" in x.split() for x in parsed) and len(requests("parsed")) >= 2)
+    wait_until(espgw_rekeyed_both, 20, "espgw to rekey its CHILD and IKE SA", interval=0.2, on_timeout=p.logs)
+    # each side's CHILD rekey and IKE rekey ran one IKE_FOLLOWUP_KE each
+    assert len(requests("generating")) >= 2 and len(requests("parsed")) >= 2
+    mine, _ = p.wait_child(lambda e, s: e["spi_in"] not in (mine0["spi_in"], mine1["spi_in"]), 8,
+                           "espgw's CHILD rekey")
+    ike_now, ike_theirs = p.ike_pair()
+    assert ike_now["spi_i"] != ike0["spi_i"] and ike_now["proposal"] == ike
+    assert (ike_theirs.get("dh-group"), ike_theirs.get("ake1")) == ("ECP_384", "ML_KEM_768")
+    assert lab.ping(lab.hostA, lab.hostB.addr4, count=3, interval=0.05).ok
+    assert lab.ping(lab.hostB, lab.hostA.addr4, count=3, interval=0.05).ok
+    assert "Traceback" not in p.espgw_log() and '"expired"' not in p.espgw_log()
