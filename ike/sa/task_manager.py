@@ -28,6 +28,7 @@ from ike.sa.retransmit import Retransmit, Retransmitter
 from ike.tasks.base import Outcome, Step, Task, jitter
 from ike.tasks.child_create import ChildCreate
 from ike.tasks.dispatch import respond
+from ike.tasks.followup_ke import FollowupKe
 from ike.tasks.ike_auth import IkeAuth
 from ike.tasks.ike_delete import IkeDelete
 from ike.tasks.states import IkeState
@@ -134,10 +135,11 @@ class TaskManager:
     def kick(self, now: float) -> None:
         """Start the next queued task if no request is outstanding."""
         sa = self._sa()
-        # a peer's IKE_FOLLOWUP_KE sequence holds our requests back for a while (kept after that:
-        # its last exchange may still come)
+        # a peer's IKE_FOLLOWUP_KE sequence holds our new requests back for a while (kept after
+        # that: its last exchange may still come); our own sequence, already begun, goes on
         waiting = sa.followup is not None and sa.followup.holding and now < sa.followup.expires
-        while self.active is None and self.queue and sa.state != IkeState.DEAD and not waiting:
+        while (self.active is None and self.queue and sa.state != IkeState.DEAD
+               and (not waiting or isinstance(self.queue[0], FollowupKe))):
             task = self.queue.pop(0)
             payloads = task.build(sa, now)
             if payloads is None:  # no longer applicable (SA gone, CHILD deleted meanwhile, ...)

@@ -184,3 +184,26 @@ def test_followup_without_a_pending_exchange_is_refused():
     answer = followup_ke.respond_followup(sa, codec.Message(sa.spi_i, sa.spi_r, ExchangeType.IKE_FOLLOWUP_KE, 9,
                                                             True, False, []), pair.now)
     assert [p.notify_type for p in answer] == [NotifyType.STATE_NOT_FOUND]
+
+
+def test_crossing_sequences_do_not_wait_for_each_other():
+    """A creates a CHILD SA while B rekeys another: each answered the other's CREATE_CHILD_SA with a
+    link, and each one's own IKE_FOLLOWUP_KE still goes at once (new requests would wait)."""
+    a, b = mirrored(ike=HYBRID_IKE, esp=PQ_ESP)
+    a.children.append(ChildConfig("web", [TrafficSelector.from_cidr("10.11.0.0/16")],
+                                  [TrafficSelector.from_cidr("10.12.0.0/16")], esp_proposals=[PQ_ESP]))
+    b.children.append(ChildConfig("web", [TrafficSelector.from_cidr("10.12.0.0/16")],
+                                  [TrafficSelector.from_cidr("10.11.0.0/16")], esp_proposals=[PQ_ESP]))
+    pair = Pair([a], [b])
+    pair.a.initiate("site", "net", 0.0)
+    pair.run()
+    (net_b,) = pair.of("b", ChildSaUp)
+    start = pair.now
+    pair.a.initiate("site", "web", pair.now)
+    pair.b.rekey_child(net_b.inbound_spi, pair.now)
+    pair.run(until=pair.now + 2.0, idle_stop=False)
+    assert pair.now - start <= 2.0
+    assert sorted(e.child_name for e in pair.of("a", ChildSaUp)) == ["net", "net", "web"]
+    assert [d.reason for d in pair.of("b", ChildSaDown)] == ["rekeyed"]
+    keymat_pairs_match(pair)
+    assert_consistent(pair, 2)
