@@ -8,6 +8,10 @@ bench/results/ike.json. Single-threaded, both ends in one process (so one handsh
 sides' work); log output is filtered to errors so the console does not dominate.
 ``--rss N`` instead builds N established pairs (responder side kept) plus one ESP InboundSA and
 OutboundSA per CHILD SA, as the daemon would, and prints the process RSS growth per SA.
+``--pq`` measures the hybrid post-quantum handshakes (RFC 9370 additional key exchanges with
+ML-KEM in IKE_INTERMEDIATE) against the classic one: the responder's own CPU time per handshake
+and the bytes and datagrams on the wire, with the default 1280-byte fragment size; writes
+bench/results/ike_pq.json.
 """
 
 from __future__ import annotations
@@ -35,6 +39,12 @@ RESULT = Path(__file__).resolve().parent / "results" / "ike.json"
 PROPOSALS = {"ecp256": ("aes256gcm16-prfsha256-ecp256", "aes256gcm16"),
              "x25519": ("chacha20poly1305-prfsha256-x25519", "chacha20poly1305")}
 RESPONDER = "198.51.100.2"
+PQ_RESULT = Path(__file__).resolve().parent / "results" / "ike_pq.json"
+PQ_PROPOSALS = {"ecp256": ("aes256gcm16-prfsha256-ecp256", "aes256gcm16"),
+                "ecp384+mlkem768": ("aes256gcm16-prfsha384-ecp384-ke1_mlkem768", "aes256gcm16"),
+                "x25519+mlkem768+mlkem1024": ("aes256gcm16-prfsha256-x25519-ke1_mlkem768-ke2_mlkem1024",
+                                              "aes256gcm16")}
+IP_UDP_HEADERS = 28  # IPv4 + UDP, what each datagram adds on the wire
 
 
 def _config(local: str, remote: str, ike: str, esp: str, remote_any: bool = False) -> ConnectionConfig:
@@ -200,6 +210,64 @@ def cookie_replies_per_second(ike: str, esp: str, seconds: float) -> float:
     return count / elapsed
 
 
+def pq_handshake_costs(ike: str, esp: str, seconds: float) -> dict:
+    """Fresh handshakes (with the first CHILD SA) for ``seconds``: the responder's CPU time per
+    handshake (only its receive_datagram calls are timed), both ends' rate, and what one
+    handshake puts on the wire in each direction."""
+    responder_time = total_time = 0.0
+    count, wire = 0, {"to_responder": [0, 0], "to_initiator": [0, 0]}
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        responder = _responder(ike, esp)
+        ini = IkeEndpoint([_config("192.0.2.1", RESPONDER, ike, esp)], rng=os.urandom)
+        ini.initiate("site", None, 0.0)
+        eps = {"192.0.2.1": ini, RESPONDER: responder}
+        moving = True
+        while moving:
+            moving = False
+            for ep in (ini, responder):
+                for d in ep.datagrams_to_send(0.0):
+                    to_responder = d.dst[0] == RESPONDER
+                    tally = wire["to_responder" if to_responder else "to_initiator"]
+                    tally[0] += 1
+                    tally[1] += len(d.data) + IP_UDP_HEADERS
+                    if to_responder:
+                        r0 = time.perf_counter()
+                        responder.receive_datagram(d.data, d.src, d.dst, 0.0)
+                        responder_time += time.perf_counter() - r0
+                    else:
+                        eps[d.dst[0]].receive_datagram(d.data, d.src, d.dst, 0.0)
+                    moving = True
+        assert len(ini.child_index) == 1 and len(responder.child_index) == 1
+        total_time += time.perf_counter() - t0
+        count += 1
+    return {"responder_handshakes_per_s": round(count / responder_time, 1),
+            "responder_ms_per_handshake": round(1000 * responder_time / count, 3),
+            "both_ends_handshakes_per_s": round(count / total_time, 1),
+            "datagrams_to_responder": wire["to_responder"][0] // count,
+            "bytes_to_responder": wire["to_responder"][1] // count,
+            "datagrams_to_initiator": wire["to_initiator"][0] // count,
+            "bytes_to_initiator": wire["to_initiator"][1] // count,
+            "handshakes": count}
+
+
+def pq_main(seconds: float, out: Path) -> dict:
+    results: dict = {"python": sys.version.split()[0], "machine": platform.machine(), "cpus": os.cpu_count(),
+                     "load_average_before": [round(x, 2) for x in os.getloadavg()],
+                     "note": ("IKE_SA_INIT + IKE_INTERMEDIATE (one per additional key exchange) + IKE_AUTH with "
+                              "the first CHILD SA, PSK; bytes include 28 bytes of IPv4/UDP headers per datagram; "
+                              "fragment size 1280"),
+                     "proposals": {}}
+    for name, (ike, esp) in PQ_PROPOSALS.items():
+        results["proposals"][name] = {"ike": ike, **pq_handshake_costs(ike, esp, seconds)}
+        print(name, results["proposals"][name])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print("wrote", out)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rss", type=int, metavar="N", help="only the RSS of N responder SAs + ESP SAs")
@@ -208,12 +276,16 @@ def main() -> None:
     parser.add_argument("--scale", default="100,1000,5000", help="SAs held before timing (comma list)")
     parser.add_argument("--scale-count", type=int, default=200, help="handshakes timed at each size")
     parser.add_argument("--rss-sas", type=int, default=10000, help="the RSS part of a full run (0: skip)")
+    parser.add_argument("--pq", action="store_true", help=f"only the post-quantum comparison ({PQ_RESULT.name})")
     parser.add_argument("--before", help="JSON of an earlier run to embed as 'before'")
     parser.add_argument("--out", help=f"where to write (default {RESULT})")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     if args.rss:
         print(json.dumps(rss_per_sa(args.rss, *PROPOSALS[args.proposal])))
+        return
+    if args.pq:
+        pq_main(float(os.environ.get("BENCH_SECONDS", "3")), Path(args.out) if args.out else PQ_RESULT)
         return
     held = tuple(int(x) for x in args.scale.split(",") if x)
     seconds = float(os.environ.get("BENCH_SECONDS", "3"))

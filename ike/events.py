@@ -81,7 +81,7 @@ class NegotiationFailed:
     """A clean failure, also sent or received as a notify (RFC 7296 s3.10.1)."""
 
     name: str  # connection name, or "" when no connection matched
-    stage: str  # "IKE_SA_INIT", "IKE_AUTH", "CREATE_CHILD_SA"
+    stage: str  # "IKE_SA_INIT", "IKE_INTERMEDIATE", "IKE_AUTH", "CREATE_CHILD_SA"
     notify: str  # "NO_PROPOSAL_CHOSEN", "AUTHENTICATION_FAILED", "TS_UNACCEPTABLE", ...
     message: str  # human-readable, never containing key material
     child_name: str | None = None

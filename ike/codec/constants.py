@@ -25,6 +25,7 @@ class ExchangeType(IntEnum):
     INFORMATIONAL = 37
     IKE_SESSION_RESUME = 38  # RFC 5723
     IKE_INTERMEDIATE = 43  # RFC 9242
+    IKE_FOLLOWUP_KE = 44  # RFC 9370
 
 
 class HeaderFlag(IntFlag):

@@ -76,6 +76,8 @@ class Message:
     version: int = IKE_VERSION_BYTE
     extra_flags: int = 0  # flag bits we do not interpret, kept for exact re-encoding
     encrypted: bool = False  # payloads came out of (or go into) an SK payload
+    # (first inner payload type, inner chain) as decrypted: RFC 9242's IntAuth signs these bytes
+    plain: tuple[int, bytes] | None = field(default=None, repr=False, compare=False)
 
     @property
     def flags(self) -> int:
@@ -217,7 +219,7 @@ def decode_inner(msg: Message, first: int, plaintext: bytes) -> Message:
     if any(isinstance(p, (SkPayload, SkfPayload)) for p in inner):
         raise MalformedMessage("encrypted payload inside an encrypted payload")
     return Message(msg.spi_i, msg.spi_r, msg.exchange, msg.message_id, msg.initiator, msg.response, inner,
-                   msg.version, msg.extra_flags, encrypted=True)
+                   msg.version, msg.extra_flags, encrypted=True, plain=(first, plaintext))
 
 
 def seal(msg: Message, cipher: SkCipher, rng) -> bytes:

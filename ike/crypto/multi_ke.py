@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
+from ike.crypto import dh, mlkem
+from ike.crypto.dh import Rng
 from ike.crypto.keys import IkeKeys, _split_ike_keys, prf, prf_plus
 from ike.crypto.proposals import Negotiated
 
@@ -119,3 +122,38 @@ def intauth_chain(prf_id: int, steps: Iterable[tuple[bytes, bytes]]) -> bytes:
 def intauth(intauth_i: bytes, intauth_r: bytes, ike_auth_mid: int) -> bytes:
     """IntAuth = IntAuth_iN | IntAuth_rN | IKE_AUTH_MID, appended to both SignedOctets (s3.3.2)."""
     return intauth_i + intauth_r + struct.pack("!I", ike_auth_mid)
+
+
+def intauth_of(header: bytes, first_inner: int, inner_plaintext: bytes) -> bytes:
+    """IntAuth_A | IntAuth_P of a message given its IKE header (any Length; it is set here), the
+    type of its first inner payload and its inner payloads: the same bytes as intauth_parts for
+    the message as sent, whole or fragmented (s3.3.2, RFC 7383 s3)."""
+    if len(header) != IKE_HEADER_LEN:
+        raise ValueError("an IKE header is 28 bytes")
+    head = bytearray(header)
+    head[16] = _PAYLOAD_SK
+    return intauth_parts(bytes(head) + struct.pack("!BBH", first_inner, 0, SK_HEADER_LEN),
+                         IKE_HEADER_LEN, inner_plaintext)
+
+
+class AdditionalKeyExchange(Protocol):
+    """What an additional key exchange offers, whether a KEM (ike.crypto.mlkem) or a DH group."""
+
+    group: int
+
+    @property
+    def public(self) -> bytes: ...
+
+    def shared_secret(self, peer_data: bytes) -> bytes: ...
+
+
+def additional_key_exchange(method: int, rng: Rng, *, initiator: bool) -> AdditionalKeyExchange:
+    """One side of an additional key exchange: ML-KEM in its role (the initiator sends the
+    encapsulation key, the responder the ciphertext), or a DH group; ValueError if unsupported."""
+    if mlkem.is_kem(method):
+        return mlkem.key_exchange(method, rng, initiator=initiator)
+    return dh.key_exchange(method, rng)
+
+
+def supported_method(method: int) -> bool:
+    return method in mlkem.SUPPORTED_METHODS or method in dh.SUPPORTED_GROUPS

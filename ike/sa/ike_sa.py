@@ -34,6 +34,8 @@ from ike.tasks.child_rekey import ChildRekey
 from ike.tasks.child_sa import ChildSa
 from ike.tasks.ike_delete import IkeDelete
 from ike.tasks.ike_dpd import IkeDpd
+from ike.tasks.followup_ke import FollowupResponder, exchange_task
+from ike.tasks.ike_intermediate import Intermediate
 from ike.tasks.ike_rekey import IkeRekey
 from ike.tasks.states import IKE_TRANSITIONS, LIVE_CHILD_STATES, ChildState, IkeState, advance
 
@@ -91,8 +93,9 @@ class IkeSa(TaskManager):
 
     # slots: a gateway holds thousands of these; an instance dict of ~55 entries costs ~1.5 KB more
     __slots__ = ("attempt", "auth_methods", "candidates", "children", "chosen", "config", "created", "established_at",
-                 "expire_at", "half_open_key", "held_events", "host", "indexed_name", "init_request",
-                 "init_response", "initiated", "initiator", "keys", "last_inbound", "local", "local_id", "nat_local",
+                 "expire_at", "followup", "half_open_key", "held_events", "host", "indexed_name", "init_request",
+                 "init_response", "initiated", "initiator", "intermediate", "keys", "last_inbound", "local", "local_id",
+                 "nat_local",
                  "nat_remote", "neg", "ni", "nr", "peer_deleted_spis", "peer_fragmentation", "peer_key",
                  "proposal_name", "reauth_at", "redundant_until", "rekey_at", "rekeyed_from", "remote", "remote_id",
                  "replaces", "silent", "spi_i", "spi_r", "state", "dropped", "timer_at", "timer_entry", "unique_id",
@@ -122,6 +125,8 @@ class IkeSa(TaskManager):
         self.auth_methods: tuple[str, str] = ("", "")  # (ours, the peer's), e.g. "pubkey ecdsa-with-sha256"
         self.nat_local = self.nat_remote = False
         self.peer_fragmentation = False
+        self.intermediate: Intermediate | None = None  # IKE_INTERMEDIATE key exchanges (RFC 9370)
+        self.followup: FollowupResponder | None = None  # a peer's CREATE_CHILD_SA awaiting IKE_FOLLOWUP_KE
         self.proposal_name = ""  # strongSwan-style, e.g. "aes256gcm16-prfsha256-ecp256"
         self.chosen: Proposal | None = None  # the selected IKE proposal
         # timers
@@ -236,6 +241,7 @@ class IkeSa(TaskManager):
         and the connections it chose among are not needed again (rekeys bring fresh nonces);
         a gateway with thousands of SAs should not keep them."""
         self.ni = self.nr = b""
+        self.intermediate = None  # its IntAuth values are signed
         self.candidates = (self.config,)  # a tuple: smaller than a list
         if self.keys is not None:
             self.keys.forget_auth_keys()
@@ -369,7 +375,7 @@ class IkeSa(TaskManager):
     def finish_colliding_rekey(self, now: float) -> None:
         """The peer deletes an IKE SA we were rekeying while it rekeyed it too: its rekey won (it may
         not have seen the collision), so the SA it created takes over before this one goes."""
-        task = self.active_task
+        task = exchange_task(self.active_task)
         if isinstance(task, IkeRekey) and task.collision is not None:
             new = task.collision[0]
             if new.state == IkeState.ESTABLISHED:
@@ -405,6 +411,7 @@ class IkeSa(TaskManager):
         if self.keys is not None:
             self.keys.forget()
         self.keys = None
+        self.intermediate = self.followup = None
         self.ni = self.nr = b""
         self.init_request = self.init_response = b""
         self.last_response = None
@@ -419,6 +426,8 @@ class IkeSa(TaskManager):
             out.append(self.created + HALF_OPEN_TIMEOUT)
         if self.redundant_until is not None:
             out.append(self.redundant_until)
+        if self.followup is not None and self.followup.holding:
+            out.append(self.followup.expires)
         if self.state == IkeState.ESTABLISHED:
             if self.rekey_at is not None:
                 out.append(self.rekey_at)
@@ -446,6 +455,9 @@ class IkeSa(TaskManager):
             return
         if self.active is not None and self._retransmit_due(now):
             return
+        if self.followup is not None and self.followup.holding and now >= self.followup.expires:
+            self.followup.holding = False  # held-back requests go now; the state stays
+            self.kick(now)
         if self.state == IkeState.CONNECTING and not self.initiator and now >= self.created + HALF_OPEN_TIMEOUT:
             self.destroy("half-open timeout", now)
             return

@@ -28,6 +28,7 @@ from ike.sa.retransmit import Retransmit, Retransmitter
 from ike.tasks.base import Outcome, Step, Task, jitter
 from ike.tasks.child_create import ChildCreate
 from ike.tasks.dispatch import respond
+from ike.tasks.followup_ke import FollowupKe
 from ike.tasks.ike_auth import IkeAuth
 from ike.tasks.ike_delete import IkeDelete
 from ike.tasks.states import IkeState
@@ -134,7 +135,11 @@ class TaskManager:
     def kick(self, now: float) -> None:
         """Start the next queued task if no request is outstanding."""
         sa = self._sa()
-        while self.active is None and self.queue and sa.state != IkeState.DEAD:
+        # a peer's IKE_FOLLOWUP_KE sequence holds our new requests back for a while (kept after
+        # that: its last exchange may still come); our own sequence, already begun, goes on
+        waiting = sa.followup is not None and sa.followup.holding and now < sa.followup.expires
+        while (self.active is None and self.queue and sa.state != IkeState.DEAD
+               and (not waiting or isinstance(self.queue[0], FollowupKe))):
             task = self.queue.pop(0)
             payloads = task.build(sa, now)
             if payloads is None:  # no longer applicable (SA gone, CHILD deleted meanwhile, ...)
@@ -308,11 +313,21 @@ class TaskManager:
         self.last_response = (msg.message_id, *packets)
         self.peer_mid += 1
         self.send(packets)
+        self._install_pending_keys()
         if self.delete_after_response is not None:
             reason, self.delete_after_response = self.delete_after_response, None
             sa.destroy(reason, now)
             return
         self.kick(now)
+
+    def _install_pending_keys(self) -> None:
+        """An IKE_INTERMEDIATE answer went out under the old keys: the new ones apply from now
+        (RFC 9370 s2.2.2; the cached answer, resent for a retransmitted request, keeps the old)."""
+        sa = self._sa()
+        state = sa.intermediate
+        if state is not None and state.pending_keys is not None and sa.neg is not None:
+            keys, state.pending_keys = state.pending_keys, None
+            sa.install_keys(sa.neg, keys)
 
     def _error_answer(self, msg: codec.Message) -> NotifyPayload:
         exc, self.inner_error = self.inner_error, None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 from collections.abc import Callable, Sequence
 
 from ike.codec.constants import ExchangeType
@@ -23,6 +23,10 @@ from ike.crypto.proposals import Negotiated
 from ike.events import Address, IkeSaUp
 from ike.tasks.child_sa import ChildSa
 from ike.tasks.states import IkeState
+
+if TYPE_CHECKING:  # the task modules import this one
+    from ike.tasks.followup_ke import FollowupResponder
+    from ike.tasks.ike_intermediate import Intermediate
 
 Rng = Callable[[int], bytes]
 
@@ -78,6 +82,8 @@ class IkeSaContext(Protocol):
     peer_deleted_spis: set[int] | frozenset[int]
     delete_after_response: str | None
     silent: bool
+    intermediate: Intermediate | None  # RFC 9370 additional key exchanges until IKE_AUTH
+    followup: FollowupResponder | None  # the peer's CREATE_CHILD_SA awaiting IKE_FOLLOWUP_KE
 
     @property
     def name(self) -> str: ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from sys import intern  # one string object for the names thousands of CHILD SAs share
 
@@ -14,12 +15,14 @@ from ike.codec.payloads import KePayload, NoncePayload, NotifyPayload, Payload, 
 from ike.config import ChildConfig, TrafficSelector
 from ike.crypto.dh import InvalidKeyExchange, KeyExchange, key_exchange
 from ike.crypto.keys import NONCE_LEN, child_keymat, split_child_keymat
+from ike.crypto.multi_ke import child_keymat_multi
 from ike.crypto.proposals import (Negotiated, Proposal, accept_answer as accept_proposal, choose,
                                   format_proposal, parse_proposals, without_dh)
 from ike.events import Address, NegotiationFailed
 from ike.tasks.base import DONE, POSTPONE, RETRY, IkeSaContext, Outcome, Task, uniform
 from ike.tasks.child_delete import ChildAbandon
 from ike.tasks.child_sa import ChildSa, is_subset, narrow, without_redundant
+from ike.tasks.followup_ke import FollowupKe, begin as begin_followup
 from ike.tasks.states import LIVE_CHILD_STATES
 
 
@@ -101,9 +104,14 @@ def _lifetimes(sa: IkeSaContext, cfg: ChildConfig, now: float) -> tuple[float | 
 def build_child(sa: IkeSaContext, cfg: ChildConfig, chosen: Proposal, neg: Negotiated, *, exchange_initiator: bool,
                 our_spi: int, peer_spi: int, ni: bytes, nr: bytes, g_ir: bytes | None,
                 local_ts: list[TrafficSelector], remote_ts: list[TrafficSelector], now: float,
-                rekeyed_from: int | None = None) -> ChildSa:
+                rekeyed_from: int | None = None, additional: Sequence[bytes] = ()) -> ChildSa:
+    """``additional``: the secrets of IKE_FOLLOWUP_KE exchanges (RFC 9370 s2.2.4), after the nonces."""
     assert sa.neg is not None and sa.keys is not None and sa.neg.prf is not None
-    keymat = child_keymat(sa.neg.prf, sa.keys.sk_d, ni, nr, 2 * neg.child_keymat_len(), g_ir)
+    length = 2 * neg.child_keymat_len()
+    if additional:
+        keymat = child_keymat_multi(sa.neg.prf, sa.keys.sk_d, g_ir, additional, ni, nr, length)
+    else:
+        keymat = child_keymat(sa.neg.prf, sa.keys.sk_d, ni, nr, length, g_ir)
     i2r, r2i = split_child_keymat(keymat)
     rekey_at, expire_at = _lifetimes(sa, cfg, now)
     return ChildSa(
@@ -114,8 +122,21 @@ def build_child(sa: IkeSaContext, cfg: ChildConfig, chosen: Proposal, neg: Negot
         rekeyed_from=rekeyed_from)
 
 
+Completion = Callable[[Sequence[bytes]], ChildSa]  # the CHILD SA, given the additional key exchanges' secrets
+
+
 def accept_answer(sa: IkeSaContext, offer: ChildOffer, msg: Message, ni: bytes, nr: bytes, now: float) -> ChildSa:
     """Initiator: check the responder's answer against the offer; the new CHILD SA or ChildFailure."""
+    neg, complete = accept_answer_multi(sa, offer, msg, ni, nr, now)
+    if neg.additional_ke:  # never offered where this is called (IKE_AUTH carries no key exchange)
+        raise ChildFailure(NotifyType.NO_PROPOSAL_CHOSEN, "peer chose additional key exchanges here")
+    return complete(())
+
+
+def accept_answer_multi(sa: IkeSaContext, offer: ChildOffer, msg: Message, ni: bytes, nr: bytes,
+                        now: float) -> tuple[Negotiated, Completion]:
+    """Initiator: as accept_answer, but the CHILD SA is made by the returned completion, once the
+    IKE_FOLLOWUP_KE exchanges of ``neg.additional_ke`` (if any) have given their secrets."""
     for p in msg.all(NotifyPayload):
         if p.is_error:
             raise ChildFailure(NotifyType(p.notify_type) if p.notify_type in NotifyType._value2member_map_
@@ -128,7 +149,8 @@ def accept_answer(sa: IkeSaContext, offer: ChildOffer, msg: Message, ni: bytes, 
         raise
 
 
-def _accept_answer(sa: IkeSaContext, offer: ChildOffer, msg: Message, ni: bytes, nr: bytes, now: float) -> ChildSa:
+def _accept_answer(sa: IkeSaContext, offer: ChildOffer, msg: Message, ni: bytes, nr: bytes,
+                   now: float) -> tuple[Negotiated, Completion]:
     sa_p, tsi_p, tsr_p = msg.get(SaPayload), msg.get(TsiPayload), msg.get(TsrPayload)
     if sa_p is None or tsi_p is None or tsr_p is None:
         raise ChildFailure(NotifyType.INVALID_SYNTAX, "answer lacks SA, TSi or TSr")
@@ -152,10 +174,14 @@ def _accept_answer(sa: IkeSaContext, offer: ChildOffer, msg: Message, ni: bytes,
             or not all(is_subset(t, offer.tsr) for t in tsr_p.selectors):
         raise ChildFailure(NotifyType.TS_UNACCEPTABLE, "answered traffic selectors are not within the offer")
     peer_spi = struct.unpack("!I", answer.spi)[0]
-    return build_child(sa, offer.config, answer, neg, exchange_initiator=True, our_spi=offer.spi, peer_spi=peer_spi,
-                       ni=ni, nr=nr, g_ir=g_ir, local_ts=without_redundant(tsi_p.selectors),
-                       remote_ts=without_redundant(tsr_p.selectors), now=now,
-                       rekeyed_from=offer.rekey_of.inbound_spi if offer.rekey_of else None)
+    local_ts, remote_ts = without_redundant(tsi_p.selectors), without_redundant(tsr_p.selectors)
+
+    def complete(additional: Sequence[bytes]) -> ChildSa:
+        return build_child(sa, offer.config, answer, neg, exchange_initiator=True, our_spi=offer.spi,
+                           peer_spi=peer_spi, ni=ni, nr=nr, g_ir=g_ir, local_ts=local_ts, remote_ts=remote_ts,
+                           now=now, rekeyed_from=offer.rekey_of.inbound_spi if offer.rekey_of else None,
+                           additional=additional)
+    return neg, complete
 
 
 def _esp_transform(neg: Negotiated) -> str:
@@ -180,6 +206,16 @@ def answer_offer(sa: IkeSaContext, msg: Message, now: float, *, in_auth: bool, n
                  rekey_of: ChildSa | None = None) -> tuple[list[Payload], ChildSa]:
     """Responder: negotiate a CHILD SA from a request; (answer payloads, new CHILD SA) or ChildFailure.
     ``ni`` is the IKE_SA_INIT nonce pair's Ni in IKE_AUTH; CREATE_CHILD_SA carries fresh nonces."""
+    answer, neg, complete = negotiate_offer(sa, msg, now, in_auth=in_auth, rekey_of=rekey_of)
+    if neg.additional_ke:  # only where in_auth (no key exchanges): never chosen
+        raise ChildFailure(NotifyType.NO_PROPOSAL_CHOSEN, "additional key exchanges are not possible here")
+    return answer, complete(())
+
+
+def negotiate_offer(sa: IkeSaContext, msg: Message, now: float, *, in_auth: bool, rekey_of: ChildSa | None = None
+                    ) -> tuple[list[Payload], Negotiated, Completion]:
+    """Responder: as answer_offer, but the CHILD SA is made by the returned completion, once the
+    IKE_FOLLOWUP_KE exchanges of ``neg.additional_ke`` (if any) have given their secrets."""
     sa_p, tsi_p, tsr_p = msg.get(SaPayload), msg.get(TsiPayload), msg.get(TsrPayload)
     if sa_p is None or tsi_p is None or tsr_p is None:
         raise ChildFailure(NotifyType.INVALID_SYNTAX, "request lacks SA, TSi or TSr")
@@ -219,17 +255,22 @@ def answer_offer(sa: IkeSaContext, msg: Message, now: float, *, in_auth: bool, n
                 raise ChildFailure(NotifyType.INVALID_SYNTAX, str(exc)) from None
     our_spi = sa.new_child_spi()
     peer_spi = struct.unpack("!I", chosen.spi)[0]
-    child = build_child(sa, cfg, chosen, neg, exchange_initiator=False, our_spi=our_spi, peer_spi=peer_spi,
-                        ni=nonce_i, nr=nonce_r, g_ir=g_ir, local_ts=local, remote_ts=remote, now=now,
-                        rekeyed_from=rekey_of.inbound_spi if rekey_of else None)
+    config = cfg
+
+    def complete(additional: Sequence[bytes]) -> ChildSa:
+        child = build_child(sa, config, chosen, neg, exchange_initiator=False, our_spi=our_spi, peer_spi=peer_spi,
+                            ni=nonce_i, nr=nonce_r, g_ir=g_ir, local_ts=local, remote_ts=remote, now=now,
+                            rekeyed_from=rekey_of.inbound_spi if rekey_of else None, additional=additional)
+        if not in_auth:
+            child.nonces = (nonce_i, nonce_r)
+        return child
     answer.append(SaPayload([Proposal(chosen.protocol, chosen.transforms, chosen.number, struct.pack("!I", our_spi))]))
     if not in_auth:
         answer.append(NoncePayload(nonce_r))
-        child.nonces = (nonce_i, nonce_r)
     if our_ke is not None:
         answer.append(KePayload(our_ke.group, our_ke.public))
     answer += [TsiPayload(remote), TsrPayload(local)]
-    return answer, child
+    return answer, neg, complete
 
 
 def abandon(sa: IkeSaContext, exc: ChildFailure) -> None:
@@ -271,17 +312,35 @@ class ChildCreate(Task):
         try:
             if nonce is None and not any(p.is_error for p in msg.all(NotifyPayload)):
                 raise ChildFailure(NotifyType.INVALID_SYNTAX, "answer without a nonce")
-            child = accept_answer(sa, self.offer, msg, self.offer.nonce, nonce.data if nonce else b"", now)
+            neg, complete = accept_answer_multi(sa, self.offer, msg, self.offer.nonce, nonce.data if nonce else b"",
+                                                now)
         except ChildFailure as exc:
             if exc.notify == NotifyType.INVALID_KE_PAYLOAD and len(exc.data) == 2 and self.group is None:
                 self.group = struct.unpack("!H", exc.data)[0]
                 return RETRY
             if exc.notify == NotifyType.TEMPORARY_FAILURE:
                 return POSTPONE
-            abandon(sa, exc)
-            sa.emit(failure_event(sa, "CREATE_CHILD_SA", exc, self.config.name))
-            sa.log("child_sa_failed", child=self.config.name, notify=exc.notify.name, error=str(exc))
-            return DONE
+            return self._failed(sa, exc)
+        if neg.additional_ke:  # RFC 9370: IKE_FOLLOWUP_KE exchanges first, then the CHILD SA
+            return FollowupKe.start(sa, self, neg.additional_ke, msg,
+                                    lambda sa_, secrets, now_: self._install(sa_, complete(secrets)),
+                                    self._followup_failed, now) or DONE
+        return self._install(sa, complete(()))
+
+    def _failed(self, sa: IkeSaContext, exc: ChildFailure) -> Outcome:
+        abandon(sa, exc)
+        sa.emit(failure_event(sa, "CREATE_CHILD_SA", exc, self.config.name))
+        sa.log("child_sa_failed", child=self.config.name, notify=exc.notify.name, error=str(exc))
+        return DONE
+
+    def _followup_failed(self, sa: IkeSaContext, notify: NotifyType, text: str, now: float, by_peer: bool) -> Outcome:
+        exc = ChildFailure(notify, text)
+        assert self.offer is not None
+        if not by_peer:
+            exc.abandoned_spi = self.offer.spi  # the peer installed it with its last answer
+        return self._failed(sa, exc)
+
+    def _install(self, sa: IkeSaContext, child: ChildSa) -> Outcome:
         if child.outbound_spi in sa.peer_deleted_spis:
             sa.log("child_sa_deleted_before_installed", child=child.name, spi_out=f"{child.outbound_spi:08x}")
             return DONE
@@ -292,10 +351,15 @@ class ChildCreate(Task):
 def respond_create(sa: IkeSaContext, msg: Message, now: float) -> list[Payload]:
     """Responder: CREATE_CHILD_SA for a new CHILD SA (no REKEY_SA, no IKE proposal)."""
     try:
-        payloads, child = answer_offer(sa, msg, now, in_auth=False)
+        payloads, neg, complete = negotiate_offer(sa, msg, now, in_auth=False)
     except ChildFailure as exc:
         sa.emit(failure_event(sa, "CREATE_CHILD_SA", exc, None))
         sa.log("child_sa_failed", notify=exc.notify.name, error=str(exc))
         return [NotifyPayload(int(exc.notify), exc.data)]
-    sa.add_child(child)
+    if neg.additional_ke:
+        def installed(sa_: IkeSaContext, secrets: list[bytes], now_: float) -> list[Payload]:
+            sa_.add_child(complete(secrets))
+            return []
+        return begin_followup(sa, "CHILD SA", neg.additional_ke, installed, payloads, now)
+    sa.add_child(complete(()))
     return payloads

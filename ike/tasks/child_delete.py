@@ -66,7 +66,8 @@ def respond_child_deletes(sa: IkeSaContext, deletes: list[DeletePayload], now: f
                 # maybe an SA our outstanding CREATE_CHILD_SA is about to install: the peer
                 # deleted it before our answer arrived (strongSwan's deleted_spis)
                 active = sa.active_task
-                if active is not None and active.exchange == ExchangeType.CREATE_CHILD_SA:
+                if active is not None and active.exchange in (ExchangeType.CREATE_CHILD_SA,
+                                                              ExchangeType.IKE_FOLLOWUP_KE):
                     if not isinstance(sa.peer_deleted_spis, set):
                         sa.peer_deleted_spis = set()
                     sa.peer_deleted_spis.add(spi)

@@ -15,8 +15,9 @@ from ike.codec.message import Message
 from ike.codec.payloads import NoncePayload, NotifyPayload, Payload
 from ike.events import Address
 from ike.tasks.base import DONE, POSTPONE, RETRY, IkeSaContext, Outcome, Task
-from ike.tasks.child_create import (ChildCreate, ChildFailure, ChildOffer, abandon, accept_answer, answer_offer,
-                                    failure_event, make_offer, offer_payloads)
+from ike.tasks.child_create import (ChildCreate, ChildFailure, ChildOffer, abandon, accept_answer_multi,
+                                    failure_event, make_offer, negotiate_offer, offer_payloads)
+from ike.tasks.followup_ke import FollowupKe, begin as begin_followup, exchange_task, uses_additional_ke
 from ike.tasks.child_delete import ChildDelete
 from ike.tasks.child_sa import ChildSa
 from ike.tasks.states import ChildState
@@ -60,14 +61,30 @@ class ChildRekey(Task):
     def process(self, sa: IkeSaContext, msg: Message, raw: bytes, src: Address, dst: Address,
                 now: float) -> Outcome:
         assert self.offer is not None
-        child = self.child
         nonce = msg.get(NoncePayload)
         try:
-            new = accept_answer(sa, self.offer, msg, self.offer.nonce, nonce.data if nonce else b"", now)
+            neg, complete = accept_answer_multi(sa, self.offer, msg, self.offer.nonce, nonce.data if nonce else b"",
+                                                now)
             if nonce is None:
                 raise ChildFailure(NotifyType.INVALID_SYNTAX, "answer without a nonce")
         except ChildFailure as exc:
             return self._failed(sa, exc, now)
+        nonces = (self.offer.nonce, nonce.data)
+        if neg.additional_ke:  # RFC 9370: IKE_FOLLOWUP_KE exchanges first, then the new CHILD SA
+            return FollowupKe.start(sa, self, neg.additional_ke, msg,
+                                    lambda sa_, secrets, now_: self._install(sa_, complete(secrets), nonces, now_),
+                                    self._followup_failed, now) or DONE
+        return self._install(sa, complete(()), nonces, now)
+
+    def _followup_failed(self, sa: IkeSaContext, notify: NotifyType, text: str, now: float, by_peer: bool) -> Outcome:
+        exc = ChildFailure(notify, text)
+        assert self.offer is not None
+        if not by_peer:
+            exc.abandoned_spi = self.offer.spi  # the peer installed it with its last answer
+        return self._failed(sa, exc, now)
+
+    def _install(self, sa: IkeSaContext, new: ChildSa, nonces: tuple[bytes, bytes], now: float) -> Outcome:
+        child = self.child
         if new.outbound_spi in sa.peer_deleted_spis:  # the peer closed the new SA already
             sa.log("child_sa_deleted_before_installed", child=new.name, spi_out=f"{new.outbound_spi:08x}")
             new.forget_keys()
@@ -76,7 +93,7 @@ class ChildRekey(Task):
             return DONE
         if self.collision is not None:
             other, other_nonces = self.collision
-            if lost_collision((self.offer.nonce, nonce.data), other_nonces):
+            if lost_collision(nonces, other_nonces):
                 sa.log("child_rekey_collision_lost", child=child.name, spi_in=f"{child.inbound_spi:08x}")
                 new.move_to(ChildState.REDUNDANT)
                 new.rekey_at = None
@@ -132,24 +149,36 @@ def respond_child_rekey(sa: IkeSaContext, msg: Message, now: float) -> list[Payl
     if note.protocol != ProtocolId.ESP or len(note.spi) != 4:
         return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
     child = sa.child_by_outbound(struct.unpack("!I", note.spi)[0])
-    active = sa.active_task
+    active = exchange_task(sa.active_task)
     if child is None:
         if isinstance(active, (ChildRekey, ChildCreate)):  # our answer may be about to create it
             return [NotifyPayload(NotifyType.TEMPORARY_FAILURE)]
         return [NotifyPayload(NotifyType.CHILD_SA_NOT_FOUND, b"", ProtocolId.ESP, note.spi)]
     colliding = isinstance(active, ChildRekey) and active.child is child
+    if colliding and uses_additional_ke(child.config.esp_proposals, ProtocolId.ESP):
+        # a collision is decided when both new SAs exist; with IKE_FOLLOWUP_KE the SAs appear
+        # exchanges apart, so each side refuses the other's rekey and retries later instead
+        return [NotifyPayload(NotifyType.TEMPORARY_FAILURE)]
     if child.state != ChildState.INSTALLED and not colliding:
         return [NotifyPayload(NotifyType.TEMPORARY_FAILURE)]
     try:
-        payloads, new = answer_offer(sa, msg, now, in_auth=False, rekey_of=child)
+        payloads, neg, complete = negotiate_offer(sa, msg, now, in_auth=False, rekey_of=child)
     except ChildFailure as exc:
         sa.emit(failure_event(sa, "CREATE_CHILD_SA", exc, child.name))
         sa.log("child_rekey_refused", child=child.name, notify=exc.notify.name, error=str(exc))
         return [NotifyPayload(int(exc.notify), exc.data)]
-    sa.add_child(new)
-    if isinstance(active, ChildRekey) and colliding:
-        active.collision = (new, new.nonces)
-    else:
-        child.move_to(ChildState.REKEYED)  # the initiator deletes it
-        child.rekey_at = None
+
+    def installed(sa_: IkeSaContext, secrets: list[bytes], now_: float) -> list[Payload]:
+        new = complete(secrets)
+        sa_.add_child(new)
+        active_now = exchange_task(sa_.active_task)
+        if isinstance(active_now, ChildRekey) and active_now.child is child:
+            active_now.collision = (new, new.nonces)
+        elif child.inbound_spi in sa_.children and child.state in (ChildState.INSTALLED, ChildState.REKEYING):
+            child.move_to(ChildState.REKEYED)  # the initiator deletes it
+            child.rekey_at = None
+        return []
+    if neg.additional_ke:
+        return begin_followup(sa, f"rekey of CHILD SA {child.name}", neg.additional_ke, installed, payloads, now)
+    installed(sa, [], now)
     return payloads

@@ -5,13 +5,18 @@ from __future__ import annotations
 from ike.codec.constants import ExchangeType, NotifyType, ProtocolId
 from ike.codec.message import Message
 from ike.codec.payloads import DeletePayload, NotifyPayload, Payload, SaPayload
-from ike.tasks import child_create, child_delete, child_rekey, ike_auth, ike_delete, ike_init, ike_rekey
+from ike.tasks import (child_create, child_delete, child_rekey, followup_ke, ike_auth, ike_delete, ike_init,
+                       ike_intermediate, ike_rekey)
 from ike.tasks.base import IkeSaContext
 
 
 def respond(sa: IkeSaContext, msg: Message, now: float) -> list[Payload]:
+    if sa.followup is not None and msg.exchange != ExchangeType.IKE_FOLLOWUP_KE:
+        sa.followup = None  # the peer sends one request at a time: it gave up its IKE_FOLLOWUP_KE sequence
     if msg.exchange == ExchangeType.IKE_SA_INIT:
         return ike_init.respond_init(sa, msg, now)
+    if msg.exchange == ExchangeType.IKE_INTERMEDIATE:
+        return ike_intermediate.respond_intermediate(sa, msg, now)
     if msg.exchange == ExchangeType.IKE_AUTH:
         return ike_auth.respond_auth(sa, msg, now)
     if msg.exchange == ExchangeType.INFORMATIONAL:
@@ -25,6 +30,10 @@ def respond(sa: IkeSaContext, msg: Message, now: float) -> list[Payload]:
         if NotifyType.REKEY_SA in msg.notifies():
             return child_rekey.respond_child_rekey(sa, msg, now)
         return child_create.respond_create(sa, msg, now)
+    if msg.exchange == ExchangeType.IKE_FOLLOWUP_KE:
+        if not sa.established:
+            return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
+        return followup_ke.respond_followup(sa, msg, now)
     sa.log("unsupported_exchange", exchange=msg.exchange_name)
     return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
 

@@ -48,9 +48,11 @@ def auth_octets(sa: IkeSaContext, initiator_side: bool, id_payload: IdPayload) -
     """The side's <Initiator|Responder>SignedOctets (RFC 7296 s2.15): what a PSK AUTH MACs and a
     signature AUTH (ike.crypto.signatures) signs."""
     assert sa.neg is not None and sa.keys is not None and sa.neg.prf is not None
+    # after IKE_INTERMEDIATE exchanges both sides' octets end with IntAuth (RFC 9242 s3.3.2)
+    int_auth = sa.intermediate.auth_input() if sa.intermediate is not None else b""
     if initiator_side:
-        return signed_octets(sa.init_request, sa.nr, sa.neg.prf, sa.keys.sk_pi, id_payload.body())
-    return signed_octets(sa.init_response, sa.ni, sa.neg.prf, sa.keys.sk_pr, id_payload.body())
+        return signed_octets(sa.init_request, sa.nr, sa.neg.prf, sa.keys.sk_pi, id_payload.body()) + int_auth
+    return signed_octets(sa.init_response, sa.ni, sa.neg.prf, sa.keys.sk_pr, id_payload.body()) + int_auth
 
 
 def _auth_data(sa: IkeSaContext, psk: bytes, initiator_side: bool, id_payload: IdPayload) -> bytes:
@@ -233,6 +235,11 @@ def _pick_connection(sa: IkeSaContext, idi: Identity, idr: Identity | None) -> C
 
 def respond_auth(sa: IkeSaContext, msg: Message, now: float) -> list[Payload]:
     if sa.state != IkeState.CONNECTING:
+        return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
+    if sa.intermediate is not None and sa.intermediate.pending:  # RFC 9370: every key exchange first
+        sa.delete_after_response = "auth failed"
+        sa.emit(NegotiationFailed(sa.name, "IKE_AUTH", "INVALID_SYNTAX",
+                                  "IKE_AUTH before the additional key exchanges were done"))
         return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
     idi_p, auth = msg.get(IdiPayload), msg.get(AuthPayload)
     idr_p = msg.get(IdrPayload)

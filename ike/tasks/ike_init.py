@@ -17,9 +17,11 @@ from ike.codec.constants import NAT_T_PORT, ExchangeType, NotifyType, ProtocolId
 from ike.codec.payloads import CertReqPayload, KePayload, NoncePayload, NotifyPayload, Payload, SaPayload
 from ike.crypto.dh import InvalidKeyExchange, KeyExchange, key_exchange
 from ike.crypto.keys import NONCE_LEN, derive_ike_keys
-from ike.crypto.proposals import accept_answer, choose, parse_proposals
+from ike.crypto.multi_ke import supported_method
+from ike.crypto.proposals import ADDKE_TYPES, Negotiated, Proposal, accept_answer, choose, parse_proposals
 from ike.events import Address, NegotiationFailed
 from ike.tasks.base import DONE, RETRY, IkeSaContext, Outcome, Rng, Task, destroy
+from ike.tasks.ike_intermediate import IkeIntermediate, Intermediate, method_name
 
 MAX_RETRIES = 5  # COOKIE / INVALID_KE round trips before giving up
 HASH_ALGORITHMS = struct.pack("!HHHH", 2, 3, 4, 5)  # SHA2-256/384/512 and Identity (Ed25519) (RFC 7427 s7, RFC 8420)
@@ -38,6 +40,23 @@ def nat_notifies(spi_i: bytes, spi_r: bytes, src: Address, dst: Address,
         src = (str(ipaddress.IPv4Address(rng(4))), src[1])
     return [NotifyPayload(NotifyType.NAT_DETECTION_SOURCE_IP, nat_hash(spi_i, spi_r, src)),
             NotifyPayload(NotifyType.NAT_DETECTION_DESTINATION_IP, nat_hash(spi_i, spi_r, dst))]
+
+
+def has_additional_ke(proposals: list[Proposal]) -> bool:
+    """Whether any proposal names an additional key exchange (RFC 9370), NONE ones aside."""
+    return any(t.type in ADDKE_TYPES and t.id for p in proposals for t in p.transforms)
+
+
+def additional_ke_problem(neg: Negotiated, peer_supports_intermediate: bool) -> str | None:
+    """Why the chosen proposal's additional key exchanges cannot run, or None."""
+    if not neg.additional_ke:
+        return None
+    if not peer_supports_intermediate:  # as strongSwan: multiple key exchanges need RFC 9242
+        return "additional key exchanges chosen, but the peer did not send INTERMEDIATE_EXCHANGE_SUPPORTED"
+    for number, method in neg.additional_ke:
+        if not supported_method(method):
+            return f"additional key exchange {number} ({method_name(method)}) is not supported"
+    return None
 
 
 def detect_nat(msg: codec.Message, spi_i: bytes, spi_r: bytes, src: Address,
@@ -72,6 +91,8 @@ class IkeInit(Task):
         if sa.config.fragmentation != "no":
             out.append(NotifyPayload(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
         out.append(NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, HASH_ALGORITHMS))
+        if has_additional_ke(self.proposals):
+            out.append(NotifyPayload(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))
         return out
 
     def _fail(self, sa: IkeSaContext, notify: str, text: str) -> Outcome:
@@ -109,6 +130,9 @@ class IkeInit(Task):
         if choice is None:
             return self._fail(sa, "NO_PROPOSAL_CHOSEN", "responder chose a proposal we did not offer")
         neg = choice.negotiated
+        problem = additional_ke_problem(neg, NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED in notifies)
+        if problem is not None:
+            return self._fail(sa, "NO_PROPOSAL_CHOSEN", problem)
         if self.ke is None or neg.dh != self.group or ke_p.group != self.group:
             return self._fail(sa, "INVALID_KE_PAYLOAD", "responder's key exchange group differs from ours")
         try:
@@ -130,6 +154,9 @@ class IkeInit(Task):
             sa.local = (sa.local[0], NAT_T_PORT)
             if sa.remote[1] == 500:
                 sa.remote = (sa.remote[0], NAT_T_PORT)
+        if neg.additional_ke:  # RFC 9370: one IKE_INTERMEDIATE per additional key exchange, before IKE_AUTH
+            sa.intermediate = Intermediate(list(neg.additional_ke))
+            sa.queue_next(IkeIntermediate())
         sa.log("ike_sa_init_done", proposal=sa.proposal_name, nat_local=sa.nat_local, nat_remote=sa.nat_remote)
         return DONE
 
@@ -172,9 +199,17 @@ def respond_init(sa: IkeSaContext, msg: codec.Message, now: float) -> list[Paylo
                                   "no acceptable IKE proposal"))
         return _refuse(sa, NotifyType.NO_PROPOSAL_CHOSEN)
     neg = choice.negotiated
+    notifies = msg.notifies()
+    problem = additional_ke_problem(neg, NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED in notifies)
+    if problem is not None:
+        sa.emit(NegotiationFailed(config.name, "IKE_SA_INIT", "NO_PROPOSAL_CHOSEN", problem))
+        return _refuse(sa, NotifyType.NO_PROPOSAL_CHOSEN)
     if neg.dh is None or ke_p.group != neg.dh:
         return _refuse(sa, NotifyType.INVALID_KE_PAYLOAD, struct.pack("!H", neg.dh or 0))
-    our_ke = key_exchange(neg.dh, sa.rng)
+    try:
+        our_ke = key_exchange(neg.dh, sa.rng)
+    except ValueError:  # e.g. an ML-KEM as the IKE_SA_INIT method: only additional ones are supported
+        return _refuse(sa, NotifyType.NO_PROPOSAL_CHOSEN)
     try:
         g_ir = our_ke.shared_secret(ke_p.data)
     except InvalidKeyExchange:
@@ -185,7 +220,6 @@ def respond_init(sa: IkeSaContext, msg: codec.Message, now: float) -> list[Paylo
     sa.ni, sa.nr = nonce_p.data, sa.rng(NONCE_LEN)
     sa.install_keys(neg, derive_ike_keys(neg, sa.ni, sa.nr, g_ir, sa.spi_i, sa.spi_r))
     sa.set_proposal(choice.proposal)
-    notifies = msg.notifies()
     src, dst = sa.remote, sa.local
     nat = detect_nat(msg, sa.spi_i, ZERO_SPI, src, dst)
     if nat is not None:
@@ -197,6 +231,9 @@ def respond_init(sa: IkeSaContext, msg: codec.Message, now: float) -> list[Paylo
         payloads.append(NotifyPayload(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED))
     if NotifyType.SIGNATURE_HASH_ALGORITHMS in notifies:
         payloads.append(NotifyPayload(NotifyType.SIGNATURE_HASH_ALGORITHMS, HASH_ALGORITHMS))
+    if neg.additional_ke:  # the chosen proposal has additional key exchanges: IKE_INTERMEDIATE next
+        payloads.append(NotifyPayload(NotifyType.INTERMEDIATE_EXCHANGE_SUPPORTED))
+        sa.intermediate = Intermediate(list(neg.additional_ke))
     if config.remote.auth == "pubkey" and config.remote.trust is not None:  # CERTREQ here, as strongSwan
         payloads.append(CertReqPayload.for_authorities(config.remote.trust.ca_key_hashes()))
     sa.log("ike_sa_init_answered", remote=src, proposal=sa.proposal_name, nat_local=sa.nat_local,

@@ -18,11 +18,13 @@ from ike.codec.constants import ExchangeType, NotifyType, ProtocolId, TransformT
 from ike.codec.message import Message
 from ike.codec.payloads import KePayload, NoncePayload, NotifyPayload, Payload, Proposal, SaPayload
 from ike.crypto.dh import InvalidKeyExchange, KeyExchange, key_exchange
-from ike.crypto.keys import NONCE_LEN, derive_rekeyed_ike_keys
-from ike.crypto.proposals import accept_answer, choose, parse_proposals
+from ike.crypto.keys import NONCE_LEN, IkeKeys
+from ike.crypto.multi_ke import rekeyed_ike_keys
+from ike.crypto.proposals import Negotiated, accept_answer, choose, parse_proposals
 from ike.events import Address, NegotiationFailed
 from ike.tasks.base import DONE, POSTPONE, RETRY, IkeSaContext, Outcome, Task
 from ike.tasks.child_rekey import lost_collision
+from ike.tasks.followup_ke import FollowupKe, begin as begin_followup, exchange_task, uses_additional_ke
 from ike.tasks.ike_delete import IkeDelete
 from ike.tasks.states import ChildState, IkeState
 
@@ -72,15 +74,37 @@ class IkeRekey(Task):
             g_ir = self.ke.shared_secret(ke_p.data)
         except InvalidKeyExchange as exc:
             return self._unusable(sa, NotifyType.INVALID_KE_PAYLOAD, str(exc), now)
-        assert sa.neg is not None and sa.keys is not None and sa.neg.prf is not None
-        keys = derive_rekeyed_ike_keys(neg, sa.keys.sk_d, sa.neg.prf, self.nonce, nonce_p.data, g_ir, self.spi,
-                                       chosen.spi)
-        new = sa.rekeyed_sa(initiator=True, spi_i=self.spi, spi_r=chosen.spi, ni=self.nonce, nr=nonce_p.data,
+        nonce_r = nonce_p.data
+
+        def finish(sa_: IkeSaContext, additional: list[bytes], now_: float) -> Outcome:
+            assert sa_.neg is not None and sa_.keys is not None and sa_.neg.prf is not None
+            keys = rekeyed_ike_keys(neg, sa_.neg.prf, sa_.keys.sk_d, g_ir, additional, self.nonce, nonce_r,
+                                    self.spi, chosen.spi)
+            return self._rekeyed(sa_, chosen, neg, keys, nonce_r, now_)
+        if neg.additional_ke:  # RFC 9370 s2.2.4: IKE_FOLLOWUP_KE exchanges, then the new IKE SA
+            return FollowupKe.start(sa, self, neg.additional_ke, msg, finish, self._followup_failed, now) or DONE
+        return finish(sa, [], now)
+
+    def _followup_failed(self, sa: IkeSaContext, notify: NotifyType, text: str, now: float, by_peer: bool) -> Outcome:
+        if self.collision is not None and self.collision[0].state == IkeState.ESTABLISHED:
+            # the peer's colliding rekey completed meanwhile (its IKE_FOLLOWUP_KE reached us first)
+            # and it moved on to that SA, refusing ours: its SA takes over, as after a lost collision
+            sa.log("ike_rekey_collision_lost", notify=notify.name)
+            sa.hand_over(self.collision[0], now)
+            return DONE
+        if by_peer:  # the peer refused before completing: neither side switched, the old SA goes on
+            sa.log("ike_rekey_failed", notify=notify.name, error=text)
+            return POSTPONE if notify == NotifyType.TEMPORARY_FAILURE else DONE
+        return self._unusable(sa, notify, text, now)
+
+    def _rekeyed(self, sa: IkeSaContext, chosen: Proposal, neg: Negotiated, keys: IkeKeys, nonce_r: bytes,
+                 now: float) -> Outcome:
+        new = sa.rekeyed_sa(initiator=True, spi_i=self.spi, spi_r=chosen.spi, ni=self.nonce, nr=nonce_r,
                             chosen=chosen, neg=neg, keys=keys, now=now)
         winner = new
         if self.collision is not None:
             other, other_nonces = self.collision
-            if lost_collision((self.nonce, nonce_p.data), other_nonces) and other.state == IkeState.ESTABLISHED:
+            if lost_collision((self.nonce, nonce_r), other_nonces) and other.state == IkeState.ESTABLISHED:
                 sa.log("ike_rekey_collision_lost")
                 new.silent = True
                 new.queue_task(IkeDelete("rekey collision"), now)
@@ -115,8 +139,10 @@ class IkeRekey(Task):
 
 
 def respond_ike_rekey(sa: IkeSaContext, msg: Message, now: float) -> list[Payload]:
-    active = sa.active_task
+    active = exchange_task(sa.active_task)
     colliding = isinstance(active, IkeRekey)
+    if colliding and uses_additional_ke(sa.config.proposals, ProtocolId.IKE):
+        colliding = False  # as for CHILD SAs (child_rekey): refused, both retry later
     if sa.state != IkeState.ESTABLISHED or (active is not None and not colliding) or any(
             c.state == ChildState.REKEYING for c in sa.children.values()):
         return [NotifyPayload(NotifyType.TEMPORARY_FAILURE)]
@@ -135,16 +161,24 @@ def respond_ike_rekey(sa: IkeSaContext, msg: Message, now: float) -> list[Payloa
         g_ir = our_ke.shared_secret(ke_p.data)
     except InvalidKeyExchange:
         return [NotifyPayload(NotifyType.INVALID_SYNTAX)]
-    spi_r, nonce_r = sa.new_ike_spi(), sa.rng(NONCE_LEN)
-    assert sa.neg is not None and sa.keys is not None and sa.neg.prf is not None
-    keys = derive_rekeyed_ike_keys(neg, sa.keys.sk_d, sa.neg.prf, nonce_p.data, nonce_r, g_ir, chosen.spi, spi_r)
-    new = sa.rekeyed_sa(initiator=False, spi_i=chosen.spi, spi_r=spi_r, ni=nonce_p.data, nr=nonce_r,
-                        chosen=chosen, neg=neg, keys=keys, now=now)
+    spi_r, nonce_r, nonce_i = sa.new_ike_spi(), sa.rng(NONCE_LEN), nonce_p.data
     answer: list[Payload] = [SaPayload([Proposal(chosen.protocol, chosen.transforms, chosen.number, spi_r)]),
                              NoncePayload(nonce_r), KePayload(neg.dh, our_ke.public)]
-    if isinstance(active, IkeRekey):
-        new.silent = True  # decided when our own rekey is answered
-        active.collision = (new, (nonce_p.data, nonce_r))
-    else:
-        sa.hand_over(new, now)
+
+    def rekeyed(sa_: IkeSaContext, additional: list[bytes], now_: float) -> list[Payload]:
+        assert sa_.neg is not None and sa_.keys is not None and sa_.neg.prf is not None
+        keys = rekeyed_ike_keys(neg, sa_.neg.prf, sa_.keys.sk_d, g_ir, additional, nonce_i, nonce_r, chosen.spi,
+                                spi_r)
+        new = sa_.rekeyed_sa(initiator=False, spi_i=chosen.spi, spi_r=spi_r, ni=nonce_i, nr=nonce_r,
+                             chosen=chosen, neg=neg, keys=keys, now=now_)
+        active_now = exchange_task(sa_.active_task)
+        if isinstance(active_now, IkeRekey):
+            new.silent = True  # decided when our own rekey is answered
+            active_now.collision = (new, (nonce_i, nonce_r))
+        else:
+            sa_.hand_over(new, now_)
+        return []
+    if neg.additional_ke:
+        return begin_followup(sa, "IKE rekey", neg.additional_ke, rekeyed, answer, now)
+    rekeyed(sa, [], now)
     return answer

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable
 
-from ike.codec.constants import ProtocolId, TransformType
+from ike.codec.constants import DhId, ProtocolId, TransformType
 from ike.codec.ids import ANY_ID
 from ike.config import (
     DEFAULT_ESP_PROPOSALS,
@@ -33,7 +33,8 @@ from ike.config import (
 )
 from ike.crypto.certs import CertError
 from ike.crypto.mlkem import ML_KEM_METHODS
-from ike.crypto.proposals import ADDKE_TYPES, parse_proposals
+from ike.crypto.multi_ke import supported_method
+from ike.crypto.proposals import ADDKE_TYPES, Proposal, format_proposal, parse_proposals
 from tunnel.ops import credentials
 from tunnel.ops.credentials import KeySecret
 
@@ -366,12 +367,31 @@ def _validate_proposal(proposal: str, kind: str) -> None:
         parsed = parse_proposals(proposal, getattr(ProtocolId, kind))
     except Exception as exc:  # its error type is the IKE core's; the message is what matters here
         raise _Bad(f"valid {kind} proposals ({exc})") from None
-    # The parser knows ML-KEM and strongSwan's ke1_..ke7_ (RFC 9370), but IKE_INTERMEDIATE and
-    # IKE_FOLLOWUP_KE are not implemented yet: refuse them here rather than fail at the peer.
-    if any(t.type in ADDKE_TYPES or (t.type == TransformType.DH and t.id in ML_KEM_METHODS)
-           for p in parsed for t in p.transforms):
-        raise _Bad(f"{kind} proposals without ML-KEM or additional key exchanges (ke1_..ke7_): "
-                   "post-quantum key exchange is not supported yet")
+    problem = _post_quantum_problem(parsed, kind)
+    if problem is not None:
+        raise _Bad(f"{kind} proposals that espgw can negotiate ({problem})")
+
+
+def _post_quantum_problem(parsed: list, kind: str) -> str | None:
+    """What espgw cannot negotiate of ML-KEM and additional key exchanges (RFC 9370), or None.
+
+    IKE SAs take ke1_..ke7_ (IKE_INTERMEDIATE), CHILD SAs too (IKE_FOLLOWUP_KE, with PFS); ML-KEM
+    as the primary key exchange (IKE_SA_INIT's, or CREATE_CHILD_SA's KE payload) and ML-KEM-512
+    (cryptography has none) are refused here rather than failing at the peer."""
+    for p in parsed:
+        for t in p.transforms:
+            if t.type not in ADDKE_TYPES and not (t.type == TransformType.DH and t.id in ML_KEM_METHODS):
+                continue
+            name = format_proposal(Proposal(p.protocol, [t]))
+            if t.id == DhId.ML_KEM_512:
+                return f"{name}: ML-KEM-512 is not available (the cryptography library has no ML-KEM-512)"
+            if t.type == TransformType.DH:
+                example = ("aes256gcm16-prfsha384-ecp384-ke1_mlkem768" if kind == "IKE"
+                           else "aes256gcm16-ecp384-ke1_mlkem768")
+                return f"{name}: ML-KEM only as an additional key exchange, e.g. {example}"
+            if t.id and not supported_method(t.id):
+                return f"{name}: key exchange method not supported"
+    return None
 
 
 # ----------------------------------------------------------------------------- table reader
