@@ -92,7 +92,7 @@ class Gateway:
                                retransmit_tries=self.settings.retransmit_tries,
                                cookie_threshold=self.settings.cookie_threshold,
                                half_open_limit=self.settings.half_open_limit,
-                               half_open_per_ip=self.settings.half_open_per_ip)
+                               half_open_per_ip=self.settings.half_open_per_ip, pools=config.pools)
         self.sadb = SADatabase()
         self.policy = PolicyTable()
         self.inbound_ok = InboundFilter(self.policy)  # cleared on every policy change below

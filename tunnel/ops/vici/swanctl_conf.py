@@ -9,7 +9,9 @@ the loader does not know is an error naming it, never dropped.
 
 A connection's PSK is chosen when it is loaded, from the secrets loaded before it (swanctl
 ``--load-all`` loads secrets first); later secret changes reach a connection when it is loaded
-again, which ``--load-all`` does. Pools are refused: espgw assigns no virtual IPs.
+again, which ``--load-all`` does. ``load-pool`` carries ``pools.NAME`` sections (``addrs``, ``dns``,
+``subnet``), validated by the same loader, overlaps with the other loaded pools included; a
+connection's ``pools`` must name loaded ones (swanctl loads pools before connections).
 
 :class:`ViciConfig` holds what vici clients loaded; it is sans-I/O and keeps no clock.
 """
@@ -19,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ike.config import ConnectionConfig
-from tunnel.ops.config import CHILD_KEYS, CONNECTION_KEYS, Config, ConfigError, parse_config_data
+from ike.pools import AddressPool
+from tunnel.ops.config import CHILD_KEYS, CONNECTION_KEYS, POOL_KEYS, Config, ConfigError, parse_config_data
 
 from .codec import Message, Value
 
@@ -53,6 +56,7 @@ class ViciConfig:
         self._conns: dict[str, ConnectionConfig] = {}
         self._unnamed = 0  # counts secrets loaded without an id, to name them
         self._secrets: dict[str, _Shared] = {}  # vici id -> its TOML-shaped secrets table
+        self._pools: dict[str, dict[str, object]] = {}  # name -> its TOML-shaped pools table
 
     # ------------------------------------------------------------------ connections
 
@@ -65,7 +69,7 @@ class ViciConfig:
             raise ViciConfigError([f"load-conn: {name}: expected a section"])
         _refuse_certificates(name, section)
         table = _text_tree(section, f"connections.{name}")
-        config = _validate({"connections": {name: table},
+        config = _validate({"connections": {name: table}, "pools": dict(self._pools),
                             "secrets": {shared.name: shared.section for shared in self._secrets.values()}})
         conn = config.connection(name)
         self._check_child_names(conn)
@@ -142,10 +146,28 @@ class ViciConfig:
 
     # ------------------------------------------------------------------ pools
 
-    def load_pool(self, message: Message) -> None:
-        names = ", ".join(message) or "(none)"
-        raise ViciConfigError([f"load-pool: pools {names}: not supported (espgw assigns no virtual IPs; "
-                               "remove the pools section)"])
+    def load_pool(self, message: Message) -> list[AddressPool]:
+        """Validate and keep the pools of a load-pool message (with those loaded before, which it
+        may replace); returns the new pools."""
+        if not message:
+            raise ViciConfigError(["load-pool: expected at least one pool section"])
+        sections: dict[str, object] = {}
+        for name, section in message.items():
+            if not isinstance(section, dict):
+                raise ViciConfigError([f"load-pool: {name}: expected a section"])
+            sections[name] = _text_tree(section, f"pools.{name}")
+        config = _validate({"pools": {**self._pools, **sections}}, allow_no_connection=True)
+        self._pools.update(sections)  # type: ignore[arg-type]  # _text_tree made tables
+        return [pool for pool in config.pools if pool.name in sections]
+
+    def unload_pool(self, message: Message) -> str:
+        name = _text_key(message, "name", "unload-pool")
+        if self._pools.pop(name, None) is None:
+            raise ViciConfigError([f"unload-pool: no pool {name!r} loaded over vici"])
+        return name
+
+    def pool_names(self) -> list[str]:
+        return list(self._pools)
 
 
 CERTIFICATE_KEYS = ("certs", "cacerts", "pubkeys")
@@ -219,4 +241,5 @@ def supported_keys() -> dict[str, list[str]]:
         "connections.<conn>.local / remote": list(AUTH_KEYS),
         "connections.<conn>.children.<child>": sorted(CHILD_KEYS),
         "secrets.ike-<name> (load-shared)": ["id", "secret", "id-<suffix> (sent as owners)"],
+        "pools.<name> (load-pool)": sorted(POOL_KEYS),
     }
