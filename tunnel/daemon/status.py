@@ -134,6 +134,8 @@ def status(gw: Gateway, now: float) -> dict:
         },
         "drops": drops,
         "failures": list(gw.failures),
+        # client mode: virtual IPs, DNS servers and routes received (tunnel.daemon.virtual_ip)
+        "virtual_ips": gw.virtual_ips.status() if hasattr(gw, "virtual_ips") else [],
     }
 
 

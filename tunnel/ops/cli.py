@@ -344,6 +344,10 @@ def render_status(status: dict) -> str:
         lines.append(f"traffic: in {counters.get('packets_in', 0)} packets / {counters.get('bytes_in', 0)} bytes, "
                      f"out {counters.get('packets_out', 0)} packets / {counters.get('bytes_out', 0)} bytes")
     lines.append(f"drops: {_drops_text(status.get('drops')) or 'none'}")
+    for vip in _as_list(status.get("virtual_ips")):
+        lines.append(f"virtual IP {', '.join(vip.get('vips', []))} from {vip.get('connection', '?')}, "
+                     f"DNS {', '.join(vip.get('dns', [])) or '-'}, "
+                     f"routes {', '.join(vip.get('routes', [])) or '-'}")
     if sas:
         lines.append("")
         lines.append(render_sas(sas))

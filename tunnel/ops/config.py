@@ -75,6 +75,8 @@ class GatewayConfig:
     cookie_threshold: int = 10
     half_open_per_ip: int = 5
     half_open_limit: int = 5000
+    # client mode: DNS servers a gateway sends go to a state file ("state") or also resolvconf(8)
+    dns: str = "state"
 
 
 @dataclass
@@ -450,7 +452,7 @@ def _parse_gateway(table: _Table) -> GatewayConfig:
     defaults = GatewayConfig()
     table.allow({"tun_name", "mtu", "control_socket", "vici_socket", "log_level", "log_format", "esp_encap",
                  "raw_esp_tx", "queue_size", "retransmit_timeout", "retransmit_base", "retransmit_tries",
-                 "cookie_threshold", "half_open_per_ip", "half_open_limit"})
+                 "cookie_threshold", "half_open_per_ip", "half_open_limit", "dns"})
     return GatewayConfig(
         tun_name=table.get("tun_name", _tun_name, defaults.tun_name),
         mtu=table.get("mtu", _int_range(576, 65535), defaults.mtu),
@@ -467,6 +469,7 @@ def _parse_gateway(table: _Table) -> GatewayConfig:
         cookie_threshold=table.get("cookie_threshold", _int_range(0, 1_000_000), defaults.cookie_threshold),
         half_open_per_ip=table.get("half_open_per_ip", _int_range(1, 1_000_000), defaults.half_open_per_ip),
         half_open_limit=table.get("half_open_limit", _int_range(1, 1_000_000), defaults.half_open_limit),
+        dns=table.get("dns", _one_of("state", "resolvconf"), defaults.dns),
     )
 
 
