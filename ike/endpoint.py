@@ -340,6 +340,7 @@ class IkeEndpoint:
         old.log("reauthenticating", children=[c.name for c in children])
         new = self._start_ike(old.config, children, None, now)
         new.replaces = old
+        new.local_vips = old.local_vips  # asked for again (ike_config), as strongSwan's reauth
 
     # --- the public API ----------------------------------------------------------------------
     def receive_datagram(self, data: bytes, src: Address, dst: Address, now: float) -> None:

@@ -55,11 +55,12 @@ def local_selectors(sa: IkeSaContext, cfg: ChildConfig) -> list[TrafficSelector]
     family of each requested one (the gateway narrows it to what it lends), else our outer address."""
     if not cfg.local_dynamic:
         return list(cfg.local_ts)
-    if sa.local_vips:
-        dynamic = [host_selector(str(v)) for v in sa.local_vips]
-    elif sa.config.vips and not sa.established:
-        # the whole family, also for a specific wish: the gateway may lend another (as strongSwan)
+    if sa.config.vips and not sa.established:
+        # the whole family, also for a specific wish or a reauthentication's address: the gateway
+        # may lend another (as strongSwan)
         dynamic = list({v.version: _FULL[v.version] for v in _requested_vips(sa)}.values())
+    elif sa.local_vips:
+        dynamic = [host_selector(str(v)) for v in sa.local_vips]
     else:
         dynamic = [host_selector(sa.local[0])]
     return dynamic + list(cfg.local_ts)

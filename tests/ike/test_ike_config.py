@@ -218,3 +218,16 @@ def test_a_second_child_uses_the_virtual_ip():
     connect(pair)
     more = [c for c in pair.of("a", ChildSaUp) if c.child_name == "more"]
     assert len(more) == 1 and [str(t) for t in more[0].local_ts] == ["10.3.0.1/32"]
+
+
+def test_reauthentication_asks_for_and_gets_the_same_address():
+    pool = AddressPool("rw", "10.3.0.0/28")
+    a = client(reauth_time=100.0)
+    pair = remote_access(a=a, pools=[pool])
+    connect(pair)
+    pool.acquire("bob", None, pair.now)
+    pair.advance(120)
+    assert [e.vips for e in pair.of("a", VirtualIpsAssigned)] == [("10.3.0.1",), ("10.3.0.1",)]
+    assert [e.reason for e in pair.of("a", IkeSaDown)] == ["reauthenticated"]
+    assert len(pair.b.status()) == 1 and pool.status()["online"] == 2  # the client's one lease, and bob's
+    assert [str(t) for t in pair.of("a", ChildSaUp)[-1].local_ts] == ["10.3.0.1/32"]
