@@ -71,6 +71,7 @@ def describe_ike(gw: Gateway, sa: dict, now: float) -> dict:
         "local_auth": sa.get("local_auth"), "remote_auth": sa.get("remote_auth"),
         "nat_local": sa.get("nat_local"), "nat_remote": sa.get("nat_remote"), "proposal": sa.get("proposal"),
         "established": _ago(sa.get("established"), now), "rekey_in": _until(sa.get("rekey_at"), now),
+        "local_vips": sa.get("local_vips", []), "remote_vips": sa.get("remote_vips", []),
         "children": children,
     }
     for child in sa.get("children", []):

@@ -258,7 +258,7 @@ class ViciDaemon:
             if held is not None and held.status()["online"] and addrs != held.addrs.encode():
                 return _failed(f"load-pool: pool {name!r} has online leases, unable to replace")
         try:
-            pools = self.loaded.load_pool(message)
+            pools = self.loaded.load_pool(message, self.gw.config.pools)
         except ViciConfigError as exc:
             return _failed(exc.errmsg)
         for pool in pools:
@@ -272,6 +272,8 @@ class ViciDaemon:
 
     def _unload_pool(self, message: Message) -> EncodableMessage:
         name = _text(message, "name")
+        if any(pool.name == name for pool in self.gw.config.pools):  # swanctl --load-pools tries it
+            return _failed(f"unload-pool: pool {name!r} is defined in espgw's configuration file")
         held = self.gw.ike.pools.get(name)
         if held is not None and name in self.loaded.pool_names() and held.status()["online"]:
             return _failed(f"unload-pool: pool {name!r} has online leases, unable to unload")

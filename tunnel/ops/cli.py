@@ -288,6 +288,9 @@ def render_sas(ike_sas: list[dict]) -> str:
         if isinstance(sa.get("rekey_in"), (int, float)):
             timing.append(f"rekeying in {int(sa['rekey_in'])}s")
         lines.append("  " + ", ".join(timing + nat))
+        for key, label in (("local_vips", "our virtual IP"), ("remote_vips", "virtual IP lent")):
+            if sa.get(key):  # as swanctl: "local/remote virtual IP"
+                lines.append(f"  {label} {', '.join(map(str, _as_list(sa[key])))}")
         for child in _as_list(sa.get("children")):
             lines.extend(_render_child(child))
     return "\n".join(lines)

@@ -102,11 +102,34 @@ def gateway(lab):
     gw.stop()
 
 
+def _swanctl(gw: EspgwGateway, *args: str) -> subprocess.CompletedProcess:
+    """swanctl against the espgw gateway's vici socket."""
+    return subprocess.run(["swanctl", *args, "--uri", f"unix://{gw.socket}.vici"], capture_output=True, text=True,
+                          timeout=20)
+
+
 def _gateway_leases(gw: EspgwGateway) -> str:
-    done = subprocess.run(["swanctl", "--list-pools", "--leases", "--uri", f"unix://{gw.socket}.vici"],
-                          capture_output=True, text=True, timeout=20)
+    done = _swanctl(gw, "--list-pools", "--leases")
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def test_swanctl_loads_and_unloads_pools_on_the_espgw_gateway(lab, gateway, tmp_path):
+    conf = tmp_path / "swanctl.conf"
+    conf.write_text("pools {\n  extra {\n    addrs = 10.4.0.0/28\n    dns = 10.0.5.53\n  }\n}\n")
+    done = _swanctl(gateway, "--load-pools", "--file", str(conf))
+    assert "loaded pool 'extra'" in done.stdout, done.stdout + done.stderr
+    # the file's pool is not swanctl's to unload: said so, the load still succeeds
+    assert "unloading pool 'rw' failed: unload-pool: pool 'rw' is defined in espgw's configuration file" \
+        in done.stderr and done.returncode == 0
+    listed = _swanctl(gateway, "--list-pools").stdout
+    assert "extra" in listed and "10.4.0.1" in listed and "rw" in listed
+    conf.write_text("pools {\n  bad {\n    addrs = 10.3.0.8/29\n  }\n}\n")
+    done = _swanctl(gateway, "--load-pools", "--file", str(conf))
+    assert done.returncode != 0 and "overlaps pool 'rw'" in done.stderr, done.stdout + done.stderr
+    conf.write_text("")
+    done = _swanctl(gateway, "--load-pools", "--file", str(conf))
+    assert "extra" not in _swanctl(gateway, "--list-pools").stdout, done.stdout + done.stderr
 
 
 def test_espgw_client_to_espgw_gateway_pings_with_its_virtual_ip(lab, gateway):

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 
+from ike.pools import AddressPool
 from tunnel.ops.vici.swanctl_conf import ViciConfig, ViciConfigError, supported_keys
 
 SECRET = b"fake-test-secret"
@@ -158,6 +159,13 @@ def test_bad_pools_are_refused_by_key(message, fragment):
     with pytest.raises(ViciConfigError) as info:
         ViciConfig().load_pool(message)
     assert fragment in info.value.errmsg
+
+
+def test_a_pool_overlapping_one_of_the_configuration_file_is_refused():
+    config = ViciConfig()
+    with pytest.raises(ViciConfigError, match="overlaps pool 'file' .* of the configuration file"):
+        config.load_pool({"b": {"addrs": b"10.3.0.8-10.3.0.40"}}, [AddressPool("file", "10.3.0.0/28")])
+    assert config.pool_names() == []
 
 
 def test_a_pool_overlapping_a_loaded_one_is_refused():

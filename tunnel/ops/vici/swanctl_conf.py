@@ -146,9 +146,10 @@ class ViciConfig:
 
     # ------------------------------------------------------------------ pools
 
-    def load_pool(self, message: Message) -> list[AddressPool]:
+    def load_pool(self, message: Message, others: list[AddressPool] | tuple[()] = ()) -> list[AddressPool]:
         """Validate and keep the pools of a load-pool message (with those loaded before, which it
-        may replace); returns the new pools."""
+        may replace, and ``others``: the configuration file's, which they must not overlap);
+        returns the new pools."""
         if not message:
             raise ViciConfigError(["load-pool: expected at least one pool section"])
         sections: dict[str, object] = {}
@@ -157,8 +158,14 @@ class ViciConfig:
                 raise ViciConfigError([f"load-pool: {name}: expected a section"])
             sections[name] = _text_tree(section, f"pools.{name}")
         config = _validate({"pools": {**self._pools, **sections}}, allow_no_connection=True)
+        new = [pool for pool in config.pools if pool.name in sections]
+        clashes = [f"pools.{pool.name}.addrs: {pool.addrs} overlaps pool {other.name!r} ({other.addrs}) of the "
+                   "configuration file; pools must not share addresses"
+                   for pool in new for other in others if pool.overlaps(other)]
+        if clashes:
+            raise ViciConfigError(clashes)
         self._pools.update(sections)  # type: ignore[arg-type]  # _text_tree made tables
-        return [pool for pool in config.pools if pool.name in sections]
+        return new
 
     def unload_pool(self, message: Message) -> str:
         name = _text_key(message, "name", "unload-pool")
