@@ -231,3 +231,45 @@ def test_reauthentication_asks_for_and_gets_the_same_address():
     assert [e.reason for e in pair.of("a", IkeSaDown)] == ["reauthenticated"]
     assert len(pair.b.status()) == 1 and pool.status()["online"] == 2  # the client's one lease, and bob's
     assert [str(t) for t in pair.of("a", ChildSaUp)[-1].local_ts] == ["10.3.0.1/32"]
+
+
+def test_a_malformed_reply_is_logged_and_no_address_taken(monkeypatch):
+    monkeypatch.setattr(ike_auth.ike_config, "build_reply",
+                        lambda *args: CpPayload(CfgType.CFG_REPLY, [(CfgAttr.INTERNAL_IP4_ADDRESS, b"\x0a")]))
+    pair = remote_access()
+    connect(pair)
+    assert pair.of("a", IkeSaUp) and not pair.of("a", VirtualIpsAssigned)
+    assert pair.a.status()[0]["local_vips"] == []
+
+
+def test_a_hundred_clients_each_get_their_own_lease():
+    pool = AddressPool("rw", "10.3.0.0/24")
+    gateway_ep = IkeEndpoint([gateway(remote_id="%any")], rng=seeded_rng(5), cookie_threshold=1000,
+                             half_open_per_ip=1000, pools=[pool])
+    clients = {}
+    for n in range(100):
+        ip_text = f"198.18.0.{n + 1}"
+        conn = connection("rw", ip_text, B_IP, local_id=f"user{n}.example.org")
+        conn.vips = ["0.0.0.0"]
+        conn.children[0].local_ts, conn.children[0].local_dynamic = [], True
+        conn.children[0].remote_ts = [TrafficSelector.from_cidr("10.2.0.0/16")]
+        clients[ip_text] = IkeEndpoint([conn], rng=seeded_rng(100 + n))
+    nodes = {B_IP: gateway_ep, **clients}
+    for ep in clients.values():
+        ep.initiate("rw", None, 0.0)
+    for _ in range(20):  # deliver until quiet
+        moved = False
+        for ep in nodes.values():
+            for d in ep.datagrams_to_send(0.0):
+                nodes[d.dst[0]].receive_datagram(d.data, d.src, d.dst, 0.0)
+                moved = True
+        if not moved:
+            break
+    vips = []
+    for ep in clients.values():
+        while (event := ep.next_event()) is not None:
+            if isinstance(event, VirtualIpsAssigned):
+                vips += event.vips
+    assert len(vips) == 100 and len(set(vips)) == 100
+    assert pool.status()["online"] == 100
+    assert sorted(s["remote_vips"][0] for s in gateway_ep.status()) == sorted(vips)
