@@ -39,6 +39,7 @@ log = structlog.get_logger("espgw")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _HALVES = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}
+_IFA_F_NODAD = 0x02
 
 
 def pool_networks(connections: list[ConnectionConfig], pools: list[Any]) -> list[IPNetwork]:
@@ -214,8 +215,10 @@ class VirtualIpClient:
             found = ipr.link_lookup(ifname=self.tun_name)
             if not found:
                 return
+            # no duplicate address detection: the address is ours (lent by the gateway) and usable at once
+            extra = {"flags": _IFA_F_NODAD} if address.version == 6 and command == "add" else {}
             try:
-                ipr.addr(command, index=found[0], address=vip, prefixlen=address.max_prefixlen)
+                ipr.addr(command, index=found[0], address=vip, prefixlen=address.max_prefixlen, **extra)
             except NetlinkError as exc:
                 if command == "del" or exc.code != 17:  # EEXIST: already there (a restart)
                     raise

@@ -94,8 +94,9 @@ def test_espgw_client_to_strongswan_gateway_with_a_pool(lab):
 
 @pytest.fixture(scope="module")
 def gateway(lab):
-    gw = EspgwGateway(lab, lab.gwB, [road_warrior_gateway(lab, local_ts=("10.0.5.0/24", "0.0.0.0/0"))],
-                      GatewaySettings(log_level="debug"), name="office", pools=[pool()])
+    conn = road_warrior_gateway(lab, pools=("rw", "rw6"), local_ts=("10.0.5.0/24", "0.0.0.0/0", "fd00:b::/64"))
+    gw = EspgwGateway(lab, lab.gwB, [conn], GatewaySettings(log_level="debug"), name="office",
+                      pools=[pool(), AddressPool("rw6", "fd00:3::/120")])
     gw.start()
     yield gw
     print(gw.log_tail(80))  # shown when a test failed
@@ -168,6 +169,18 @@ def test_everything_through_the_tunnel_keeps_the_gateway_outside(lab, gateway):
         routes = {r["dst"] for r in _routes(lab, lab.gwA)}
         assert not routes & {"0.0.0.0/1", "128.0.0.0/1", "192.0.2.2"}
         assert "10.3.0.1" not in _addresses(lab, lab.gwA, "espgw0")
+    finally:
+        client.stop()
+
+
+def test_ipv4_and_ipv6_virtual_ips(lab, gateway):
+    client = _client(lab, "laptop-v6", vips=("0.0.0.0", "::"), remote_ts=("10.0.5.0/24", "fd00:b::/64"))
+    try:
+        vip = _connect(client)
+        assert vip["vips"] == ["10.3.0.1", "fd00:3::1"]
+        assert {"10.3.0.1", "fd00:3::1"} <= set(_addresses(lab, lab.gwA, "espgw0"))
+        assert lab.ping(lab.gwA, "fd00:b::9").ok, client.log_tail()
+        assert lab.ping(lab.gwA, DASHBOARD).ok, client.log_tail()
     finally:
         client.stop()
 
