@@ -83,6 +83,10 @@ class ChildConfig:
     rekey_bytes: int = 0
     replay_window: int = 1024  # packets; strongSwan uses 32, a fast link wants more
     tfc_padding: int = 0
+    # swanctl's ``dynamic`` selector: this side's virtual IP(s), else its outer address; resolved
+    # per IKE SA (ike.tasks.ike_config), in addition to the subnets in local_ts/remote_ts
+    local_dynamic: bool = False
+    remote_dynamic: bool = False
 
     @property
     def effective_life_time(self) -> float:
@@ -135,6 +139,8 @@ class ConnectionConfig:
     keyingtries: int = 1
     mobike: bool = False  # espgw does not implement MOBIKE; never announced
     unique: str = "no"
+    vips: list[str] = field(default_factory=list)  # virtual IPs to request: 0.0.0.0 / :: = any
+    pools: list[str] = field(default_factory=list)  # names of the address pools to lend from
 
     def child(self, name: str) -> ChildConfig:
         for child in self.children:

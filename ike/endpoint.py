@@ -30,6 +30,7 @@ from ike.codec.payloads import NoncePayload, NotifyPayload
 from ike.config import ChildConfig, ConnectionConfig, concrete_addrs, is_any_addr
 from ike.crypto.cookies import CookieJar, cookie_reply, init_request_fields
 from ike.events import NegotiationFailed
+from ike.pools import AddressPool
 from ike.sa import retransmit
 from ike.sa.ike_sa import IkeSa
 from ike.sa.outbox import (ChildAdded, ChildRemoved, ChildrenMoved, Datagram, DropSuccessor, Established, Gone,
@@ -103,8 +104,10 @@ class IkeEndpoint:
     def __init__(self, connections: list[ConnectionConfig], *, rng: Callable[[int], bytes],
                  cookie_threshold: int = 10, now: float = 0.0, retransmit_timeout: float = retransmit.TIMEOUT,
                  retransmit_base: float = retransmit.BASE, retransmit_tries: int = retransmit.TRIES,
-                 half_open_limit: int = HALF_OPEN_LIMIT, half_open_per_ip: int = HALF_OPEN_PER_IP):
+                 half_open_limit: int = HALF_OPEN_LIMIT, half_open_per_ip: int = HALF_OPEN_PER_IP,
+                 pools: list[AddressPool] | None = None):
         self.connections = {c.name: c for c in connections}
+        self.pools: dict[str, AddressPool] = {p.name: p for p in pools or ()}  # virtual IPs, by name
         self.rng = rng
         # raises ValueError for a schedule that would never give up or never wait
         self.retransmit_schedule = retransmit.RetransmitSchedule(retransmit_timeout, retransmit_base, retransmit_tries)
@@ -337,6 +340,7 @@ class IkeEndpoint:
         old.log("reauthenticating", children=[c.name for c in children])
         new = self._start_ike(old.config, children, None, now)
         new.replaces = old
+        new.local_vips = old.local_vips  # asked for again (ike_config), as strongSwan's reauth
 
     # --- the public API ----------------------------------------------------------------------
     def receive_datagram(self, data: bytes, src: Address, dst: Address, now: float) -> None:
@@ -644,6 +648,14 @@ class IkeEndpoint:
     def set_connection(self, config: ConnectionConfig) -> None:
         """Add or replace a connection at runtime; SAs set up from an old version keep it."""
         self.connections[config.name] = config
+
+    def set_pool(self, pool: AddressPool) -> None:
+        """Add or replace an address pool (vici load-pool); a replaced pool's leases are gone."""
+        self.pools[pool.name] = pool
+
+    def remove_pool(self, name: str) -> bool:
+        """Forget a pool (vici unload-pool); SAs holding its addresses keep them until they end."""
+        return self.pools.pop(name, None) is not None
 
     def remove_connection(self, connection: str) -> None:
         """Forget a connection (terminate its SAs first): nothing restarts or accepts it again."""

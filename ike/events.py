@@ -85,3 +85,38 @@ class NegotiationFailed:
     notify: str  # "NO_PROPOSAL_CHOSEN", "AUTHENTICATION_FAILED", "TS_UNACCEPTABLE", ...
     message: str  # human-readable, never containing key material
     child_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualIpsAssigned:
+    """Client side: the gateway's CFG_REPLY (RFC 7296 s2.19), for the daemon to put the addresses
+    on its TUN and route through it. Addresses, DNS servers and subnets as text."""
+
+    ike_name: str
+    ike_unique_id: int
+    vips: tuple[str, ...]
+    dns: tuple[str, ...] = ()
+    subnets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseAssigned:
+    """Gateway side: a pool lent ``address`` to the peer ``identity`` for this IKE SA."""
+
+    ike_name: str
+    ike_unique_id: int
+    pool: str
+    address: str
+    identity: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseReleased:
+    """Gateway side: this IKE SA no longer uses ``address`` (the lease is offline, kept for the
+    identity during the pool's grace time, unless another SA of it still holds it)."""
+
+    ike_name: str
+    ike_unique_id: int
+    pool: str
+    address: str
+    identity: str

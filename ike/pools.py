@@ -21,6 +21,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_POOL_SIZE = 1 << 31
 DEFAULT_GRACE = 300.0  # seconds an offline lease stays reserved for its identity
@@ -42,11 +43,13 @@ class _Lease:
 @dataclass
 class AddressPool:
     """One named pool: ``addrs`` as swanctl writes it (``10.3.0.0/28`` or ``a-b``), and the DNS
-    servers (and other attributes) handed out with its addresses."""
+    servers and subnets (INTERNAL_IP4/6_SUBNET: what the client may reach through the tunnel)
+    handed out with its addresses."""
 
     name: str
     addrs: str
     dns: tuple[IPAddress, ...] = ()
+    subnets: tuple[IPNetwork, ...] = ()
     grace: float = DEFAULT_GRACE
     first: IPAddress = field(init=False)
     size: int = field(init=False)

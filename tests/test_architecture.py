@@ -20,7 +20,7 @@ PACKAGES = ("esp", "ike", "tunnel")
 
 # ike/'s layers, bottom first: a module may import its own layer and those below
 IKE_LAYERS = (
-    ("ike", "ike.config", "ike.events"),
+    ("ike", "ike.config", "ike.events", "ike.pools"),
     ("ike.codec",),
     ("ike.crypto",),
     ("ike.tasks",),

@@ -23,7 +23,8 @@ from ike.config import ConnectionConfig
 from ike.crypto.keys import IkeKeys
 from ike.crypto.proposals import Negotiated, format_proposal
 from ike.crypto.skcipher import SkCipher
-from ike.events import Address, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp
+from ike.events import Address, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, LeaseAssigned, LeaseReleased
+from ike.pools import AddressPool, IPAddress
 from ike.sa.outbox import (ChildAdded, ChildRemoved, ChildrenMoved, DropSuccessor, Established, Gone, Outbox,
                            Reauthenticate, Registered, ReplaceDuplicates)
 from ike.sa.retransmit import RetransmitSchedule, total_lifetime
@@ -58,6 +59,7 @@ class Host(Protocol):
     rng: Callable[[int], bytes]
     outbox: Outbox
     retransmit_schedule: RetransmitSchedule
+    pools: dict[str, AddressPool]
 
     def new_ike_spi(self) -> bytes: ...
     def new_child_spi(self) -> int: ...
@@ -95,10 +97,11 @@ class IkeSa(TaskManager):
     __slots__ = ("attempt", "auth_methods", "candidates", "children", "chosen", "config", "created", "established_at",
                  "expire_at", "followup", "half_open_key", "held_events", "host", "indexed_name", "init_request",
                  "init_response", "initiated", "initiator", "intermediate", "keys", "last_inbound", "local", "local_id",
-                 "nat_local",
+                 "local_vips", "nat_local",
                  "nat_remote", "neg", "ni", "nr", "peer_deleted_spis", "peer_fragmentation", "peer_key",
                  "proposal_name", "reauth_at", "redundant_until", "rekey_at", "rekeyed_from", "remote", "remote_id",
-                 "replaces", "silent", "spi_i", "spi_r", "state", "dropped", "timer_at", "timer_entry", "unique_id",
+                 "remote_vips", "replaces", "silent", "spi_i", "spi_r", "state", "dropped", "timer_at", "timer_entry",
+                 "unique_id",
                  "__weakref__")
 
     def __init__(self, host: Host, config: ConnectionConfig, *, initiator: bool, local: Address, remote: Address,
@@ -152,6 +155,9 @@ class IkeSa(TaskManager):
         self.timer_entry: int | None = None
         self.timer_at: float | None = None
         self.half_open_key: tuple | None = None  # responder: its key in the endpoint's half_open
+        # virtual IPs (ike.tasks.ike_config): ours as a client, (pool, address) lent to the peer
+        self.local_vips: tuple[IPAddress, ...] = ()
+        self.remote_vips: tuple[tuple[str, IPAddress], ...] = ()
 
     @property
     def stats(self) -> _Stats:
@@ -203,6 +209,37 @@ class IkeSa(TaskManager):
 
     def replace_duplicates(self) -> None:
         self.host.outbox.items.append(ReplaceDuplicates(self))
+
+    # --- virtual IP leases -------------------------------------------------------------------------
+    def pool(self, name: str) -> AddressPool | None:
+        return self.host.pools.get(name)
+
+    def take_over_leases(self, now: float) -> None:
+        """This SA replaces its duplicates (INITIAL_CONTACT, unique = replace): their leases go
+        offline now, before it asks for its own, so a reconnecting client gets its address back."""
+        if any(isinstance(i, ReplaceDuplicates) and i.sa is self for i in self.host.outbox.items):
+            for other in self.host.duplicates(self):
+                other.release_leases(now)
+
+    def release_leases(self, now: float) -> None:
+        leases, self.remote_vips = self.remote_vips, ()
+        identity = str(self.remote_id)
+        for pool_name, address in leases:
+            pool = self.pool(pool_name)
+            if pool is not None:  # else unloaded meanwhile: its leases went with it
+                pool.release(identity, address, now)
+            self.log("virtual_ip_released", pool=pool_name, address=str(address), peer_id=identity)
+            self.emit(LeaseReleased(self.name, self.unique_id, pool_name, str(address), identity))
+
+    def _share_leases(self, new: IkeSa, now: float) -> None:
+        """An IKE rekey: the new SA holds the same leases (one more user each) and addresses."""
+        new.local_vips = self.local_vips
+        identity = str(self.remote_id)
+        for pool_name, address in self.remote_vips:
+            pool = self.pool(pool_name)
+            if pool is not None and pool.acquire(identity, address, now, self.remote) == address:
+                new.remote_vips = (*new.remote_vips, (pool_name, address))
+                new.emit(LeaseAssigned(new.name, new.unique_id, pool_name, str(address), identity))
 
     def touch(self) -> None:
         """This SA's deadlines may have moved outside its own message or timer handling."""
@@ -340,6 +377,7 @@ class IkeSa(TaskManager):
         new.nat_local, new.nat_remote = self.nat_local, self.nat_remote
         new.peer_fragmentation = self.peer_fragmentation
         new.rekeyed_from = self.unique_id
+        self._share_leases(new, now)
         new.set_established(now)
         new.ni = new.nr = b""  # only the next rekey's fresh nonces matter
         self.host.outbox.items.append(Registered(new))
@@ -393,6 +431,7 @@ class IkeSa(TaskManager):
         was_up = self.established_at is not None
         for child in list(self.children.values()):
             self.remove_child(child, reason if reason in ("rekeyed", "reauthenticated") else "ike down")
+        self.release_leases(now)
         self.state_to(IkeState.DEAD)
         self.active = None
         self.queue.clear()
@@ -524,6 +563,8 @@ class IkeSa(TaskManager):
             "local_auth": self.auth_methods[0], "remote_auth": self.auth_methods[1],
             "nat_local": self.nat_local, "nat_remote": self.nat_remote, "established": self.established_at,
             "rekey_at": self.rekey_at, "expire_at": self.expire_at,
+            "local_vips": [str(v) for v in self.local_vips],
+            "remote_vips": [str(address) for _, address in self.remote_vips],
             "children": [c.status() for c in self.children.values()],
         }
 

@@ -21,6 +21,7 @@ from ike.config import ConnectionConfig
 from ike.crypto.keys import IkeKeys
 from ike.crypto.proposals import Negotiated
 from ike.events import Address, IkeSaUp
+from ike.pools import AddressPool, IPAddress
 from ike.tasks.child_sa import ChildSa
 from ike.tasks.states import IkeState
 
@@ -84,6 +85,8 @@ class IkeSaContext(Protocol):
     silent: bool
     intermediate: Intermediate | None  # RFC 9370 additional key exchanges until IKE_AUTH
     followup: FollowupResponder | None  # the peer's CREATE_CHILD_SA awaiting IKE_FOLLOWUP_KE
+    local_vips: tuple[IPAddress, ...]  # our virtual IPs (client)
+    remote_vips: tuple[tuple[str, IPAddress], ...]  # (pool, address) lent to the peer (gateway)
 
     @property
     def name(self) -> str: ...
@@ -120,6 +123,8 @@ class IkeSaContext(Protocol):
     def mark_redundant(self, now: float) -> None: ...
     def finish_colliding_rekey(self, now: float) -> None: ...
     def drop_successor(self) -> None: ...
+    def pool(self, name: str) -> AddressPool | None: ...
+    def take_over_leases(self, now: float) -> None: ...
 
 
 class Task:

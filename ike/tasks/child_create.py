@@ -23,6 +23,7 @@ from ike.tasks.base import DONE, POSTPONE, RETRY, IkeSaContext, Outcome, Task, u
 from ike.tasks.child_delete import ChildAbandon
 from ike.tasks.child_sa import ChildSa, is_subset, narrow, without_redundant
 from ike.tasks.followup_ke import FollowupKe, begin as begin_followup
+from ike.tasks.ike_config import local_selectors, remote_selectors
 from ike.tasks.states import LIVE_CHILD_STATES
 
 
@@ -60,7 +61,7 @@ def make_offer(sa: IkeSaContext, cfg: ChildConfig, *, in_auth: bool, packet_ts: 
     if rekey_of is not None:
         tsi, tsr = list(rekey_of.local_ts), list(rekey_of.remote_ts)
     else:
-        tsi, tsr = list(cfg.local_ts), list(cfg.remote_ts)
+        tsi, tsr = local_selectors(sa, cfg), remote_selectors(sa, cfg)
         if packet_ts is not None:  # RFC 7296 s2.9: the triggering packet's selectors first
             tsi, tsr = [packet_ts[0]] + tsi, [packet_ts[1]] + tsr
     if in_auth:
@@ -196,7 +197,7 @@ def pick_config(sa: IkeSaContext, tsi: list[TrafficSelector], tsr: list[TrafficS
     """Responder: the first CHILD config whose selectors intersect the offer, with the narrowed
     selectors (ours: local = narrowed TSr, remote = narrowed TSi)."""
     for cfg in sa.config.children:
-        remote, local = narrow(tsi, cfg.remote_ts), narrow(tsr, cfg.local_ts)
+        remote, local = narrow(tsi, remote_selectors(sa, cfg)), narrow(tsr, local_selectors(sa, cfg))
         if remote and local:
             return cfg, remote, local
     return None, [], []
@@ -222,7 +223,8 @@ def negotiate_offer(sa: IkeSaContext, msg: Message, now: float, *, in_auth: bool
     cfg: ChildConfig | None
     if rekey_of is not None:
         cfg = rekey_of.config
-        remote, local = narrow(tsi_p.selectors, cfg.remote_ts), narrow(tsr_p.selectors, cfg.local_ts)
+        remote = narrow(tsi_p.selectors, remote_selectors(sa, cfg))
+        local = narrow(tsr_p.selectors, local_selectors(sa, cfg))
     else:
         cfg, remote, local = pick_config(sa, tsi_p.selectors, tsr_p.selectors)
     if cfg is None or not remote or not local:

@@ -29,6 +29,7 @@ from ike.crypto.keys import psk_auth, signed_octets
 from ike.crypto.signatures import (SignatureError, parse_hash_algorithms, scheme_for_identifier, sign_auth,
                                    verify_auth)
 from ike.events import Address, NegotiationFailed
+from ike.tasks import ike_config
 from ike.tasks.base import DONE, IkeSaContext, Outcome, Task, destroy, shared
 from ike.tasks.child_create import (ChildFailure, ChildOffer, PacketTs, abandon, accept_answer, answer_offer,
                                     failure_event,
@@ -179,6 +180,7 @@ class IkeAuth(Task):
             return None
         out[1:1] = [p for p in auth_payloads if isinstance(p, CertPayload)]  # CERT right after IDi (s1.2)
         out += [p for p in auth_payloads if not isinstance(p, CertPayload)]
+        out += ike_config.request_payloads(sa)
         if self.child_config is not None:
             self.offer = make_offer(sa, self.child_config, in_auth=True, packet_ts=self.packet_ts)
             out.append(NotifyPayload(NotifyType.ESP_TFC_PADDING_NOT_SUPPORTED))
@@ -209,6 +211,7 @@ class IkeAuth(Task):
                               f"responder identity {sa.remote_id} is not the configured one", True)
         sa.set_established(now)
         sa.emit(sa.ike_up_event())
+        ike_config.process_reply(sa, msg)
         if self.offer is not None:
             try:
                 child = accept_answer(sa, self.offer, msg, sa.ni, sa.nr, now)
@@ -279,7 +282,13 @@ def respond_auth(sa: IkeSaContext, msg: Message, now: float) -> list[Payload]:
         sa.replace_duplicates()
     sa.set_established(now)
     sa.emit(sa.ike_up_event())
-    if msg.get(SaPayload) is not None:
+    try:
+        out += ike_config.respond_config(sa, msg, now)
+        child_wanted = msg.get(SaPayload) is not None
+    except ike_config.ConfigFailure as exc:  # no CHILD SA without the virtual IP it needs
+        out += ike_config.failure_payloads(sa, exc)
+        child_wanted = False
+    if child_wanted:
         try:
             payloads, child = answer_offer(sa, msg, now, in_auth=True)
         except ChildFailure as exc:

@@ -20,6 +20,7 @@ import signal
 import socket
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 from collections.abc import Callable
 
@@ -33,6 +34,7 @@ from ike.events import Address, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, Nego
 from tunnel.daemon import status
 from tunnel.daemon.traps import Traps
 from tunnel.daemon.vici import ViciDaemon
+from tunnel.daemon.virtual_ip import VirtualIpClient, pool_networks
 from tunnel.dataplane.child import ChildPath, inner_mtu, send_with_mtu
 from tunnel.dataplane.gro import TcpCoalescer
 from tunnel.dataplane.receive import DropLog, EspReceiver, InboundFilter
@@ -92,7 +94,7 @@ class Gateway:
                                retransmit_tries=self.settings.retransmit_tries,
                                cookie_threshold=self.settings.cookie_threshold,
                                half_open_limit=self.settings.half_open_limit,
-                               half_open_per_ip=self.settings.half_open_per_ip)
+                               half_open_per_ip=self.settings.half_open_per_ip, pools=config.pools)
         self.sadb = SADatabase()
         self.policy = PolicyTable()
         self.inbound_ok = InboundFilter(self.policy)  # cleared on every policy change below
@@ -135,6 +137,9 @@ class Gateway:
         self.udp_out = TxBatcher(RingSet() if self.settings.raw_esp_tx == "ring" else None, clock=clock)
         self.icmp_v4: str | None = None
         self.icmp_v6: str | None = None
+        # client mode: virtual IPs on the TUN, their routes and DNS servers (tunnel.daemon.virtual_ip)
+        self.virtual_ips = VirtualIpClient(self.settings.tun_name, Path(self.settings.control_socket).parent
+                                           / f"{self.settings.tun_name}-vip.json", self.settings.dns)
 
     # --- set-up and tear-down ---------------------------------------------------------------
     def open(self) -> None:
@@ -175,7 +180,12 @@ class Gateway:
     def _install_routes(self) -> None:
         """Route every child's remote subnets into the TUN, sourced from our address in its local subnets."""
         own = _local_addresses()
+        for net in pool_networks(self.config.connections, list(self.ike.pools.values())):  # to virtual IPs
+            if str(net) not in self.routes.routes:
+                self.routes.add(str(net))
         for conn in self.config.connections:
+            if conn.vips:  # a client's routes come with its virtual IP (tunnel.daemon.virtual_ip)
+                continue
             for child in conn.children:
                 for remote in child.remote_ts:
                     src = next((str(a) for a in own for ts in child.local_ts
@@ -256,6 +266,7 @@ class Gateway:
             for name in set(self.ike_sa_names.values()):
                 self.ike.terminate_ike(name, now)
             self.pump(now)
+        self.virtual_ips.close()
         for name in ("vici", "control", "tun", "raw_v4", "raw_v6", "udp"):
             closer = getattr(self, name, None)
             if closer is not None:
@@ -438,6 +449,7 @@ class Gateway:
                                   "message": event.message, "child": event.child_name})
             log.warning("negotiation_failed", connection=event.name, stage=event.stage, notify=event.notify,
                         message=event.message, child=event.child_name)
+        self.virtual_ips.on_event(event)
         if self.vici is not None:  # after the data plane acted: a client told "up" finds the SA installed
             try:
                 self.vici.on_ike_event(event, now)

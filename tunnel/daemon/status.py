@@ -71,6 +71,7 @@ def describe_ike(gw: Gateway, sa: dict, now: float) -> dict:
         "local_auth": sa.get("local_auth"), "remote_auth": sa.get("remote_auth"),
         "nat_local": sa.get("nat_local"), "nat_remote": sa.get("nat_remote"), "proposal": sa.get("proposal"),
         "established": _ago(sa.get("established"), now), "rekey_in": _until(sa.get("rekey_at"), now),
+        "local_vips": sa.get("local_vips", []), "remote_vips": sa.get("remote_vips", []),
         "children": children,
     }
     for child in sa.get("children", []):
@@ -134,6 +135,8 @@ def status(gw: Gateway, now: float) -> dict:
         },
         "drops": drops,
         "failures": list(gw.failures),
+        # client mode: virtual IPs, DNS servers and routes received (tunnel.daemon.virtual_ip)
+        "virtual_ips": gw.virtual_ips.status() if hasattr(gw, "virtual_ips") else [],
     }
 
 

@@ -93,7 +93,7 @@ class ViciDaemon:
             "load-cert": self._creds_call(self.creds.load_cert), "load-token": self._no_certs,
             "load-authority": self._creds_call(self.creds.load_authority),
             "unload-authority": self._creds_call(self.creds.unload_authority),
-            "get-pools": lambda _m: {}, "load-pool": self._load_pool, "unload-pool": self._unload_pool,
+            "get-pools": self._get_pools, "load-pool": self._load_pool, "unload-pool": self._unload_pool,
             "get-algorithms": lambda _m: {}, "get-counters": lambda _m: {"success": True, "counters": {}},
             "rekey": self._rekey,
         }
@@ -245,15 +245,58 @@ class ViciDaemon:
             return OK
         return handle
 
+    # --- virtual IP pools: validated by ViciConfig, lent from by the IKE endpoint -------------------
     def _load_pool(self, message: Message) -> EncodableMessage:
+        from_file = {pool.name for pool in self.gw.config.pools}
+        clash = sorted(from_file & set(message))
+        if clash:
+            return _failed(f"load-pool: pool {clash[0]!r} is defined in espgw's configuration file")
+        for name in message:  # as charon: a pool lending addresses is only replaced by the same range
+            held = self.gw.ike.pools.get(name)
+            section = message[name]
+            addrs = section.get("addrs") if isinstance(section, dict) else None
+            if held is not None and held.status()["online"] and addrs != held.addrs.encode():
+                return _failed(f"load-pool: pool {name!r} has online leases, unable to replace")
         try:
-            self.loaded.load_pool(message)
+            pools = self.loaded.load_pool(message, self.gw.config.pools)
         except ViciConfigError as exc:
             return _failed(exc.errmsg)
+        for pool in pools:
+            held = self.gw.ike.pools.get(pool.name)
+            if held is not None and held.addrs == pool.addrs:  # same range: keep the leases
+                held.dns, held.subnets = pool.dns, pool.subnets
+            else:
+                self.gw.ike.set_pool(pool)
+            log.info("vici.pool_loaded", pool=pool.name, addrs=pool.addrs, size=pool.size)
         return OK
 
     def _unload_pool(self, message: Message) -> EncodableMessage:
-        return _failed(f"unload-pool: no pool {_text(message, 'name')!r} (espgw assigns no virtual IPs)")
+        name = _text(message, "name")
+        if any(pool.name == name for pool in self.gw.config.pools):  # swanctl --load-pools tries it
+            return _failed(f"unload-pool: pool {name!r} is defined in espgw's configuration file")
+        held = self.gw.ike.pools.get(name)
+        if held is not None and name in self.loaded.pool_names() and held.status()["online"]:
+            return _failed(f"unload-pool: pool {name!r} has online leases, unable to unload")
+        try:
+            self.loaded.unload_pool(message)
+        except ViciConfigError as exc:
+            return _failed(exc.errmsg)
+        self.gw.ike.remove_pool(name)
+        return OK
+
+    def _get_pools(self, message: Message) -> EncodableMessage:
+        """As charon: NAME {base, size, online, offline, leases {N {address, identity, status}}}."""
+        only, with_leases = _text(message, "name"), _text(message, "leases") in ("yes", "1", "true")
+        out: dict[str, Any] = {}
+        for name, pool in self.gw.ike.pools.items():
+            if only and name != only:
+                continue
+            stats = pool.status()
+            entry: dict[str, Any] = {key: str(stats[key]) for key in ("base", "size", "online", "offline")}
+            if with_leases:
+                entry["leases"] = {str(i): lease for i, lease in enumerate(pool.leases())}
+            out[name] = entry
+        return out
 
     # --- control -------------------------------------------------------------------------------
     def _initiate(self, session: ViciSession, message: Message) -> None:

@@ -51,6 +51,9 @@ def ike_sa(sa: dict) -> EncodableMessage:
         out["established"] = int(sa["established"])
     if sa["rekey_in"] is not None:
         out["rekey-time"] = max(0, int(sa["rekey_in"]))
+    for key in ("local_vips", "remote_vips"):  # virtual IPs, as charon lists them
+        if sa.get(key):
+            out[key.replace("_", "-")] = list(sa[key])
     children: EncodableMessage = {}
     for child in sa["children"]:
         entry: EncodableMessage = {

@@ -23,7 +23,7 @@ from ike.config import ChildConfig, ConnectionConfig
 from tunnel.ops.control import ControlError, control_request
 from tunnel.lab.netns import Gateway, Lab, LabError
 from tunnel.lab.lab_pki import write_swanctl_files
-from tunnel.lab.swanctl_conf import format_ts
+from tunnel.lab.swanctl_conf import pools_toml, ts_texts
 
 ESPGW = [sys.executable, "-m", "tunnel.main"]
 
@@ -54,8 +54,8 @@ def _list(items) -> str:
 
 def _child_toml(conn: str, child: ChildConfig) -> list[str]:
     lines = [f"[connections.{conn}.children.{child.name}]",
-             f"local_ts = {_list(map(format_ts, child.local_ts))}",
-             f"remote_ts = {_list(map(format_ts, child.remote_ts))}",
+             f"local_ts = {_list(ts_texts(child.local_ts, child.local_dynamic))}",
+             f"remote_ts = {_list(ts_texts(child.remote_ts, child.remote_dynamic))}",
              f"esp_proposals = {_list(child.esp_proposals)}",
              f'start_action = "{child.start_action}"',
              f'dpd_action = "{child.dpd_action}"',
@@ -95,7 +95,7 @@ def _auth_toml(conn: ConnectionConfig, side: str, pki_dir: Path | None, prefix: 
 
 
 def config_toml(conns: list[ConnectionConfig], settings: GatewaySettings, control_socket: str,
-                pki_dir: Path | None = None, prefix: str = "espgw") -> str:
+                pki_dir: Path | None = None, prefix: str = "espgw", pools: list | None = None) -> str:
     """An espgw TOML config for these connections; PSKs as hex in ``secrets.ike-NAME``."""
     lines = ["[gateway]", f"tun_name = {_quote(settings.tun_name)}", f"mtu = {settings.mtu}",
              f"control_socket = {_quote(control_socket)}",
@@ -110,13 +110,15 @@ def config_toml(conns: list[ConnectionConfig], settings: GatewaySettings, contro
                   f"proposals = {_list(conn.proposals)}", f"rekey_time = {conn.rekey_time}",
                   f"dpd_delay = {conn.dpd_delay}", f"encap = {'true' if conn.encap else 'false'}",
                   *([f"over_time = {conn.over_time}"] if conn.over_time is not None else []),
+                  *([f"vips = {_list(conn.vips)}"] if conn.vips else []),
+                  *([f"pools = {_list(conn.pools)}"] if conn.pools else []),
                   *_auth_toml(conn, "remote", pki_dir, prefix), *_auth_toml(conn, "local", pki_dir, prefix)]
         for child in conn.children:
             lines += _child_toml(conn.name, child)
         if "psk" in (conn.local.auth, conn.remote.auth):
             lines += [f"[secrets.ike-{conn.name}]", f"id = {_quote(conn.remote.id or '')}",
                       f'secret = "0x{conn.psk.hex()}"', ""]
-    return "\n".join(lines)
+    return "\n".join(lines + pools_toml(pools or []))
 
 
 @dataclass
@@ -129,6 +131,7 @@ class EspgwGateway:
     settings: GatewaySettings = field(default_factory=GatewaySettings)
     name: str = ""
     proc: subprocess.Popen | None = field(default=None, repr=False)
+    pools: list = field(default_factory=list)  # ike.pools.AddressPool: [pools.NAME] tables
 
     def __post_init__(self) -> None:
         self.name = self.name or self.node.role
@@ -141,7 +144,7 @@ class EspgwGateway:
         if self.proc is not None and self.proc.poll() is None:
             raise LabError(f"espgw on {self.name} is already running")
         self.config_path.write_text(config_toml(self.conns, self.settings, self.socket,
-                                                self.config_path.parent, self.name))
+                                                self.config_path.parent, self.name, self.pools))
         os.chmod(self.config_path, 0o600)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket)  # a killed daemon leaves its socket behind

@@ -75,6 +75,7 @@ class StrongSwan:
             raise StrongSwanError(f"strongSwan version must be one of {VERSIONS}, not {version!r}")
         self.lab, self.gateway, self.version = lab, gateway, version
         self.connections = list(connections)
+        self.pools: list = []  # ike.pools.AddressPool: swanctl.conf's pools section
         self.ike_log_level = ike_log_level if ike_log_level is not None else (4 if log_keys else 2)
         self.chd_log_level = 4 if log_keys else 1  # 4 dumps the CHILD SA key derivation inputs
         self.rmem_default = rmem_default
@@ -144,7 +145,7 @@ swanctl {{
                                 conn.remote.trust if conn.remote.auth == "pubkey" else None)
         fd = os.open(self.swanctl_conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
-            out.write(render_swanctl_conf(self.connections))
+            out.write(render_swanctl_conf(self.connections, self.pools))
 
     # -- process -----------------------------------------------------------------------------
 

@@ -288,6 +288,9 @@ def render_sas(ike_sas: list[dict]) -> str:
         if isinstance(sa.get("rekey_in"), (int, float)):
             timing.append(f"rekeying in {int(sa['rekey_in'])}s")
         lines.append("  " + ", ".join(timing + nat))
+        for key, label in (("local_vips", "our virtual IP"), ("remote_vips", "virtual IP lent")):
+            if sa.get(key):  # as swanctl: "local/remote virtual IP"
+                lines.append(f"  {label} {', '.join(map(str, _as_list(sa[key])))}")
         for child in _as_list(sa.get("children")):
             lines.extend(_render_child(child))
     return "\n".join(lines)
@@ -344,6 +347,10 @@ def render_status(status: dict) -> str:
         lines.append(f"traffic: in {counters.get('packets_in', 0)} packets / {counters.get('bytes_in', 0)} bytes, "
                      f"out {counters.get('packets_out', 0)} packets / {counters.get('bytes_out', 0)} bytes")
     lines.append(f"drops: {_drops_text(status.get('drops')) or 'none'}")
+    for vip in _as_list(status.get("virtual_ips")):
+        lines.append(f"virtual IP {', '.join(vip.get('vips', []))} from {vip.get('connection', '?')}, "
+                     f"DNS {', '.join(vip.get('dns', [])) or '-'}, "
+                     f"routes {', '.join(vip.get('routes', [])) or '-'}")
     if sas:
         lines.append("")
         lines.append(render_sas(sas))
@@ -371,6 +378,9 @@ def describe_config(config: Config) -> str:
     lines = [f"{config.source}: OK",
              f"gateway: tun {gw.tun_name}, mtu {gw.mtu}, esp {gw.esp_encap}, queue {gw.queue_size}, "
              f"control {gw.control_socket}, vici {gw.vici_socket or 'off'}, log {gw.log_level}/{gw.log_format}"]
+    for pool in config.pools:
+        lines.append(f"pool {pool.name}: {pool.addrs} ({pool.size} addresses), dns "
+                     f"{', '.join(map(str, pool.dns)) or '-'}, subnet {', '.join(map(str, pool.subnets)) or '-'}")
     for conn in config.connections:
         lines.append(f"{conn.name}: {','.join(conn.local_addrs)}[{conn.local_port}] ... "
                      f"{','.join(conn.remote_addrs)}[{conn.remote_port}], IKEv2")
@@ -383,18 +393,24 @@ def describe_config(config: Config) -> str:
             remote += f", secret from {config.psk_sources.get(conn.name, '?')} ({len(conn.psk)} bytes)"
         lines.append(remote)
         lines.append(f"  proposals {', '.join(conn.proposals)}")
+        if conn.vips or conn.pools:
+            lines.append(f"  vips {', '.join(conn.vips) or '-'}, pools {', '.join(conn.pools) or '-'}")
         dpd = _duration_text(conn.dpd_delay) if conn.dpd_delay else "off"
         lines.append(f"  rekey_time {_duration_text(conn.rekey_time)}, dpd_delay {dpd}, "
                      f"encap {'yes' if conn.encap else 'no'}")
         for child in conn.children:
-            lines.append(f"  {child.name}: {' '.join(map(str, child.local_ts))} === "
-                         f"{' '.join(map(str, child.remote_ts))}, "
+            lines.append(f"  {child.name}: {_selectors_text(child.local_ts, child.local_dynamic)} === "
+                         f"{_selectors_text(child.remote_ts, child.remote_dynamic)}, "
                          f"{child.mode}, start_action {child.start_action}")
             lines.append(f"    esp_proposals {', '.join(child.esp_proposals)}")
             lines.append(f"    rekey_time {_duration_text(child.rekey_time)}, "
                          f"life_time {_duration_text(child.effective_life_time)}, "
                          f"replay_window {child.replay_window}")
     return "\n".join(lines)
+
+
+def _selectors_text(selectors: list, dynamic: bool) -> str:
+    return " ".join((["dynamic"] if dynamic else []) + [str(ts) for ts in selectors])
 
 
 if __name__ == "__main__":

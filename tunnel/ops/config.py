@@ -35,6 +35,7 @@ from ike.crypto.certs import CertError
 from ike.crypto.mlkem import ML_KEM_METHODS
 from ike.crypto.multi_ke import supported_method
 from ike.crypto.proposals import ADDKE_TYPES, Proposal, format_proposal, parse_proposals
+from ike.pools import AddressPool, PoolError
 from tunnel.ops import credentials
 from tunnel.ops.credentials import KeySecret
 
@@ -75,6 +76,8 @@ class GatewayConfig:
     cookie_threshold: int = 10
     half_open_per_ip: int = 5
     half_open_limit: int = 5000
+    # client mode: DNS servers a gateway sends go to a state file ("state") or also resolvconf(8)
+    dns: str = "state"
 
 
 @dataclass
@@ -84,6 +87,7 @@ class Config:
     connections: list[ConnectionConfig]
     # connection name -> the secrets section its PSK came from, e.g. "secrets.ike-office"
     psk_sources: dict[str, str] = field(default_factory=dict)
+    pools: list[AddressPool] = field(default_factory=list)  # virtual IP pools (``[pools.NAME]``)
 
     def connection(self, name: str) -> ConnectionConfig:
         for conn in self.connections:
@@ -127,7 +131,7 @@ def parse_config_data(data: dict[str, Any], source: str, require_connections: bo
     default from the files next to ``source``."""
     problems: list[str] = []
     root = _Table(data, "", source, problems)
-    root.allow({"gateway", "connections", "secrets"})
+    root.allow({"gateway", "connections", "secrets", "pools"})
     gateway = _parse_gateway(root.table("gateway"))
     secrets = _parse_secrets(root.table("secrets"))
     key_secrets = _parse_key_secrets(root.table("secrets"))
@@ -149,9 +153,11 @@ def parse_config_data(data: dict[str, Any], source: str, require_connections: bo
     if require_connections and not vici_only and not conns.keys() and not problems:
         problems.append(f"{source}: connections: expected at least one connection table")
     _check_unique_children(conns, connections)
+    pools = parse_pools(root.table("pools"))
+    _check_pool_references(conns, connections, pools)
     if problems:
         raise ConfigError(problems)
-    return Config(source, gateway, connections, psk_sources)
+    return Config(source, gateway, connections, psk_sources, pools)
 
 
 # ----------------------------------------------------------------------------- value parsers
@@ -268,12 +274,20 @@ def parse_traffic_selectors(value: Any) -> list[TrafficSelector]:
                 net = ipaddress.ip_network(addr, strict=False)
                 first, last = net.network_address, net.broadcast_address
         except ValueError:
-            if addr == "dynamic":
-                raise _Bad(expected + ' ("dynamic" is not supported: name the subnet)') from None
+            if addr.startswith("dynamic"):
+                raise _Bad(expected + ' ("dynamic" takes no [proto/port] in espgw)') from None
             raise _Bad(expected) from None
         protocol, start_port, end_port = _parse_ts_protocol_port(match.group("proto"), match.group("port"), expected)
         selectors.append(TrafficSelector(first, last, protocol, start_port, end_port))
     return selectors
+
+
+def parse_child_selectors(value: Any) -> tuple[list[TrafficSelector], bool]:
+    """A child's ``local_ts``/``remote_ts``: subnets and swanctl's ``dynamic`` (this side's virtual
+    IP, or its outer address), which is the default; (subnets, whether dynamic is among them)."""
+    items = parse_list(value)
+    subnets = [item for item in items if item != "dynamic"]
+    return (parse_traffic_selectors(subnets) if subnets else []), len(subnets) < len(items)
 
 
 def _parse_ts_protocol_port(proto: str | None, port: str | None, expected: str) -> tuple[int, int, int]:
@@ -462,7 +476,7 @@ def _parse_gateway(table: _Table) -> GatewayConfig:
     defaults = GatewayConfig()
     table.allow({"tun_name", "mtu", "control_socket", "vici_socket", "log_level", "log_format", "esp_encap",
                  "raw_esp_tx", "queue_size", "retransmit_timeout", "retransmit_base", "retransmit_tries",
-                 "cookie_threshold", "half_open_per_ip", "half_open_limit"})
+                 "cookie_threshold", "half_open_per_ip", "half_open_limit", "dns"})
     return GatewayConfig(
         tun_name=table.get("tun_name", _tun_name, defaults.tun_name),
         mtu=table.get("mtu", _int_range(576, 65535), defaults.mtu),
@@ -479,6 +493,7 @@ def _parse_gateway(table: _Table) -> GatewayConfig:
         cookie_threshold=table.get("cookie_threshold", _int_range(0, 1_000_000), defaults.cookie_threshold),
         half_open_per_ip=table.get("half_open_per_ip", _int_range(1, 1_000_000), defaults.half_open_per_ip),
         half_open_limit=table.get("half_open_limit", _int_range(1, 1_000_000), defaults.half_open_limit),
+        dns=table.get("dns", _one_of("state", "resolvconf"), defaults.dns),
     )
 
 
@@ -507,7 +522,7 @@ def _tun_name(value: Any) -> str:
 CONNECTION_KEYS = {
     "local_addrs", "remote_addrs", "local_port", "remote_port", "proposals", "version", "encap",
     "dpd_delay", "dpd_timeout", "rekey_time", "over_time", "reauth_time", "fragmentation",
-    "keyingtries", "mobike", "unique", "local", "remote", "children",
+    "keyingtries", "mobike", "unique", "local", "remote", "children", "vips", "pools",
 }
 
 
@@ -538,6 +553,8 @@ def _parse_connection(table: _Table, name: str) -> ConnectionConfig | None:
         keyingtries=table.get("keyingtries", _int_range(0, 1000), defaults.keyingtries),
         mobike=table.get("mobike", parse_bool, defaults.mobike),
         unique=table.get("unique", _one_of("no", "never", "keep", "replace"), defaults.unique),
+        vips=table.get("vips", _vips, []),
+        pools=table.get("pools", parse_list, []),
     )
     children = table.table("children")
     for child_name in children.keys():
@@ -606,8 +623,7 @@ def _parse_child(table: _Table, name: str) -> ChildConfig | None:
         table.problem("mode", f'expected tunnel (the only mode espgw implements), got "{mode}"')
     child = ChildConfig(
         name=name,
-        local_ts=table.get("local_ts", parse_traffic_selectors),
-        remote_ts=table.get("remote_ts", parse_traffic_selectors),
+        local_ts=[], remote_ts=[],  # below: with swanctl's "dynamic", the default
         esp_proposals=table.get("esp_proposals", _proposals("ESP"), list(DEFAULT_ESP_PROPOSALS)),
         mode="tunnel",
         start_action=table.get("start_action", _one_of("none", "trap", "start"), defaults.start_action),
@@ -621,12 +637,86 @@ def _parse_child(table: _Table, name: str) -> ChildConfig | None:
         replay_window=table.get("replay_window", _int_range(0, 1 << 20), defaults.replay_window),
         tfc_padding=table.get("tfc_padding", _tfc_padding, defaults.tfc_padding),
     )
+    child.local_ts, child.local_dynamic = table.get("local_ts", parse_child_selectors, ([], True)) or ([], True)
+    child.remote_ts, child.remote_dynamic = table.get("remote_ts", parse_child_selectors, ([], True)) or ([], True)
     if len(table.problems) > start:
         return None
     if child.life_time is not None and child.rekey_time and child.life_time <= child.rekey_time:
         table.problem("life_time", "expected more than rekey_time, so the SA is rekeyed before it expires")
         return None
     return child
+
+
+# ----------------------------------------------------------------------------- virtual IPs
+
+POOL_KEYS = {"addrs", "dns", "subnet"}
+
+
+def _vips(value: Any) -> list[str]:
+    """``vips``: addresses to request, ``0.0.0.0`` / ``::`` for any (swanctl's %any4/%any6 too)."""
+    out = []
+    for item in parse_list(value):
+        item = {"%any": "0.0.0.0", "%any4": "0.0.0.0", "%any6": "::"}.get(item, item)
+        try:
+            out.append(str(ipaddress.ip_address(item)))
+        except ValueError:
+            raise _Bad('addresses like "0.0.0.0" (any IPv4), "::" (any IPv6) or one to ask for again') from None
+    if len({ipaddress.ip_address(v).version for v in out}) < len(out):
+        raise _Bad("at most one address per IP version")
+    return out
+
+
+def _addresses(value: Any) -> tuple[Any, ...]:
+    try:
+        return tuple(ipaddress.ip_address(item) for item in parse_list(value))
+    except ValueError:
+        raise _Bad('IP addresses like "10.3.0.53"') from None
+
+
+def _subnets(value: Any) -> tuple[Any, ...]:
+    try:
+        return tuple(ipaddress.ip_network(item, strict=False) for item in parse_list(value))
+    except ValueError:
+        raise _Bad('subnets like "10.2.0.0/16"') from None
+
+
+def _pool_range(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Bad('a subnet like "10.3.0.0/28" or a range like "10.3.0.1-10.3.0.20"')
+    try:
+        AddressPool("check", value)
+    except PoolError as exc:
+        raise _Bad(f'a subnet like "10.3.0.0/28" or a range like "10.3.0.1-10.3.0.20" ({exc})') from None
+    return value
+
+
+def parse_pools(table: _Table) -> list[AddressPool]:
+    """``[pools.NAME]`` as swanctl.conf's pools: ``addrs``, ``dns``, ``subnet``; overlapping pools
+    are refused (one address would be lent twice)."""
+    pools = []
+    for name in table.keys():
+        section = table.table(name)
+        section.allow(POOL_KEYS)
+        start = len(table.problems)
+        addrs = section.get("addrs", _pool_range)
+        dns = section.get("dns", _addresses, ())
+        subnets = section.get("subnet", _subnets, ())
+        if len(table.problems) == start:
+            pools.append(AddressPool(name, addrs, dns=dns, subnets=subnets))
+    for i, pool in enumerate(pools):
+        for other in pools[:i]:
+            if pool.overlaps(other):
+                table.problem(f"{pool.name}.addrs", f"{pool.addrs} overlaps pool {other.name!r} ({other.addrs}); "
+                              "pools must not share addresses")
+    return pools
+
+
+def _check_pool_references(conns: _Table, connections: list[ConnectionConfig], pools: list[AddressPool]) -> None:
+    known = {pool.name for pool in pools}
+    for conn in connections:
+        for name in conn.pools:
+            if name not in known:
+                conns.table(conn.name).problem("pools", f"no pool {name!r} (define it as [pools.{name}])")
 
 
 def _tfc_padding(value: Any) -> int:

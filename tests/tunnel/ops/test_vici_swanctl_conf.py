@@ -6,6 +6,7 @@ import copy
 
 import pytest
 
+from ike.pools import AddressPool
 from tunnel.ops.vici.swanctl_conf import ViciConfig, ViciConfigError, supported_keys
 
 SECRET = b"fake-test-secret"
@@ -63,8 +64,8 @@ def test_binary_psk_survives():
     (lambda c: c["children"]["lan"].update(mode=b"transport"), "mode: expected tunnel"),
     (lambda c: c.update(version=b"1"), "IKEv2 only"),
     (lambda c: c.update(proposals=[b"nonsense-cipher"]), "proposals"),
-    (lambda c: c["children"]["lan"].update(local_ts=[b"dynamic"]), "dynamic"),
-    (lambda c: c.update(pools=[b"roadwarriors"]), "pools: unknown key"),
+    (lambda c: c["children"]["lan"].update(local_ts=[b"dynamic[tcp]"]), "dynamic"),
+    (lambda c: c.update(pools=[b"roadwarriors"]), "pools: no pool 'roadwarriors'"),
     (lambda c: c.update(local_addrs=b"\xff"), "not UTF-8"),
     (lambda c: c.pop("children"), "at least one child"),
 ])
@@ -134,9 +135,45 @@ def test_shared_secret_names_and_unload():
     assert SECRET.decode() not in repr(config.__dict__)
 
 
-def test_pools_are_refused_by_name():
-    with pytest.raises(ViciConfigError, match="pools rw"):
-        ViciConfig().load_pool({"rw": {"addrs": b"10.3.0.0/28"}})
+def test_pools_load_replace_unload_and_serve_connections():
+    config = loaded()
+    (pool,) = config.load_pool({"rw": {"addrs": b"10.3.0.0/28", "dns": [b"10.0.0.53"]}})
+    assert (pool.name, pool.size, [str(d) for d in pool.dns]) == ("rw", 14, ["10.0.0.53"])
+    conn = config.load_conn(conn_with(lambda c: c.update(pools=[b"rw"])))
+    assert conn.pools == ["rw"] and conn.children[0].remote_dynamic is False
+    (pool,) = config.load_pool({"rw": {"addrs": b"10.3.0.0/27"}})  # replaced
+    assert pool.size == 30 and config.pool_names() == ["rw"]
+    assert config.unload_pool({"name": b"rw"}) == "rw"
+    with pytest.raises(ViciConfigError, match="no pool 'rw'"):
+        config.unload_pool({"name": b"rw"})
+
+
+@pytest.mark.parametrize("message, fragment", [
+    ({"rw": {"addrs": b"10.3.0.0/33"}}, "pools.rw.addrs: expected a subnet"),
+    ({"rw": {"addrs": b"10.3.0.0/28", "nbns": [b"10.0.0.1"]}}, "pools.rw.nbns: unknown key"),
+    ({"rw": {"dns": [b"10.0.0.1"]}}, "pools.rw.addrs: missing"),
+    ({"rw": b"10.3.0.0/28"}, "expected a section"),
+    ({}, "at least one pool"),
+])
+def test_bad_pools_are_refused_by_key(message, fragment):
+    with pytest.raises(ViciConfigError) as info:
+        ViciConfig().load_pool(message)
+    assert fragment in info.value.errmsg
+
+
+def test_a_pool_overlapping_one_of_the_configuration_file_is_refused():
+    config = ViciConfig()
+    with pytest.raises(ViciConfigError, match="overlaps pool 'file' .* of the configuration file"):
+        config.load_pool({"b": {"addrs": b"10.3.0.8-10.3.0.40"}}, [AddressPool("file", "10.3.0.0/28")])
+    assert config.pool_names() == []
+
+
+def test_a_pool_overlapping_a_loaded_one_is_refused():
+    config = ViciConfig()
+    config.load_pool({"a": {"addrs": b"10.3.0.0/28"}})
+    with pytest.raises(ViciConfigError, match="overlaps pool 'a'"):
+        config.load_pool({"b": {"addrs": b"10.3.0.8-10.3.0.40"}})
+    assert config.pool_names() == ["a"]
 
 
 def test_supported_keys_table():

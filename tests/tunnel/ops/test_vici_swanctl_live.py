@@ -146,12 +146,21 @@ def test_load_all_loads_through_espgw_config(tmp_path):
     assert server.config.connections()[0].psk == b"fake-fixture-secret-not-used-anywhere"
 
 
-def test_a_refused_pool_reaches_the_user(tmp_path):
+def test_load_all_loads_pools_then_connections(tmp_path):
     conf = tmp_path / "swanctl.conf"
     conf.write_text(SWANCTL_CONF)
     server, proc = swanctl(tmp_path, "--load-all", "--file", str(conf))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "loaded pool 'roadwarriors'" in proc.stdout
+    assert server.config.pool_names() == ["roadwarriors"]
+
+
+def test_a_refused_pool_reaches_the_user(tmp_path):
+    conf = tmp_path / "swanctl.conf"
+    conf.write_text(SWANCTL_CONF.replace("10.3.0.0/28", "10.3.0.0/33"))
+    server, proc = swanctl(tmp_path, "--load-all", "--file", str(conf))
     assert proc.returncode != 0
-    assert "loading pool 'roadwarriors' failed: load-pool: pools roadwarriors: not supported" in proc.stderr
+    assert "loading pool 'roadwarriors' failed: vici: pools.roadwarriors.addrs: expected a subnet" in proc.stderr
     assert server.commands[-1] == "load-pool"  # swanctl stops there: connections are not loaded
 
 
@@ -243,8 +252,8 @@ def test_the_vici_python_package_as_a_client(tmp_path):
     [sa] = list(session.list_sas())
     assert sa["office"]["child-sas"]["office-lan-1"]["spi-in"] == b"c0ffee01"
     session.load_shared({"id": "ike-x", "type": "IKE", "data": "fake-secret", "owners": ["a.example"]})
-    with pytest.raises(vici.exception.CommandException, match="pools p: not supported"):
-        session.load_pool({"p": {"addrs": "10.3.0.0/28"}})
+    with pytest.raises(vici.exception.CommandException, match="pools.p.addrs: expected a subnet"):
+        session.load_pool({"p": {"addrs": "10.3.0.0/33"}})
     client.close()
     server.thread.join(20)
     server.listener.close()

@@ -9,7 +9,9 @@ the loader does not know is an error naming it, never dropped.
 
 A connection's PSK is chosen when it is loaded, from the secrets loaded before it (swanctl
 ``--load-all`` loads secrets first); later secret changes reach a connection when it is loaded
-again, which ``--load-all`` does. Pools are refused: espgw assigns no virtual IPs.
+again, which ``--load-all`` does. ``load-pool`` carries ``pools.NAME`` sections (``addrs``, ``dns``,
+``subnet``), validated by the same loader, overlaps with the other loaded pools included; a
+connection's ``pools`` must name loaded ones (swanctl loads pools before connections).
 
 Certificates work the same way: swanctl sends the contents of the files ``certs`` and ``cacerts``
 name, and they become swanctl.conf's inline form (``0s`` + base64) for the loader, which takes the
@@ -25,7 +27,8 @@ import base64
 from dataclasses import dataclass, field
 
 from ike.config import ConnectionConfig
-from tunnel.ops.config import CHILD_KEYS, CONNECTION_KEYS, Config, ConfigError, parse_config_data
+from ike.pools import AddressPool
+from tunnel.ops.config import CHILD_KEYS, CONNECTION_KEYS, POOL_KEYS, Config, ConfigError, parse_config_data
 from tunnel.ops.credentials import CredentialSource, StoredCredentials
 
 from .codec import Message, Value
@@ -63,6 +66,7 @@ class ViciConfig:
         self._conns: dict[str, ConnectionConfig] = {}
         self._unnamed = 0  # counts secrets loaded without an id, to name them
         self._secrets: dict[str, _Shared] = {}  # vici id -> its TOML-shaped secrets table
+        self._pools: dict[str, dict[str, object]] = {}  # name -> its TOML-shaped pools table
 
     # ------------------------------------------------------------------ connections
 
@@ -74,7 +78,7 @@ class ViciConfig:
         if not isinstance(section, dict):
             raise ViciConfigError([f"load-conn: {name}: expected a section"])
         table = _text_tree(_inline_certificates(name, section), f"connections.{name}")
-        config = _validate({"connections": {name: table},
+        config = _validate({"connections": {name: table}, "pools": dict(self._pools),
                             "secrets": {shared.name: shared.section for shared in self._secrets.values()}},
                            credentials=self._credentials)
         conn = config.connection(name)
@@ -152,10 +156,35 @@ class ViciConfig:
 
     # ------------------------------------------------------------------ pools
 
-    def load_pool(self, message: Message) -> None:
-        names = ", ".join(message) or "(none)"
-        raise ViciConfigError([f"load-pool: pools {names}: not supported (espgw assigns no virtual IPs; "
-                               "remove the pools section)"])
+    def load_pool(self, message: Message, others: list[AddressPool] | tuple[()] = ()) -> list[AddressPool]:
+        """Validate and keep the pools of a load-pool message (with those loaded before, which it
+        may replace, and ``others``: the configuration file's, which they must not overlap);
+        returns the new pools."""
+        if not message:
+            raise ViciConfigError(["load-pool: expected at least one pool section"])
+        sections: dict[str, object] = {}
+        for name, section in message.items():
+            if not isinstance(section, dict):
+                raise ViciConfigError([f"load-pool: {name}: expected a section"])
+            sections[name] = _text_tree(section, f"pools.{name}")
+        config = _validate({"pools": {**self._pools, **sections}}, allow_no_connection=True)
+        new = [pool for pool in config.pools if pool.name in sections]
+        clashes = [f"pools.{pool.name}.addrs: {pool.addrs} overlaps pool {other.name!r} ({other.addrs}) of the "
+                   "configuration file; pools must not share addresses"
+                   for pool in new for other in others if pool.overlaps(other)]
+        if clashes:
+            raise ViciConfigError(clashes)
+        self._pools.update(sections)  # type: ignore[arg-type]  # _text_tree made tables
+        return new
+
+    def unload_pool(self, message: Message) -> str:
+        name = _text_key(message, "name", "unload-pool")
+        if self._pools.pop(name, None) is None:
+            raise ViciConfigError([f"unload-pool: no pool {name!r} loaded over vici"])
+        return name
+
+    def pool_names(self) -> list[str]:
+        return list(self._pools)
 
 
 def _inline_certificates(name: str, section: Message) -> Message:
@@ -236,4 +265,5 @@ def supported_keys() -> dict[str, list[str]]:
         "connections.<conn>.local / remote": list(AUTH_KEYS),
         "connections.<conn>.children.<child>": sorted(CHILD_KEYS),
         "secrets.ike-<name> (load-shared)": ["id", "secret", "id-<suffix> (sent as owners)"],
+        "pools.<name> (load-pool)": sorted(POOL_KEYS),
     }

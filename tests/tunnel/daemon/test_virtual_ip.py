@@ -1,0 +1,94 @@
+"""tunnel.daemon.virtual_ip without a kernel: what the client adds and removes, by IKE event."""
+
+from __future__ import annotations
+
+import json
+
+from ike.config import TrafficSelector
+from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, VirtualIpsAssigned
+from ike.pools import AddressPool
+from tunnel.daemon import virtual_ip
+from tunnel.daemon.virtual_ip import VirtualIpClient, pool_networks, route_networks
+from tests.ike.harness import connection
+
+
+class FakeKernel:
+    def __init__(self, client: VirtualIpClient):
+        self.addresses: list[str] = []
+        self.routes: dict[str, str | None] = {}
+        self.host_routes: list[str] = []
+        client._address = self.address  # type: ignore[method-assign]
+        client.routes.add = lambda net, src=None: self.routes.__setitem__(net, src)  # type: ignore[method-assign]
+        client.routes.remove = lambda net: self.routes.pop(net, None) is not None  # type: ignore[method-assign]
+        client._keep_gateway_outside = self.keep  # type: ignore[method-assign]
+
+    def address(self, command: str, vip: str) -> None:
+        (self.addresses.append if command == "add" else self.addresses.remove)(vip)
+
+    def keep(self, gateway: str) -> None:
+        if gateway not in self.host_routes:  # as the real one: one host route per gateway
+            self.host_routes.append(gateway)
+
+
+def _up(uid=1, remote=("192.0.2.2", 4500), rekeyed_from=None):
+    return IkeSaUp("rw", uid, ("192.0.2.1", 4500), remote, b"i" * 8, b"r" * 8, True, "p", "laptop", "gw",
+                   False, False, rekeyed_from)
+
+
+def _child(ike_id, spi, remote="10.0.5.0/24", rekeyed_from=None):
+    return ChildSaUp("rw", ike_id, "rw", spi, spi, spi + 1, "aes256gcm16", False, "tunnel",
+                     (TrafficSelector.from_cidr("10.3.0.1/32"),), (TrafficSelector.from_cidr(remote),),
+                     ("192.0.2.1", 4500), ("192.0.2.2", 4500), True, 0.0, 0.0, 64, 0, "aes256gcm16",
+                     b"", b"", rekeyed_from)
+
+
+def test_address_routes_and_state_follow_the_ike_sa(tmp_path):
+    client = VirtualIpClient("espgw0", tmp_path / "espgw0-vip.json")
+    kernel = FakeKernel(client)
+    client.on_event(_up())
+    client.on_event(VirtualIpsAssigned("rw", 1, ("10.3.0.1",), ("10.0.5.53",), ("10.0.5.0/24",)))
+    client.on_event(_child(1, 1000))
+    assert kernel.addresses == ["10.3.0.1"] and kernel.routes == {"10.0.5.0/24": "10.3.0.1"}
+    state = json.loads((tmp_path / "espgw0-vip.json").read_text())
+    assert state["virtual_ips"][0]["dns"] == ["10.0.5.53"]
+    # an IKE rekey and a CHILD rekey change nothing the host sees
+    client.on_event(_up(2, rekeyed_from=1))
+    client.on_event(IkeSaDown("rw", 1, "rekeyed"))
+    client.on_event(_child(2, 2000, rekeyed_from=1000))
+    client.on_event(ChildSaDown("rw", "rw", 1000, 1000, 1001, "rekeyed"))
+    assert kernel.addresses == ["10.3.0.1"] and kernel.routes == {"10.0.5.0/24": "10.3.0.1"}
+    client.on_event(IkeSaDown("rw", 2, "deleted"))
+    assert kernel.addresses == [] and kernel.routes == {}
+    assert not (tmp_path / "espgw0-vip.json").exists()
+
+
+def test_a_whole_family_is_routed_as_two_halves_with_the_gateway_kept_outside(tmp_path):
+    client = VirtualIpClient("espgw0", tmp_path / "state.json")
+    kernel = FakeKernel(client)
+    client.on_event(_up())
+    client.on_event(VirtualIpsAssigned("rw", 1, ("10.3.0.1",)))
+    client.on_event(_child(1, 1000, remote="0.0.0.0/0"))
+    assert set(kernel.routes) == {"0.0.0.0/1", "128.0.0.0/1"} and kernel.host_routes == ["192.0.2.2"]
+    client.close()
+    assert kernel.routes == {} and kernel.addresses == []
+
+
+def test_kernel_errors_are_logged_not_raised(tmp_path, monkeypatch):
+    client = VirtualIpClient("espgw0", tmp_path / "state.json")
+
+    def fail(command, vip):
+        raise OSError(1, "Operation not permitted")
+    monkeypatch.setattr(client, "_address", fail)
+    client.on_event(_up())
+    client.on_event(VirtualIpsAssigned("rw", 1, ("10.3.0.1",)))  # no exception
+
+
+def test_route_networks_and_pool_networks():
+    everything = TrafficSelector.from_cidr("::/0")
+    assert [str(n) for n in route_networks(everything.start_addr, everything.end_addr)] == ["::/1", "8000::/1"]
+    gw = connection("rw", "192.0.2.2", "%any")
+    gw.pools = ["rw"]
+    pools = [AddressPool("rw", "10.3.0.0/28"), AddressPool("unused", "10.4.0.0/24")]
+    assert [str(n) for n in pool_networks([gw], pools)] == [
+        "10.3.0.1/32", "10.3.0.2/31", "10.3.0.4/30", "10.3.0.8/30", "10.3.0.12/31", "10.3.0.14/32"]
+    assert virtual_ip.log is not None
