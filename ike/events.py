@@ -85,3 +85,15 @@ class NegotiationFailed:
     notify: str  # "NO_PROPOSAL_CHOSEN", "AUTHENTICATION_FAILED", "TS_UNACCEPTABLE", ...
     message: str  # human-readable, never containing key material
     child_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AddressWanted:
+    """A connection to initiate names its peer by a host name: the core does no DNS, so the user
+    resolves ``host`` and goes on with ``IkeEndpoint.initiate_to(request, address, now)``, or gives
+    up with ``IkeEndpoint.abandon(request)``. Emitted when initiating and again on each retry."""
+
+    name: str  # connection name
+    host: str
+    attempt: int  # keyingtries: which connection attempt this is
+    request: object = field(repr=False, compare=False)  # handed back as it is

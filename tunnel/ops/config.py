@@ -83,6 +83,8 @@ class Config:
     connections: list[ConnectionConfig]
     # connection name -> the secrets section its PSK came from, e.g. "secrets.ike-office"
     psk_sources: dict[str, str] = field(default_factory=dict)
+    # [gateway] keys the command line set (espgw run --socket): a reload keeps them
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     def connection(self, name: str) -> ConnectionConfig:
         for conn in self.connections:
