@@ -667,9 +667,10 @@ class Gateway:
         return {"message": f"initiating IKE SA {name}", "connection": name, "since": since}
 
     def _installed_children(self, child: str) -> list[int]:
-        """Inbound SPIs of the installed CHILD SAs of that name."""
+        """Inbound SPIs of the live CHILD SAs of that name (installed, or being rekeyed by us)."""
         return [int(c["inbound_spi"], 16) for sa in self.ike.statuses() for c in sa.get("children", [])
-                if c.get("name") == child and c.get("state") == "installed" and isinstance(c.get("inbound_spi"), str)]
+                if c.get("name") == child and c.get("state") in ("installed", "rekeying")
+                and isinstance(c.get("inbound_spi"), str)]
 
     def _live_ike_names(self) -> set[str]:
         return {str(sa.get("name")) for sa in self.ike.statuses()}
