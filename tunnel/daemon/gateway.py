@@ -355,7 +355,7 @@ class Gateway:
         ike = self.ike
         while True:
             for dg in ike.datagrams_to_send(now):
-                self.udp.send_ike(dg.data, dg.dst, dg.src)
+                self._send_ike(dg.data, dg.dst, dg.src)
             event = ike.next_event()
             if event is None:
                 if self._failed_recently:
@@ -720,6 +720,21 @@ class Gateway:
         self._reload_requested = False
         self._failed_recently: dict[str, str | None] = {}  # connection -> child, checked after pump
         self._resolve_retries: list[tuple[float, AddressWanted]] = []
+        self._unsendable: set[str] = set()  # peers our last IKE message to could not be sent to
+        self._addresses: dict[str, str] = {}  # connection -> the address its host name had last
+
+    def _send_ike(self, data: bytes, dst: Address, src: Address | None) -> None:
+        """Send one IKE message; a peer the kernel will not send to (no route, no socket of its
+        family) is remembered, so the attempt's failure can say why, and never stops the loop."""
+        try:
+            sent = self.udp.send_ike(data, dst, src)
+        except (OSError, ValueError) as exc:
+            log.warning("ike.send_failed", remote=dst, error=str(exc))
+            sent = False
+        if sent is False:
+            self._unsendable.add(dst[0])
+        else:
+            self._unsendable.discard(dst[0])
 
     def reload(self, new: Config, now: float) -> dict:
         """Take over ``new``'s connections: removed ones are deleted (at the peer too), changed
@@ -785,6 +800,12 @@ class Gateway:
                         child: str | None = None) -> None:
         """A failed attempt: kept for ``status``, logged, journalled; whether it ends the
         initiation (no retry follows) is decided after the events are handled (_settle_failures)."""
+        if notify == "TIMEOUT":
+            conn = next((c for c in self.config.connections if c.name == connection), None)
+            peers = ([self._addresses.get(connection, "")] + _concrete(conn.remote_addrs)) if conn else []
+            unsendable = next((p for p in peers if p in self._unsendable), None)
+            if unsendable:
+                message += f" (sending to {unsendable} failed: no route to it, or the kernel refused)"
         self.failures.append({"at": now, "connection": connection, "stage": stage, "notify": notify,
                               "message": message, "child": child})
         log.warning("negotiation_failed", connection=connection, stage=stage, notify=notify, message=message,
@@ -826,6 +847,7 @@ class Gateway:
         if address is not None:
             log.info("resolved", connection=want.name, host=want.host, address=address)
             self.journal.add(now, "resolved", want.name, f"{want.host} is {address}")
+            self._addresses[want.name] = address
             self.ike.initiate_to(want.request, address, now)
             self.pump(now)
             return

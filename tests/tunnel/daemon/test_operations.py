@@ -67,8 +67,13 @@ class Clock:
 class RecordingUdp:
     def __init__(self) -> None:
         self.sent: list[tuple[str, int]] = []
+        self.unreachable: set[str] = set()
 
     def send_ike(self, data: bytes, dst, src=None) -> bool:
+        if dst[0] in self.unreachable:
+            return False  # as UdpIkeSockets for ENETUNREACH and friends
+        if dst[0] == "192.0.2.66":
+            raise ValueError("no UDP socket to send from")
         self.sent.append(dst)
         return True
 
@@ -244,6 +249,20 @@ def test_no_answer_ends_with_a_reason_and_a_final_failed_event(make_gateway):
     assert (failure["connection"], failure["notify"]) == ("lost", "TIMEOUT") and failure["ago"] >= 0
     outcomes = [(e["event"], e["outcome"]) for e in events(gw)]
     assert outcomes[0] == ("initiate", None) and outcomes[-1] == ("failed", "failed")
+
+
+def test_a_peer_without_a_route_fails_with_that_reason(make_gateway):
+    gw, clock, path = make_gateway(connection_toml("noroute", start="none"),
+                                   connection_toml("nosocket", "192.0.2.66", start="none", lan=6))
+    gw.udp.unreachable.add("192.0.2.2")
+    gw.handle_control({"cmd": "initiate", "ike": "noroute"})
+    gw.handle_control({"cmd": "initiate", "ike": "nosocket"})  # a send that raises never stops the daemon
+    run_timers(gw, clock, clock.now + 30)
+    messages = {f["connection"]: f["message"] for f in daemon.status.failures(gw, clock.now)}
+    assert messages["noroute"] == ("no answer to IKE_SA_INIT (sending to 192.0.2.2 failed: no route to it, "
+                                   "or the kernel refused)")
+    assert "sending to 192.0.2.66 failed" in messages["nosocket"]
+    assert not list(gw.ike.statuses())
 
 
 def test_keyingtries_retry_and_only_the_last_failure_is_final(make_gateway):
