@@ -654,6 +654,7 @@ class Gateway:
                              child=child.name)
             self._initiate(conn.name, child.name, now)
             self.pump(now)
+            self._journal_connecting(conn.name, now)
             return {"message": f"initiating CHILD SA {child.name} of {conn.name}", "connection": conn.name,
                     "since": since}
         name = request.get("ike")
@@ -664,7 +665,18 @@ class Gateway:
         self.journal.add(now, "initiate", name, f"initiating IKE SA {name}")
         self._initiate(name, None, now)
         self.pump(now)
+        self._journal_connecting(name, now)
         return {"message": f"initiating IKE SA {name}", "connection": name, "since": since}
+
+    def _journal_connecting(self, name: str, now: float) -> None:
+        """Journal the IKE SAs of ``name`` we are setting up (where an initiation went)."""
+        for sa in self.ike.sas.values():
+            if sa.name == name and sa.initiator and sa.state == IkeState.CONNECTING and sa.unique_id not in self._told:
+                self._told.add(sa.unique_id)
+                self.journal.add(now, "connecting", name, f"initiating IKE SA {name}[{sa.unique_id}] to "
+                                 f"{sa.remote[0]} (attempt {sa.attempt})")
+        if len(self._told) > 256:  # keep only the SAs still alive
+            self._told &= {sa.unique_id for sa in self.ike.sas.values()}
 
     def _installed_children(self, child: str) -> list[int]:
         """Inbound SPIs of the live CHILD SAs of that name (installed, or being rekeyed by us)."""
@@ -720,6 +732,7 @@ class Gateway:
         self._reload_requested = False
         self._failed_recently: dict[str, str | None] = {}  # connection -> child, checked after pump
         self._resolve_retries: list[tuple[float, AddressWanted]] = []
+        self._told: set[int] = set()  # IKE SAs whose initiation the journal has (unique ids)
         self._unsendable: set[str] = set()  # peers our last IKE message to could not be sent to
         self._addresses: dict[str, str] = {}  # connection -> the address its host name had last
 
@@ -819,6 +832,7 @@ class Gateway:
         for name, child in failed.items():
             if self._in_progress(name):
                 self.journal.add(now, "retrying", name, f"connection {name}: trying again", child=child)
+                self._journal_connecting(name, now)
             else:
                 self.journal.add(now, "failed", name, f"establishing {name} failed", child=child, outcome="failed")
 
@@ -850,6 +864,7 @@ class Gateway:
             self._addresses[want.name] = address
             self.ike.initiate_to(want.request, address, now)
             self.pump(now)
+            self._journal_connecting(want.name, now)
             return
         self._record_failure(now, want.name, "RESOLVE", "UNRESOLVABLE", f"cannot resolve {want.host}: {error}")
         conn = next((c for c in self.config.connections if c.name == want.name), None)

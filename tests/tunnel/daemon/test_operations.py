@@ -248,7 +248,8 @@ def test_no_answer_ends_with_a_reason_and_a_final_failed_event(make_gateway):
     (failure,) = daemon.status.failures(gw, clock.now)  # what status and status --json show
     assert (failure["connection"], failure["notify"]) == ("lost", "TIMEOUT") and failure["ago"] >= 0
     outcomes = [(e["event"], e["outcome"]) for e in events(gw)]
-    assert outcomes[0] == ("initiate", None) and outcomes[-1] == ("failed", "failed")
+    assert outcomes[:2] == [("initiate", None), ("connecting", None)] and outcomes[-1] == ("failed", "failed")
+    assert events(gw)[1]["text"] == "initiating IKE SA lost[1] to 192.0.2.2 (attempt 1)"
 
 
 def test_a_peer_without_a_route_fails_with_that_reason(make_gateway):
@@ -271,6 +272,7 @@ def test_keyingtries_retry_and_only_the_last_failure_is_final(make_gateway):
     run_timers(gw, clock, clock.now + 60)
     kinds = [e["event"] for e in events(gw)]
     assert kinds.count("failure") == 2 and kinds.count("retrying") == 1 and kinds[-1] == "failed"
+    assert [e["text"] for e in events(gw) if e["event"] == "connecting"][-1].endswith("(attempt 2)")
     assert len(gw.udp.sent) == 4  # two attempts, each one request and one retransmission
 
 
@@ -319,7 +321,7 @@ def test_a_host_name_is_resolved_off_the_loop_when_initiating(make_gateway):
     assert gw.udp.sent == [] and gw.ike.resolving("named")  # nothing waits in the loop
     gw.resolver.wait_idle()
     assert gw.udp.sent == [("192.0.2.22", 500)] and lookups.calls == ["gw-b.lab"]
-    assert [e["event"] for e in events(gw)][:3] == ["initiate", "resolving", "resolved"]
+    assert [e["event"] for e in events(gw)][:4] == ["initiate", "resolving", "resolved", "connecting"]
 
 
 def test_the_name_is_resolved_again_on_each_retry(make_gateway):

@@ -193,6 +193,7 @@ def test_initiate_to_a_peer_that_never_answers_exits_1_within_its_timeout(pair):
     assert done.returncode == 1 and 3 <= elapsed < 8, (elapsed, done.stdout, done.stderr)
     assert done.stderr.startswith("espgw: initiate timed out after 3s")
     assert "[CHD] initiating CHILD SA void-net of void" in done.stdout
+    assert f"to {pair.lab.hostA.addr4} (attempt 1)" in done.stdout  # where the IKE_SA_INIT went
     pair.a.cli("terminate", "--ike", "void")  # the daemon was still trying: stop it
     assert pair.a.cli("terminate", "--ike", "nosuch", check=False).returncode == 1
     assert pair.a.cli("rekey", "--child", "nosuch", check=False).returncode == 1
