@@ -343,3 +343,15 @@ def test_version_comes_from_the_package_metadata(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out.strip() == f"espgw {version('espgw')}"
+
+
+def test_initiate_of_an_sa_that_is_up_returns_at_once(daemon, capsys, monkeypatch):
+    daemon.journal = []
+    monkeypatch.setattr(daemon, "handle", lambda request: {"message": "CHILD SA office-lan of office is already up",
+                                                           "already": True, "connection": "office", "since": 3})
+    daemon.server.handler = daemon.handle
+    code, out, _ = run_cli(capsys, "initiate", "--child", "office-lan", "--socket", daemon.server.path)
+    assert code == 0 and out.strip() == "CHILD SA office-lan of office is already up"
+    with pytest.raises(SystemExit) as info:
+        main(["initiate", "--ike", "office", "--timeout", "-1"])
+    assert info.value.code == 2
