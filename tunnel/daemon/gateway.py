@@ -866,7 +866,9 @@ class Gateway:
             self.pump(now)
             self._journal_connecting(want.name, now)
             return
-        self._record_failure(now, want.name, "RESOLVE", "UNRESOLVABLE", f"cannot resolve {want.host}: {error}")
+        # as the IKE core's failures: recorded, and vici clients waiting on the initiation hear of it
+        self._on_event(NegotiationFailed(want.name, "RESOLVE", "UNRESOLVABLE", f"cannot resolve {want.host}: {error}"),
+                       now)
         conn = next((c for c in self.config.connections if c.name == want.name), None)
         tries = conn.keyingtries if conn is not None else 1
         if conn is not None and (tries == 0 or want.attempt < tries):
