@@ -763,15 +763,25 @@ class Gateway:
         warnings = reload.settings_needing_restart(self.settings, new.gateway, set(self.config.overrides))
         warnings += self._unbound_local_addresses(new)
         for name in diff.removed:
-            self.remove_connection(name, now)
+            self._reload_step(warnings, name, self.remove_connection, name, now)
         for conn in new.connections:
             if conn.name in diff.added or conn.name in diff.changed:
-                self.apply_connection(conn, now)
+                self._reload_step(warnings, conn.name, self.apply_connection, conn, now)
         self.file_connections = {c.name for c in new.connections}
         self.config.psk_sources.update(new.psk_sources)
         for warning in warnings:
             log.warning("reload.needs_restart", detail=warning)
         return {"source": new.source, **diff.as_dict(), "warnings": warnings}
+
+    @staticmethod
+    def _reload_step(warnings: list[str], name: str, step: Callable[..., Any], *args: Any) -> None:
+        """One connection's part of a reload; a kernel refusal (a route) is reported, and the
+        other connections are still applied."""
+        try:
+            step(*args)
+        except OSError as exc:
+            log.error("reload.connection_failed", connection=name, error=str(exc))
+            warnings.append(f"connection {name}: {exc}")
 
     def _unbound_local_addresses(self, new: Config) -> list[str]:
         """Local addresses of new connections that no IKE socket was bound to at start."""

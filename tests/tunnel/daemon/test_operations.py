@@ -87,8 +87,12 @@ class RecordingUdp:
 class NoRoutes:
     def __init__(self) -> None:
         self.routes: dict[str, object] = {}
+        self.refuse: set[str] = set()
 
     def add(self, net: str, src=None) -> None:
+        if net in self.refuse:  # once
+            self.refuse.discard(net)
+            raise OSError(17, f"cannot add route {net}: File exists")
         self.routes[net] = src
 
     def remove(self, net: str) -> None:
@@ -177,6 +181,17 @@ def test_reload_adds_removes_and_changes_only_what_the_file_changed(make_gateway
     assert "10.0.7.0/24" not in gw.routes.routes and "10.0.8.0/24" in gw.routes.routes
     assert ("192.0.2.5", 500) in gw.udp.sent  # the changed connection goes to its new peer
     assert result["warnings"] == []
+
+
+def test_a_connection_the_kernel_refuses_is_reported_and_the_others_still_apply(make_gateway):
+    gw, clock, path = make_gateway(connection_toml("keep"))
+    gw.routes.refuse = {"10.0.8.0/24"}
+    path.write_text(config_text(connection_toml("keep"), connection_toml("bad", "192.0.2.6", lan=8),
+                                connection_toml("good", "192.0.2.7", lan=9)))
+    result = gw.handle_control({"cmd": "reload"})
+    assert result["added"] == ["bad", "good"]
+    assert result["warnings"] == ["connection bad: [Errno 17] cannot add route 10.0.8.0/24: File exists"]
+    assert "good" in sa_ids(gw) and "10.0.9.0/24" in gw.routes.routes
 
 
 def test_a_broken_configuration_is_refused_and_the_running_one_stays(make_gateway):
