@@ -29,7 +29,7 @@ from ike.codec.constants import ExchangeType, NotifyType
 from ike.codec.payloads import NoncePayload, NotifyPayload
 from ike.config import ChildConfig, ConnectionConfig, concrete_addrs, is_any_addr
 from ike.crypto.cookies import CookieJar, cookie_reply, init_request_fields
-from ike.events import NegotiationFailed
+from ike.events import AddressWanted, NegotiationFailed
 from ike.pools import AddressPool
 from ike.sa import retransmit
 from ike.sa.ike_sa import IkeSa
@@ -56,6 +56,24 @@ HALF_OPEN_LIMIT = 5000  # strongSwan's charon.init_limit_half_open (unlimited th
 
 Address = tuple[str, int]
 Event = object
+
+
+class PendingInitiate:
+    """An initiation waiting for its peer's address: what ``_start_ike`` then starts."""
+
+    __slots__ = ("attempt", "children", "config", "packet_ts")
+
+    def __init__(self, config: ConnectionConfig, children: list[ChildConfig], packet_ts: PacketTs | None,
+                 attempt: int) -> None:
+        self.config, self.children, self.packet_ts, self.attempt = config, children, packet_ts, attempt
+
+
+def _is_ip_literal(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _trace(exc: BaseException) -> str:
@@ -141,6 +159,7 @@ class IkeEndpoint:
         self._events: deque[Event] = deque()
         self._unique = 0
         self._restarts: list[tuple[str, str | None]] = []  # (connection, child or all) to initiate
+        self._resolving: dict[str, PendingInitiate] = {}  # connection -> initiation waiting for its address
         self._invalid_spi_window, self._invalid_spi_sent = now, 0  # rate limit of INVALID_IKE_SPI
 
     # --- services for IKE SAs (ike.sa.ike_sa.Host) ----------------------------------------------
@@ -324,8 +343,7 @@ class IkeEndpoint:
             return
         children, packet_ts = sa.initiated or ([], None)
         sa.log("retrying_connect", attempt=sa.attempt + 1, keyingtries=tries)
-        new = self._start_ike(sa.config, children, packet_ts, now)  # type: ignore[arg-type]
-        new.attempt = sa.attempt + 1
+        self._start_ike(sa.config, children, packet_ts, now, attempt=sa.attempt + 1)  # type: ignore[arg-type]
 
     def _reauthenticate(self, old: IkeSa, now: float) -> None:
         """reauth_time: a fresh IKE SA (new IKE_SA_INIT + IKE_AUTH) with the same CHILD SAs; the
@@ -338,9 +356,11 @@ class IkeEndpoint:
             if child.state in (ChildState.INSTALLED, ChildState.REKEYING) and child.config not in children:
                 children.append(child.config)
         old.log("reauthenticating", children=[c.name for c in children])
-        new = self._start_ike(old.config, children, None, now)
-        new.replaces = old
-        new.local_vips = old.local_vips  # asked for again (ike_config), as strongSwan's reauth
+        # a host name is not looked up again here: the new SA goes where the old one is
+        new = self._start_ike(old.config, children, None, now, remote_ip=old.remote[0])
+        if new is not None:
+            new.replaces = old
+            new.local_vips = old.local_vips  # asked for again (ike_config), as strongSwan's reauth
 
     # --- the public API ----------------------------------------------------------------------
     def receive_datagram(self, data: bytes, src: Address, dst: Address, now: float) -> None:
@@ -585,17 +605,23 @@ class IkeEndpoint:
         self._settle(now)
 
     def _start_ike(self, config: ConnectionConfig, children: list[ChildConfig], packet_ts: PacketTs | None,
-                   now: float) -> IkeSa:
+                   now: float, *, remote_ip: str | None = None, attempt: int = 1) -> IkeSa | None:
+        """A new initiator IKE SA; None while its peer's host name is being looked up."""
         remote = concrete_addrs(config.remote_addrs)
         if not remote:
             raise ValueError(f"connection {config.name!r} has no concrete remote address to initiate to")
-        remote_ip = remote[0]
+        if remote_ip is None:
+            if not _is_ip_literal(remote[0]):
+                self._want_address(config, remote[0], children, packet_ts, attempt)
+                return None
+            remote_ip = remote[0]
         local = concrete_addrs(config.local_addrs)
         local_ip = local[0] if local else ("::" if ":" in remote_ip else "0.0.0.0")
         sa = IkeSa(self, config, initiator=True, local=(local_ip, config.local_port),
                    remote=(remote_ip, config.remote_port), spi_i=self.new_ike_spi(), spi_r=bytes(8),
                    unique_id=self.next_unique_id(), now=now)
         sa.initiated = (list(children), packet_ts)
+        sa.attempt = attempt
         self._register(sa)
         sa.queue.append(IkeInit(config.proposals))
         sa.queue.append(IkeAuth(children[0] if children else None, packet_ts))
@@ -605,7 +631,39 @@ class IkeEndpoint:
         sa.kick(now)
         return sa
 
+    def _want_address(self, config: ConnectionConfig, host: str, children: list[ChildConfig],
+                      packet_ts: PacketTs | None, attempt: int) -> None:
+        """Ask the user for ``host``'s address (``AddressWanted``); a second initiation of the same
+        connection meanwhile joins the first instead of asking again."""
+        pending = self._resolving.get(config.name)
+        if pending is not None and pending.config is config:
+            pending.children.extend(c for c in children if c not in pending.children)
+            return
+        pending = self._resolving[config.name] = PendingInitiate(config, list(children), packet_ts, attempt)
+        self._events.append(AddressWanted(config.name, host, attempt, pending))
+
+    def initiate_to(self, request: object, address: str, now: float) -> None:
+        """Go on with an initiation that waited for its peer's address (``AddressWanted``)."""
+        if not isinstance(request, PendingInitiate) or self._resolving.get(request.config.name) is not request:
+            return  # abandoned, or the connection was replaced or removed meanwhile
+        del self._resolving[request.config.name]
+        if self.connections.get(request.config.name) is not request.config:
+            return
+        self._start_ike(request.config, request.children, request.packet_ts, now, remote_ip=address,
+                        attempt=request.attempt)
+        self._settle(now)
+
+    def abandon(self, request: object) -> None:
+        """Give up an initiation whose peer's address could not be found."""
+        if isinstance(request, PendingInitiate) and self._resolving.get(request.config.name) is request:
+            del self._resolving[request.config.name]
+
+    def resolving(self, connection: str) -> bool:
+        """Whether an initiation of ``connection`` waits for its peer's address."""
+        return connection in self._resolving
+
     def terminate_ike(self, connection: str, now: float) -> None:
+        self._resolving.pop(connection, None)  # an initiation waiting for its address ends too
         for sa in list(self.sas.values()):
             if sa.name != connection or sa.state == IkeState.DEAD:
                 continue
@@ -660,6 +718,7 @@ class IkeEndpoint:
     def remove_connection(self, connection: str) -> None:
         """Forget a connection (terminate its SAs first): nothing restarts or accepts it again."""
         self.connections.pop(connection, None)
+        self._resolving.pop(connection, None)
 
     def note_inbound_esp(self, inbound_spi: int, now: float) -> None:
         sa = self.child_index.get(inbound_spi)

@@ -120,3 +120,15 @@ class LeaseReleased:
     pool: str
     address: str
     identity: str
+
+
+@dataclass(frozen=True, slots=True)
+class AddressWanted:
+    """A connection to initiate names its peer by a host name: the core does no DNS, so the user
+    resolves ``host`` and goes on with ``IkeEndpoint.initiate_to(request, address, now)``, or gives
+    up with ``IkeEndpoint.abandon(request)``. Emitted when initiating and again on each retry."""
+
+    name: str  # connection name
+    host: str
+    attempt: int  # keyingtries: which connection attempt this is
+    request: object = field(repr=False, compare=False)  # handed back as it is

@@ -30,8 +30,10 @@ from pyroute2 import IPRoute
 from esp.sadb import SADatabase
 from ike.config import ConnectionConfig
 from ike.endpoint import IkeEndpoint
-from ike.events import Address, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed
-from tunnel.daemon import status
+from ike.events import Address, AddressWanted, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed
+from ike.tasks.states import IkeState
+from tunnel.daemon import reload, status
+from tunnel.daemon.resolver import Resolver
 from tunnel.daemon.traps import Traps
 from tunnel.daemon.vici import ViciDaemon
 from tunnel.daemon.virtual_ip import VirtualIpClient, pool_networks
@@ -46,9 +48,9 @@ from tunnel.kernel.tun import TunDevice
 from tunnel.kernel.tx_ring import RingSet
 from tunnel.kernel.raw_esp import RawEspSocket
 from tunnel.kernel.udp import UdpIkeSockets
-from tunnel.ops.config import Config
+from tunnel.ops.config import Config, ConfigError, load_config
 from tunnel.ops.control import ControlError, ControlServer
-from tunnel.ops.log import configure_logging
+from tunnel.ops.log import configure_logging, is_secret_key
 
 log = structlog.get_logger("espgw")
 
@@ -60,6 +62,9 @@ NAT_KEEPALIVE_INTERVAL = 20.0  # strongSwan's charon.keep_alive default
 TRIM_INTERVAL = 10.0
 PMTU_CACHE_SECONDS = 60.0  # the kernel's PMTU knowledge changes rarely; one netlink query a minute per peer
 REKEY_GRACE = 2.0  # seconds a rekeyed inbound SA keeps accepting packets after its delete
+RESOLVE_RETRY_DELAY = 10.0  # seconds between keyingtries when a peer's host name does not resolve
+# control commands that only read: logged at debug (espgw initiate polls ``events``)
+READ_ONLY_COMMANDS = frozenset({"status", "list-sas", "list-conns", "events"})
 
 
 def _concrete(addrs: list[str]) -> list[str]:
@@ -79,7 +84,7 @@ class Gateway:
     control: ControlServer
 
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic,
-                 rng: Callable[[int], bytes] = os.urandom) -> None:
+                 rng: Callable[[int], bytes] = os.urandom, resolver: Resolver | None = None) -> None:
         self.config = config
         self.settings = config.gateway
         self.clock = clock
@@ -117,6 +122,7 @@ class Gateway:
         self.ike_sa_names: dict[int, str] = {}
         self.nat_keepalives: dict[int, tuple[Address, Address]] = {}
         self.failures: deque[dict] = deque(maxlen=20)
+        self._init_operations(resolver)
         self.drop_log = DropLog(clock)
         # The loop polls one epoll set: fd -> zero-argument handler. The control server keeps its
         # own selector (its clients come and go), watched here as one more fd.
@@ -163,8 +169,9 @@ class Gateway:
             self.vici = ViciDaemon(self, self.settings.vici_socket, self.selector)
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
+        self.watch(self.resolver.fileno(), self.resolver.deliver)
         self.watch(self.tun.fd, self._on_tun)
         self.watch(self.raw_v4.fd, functools.partial(self._on_raw, self.raw_v4))
         if self.raw_v6 is not None:
@@ -223,7 +230,7 @@ class Gateway:
         if self.force_udp:
             conn.encap = True
         old = next((c for c in self.config.connections if c.name == conn.name), None)
-        if old is not None and old == conn:
+        if old is not None and reload.same_connection(old, conn):
             return "unchanged"
         was_up: list[str] = []
         if old is not None:
@@ -267,7 +274,7 @@ class Gateway:
                 self.ike.terminate_ike(name, now)
             self.pump(now)
         self.virtual_ips.close()
-        for name in ("vici", "control", "tun", "raw_v4", "raw_v6", "udp"):
+        for name in ("vici", "control", "tun", "raw_v4", "raw_v6", "udp", "resolver"):
             closer = getattr(self, name, None)
             if closer is not None:
                 try:
@@ -293,6 +300,13 @@ class Gateway:
         log.info("stopped")
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
+        if signum == signal.SIGHUP:  # reloaded by the loop (_on_wakeup), never inside a handler
+            self._reload_requested = True
+            try:
+                os.write(self._wakeup_w, b"H")  # the signal's own wake-up may have been read already
+            except OSError:
+                pass
+            return
         self._stopping = True
 
     def _on_wakeup(self) -> None:
@@ -300,6 +314,9 @@ class Gateway:
             os.read(self._wakeup_r, 512)
         except BlockingIOError:
             pass
+        if self._reload_requested:
+            self._reload_requested = False
+            self.reload_on_signal()
 
     def _on_control(self) -> None:
         for key, mask in self.selector.select(0):
@@ -349,9 +366,11 @@ class Gateway:
         ike = self.ike
         while True:
             for dg in ike.datagrams_to_send(now):
-                self.udp.send_ike(dg.data, dg.dst, dg.src)
+                self._send_ike(dg.data, dg.dst, dg.src)
             event = ike.next_event()
             if event is None:
+                if self._failed_recently:
+                    self._settle_failures(now)
                 return
             self._on_event(event, now)
 
@@ -440,15 +459,19 @@ class Gateway:
                 self.nat_keepalives[event.unique_id] = (event.local, event.remote)
             log.info("ike_sa.up", connection=event.name, id=event.unique_id, remote=event.remote,
                      proposal=event.proposal, initiator=event.initiator)
+            self.journal.add(now, "ike_sa.up", event.name, f"IKE SA {event.name}[{event.unique_id}] established "
+                             f"between {event.local[0]}[{event.local_id}]...{event.remote[0]}[{event.remote_id}]",
+                             outcome="up")
         elif isinstance(event, IkeSaDown):
             self.ike_sa_names.pop(event.unique_id, None)
             self.nat_keepalives.pop(event.unique_id, None)
             log.info("ike_sa.down", connection=event.name, id=event.unique_id, reason=event.reason)
+            self.journal.add(now, "ike_sa.down", event.name,
+                             f"IKE SA {event.name}[{event.unique_id}] down: {event.reason}")
         elif isinstance(event, NegotiationFailed):
-            self.failures.append({"connection": event.name, "stage": event.stage, "notify": event.notify,
-                                  "message": event.message, "child": event.child_name})
-            log.warning("negotiation_failed", connection=event.name, stage=event.stage, notify=event.notify,
-                        message=event.message, child=event.child_name)
+            self._record_failure(now, event.name, event.stage, event.notify, event.message, event.child_name)
+        elif isinstance(event, AddressWanted):
+            self._resolve(event, now)
         self.virtual_ips.on_event(event)
         if self.vici is not None:  # after the data plane acted: a client told "up" finds the SA installed
             try:
@@ -486,6 +509,10 @@ class Gateway:
                  spi_in=f"{up.inbound_spi:08x}", spi_out=f"{up.outbound_spi:08x}", proposal=up.proposal,
                  encap=up.encap or self.force_udp, local_ts=[str(t) for t in up.local_ts],
                  remote_ts=[str(t) for t in up.remote_ts], rekeyed_from=up.rekeyed_from)
+        self.journal.add(now, "child_sa.up", up.ike_name, f"CHILD SA {up.child_name}{{{up.unique_id}}} established "
+                         f"with SPIs {up.inbound_spi:08x}_i {up.outbound_spi:08x}_o and TS "
+                         f"{' '.join(map(str, up.local_ts))} === {' '.join(map(str, up.remote_ts))}",
+                         child=up.child_name, outcome="up")
         self._flush_trap(up, path)
 
     def _join_lineage(self, path: ChildPath) -> None:
@@ -544,6 +571,8 @@ class Gateway:
             self._retire(path)
         log.info("child_sa.down", connection=down.ike_name, child=down.child_name, id=down.unique_id,
                  spi_in=f"{down.inbound_spi:08x}", reason=down.reason)
+        self.journal.add(now, "child_sa.down", down.ike_name,
+                         f"CHILD SA {down.child_name}{{{down.unique_id}}} down: {down.reason}", child=down.child_name)
 
     def _retire(self, path: ChildPath) -> None:
         """Forget an SA for good; its counters live on in the gateway's totals."""
@@ -563,6 +592,7 @@ class Gateway:
         self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
         if self.vici is not None:
             self.vici.expire(now)
+        self._resolve_housekeeping(now)
         while self.retiring and self.retiring[0][0] <= now:
             self._retire(self.retiring.popleft()[1])
         for path in list(self.children.values()):
@@ -581,47 +611,307 @@ class Gateway:
 
     # --- control socket ---------------------------------------------------------------------
     def handle_control(self, request: dict) -> Any:
-        cmd = request.get("cmd")
-        now = self.clock()
+        """One control command; each is logged once with its result (queries at debug level)."""
+        cmd = str(request.get("cmd"))
+        args = {k: v for k, v in request.items() if k != "cmd" and not is_secret_key(k)}
+        emit = log.debug if cmd in READ_ONLY_COMMANDS else log.info
+        try:
+            result = self._dispatch_control(cmd, request, self.clock())
+        except ControlError as exc:
+            emit("control.command", command=cmd, args=args, result="error", error=str(exc))
+            raise
+        summary = result.get("message") if isinstance(result, dict) else None
+        emit("control.command", command=cmd, args=args, result="ok", **({"message": summary} if summary else {}))
+        return result
+
+    def _dispatch_control(self, cmd: str, request: dict, now: float) -> Any:
         if cmd == "status":
             return status.status(self, now)
         if cmd == "list-sas":
             return status.list_sas_json(self, now, request.get("ike"))
+        if cmd == "list-conns":
+            return {"connections": status.list_conns(self.config)}
         if cmd == "initiate":
             return self._control_initiate(request, now)
         if cmd == "terminate":
             return self._control_terminate(request, now)
+        if cmd == "rekey":
+            return self._control_rekey(request, now)
+        if cmd == "reload":
+            return self.reload_from_file("control")
+        if cmd == "events":
+            since = request.get("since", 0)
+            if not isinstance(since, int) or isinstance(since, bool):
+                raise ControlError("events: 'since' must be an integer")
+            connection = request.get("connection")
+            return {"events": self.journal.since(since, connection if isinstance(connection, str) else None, now),
+                    "next": self.journal.seq}
         if cmd == "keys":
             return status.key_snapshot(self)
         raise ControlError(f"unknown command {cmd!r}")
 
     def _control_initiate(self, request: dict, now: float) -> dict:
+        """Start the negotiation; ``since`` is the journal number the CLI follows from, and
+        ``already`` says the SA is up (nothing to wait for)."""
+        since = self.journal.seq
         if request.get("child"):
             try:
                 conn, child = self.config.find_child(request["child"])
             except KeyError as exc:
                 raise ControlError(str(exc.args[0]) if exc.args else "no such child") from None
+            if self._installed_children(child.name):
+                return {"message": f"CHILD SA {child.name} of {conn.name} is already up", "already": True,
+                        "connection": conn.name, "since": since}
+            self.journal.add(now, "initiate", conn.name, f"initiating CHILD SA {child.name} of {conn.name}",
+                             child=child.name)
             self._initiate(conn.name, child.name, now)
             self.pump(now)
-            return {"message": f"initiating CHILD SA {child.name} of {conn.name}"}
+            self._journal_connecting(conn.name, now)
+            return {"message": f"initiating CHILD SA {child.name} of {conn.name}", "connection": conn.name,
+                    "since": since}
         name = request.get("ike")
         if name not in {c.name for c in self.config.connections}:
             raise ControlError(f"no connection named {name!r}")
+        if any(sa.get("name") == name and sa.get("state") == IkeState.ESTABLISHED for sa in self.ike.statuses()):
+            return {"message": f"IKE SA {name} is already up", "already": True, "connection": name, "since": since}
+        self.journal.add(now, "initiate", name, f"initiating IKE SA {name}")
         self._initiate(name, None, now)
         self.pump(now)
-        return {"message": f"initiating IKE SA {name}"}
+        self._journal_connecting(name, now)
+        return {"message": f"initiating IKE SA {name}", "connection": name, "since": since}
+
+    def _journal_connecting(self, name: str, now: float) -> None:
+        """Journal the IKE SAs of ``name`` we are setting up (where an initiation went)."""
+        for sa in self.ike.sas.values():
+            if sa.name == name and sa.initiator and sa.state == IkeState.CONNECTING and sa.unique_id not in self._told:
+                self._told.add(sa.unique_id)
+                self.journal.add(now, "connecting", name, f"initiating IKE SA {name}[{sa.unique_id}] to "
+                                 f"{sa.remote[0]} (attempt {sa.attempt})")
+        if len(self._told) > 256:  # keep only the SAs still alive
+            self._told &= {sa.unique_id for sa in self.ike.sas.values()}
+
+    def _installed_children(self, child: str) -> list[int]:
+        """Inbound SPIs of the live CHILD SAs of that name (installed, or being rekeyed by us)."""
+        return [int(c["inbound_spi"], 16) for sa in self.ike.statuses() for c in sa.get("children", [])
+                if c.get("name") == child and c.get("state") in ("installed", "rekeying")
+                and isinstance(c.get("inbound_spi"), str)]
+
+    def _live_ike_names(self) -> set[str]:
+        return {str(sa.get("name")) for sa in self.ike.statuses()}
 
     def _control_terminate(self, request: dict, now: float) -> dict:
-        if request.get("child"):
-            self.ike.terminate_child(request["child"], now)
+        child = request.get("child")
+        if child:
+            if not self._installed_children(child):
+                raise ControlError(f"no CHILD SA named {child!r} is up")
+            self.ike.terminate_child(child, now)
             self.pump(now)
-            return {"message": f"terminating CHILD SA {request['child']}"}
+            return {"message": f"terminating CHILD SA {child}"}
         name = request.get("ike")
         if not name:
             raise ControlError("terminate needs ike or child")
+        if name not in self._live_ike_names() and not self.ike.resolving(name):
+            raise ControlError(f"no IKE SA named {name!r}" + ("" if name in {c.name for c in self.config.connections}
+                                                             else " (and no such connection)"))
         self.ike.terminate_ike(name, now)
         self.pump(now)
         return {"message": f"terminating IKE SA {name}"}
+
+    def _control_rekey(self, request: dict, now: float) -> dict:
+        child = request.get("child")
+        if child:
+            spis = self._installed_children(child)
+            if not spis:
+                raise ControlError(f"no CHILD SA named {child!r} is up")
+            for spi in spis:
+                self.ike.rekey_child(spi, now)
+            self.pump(now)
+            return {"message": f"rekeying CHILD SA {child}" + (f" ({len(spis)} SAs)" if len(spis) > 1 else "")}
+        name = request.get("ike")
+        if not name:
+            raise ControlError("rekey needs ike or child")
+        if not self.ike.rekey_ike(name, now):
+            raise ControlError(f"no established IKE SA named {name!r}")
+        self.pump(now)
+        return {"message": f"rekeying IKE SA {name}"}
+
+    # --- operations: reload, SIGHUP, host names, failures (issue #18) ------------------------
+    def _init_operations(self, resolver: Resolver | None) -> None:
+        self.journal = status.Journal()
+        self.resolver = resolver if resolver is not None else Resolver(clock=self.clock)
+        # connections the file configured (a reload may remove them); vici's load-conn adds others
+        self.file_connections = {c.name for c in self.config.connections}
+        self._reload_requested = False
+        self._failed_recently: dict[str, str | None] = {}  # connection -> child, checked after pump
+        self._resolve_retries: list[tuple[float, AddressWanted]] = []
+        self._told: set[int] = set()  # IKE SAs whose initiation the journal has (unique ids)
+        self._unsendable: set[str] = set()  # peers our last IKE message to could not be sent to
+        self._addresses: dict[str, str] = {}  # connection -> the address its host name had last
+
+    def _send_ike(self, data: bytes, dst: Address, src: Address | None) -> None:
+        """Send one IKE message; a peer the kernel will not send to (no route, no socket of its
+        family) is remembered, so the attempt's failure can say why, and never stops the loop."""
+        try:
+            sent = self.udp.send_ike(data, dst, src)
+        except (OSError, ValueError) as exc:
+            log.warning("ike.send_failed", remote=dst, error=str(exc))
+            sent = False
+        if sent is False:
+            self._unsendable.add(dst[0])
+        else:
+            self._unsendable.discard(dst[0])
+
+    def reload(self, new: Config, now: float) -> dict:
+        """Take over ``new``'s connections: removed ones are deleted (at the peer too), changed
+        ones set up again, added ones started; unchanged ones keep their SAs and traffic.
+        ``[gateway]`` settings are not changed live: each changed one is reported as needing a
+        restart, and the daemon goes on with the old value."""
+        for key, value in self.config.overrides.items():  # the command line's, not the file's
+            setattr(new.gateway, key, value)
+        if self.force_udp:
+            for conn in new.connections:
+                conn.encap = True
+        diff = reload.diff_connections(self.config.connections, new.connections, self.file_connections)
+        warnings = reload.settings_needing_restart(self.settings, new.gateway, set(self.config.overrides))
+        warnings += self._unbound_local_addresses(new)
+        for name in diff.removed:
+            self._reload_step(warnings, name, self.remove_connection, name, now)
+        for conn in new.connections:
+            if conn.name in diff.added or conn.name in diff.changed:
+                self._reload_step(warnings, conn.name, self.apply_connection, conn, now)
+        self.file_connections = {c.name for c in new.connections}
+        self.config.psk_sources.update(new.psk_sources)
+        for warning in warnings:
+            log.warning("reload.needs_restart", detail=warning)
+        return {"source": new.source, **diff.as_dict(), "warnings": warnings}
+
+    @staticmethod
+    def _reload_step(warnings: list[str], name: str, step: Callable[..., Any], *args: Any) -> None:
+        """One connection's part of a reload; a kernel refusal (a route) is reported, and the
+        other connections are still applied."""
+        try:
+            step(*args)
+        except OSError as exc:
+            log.error("reload.connection_failed", connection=name, error=str(exc))
+            warnings.append(f"connection {name}: {exc}")
+
+    def _unbound_local_addresses(self, new: Config) -> list[str]:
+        """Local addresses of new connections that no IKE socket was bound to at start."""
+        if not hasattr(self, "udp"):
+            return []
+        bound = {a for c in self.config.connections for a in _concrete(c.local_addrs)}
+        if not bound or any(len(_concrete(c.local_addrs)) != len(c.local_addrs) or not c.local_addrs
+                            for c in self.config.connections):
+            return []  # bound to the wildcard addresses at start: every address is served
+        missing = sorted({a for c in new.connections for a in _concrete(c.local_addrs)} - bound)
+        return [f"local address {a} has no IKE socket (the daemon bound {', '.join(sorted(bound))} at start): "
+                "restart to use it" for a in missing]
+
+    def reload_from_file(self, origin: str) -> dict:
+        """Read the configuration file again and :meth:`reload` it; a file with errors is refused
+        (ControlError listing them) and the running configuration stays."""
+        try:
+            new = load_config(self.config.source)
+        except ConfigError as exc:
+            log.error("reload.refused", origin=origin, source=self.config.source, problems=exc.problems)
+            raise ControlError("configuration not reloaded (the running one stays):\n"
+                               + "\n".join(exc.problems)) from None
+        result = self.reload(new, self.clock())
+        log.info("reload.done", origin=origin, source=new.source, added=result["added"], removed=result["removed"],
+                 changed=result["changed"], unchanged=len(result["unchanged"]), warnings=len(result["warnings"]))
+        return result
+
+    def reload_on_signal(self) -> None:
+        """SIGHUP: as ``espgw reload``; whatever goes wrong is logged, the daemon runs on."""
+        log.info("reload.signal", signal="SIGHUP", source=self.config.source)
+        try:
+            self.reload_from_file("SIGHUP")
+        except ControlError:
+            pass  # logged as reload.refused
+        except Exception:  # a bug in a reload must not take the gateway down
+            log.exception("reload.failed", origin="SIGHUP")
+
+    def _record_failure(self, now: float, connection: str, stage: str, notify: str, message: str,
+                        child: str | None = None) -> None:
+        """A failed attempt: kept for ``status``, logged, journalled; whether it ends the
+        initiation (no retry follows) is decided after the events are handled (_settle_failures)."""
+        if notify == "TIMEOUT":
+            conn = next((c for c in self.config.connections if c.name == connection), None)
+            peers = ([self._addresses.get(connection, "")] + _concrete(conn.remote_addrs)) if conn else []
+            unsendable = next((p for p in peers if p in self._unsendable), None)
+            if unsendable:
+                message += f" (sending to {unsendable} failed: no route to it, or the kernel refused)"
+        self.failures.append({"at": now, "connection": connection, "stage": stage, "notify": notify,
+                              "message": message, "child": child})
+        log.warning("negotiation_failed", connection=connection, stage=stage, notify=notify, message=message,
+                    child=child)
+        self.journal.add(now, "failure", connection, f"{stage} failed: {notify}: {message}", child=child)
+        if connection:
+            self._failed_recently[connection] = child
+
+    def _settle_failures(self, now: float) -> None:
+        failed, self._failed_recently = self._failed_recently, {}
+        for name, child in failed.items():
+            if self._in_progress(name):
+                self.journal.add(now, "retrying", name, f"connection {name}: trying again", child=child)
+                self._journal_connecting(name, now)
+            else:
+                self.journal.add(now, "failed", name, f"establishing {name} failed", child=child, outcome="failed")
+
+    def _in_progress(self, name: str) -> bool:
+        """Whether an attempt of the connection is still under way (a keyingtries retry)."""
+        if self.ike.resolving(name) or any(w.name == name for _, w in self._resolve_retries):
+            return True
+        return any(sa.name == name and sa.initiator and sa.state == IkeState.CONNECTING
+                   for sa in self.ike.sas.values())
+
+    def _resolve(self, want: AddressWanted, now: float) -> None:
+        """Look the peer's host name up off the loop; the answer continues in _resolved."""
+        log.info("resolving", connection=want.name, host=want.host, attempt=want.attempt)
+        self.journal.add(now, "resolving", want.name, f"looking up {want.host} (attempt {want.attempt})")
+        try:
+            conn = self.config.connection(want.name)
+        except KeyError:
+            self.ike.abandon(want.request)
+            return
+        local = _concrete(conn.local_addrs)
+        family = (socket.AF_INET6 if ":" in local[0] else socket.AF_INET) if local else socket.AF_UNSPEC
+        self.resolver.submit(want.host, family, functools.partial(self._resolved, want))
+
+    def _resolved(self, want: AddressWanted, address: str | None, error: str | None) -> None:
+        now = self.clock()
+        if address is not None:
+            log.info("resolved", connection=want.name, host=want.host, address=address)
+            self.journal.add(now, "resolved", want.name, f"{want.host} is {address}")
+            self._addresses[want.name] = address
+            self.ike.initiate_to(want.request, address, now)
+            self.pump(now)
+            self._journal_connecting(want.name, now)
+            return
+        # as the IKE core's failures: recorded, and vici clients waiting on the initiation hear of it
+        self._on_event(NegotiationFailed(want.name, "RESOLVE", "UNRESOLVABLE", f"cannot resolve {want.host}: {error}"),
+                       now)
+        conn = next((c for c in self.config.connections if c.name == want.name), None)
+        tries = conn.keyingtries if conn is not None else 1
+        if conn is not None and (tries == 0 or want.attempt < tries):
+            self._resolve_retries.append((now + RESOLVE_RETRY_DELAY, want))
+        else:
+            self.ike.abandon(want.request)
+        self._settle_failures(now)
+
+    def _resolve_housekeeping(self, now: float) -> None:
+        self.resolver.expire(now)
+        due = [w for when, w in self._resolve_retries if when <= now]
+        if not due:
+            return
+        self._resolve_retries = [(when, w) for when, w in self._resolve_retries if when > now]
+        for want in due:
+            if not self.ike.resolving(want.name):
+                continue  # terminated or removed meanwhile
+            request: Any = want.request
+            request.attempt = want.attempt + 1
+            log.info("retrying_connect", connection=want.name, attempt=want.attempt + 1)
+            self._resolve(AddressWanted(want.name, want.host, want.attempt + 1, request), now)
 
 def malloc_trim() -> Callable[[], None]:
     """glibc's malloc_trim(0), or a no-op where the C library has none."""

@@ -134,7 +134,7 @@ def status(gw: Gateway, now: float) -> dict:
             "raw_esp6": dict(gw.raw_v6.counters) if gw.raw_v6 is not None else None,
         },
         "drops": drops,
-        "failures": list(gw.failures),
+        "failures": failures(gw, now),
         # client mode: virtual IPs, DNS servers and routes received (tunnel.daemon.virtual_ip)
         "virtual_ips": gw.virtual_ips.status() if hasattr(gw, "virtual_ips") else [],
     }
@@ -183,3 +183,60 @@ def _ago(when: float | None, now: float) -> float | None:
 
 def _until(when: float | None, now: float) -> float | None:
     return round(when - now, 1) if isinstance(when, (int, float)) else None
+
+
+class Journal:
+    """Recent happenings an operator follows, numbered: ``espgw initiate`` polls the ``events``
+    command with the number it last saw and prints what came since, as ``swanctl --initiate``
+    prints charon's log. ``outcome`` is "up" or "failed" where an initiation ends."""
+
+    def __init__(self, maxlen: int = 512) -> None:
+        self.entries: deque[dict] = deque(maxlen=maxlen)
+        self.seq = 0
+
+    def add(self, now: float, event: str, connection: str, text: str, *, child: str | None = None,
+            outcome: str | None = None) -> None:
+        self.seq += 1
+        self.entries.append({"seq": self.seq, "at": now, "event": event, "connection": connection,
+                             "child": child, "text": text, "outcome": outcome})
+
+    def since(self, seq: int, connection: str | None = None, now: float | None = None) -> list[dict]:
+        out = []
+        for entry in self.entries:
+            if entry["seq"] > seq and (connection is None or entry["connection"] == connection):
+                item = dict(entry)
+                item["ago"] = _ago(item.pop("at"), now) if now is not None else None
+                out.append(item)
+        return out
+
+
+def failures(gw: Gateway, now: float) -> list[dict]:
+    """Recent failures, oldest first, each with how long ago it was (``ago``, seconds)."""
+    out = []
+    for failure in gw.failures:
+        item = dict(failure)
+        item["ago"] = _ago(item.pop("at", None), now)
+        out.append(item)
+    return out
+
+
+def list_conns(config: Config) -> list[dict]:
+    """The loaded connections in the fields ``espgw list-conns`` renders (no secrets)."""
+    def auth(side: Any) -> dict:
+        return {"auth": side.auth + ("/pss" if side.rsa_pss else ""), "id": side.id,
+                "certificate": repr(side.credential) if side.credential is not None else None,
+                "cacerts": len(side.trust.cas) if side.trust is not None else None}
+
+    return [{
+        "name": c.name, "version": c.version, "local_addrs": c.local_addrs, "remote_addrs": c.remote_addrs,
+        "local_port": c.local_port, "remote_port": c.remote_port, "proposals": c.proposals,
+        "rekey_time": c.rekey_time, "reauth_time": c.reauth_time, "dpd_delay": c.dpd_delay,
+        "keyingtries": c.keyingtries, "encap": c.encap, "unique": c.unique,
+        "local": auth(c.local), "remote": auth(c.remote),
+        "children": [{"name": ch.name, "mode": ch.mode, "local_ts": [str(t) for t in ch.local_ts],
+                      "remote_ts": [str(t) for t in ch.remote_ts], "esp_proposals": ch.esp_proposals,
+                      "start_action": ch.start_action, "dpd_action": ch.dpd_action,
+                      "close_action": ch.close_action, "rekey_time": ch.rekey_time,
+                      "life_time": ch.effective_life_time}
+                     for ch in c.children],
+    } for c in config.connections]

@@ -3,7 +3,8 @@
 The commands that start something (``run``: the daemon, ``demo``: the lab) are handed in by the
 entry point, ``tunnel.main``, so this module stays below the daemon it talks to.
 
-Client commands (``status``, ``list-sas``, ``initiate``, ``terminate``, ``keys``) talk to a running
+Client commands (``status``, ``list-sas``, ``list-conns``, ``initiate``, ``terminate``, ``rekey``,
+``reload``, ``keys``) talk to a running
 ``espgw run`` through ``tunnel.ops.control``; the socket path is ``--socket``, else the
 ``gateway.control_socket`` of ``-c FILE``, else /run/espgw/espgw.sock. Every failure ends in one
 ``espgw: ...`` line on stderr and exit status 1 (2 for bad usage, from argparse), never a traceback.
@@ -19,6 +20,7 @@ import functools
 import json
 import os
 import sys
+import time
 from typing import Any
 from collections.abc import Callable, Sequence
 
@@ -75,6 +77,7 @@ def main(argv: Sequence[str] | None = None, *, start_daemon: DaemonStarter | Non
 def build_parser(start_daemon: DaemonStarter | None = None,
                  start_demo: DemoStarter | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="espgw", description="A site-to-site IPsec gateway (ESP + IKEv2).")
+    parser.add_argument("--version", action="version", version=f"espgw {package_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     run = commands.add_parser("run", help="run the gateway in the foreground")
@@ -88,13 +91,14 @@ def build_parser(start_daemon: DaemonStarter | None = None,
     check.add_argument("-c", "--config", required=True, metavar="FILE", help="configuration file (TOML)")
     check.set_defaults(func=cmd_check)
 
-    def client(name: str, help_text: str) -> argparse.ArgumentParser:
+    def client(name: str, help_text: str, timeout: bool = True) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--socket", metavar="PATH",
                          help=f"control socket (default: from -c, else {DEFAULT_CONTROL_SOCKET})")
         sub.add_argument("-c", "--config", metavar="FILE", help="take the control socket path from this config")
-        sub.add_argument("--timeout", type=_positive_float, default=10.0, metavar="SECONDS",
-                         help="how long to wait for the daemon")
+        if timeout:
+            sub.add_argument("--timeout", type=_positive_float, default=10.0, metavar="SECONDS",
+                             help="how long to wait for the daemon")
         return sub
 
     status = client("status", "show the daemon's state and drop counters")
@@ -106,12 +110,26 @@ def build_parser(start_daemon: DaemonStarter | None = None,
     list_sas.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
     list_sas.set_defaults(func=cmd_list_sas)
 
-    for name, verb in (("initiate", "start"), ("terminate", "close")):
-        sub = client(name, f"{verb} a CHILD SA (and its IKE SA if needed) or an IKE SA")
+    list_conns = client("list-conns", "list the loaded connections, like swanctl --list-conns")
+    list_conns.add_argument("--ike", metavar="NAME", help="only this connection")
+    list_conns.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
+    list_conns.set_defaults(func=cmd_list_conns)
+
+    for name, verb, func in (("initiate", "start", cmd_initiate), ("terminate", "close", cmd_terminate),
+                             ("rekey", "rekey", cmd_rekey)):
+        sub = client(name, f"{verb} a CHILD SA (and its IKE SA if needed) or an IKE SA", timeout=name != "initiate")
         which = sub.add_mutually_exclusive_group(required=True)
         which.add_argument("--child", metavar="NAME", help=f"{verb} this child")
         which.add_argument("--ike", metavar="NAME", help=f"{verb} this connection's IKE SA")
-        sub.set_defaults(func=cmd_initiate if name == "initiate" else cmd_terminate)
+        if name == "initiate":
+            sub.add_argument("--timeout", type=_seconds_or_zero, default=0.0, metavar="SECONDS",
+                             help="give up waiting after this long (default 0: until the SA is up or has "
+                                  "failed, as swanctl --initiate); the daemon goes on trying")
+        sub.set_defaults(func=func)
+
+    reload = client("reload", "read the configuration file again: add, remove and change connections; "
+                              "unchanged ones keep their SAs (as SIGHUP)")
+    reload.set_defaults(func=cmd_reload)
 
     keys = client("keys", "export SA keys for Wireshark")
     keys.add_argument("--wireshark", required=True, metavar="DIR", help="write esp_sa and ikev2_decryption_table here")
@@ -135,6 +153,26 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _seconds_or_zero(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("expected seconds, 0 or more")
+    return value
+
+
+def package_version() -> str:
+    """The installed espgw's version (package metadata), "unknown" outside an installation."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("espgw")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _silence_stdout() -> None:
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -154,6 +192,8 @@ def cmd_run(args: argparse.Namespace, start: DaemonStarter | None = None) -> int
         config.gateway.control_socket = args.socket
     from tunnel.ops.log import configure_logging
 
+    if args.socket:
+        config.overrides["control_socket"] = args.socket  # a reload keeps it
     configure_logging(args.log_level or config.gateway.log_level, args.log_format or config.gateway.log_format)
     return start(config) or EXIT_OK
 
@@ -183,12 +223,89 @@ def cmd_list_sas(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+POLL_INTERVAL = 0.1  # seconds between `events` requests while initiate waits
+REQUEST_TIMEOUT = 10.0  # how long one request may wait for the daemon
+
+
 def cmd_initiate(args: argparse.Namespace) -> int:
-    return _steer(args, "initiate")
+    """Start the SA and follow the daemon's events for it until it is up (0) or has failed (1),
+    printing them as swanctl --initiate prints charon's log; ``--timeout`` ends the wait (1)."""
+    target = {"child": args.child} if args.child else {"ike": args.ike}
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    path = _socket_path(args)
+    result = control_request(path, {"cmd": "initiate", **target}, timeout=REQUEST_TIMEOUT)
+    result = result if isinstance(result, dict) else {}
+    if result.get("already") or not isinstance(result.get("since"), int):  # (a daemon that does not wait)
+        print(result.get("message") or f"initiate {target}: requested")
+        return EXIT_OK
+    since, connection = result["since"], result.get("connection")
+    while True:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        wait = REQUEST_TIMEOUT if remaining is None else max(0.5, min(REQUEST_TIMEOUT, remaining))
+        answer = control_request(path, {"cmd": "events", "since": since, "connection": connection}, timeout=wait)
+        answer = _as_dict(answer)
+        for event in _as_list(answer.get("events")):
+            since = max(since, event.get("seq", since))
+            print(f"[{'CHD' if event.get('child') else 'IKE'}] {event.get('text', '')}", flush=True)
+            outcome = _initiate_outcome(event, args.child)
+            if outcome == "up":
+                print("initiate completed successfully")
+                return EXIT_OK
+            if outcome == "failed":
+                raise CliError(f"initiate failed: {event.get('text', 'establishing the SA failed')}")
+        if deadline is not None and time.monotonic() >= deadline:
+            raise CliError(f"initiate timed out after {args.timeout:g}s; the daemon goes on as the "
+                           f"connection's keyingtries say (espgw terminate --ike {connection} stops it)")
+        time.sleep(POLL_INTERVAL if deadline is None else max(0.0, min(POLL_INTERVAL, deadline - time.monotonic())))
+
+
+def _initiate_outcome(event: dict, child: str | None) -> str | None:
+    """Whether a journal event ends ``initiate``: "up", "failed" or None (go on waiting)."""
+    outcome = event.get("outcome")
+    if outcome == "up":
+        wanted = "child_sa.up" if child else "ike_sa.up"
+        if event.get("event") == wanted and (not child or event.get("child") == child):
+            return "up"
+    elif outcome == "failed" and (not child or event.get("child") in (None, child)):
+        return "failed"
+    return None
 
 
 def cmd_terminate(args: argparse.Namespace) -> int:
     return _steer(args, "terminate")
+
+
+def cmd_rekey(args: argparse.Namespace) -> int:
+    return _steer(args, "rekey")
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """``espgw reload``: the errors of a refused configuration, one per line, and exit 1."""
+    try:
+        result = _as_dict(_request(args, {"cmd": "reload"}))
+    except DaemonUnreachable:
+        raise
+    except ControlError as exc:
+        for line in str(exc).splitlines():
+            print(f"espgw: {line}", file=sys.stderr)
+        return EXIT_FAILURE
+    parts = [f"{what} {', '.join(map(str, result[what]))}" for what in ("added", "removed", "changed")
+             if result.get(what)]
+    unchanged = len(result.get("unchanged") or [])
+    print(f"reloaded {result.get('source', 'the configuration')}: " + "; ".join(parts + [f"{unchanged} unchanged"]))
+    for warning in result.get("warnings") or []:
+        print(f"espgw: warning: {warning}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_list_conns(args: argparse.Namespace) -> int:
+    result = _as_dict(_request(args, {"cmd": "list-conns"}))
+    conns = [c for c in _as_list(result.get("connections")) if not args.ike or c.get("name") == args.ike]
+    if args.json:
+        print(json.dumps({"connections": conns}, indent=2, sort_keys=True))
+    else:
+        print(render_conns(conns) if conns else "no connections")
+    return EXIT_OK
 
 
 def _steer(args: argparse.Namespace, verb: str) -> int:
@@ -351,9 +468,49 @@ def render_status(status: dict) -> str:
         lines.append(f"virtual IP {', '.join(vip.get('vips', []))} from {vip.get('connection', '?')}, "
                      f"DNS {', '.join(vip.get('dns', [])) or '-'}, "
                      f"routes {', '.join(vip.get('routes', [])) or '-'}")
+    failures = _as_list(status.get("failures"))
+    if failures:
+        lines.append("recent failures:")
+        for failure in failures[-10:]:
+            child = f" child {failure['child']}" if failure.get("child") else ""
+            lines.append(f"  {failure.get('connection') or '(no connection matched)'}{child}: "
+                         f"{failure.get('stage', '?')} {failure.get('notify', '?')}: {failure.get('message', '')}"
+                         + (f" ({_ago(failure['ago'])})" if isinstance(failure.get("ago"), (int, float)) else ""))
     if sas:
         lines.append("")
         lines.append(render_sas(sas))
+    return "\n".join(lines)
+
+
+_AUTH_TEXT = {"psk": "pre-shared key", "pubkey": "public key", "rsa/pss": "public key (RSASSA-PSS)"}
+
+
+def render_conns(conns: list[dict]) -> str:
+    """Render like ``swanctl --list-conns``; the fields are those of ``status.list_conns``."""
+    lines: list[str] = []
+    for conn in conns:
+        reauth = conn.get("reauth_time")
+        head = [f"IKEv{conn.get('version', 2)}",
+                f"reauthentication every {_duration_text(reauth)}" if reauth else "no reauthentication"]
+        if conn.get("rekey_time"):
+            head.append(f"rekeying every {_duration_text(conn['rekey_time'])}")
+        if conn.get("dpd_delay"):
+            head.append(f"dpd delay {_duration_text(conn['dpd_delay'])}")
+        lines.append(f"{conn.get('name', '?')}: {', '.join(head)}")
+        lines.append(f"  local:  {' '.join(map(str, conn.get('local_addrs') or ['%any']))}")
+        lines.append(f"  remote: {' '.join(map(str, conn.get('remote_addrs') or ['%any']))}")
+        for side in ("local", "remote"):
+            auth: dict = conn[side] if isinstance(conn.get(side), dict) else {}
+            lines.append(f"  {side} {_AUTH_TEXT.get(str(auth.get('auth')), auth.get('auth', '?'))} authentication:")
+            lines.append(f"    id: {auth.get('id') or '%any'}")
+            if auth.get("certificate"):
+                lines.append(f"    certs: {auth['certificate']}")
+        for child in _as_list(conn.get("children")):
+            timing = f", rekeying every {_duration_text(child['rekey_time'])}" if child.get("rekey_time") else ""
+            lines.append(f"  {child.get('name', '?')}: {str(child.get('mode', 'tunnel')).upper()}{timing}, "
+                         f"start_action {child.get('start_action', 'none')}")
+            lines.append(f"    local:  {' '.join(map(str, child.get('local_ts', [])))}")
+            lines.append(f"    remote: {' '.join(map(str, child.get('remote_ts', [])))}")
     return "\n".join(lines)
 
 

@@ -88,6 +88,8 @@ class Config:
     # connection name -> the secrets section its PSK came from, e.g. "secrets.ike-office"
     psk_sources: dict[str, str] = field(default_factory=dict)
     pools: list[AddressPool] = field(default_factory=list)  # virtual IP pools (``[pools.NAME]``)
+    # [gateway] keys the command line set (espgw run --socket): a reload keeps them
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     def connection(self, name: str) -> ConnectionConfig:
         for conn in self.connections:

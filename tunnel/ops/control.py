@@ -5,8 +5,15 @@ A request is one JSON object per line, ``{"cmd": "status", ...}``; each gets one
 
 * ``{"cmd": "status"}``: daemon-wide state (see ``tunnel.ops.cli`` for the fields it shows).
 * ``{"cmd": "list-sas"}``: ``{"ike_sas": [...]}``, each IKE SA with its ``children``.
-* ``{"cmd": "initiate", "child": NAME}`` or ``{"cmd": "initiate", "ike": NAME}``.
-* ``{"cmd": "terminate", "ike": NAME}`` or ``{"cmd": "terminate", "child": NAME}``.
+* ``{"cmd": "list-conns"}``: ``{"connections": [...]}``, the loaded configuration without secrets.
+* ``{"cmd": "initiate", "child": NAME}`` or ``{"cmd": "initiate", "ike": NAME}``: starts it and
+  answers at once with ``since`` (a journal number) and ``connection``, or ``already: true``.
+* ``{"cmd": "events", "since": N, "connection": NAME}``: ``{"events": [...], "next": M}``, the
+  journal entries after N (``seq``, ``event``, ``child``, ``text``, ``outcome`` "up"/"failed"),
+  which ``espgw initiate`` polls until the SA is up or has failed.
+* ``{"cmd": "terminate" | "rekey", "ike": NAME}`` or ``... "child": NAME}``: an error if none is up.
+* ``{"cmd": "reload"}``: read the configuration file again; ``added``, ``removed``, ``changed``,
+  ``unchanged`` and ``warnings``, or an error listing the file's problems (nothing changed).
 * ``{"cmd": "keys"}``: the key snapshot ``tunnel.ops.keyexport`` writes out for Wireshark.
 
 :class:`ControlServer` runs inside the daemon's own selector loop (no threads): it never blocks,

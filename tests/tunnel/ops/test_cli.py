@@ -4,10 +4,12 @@ tests/tunnel/ops/test_cli_contract_lab.py (two ``espgw run`` daemons in the lab)
 
 from __future__ import annotations
 
+import json
 import selectors
 import subprocess
 import sys
 import threading
+import time
 import types
 from pathlib import Path
 
@@ -50,6 +52,13 @@ KEYS = {
 }
 
 
+CONN = {"name": "office", "version": 2, "local_addrs": ["192.0.2.1"], "remote_addrs": ["gw-b.example.net"],
+        "rekey_time": 14400, "reauth_time": 0, "dpd_delay": 30, "keyingtries": 1,
+        "local": {"auth": "psk", "id": "gw-a.example.net"}, "remote": {"auth": "pubkey", "id": None},
+        "children": [{"name": "office-lan", "mode": "tunnel", "local_ts": ["10.0.0.0/24"],
+                      "remote_ts": ["10.0.5.0/24"], "rekey_time": 3600, "start_action": "trap"}]}
+
+
 class FakeDaemon:
     def __init__(self, path: str):
         self.requests: list[dict] = []
@@ -59,9 +68,30 @@ class FakeDaemon:
         self.thread = threading.Thread(target=self.loop, daemon=True)
         self.thread.start()
 
+    journal: list[dict] | None = None  # set: initiate answers like a daemon that can be followed
+    refuse_reload = False
+
     def handle(self, request: dict):
         self.requests.append(request)
         cmd = request["cmd"]
+        if cmd == "initiate" and self.journal is not None:
+            return {"message": "initiating", "connection": "office", "since": 0}
+        if cmd == "events":
+            assert self.journal is not None
+            events = [e for e in self.journal if e["seq"] > request["since"]][:1]  # one per poll
+            return {"events": events, "next": events[-1]["seq"] if events else request["since"]}
+        if cmd == "reload":
+            if self.refuse_reload:
+                raise ControlError("configuration not reloaded (the running one stays):\n"
+                                   "a.toml: connections.x.mtu: expected an integer\na.toml: connections.y: bad")
+            return {"source": "a.toml", "added": ["new"], "removed": ["old"], "changed": [], "unchanged": ["office"],
+                    "warnings": ["gateway.tun_name changed from 'a' to 'b': takes effect after a restart (still 'a')"]}
+        if cmd == "list-conns":
+            return {"connections": [CONN]}
+        if cmd == "rekey":
+            if request.get("ike") == "nosuch":
+                raise ControlError("no established IKE SA named 'nosuch'")
+            return {"message": f"rekeying IKE SA {request.get('ike')}"}
         if cmd == "status":
             return STATUS
         if cmd == "list-sas":
@@ -225,3 +255,103 @@ def test_console_script_never_shows_a_traceback(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert "cannot reach the daemon" in run.stderr
+
+
+def _journal(*entries: tuple[str, str | None, str | None, str]) -> list[dict]:
+    return [{"seq": i, "event": event, "child": child, "outcome": outcome, "text": text, "connection": "office"}
+            for i, (event, child, outcome, text) in enumerate(entries, 1)]
+
+
+def test_initiate_waits_for_the_child_and_prints_the_events(daemon, capsys):
+    daemon.journal = _journal(("initiate", "office-lan", None, "initiating CHILD SA office-lan of office"),
+                              ("ike_sa.up", None, "up", "IKE SA office[1] established"),
+                              ("child_sa.up", "office-lan", "up", "CHILD SA office-lan{1} established"))
+    code, out, err = run_cli(capsys, "initiate", "--child", "office-lan", "--socket", daemon.server.path)
+    assert code == 0, err
+    assert out.splitlines() == ["[CHD] initiating CHILD SA office-lan of office", "[IKE] IKE SA office[1] established",
+                                "[CHD] CHILD SA office-lan{1} established", "initiate completed successfully"]
+
+
+def test_initiate_fails_on_a_final_failure(daemon, capsys):
+    daemon.journal = _journal(("failure", None, None, "IKE_SA_INIT failed: TIMEOUT: no answer to IKE_SA_INIT"),
+                              ("failed", None, "failed", "establishing office failed"))
+    code, out, err = run_cli(capsys, "initiate", "--ike", "office", "--socket", daemon.server.path)
+    assert code == 1 and "[IKE] IKE_SA_INIT failed: TIMEOUT" in out
+    assert err == "espgw: initiate failed: establishing office failed\n"
+
+
+def test_initiate_gives_up_after_its_timeout(daemon, capsys):
+    daemon.journal = _journal(("retrying", None, None, "connection office: trying again"))
+    started = time.monotonic()
+    code, out, err = run_cli(capsys, "initiate", "--ike", "office", "--timeout", "0.5", "--socket", daemon.server.path)
+    assert code == 1 and 0.4 < time.monotonic() - started < 3
+    assert err.startswith("espgw: initiate timed out after 0.5s")
+
+
+def test_terminate_and_rekey_of_unknown_names_exit_1(daemon, capsys):
+    code, out, err = run_cli(capsys, "rekey", "--ike", "nosuch", "--socket", daemon.server.path)
+    assert code == 1 and err == "espgw: no established IKE SA named 'nosuch'\n"
+    code, out, _ = run_cli(capsys, "rekey", "--ike", "office", "--socket", daemon.server.path)
+    assert code == 0 and out.strip() == "rekeying IKE SA office"
+
+
+def test_reload_prints_what_changed_and_the_warnings(daemon, capsys):
+    code, out, err = run_cli(capsys, "reload", "--socket", daemon.server.path)
+    assert code == 0
+    assert out.strip() == "reloaded a.toml: added new; removed old; 1 unchanged"
+    assert err.startswith("espgw: warning: gateway.tun_name changed")
+
+
+def test_a_refused_reload_prints_each_error_and_exits_1(daemon, capsys):
+    daemon.refuse_reload = True
+    code, out, err = run_cli(capsys, "reload", "--socket", daemon.server.path)
+    assert code == 1 and out == ""
+    assert err.splitlines() == ["espgw: configuration not reloaded (the running one stays):",
+                                "espgw: a.toml: connections.x.mtu: expected an integer",
+                                "espgw: a.toml: connections.y: bad"]
+
+
+def test_list_conns_renders_like_swanctl(daemon, capsys):
+    code, out, _ = run_cli(capsys, "list-conns", "--socket", daemon.server.path)
+    assert code == 0
+    assert out.splitlines() == [
+        "office: IKEv2, no reauthentication, rekeying every 4h, dpd delay 30s",
+        "  local:  192.0.2.1", "  remote: gw-b.example.net",
+        "  local pre-shared key authentication:", "    id: gw-a.example.net",
+        "  remote public key authentication:", "    id: %any",
+        "  office-lan: TUNNEL, rekeying every 1h, start_action trap",
+        "    local:  10.0.0.0/24", "    remote: 10.0.5.0/24"]
+    code, out, _ = run_cli(capsys, "list-conns", "--json", "--socket", daemon.server.path)
+    assert json.loads(out) == {"connections": [CONN]}
+    assert run_cli(capsys, "list-conns", "--ike", "other", "--socket", daemon.server.path)[1].strip() == \
+        "no connections"
+
+
+def test_status_shows_recent_failures(daemon, capsys, monkeypatch):
+    monkeypatch.setitem(STATUS, "failures", [{"connection": "office", "stage": "RESOLVE", "notify": "UNRESOLVABLE",
+                                              "message": "cannot resolve gw-b.lab: Name or service not known",
+                                              "child": None, "ago": 12.5}])
+    code, out, _ = run_cli(capsys, "status", "--socket", daemon.server.path)
+    assert code == 0
+    assert ("recent failures:\n  office: RESOLVE UNRESOLVABLE: cannot resolve gw-b.lab: Name or service not known "
+            "(12s ago)") in out
+
+
+def test_version_comes_from_the_package_metadata(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"espgw {version('espgw')}"
+
+
+def test_initiate_of_an_sa_that_is_up_returns_at_once(daemon, capsys, monkeypatch):
+    daemon.journal = []
+    monkeypatch.setattr(daemon, "handle", lambda request: {"message": "CHILD SA office-lan of office is already up",
+                                                           "already": True, "connection": "office", "since": 3})
+    daemon.server.handler = daemon.handle
+    code, out, _ = run_cli(capsys, "initiate", "--child", "office-lan", "--socket", daemon.server.path)
+    assert code == 0 and out.strip() == "CHILD SA office-lan of office is already up"
+    with pytest.raises(SystemExit) as info:
+        main(["initiate", "--ike", "office", "--timeout", "-1"])
+    assert info.value.code == 2
