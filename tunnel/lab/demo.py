@@ -28,6 +28,8 @@ import dpkt
 DEFAULT_OUT = "/tmp/espgw-demo"
 LAB_PREFIX = "egdemo"  # fixed, so a crashed run's namespaces are found and removed next time
 HTTP_PORT = 8080
+# --pq: the hybrid strongSwan's docs and espgw's README show (classic ECP-384, then ML-KEM-768)
+PQ_PROPOSAL = "aes256gcm16-prfsha384-ecp384-ke1_mlkem768"
 
 
 class DemoError(Exception):
@@ -41,7 +43,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-tshark", action="store_true", help="skip the decryption check with tshark")
     parser.add_argument("--auth", choices=("psk", "cert"), default="psk",
                         help="authenticate the gateways with a pre-shared key or with certificates from a fresh CA")
+    kex = parser.add_mutually_exclusive_group()
+    kex.add_argument("--proposal", metavar="IKE_PROPOSAL",
+                     help="both gateways' IKE proposals, strongSwan syntax, e.g. "
+                          "aes256gcm16-prfsha256-x25519-ke1_mlkem768 (default: espgw's)")
+    kex.add_argument("--pq", action="store_const", dest="proposal", const=PQ_PROPOSAL,
+                     help=f"post-quantum hybrid key exchange: --proposal {PQ_PROPOSAL}")
     args = parser.parse_args([] if argv is None else argv)  # the CLI passes only what follows "demo"
+    problem = _proposal_problem(args.proposal) if args.proposal is not None else None
+    if problem:
+        print(f"espgw demo: --proposal: {problem}", file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("espgw demo: needs root to create network namespaces; run: sudo espgw demo", file=sys.stderr)
         return 1
@@ -57,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return run_demo(Path(args.out).resolve(), tshark=not args.no_tshark and shutil.which("tshark") is not None,
-                        auth=args.auth)
+                        auth=args.auth, proposal=args.proposal)
     except KeyboardInterrupt:
         print("\nespgw demo: interrupted; the lab is removed", file=sys.stderr)
         return 130
@@ -88,7 +100,19 @@ def _use_certificates(conn_a, conn_b) -> None:
         conn.remote = AuthConfig("pubkey", id=peer, trust=pki.trust())
 
 
-def run_demo(out: Path, tshark: bool, auth: str = "psk") -> int:
+def _proposal_problem(text: str) -> str | None:
+    """What espgw's config reader says of ``text`` as a connection's ``proposals``, or None."""
+    from tunnel.ops.config import ConfigError, parse_config_data
+
+    where = "--proposal: connections.demo.proposals: "
+    try:  # the table lacks children and auth: only the problems with its proposals count here
+        parse_config_data({"connections": {"demo": {"proposals": text}}}, "--proposal", require_connections=False)
+    except ConfigError as exc:
+        return next((p.removeprefix(where) for p in exc.problems if p.startswith(where)), None)
+    return None
+
+
+def run_demo(out: Path, tshark: bool, auth: str = "psk", proposal: str | None = None) -> int:
     from tunnel.lab.configs import site_to_site
     from tunnel.lab.espgw import EspgwGateway, wait_until
     from tunnel.lab.netns import Lab, LabError, cleanup_stale
@@ -106,7 +130,8 @@ def run_demo(out: Path, tshark: bool, auth: str = "psk") -> int:
     except LabError as exc:
         raise DemoError(f"cannot build the lab ({exc}); is another demo running?") from None
     with lab:
-        conn_a, conn_b = site_to_site(lab, "A", name="office"), site_to_site(lab, "B", name="office")
+        proposals = [proposal] if proposal else None  # both ends: the responder must accept it
+        conn_a, conn_b = (site_to_site(lab, side, name="office", proposals=proposals) for side in ("A", "B"))
         conn_a.children[0].start_action = "trap"  # the laptop's first packet brings the tunnel up
         if auth == "cert":
             _use_certificates(conn_a, conn_b)
@@ -141,7 +166,7 @@ def run_demo(out: Path, tshark: bool, auth: str = "psk") -> int:
                     shutil.copy(gw.log_path, out / f"{gw.name}.log")
     page_ok, fetch_line = _fetch_outcome(fetch, marker, url)
     report = _report(lab, ike, first, ping, page_ok, fetch_line, public, lan, marker, out, keys,
-                     tshark and public.exists(), time.monotonic() - started)
+                     tshark and public.exists(), time.monotonic() - started, show_key_exchanges=proposal is not None)
     print(report)
     return 0 if page_ok and ping.ok else 1
 
@@ -253,7 +278,41 @@ def _tshark_finds(pcap: Path, keydir: Path, marker: str) -> tuple[int, str]:
     return (hits if marker_seen else 0), done.stderr.strip()
 
 
-def _report(lab, ike, first, ping, page_ok, fetch_line, public, lan, marker, out, keys, tshark, elapsed) -> str:
+def key_exchanges(proposal: str | None) -> list[str]:
+    """The negotiated IKE proposal's key exchanges in order, as charon names them: the IKE_SA_INIT
+    group first, then RFC 9370's additional ones (ake1..ake7), each done in an IKE_INTERMEDIATE."""
+    from tunnel.daemon.vici_messages import algorithms
+
+    fields = algorithms(proposal, ike=True)
+    return [str(fields[key]) for key in ("dh-group", *(f"ake{n}" for n in range(1, 8))) if key in fields]
+
+
+def _key_exchange_lines(ike: dict, public: Path) -> list[str]:
+    """Which key exchanges keyed the tunnel (the IKE SA's negotiated proposal), checked against
+    the IKE_INTERMEDIATE exchanges the public capture holds, and what that means for a recording."""
+    from tunnel.lab.ike_pcap import read_ike_frames
+
+    methods = key_exchanges(ike.get("proposal"))
+    if not methods:
+        return ["  key exchanges: unknown (the IKE SA names no proposal)"]
+    first, extra = methods[0], methods[1:]
+    if not extra:
+        return [f"  key exchanges: {first} only (classic: a recording is safe only while {first} is unbroken)"]
+    intermediate = len({(f.spi_i, f.message_id) for f in read_ike_frames(public)  # retransmits count once
+                        if f.exchange == "IKE_INTERMEDIATE" and not f.is_response})
+    quantum = ("hybrid post-quantum" if any(m.startswith("ML_KEM") for m in methods)
+               else "all classic: no post-quantum protection")
+    exchanges = f"{intermediate} IKE_INTERMEDIATE exchange{'s' if intermediate != 1 else ''}"
+    lines = [f"  key exchanges: {' + '.join([first] + [f'{m} (IKE_INTERMEDIATE)' for m in extra])}",
+             f"    on the wire: IKE_SA_INIT, then {exchanges} (encrypted)",
+             f"    decrypting a recording later takes breaking {' and '.join(methods)} ({quantum})"]
+    if intermediate != len(extra):
+        lines.append(f"    MISMATCH: {len(extra)} additional key exchange(s) negotiated, {intermediate} seen")
+    return lines
+
+
+def _report(lab, ike, first, ping, page_ok, fetch_line, public, lan, marker, out, keys, tshark, elapsed,
+            show_key_exchanges: bool = False) -> str:
     child = (ike.get("children") or [{}])[0]
     w = 12
     lines = [
@@ -275,6 +334,8 @@ def _report(lab, ike, first, ping, page_ok, fetch_line, public, lan, marker, out
     ]
     flows, public_bytes = _flows(public)
     lines += [f"  {key:<44}{packets:>5} packets {size:>7} bytes" for key, packets, size in flows]
+    if show_key_exchanges:  # --proposal / --pq: the default run's report stays as it was
+        lines += [""] + _key_exchange_lines(ike, public)
     lan_bytes = b"".join(buf for _, buf in dpkt.pcap.Reader(open(lan, "rb")))
     lines += ["", "  searching the captured bytes for the conversation   public link   cafe LAN"]
     leaked = 0

@@ -1,0 +1,40 @@
+"""``espgw demo --proposal`` / ``--pq`` without a lab: the check of the proposal and the names of
+the key exchanges the report prints."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunnel.lab import demo
+
+
+def test_key_exchanges_in_negotiation_order():
+    assert demo.key_exchanges("aes256gcm16-prfsha384-ecp384-ke1_mlkem768") == ["ECP_384", "ML_KEM_768"]
+    assert demo.key_exchanges("aes256gcm16-prfsha256-x25519-ke1_mlkem768-ke2_mlkem1024") == [
+        "CURVE_25519", "ML_KEM_768", "ML_KEM_1024"]
+    assert demo.key_exchanges("aes256gcm16-prfsha256-ecp256") == ["ECP_256"]
+    assert demo.key_exchanges(None) == []
+
+
+def test_pq_is_a_proposal_espgw_accepts():
+    assert demo._proposal_problem(demo.PQ_PROPOSAL) is None
+    assert demo._proposal_problem("aes256gcm16-prfsha256-x25519-ke1_mlkem768-ke2_mlkem1024, aes128-sha256-modp2048") \
+        is None
+
+
+@pytest.mark.parametrize(("proposal", "says"), [
+    ("aes256gcm16-prfsha384-ecp384-ke1_mlkem999", "unknown algorithm keyword 'mlkem999'"),
+    ("aes256gcm16-prfsha384-mlkem768", "ML-KEM only as an additional key exchange"),
+    ("aes256gcm16-prfsha384-ecp384-ke1_mlkem512", "ML-KEM-512 is not available"),
+])
+def test_a_bad_proposal_is_refused_before_anything_starts(capsys, proposal, says):
+    assert demo.main(["--proposal", proposal]) == 2  # before the root check: no lab, no traceback
+    err = capsys.readouterr().err
+    assert err.startswith("espgw demo: --proposal: ") and says in err and "Traceback" not in err
+
+
+def test_pq_and_proposal_exclude_each_other(capsys):
+    with pytest.raises(SystemExit) as stop:
+        demo.main(["--pq", "--proposal", demo.PQ_PROPOSAL])
+    assert stop.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
