@@ -39,7 +39,7 @@ def record(figures: dict[str, dict], path: Path = RELIABILITY) -> None:
     data = json.loads(path.read_text()) if path.exists() else {}
     entry = data.get(RECORD_KEY, {})
     entry.update(figures)
-    entry["measured_at"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S%z")
+    entry["measured_at"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S%z")
     entry["where"] = (f"QEMU TCG guest, Debian kernel {kernel_version()}, 2 vCPUs; netem on the public link; "
                       "emulation: behaviour only, the times are not speeds")
     data[RECORD_KEY] = entry

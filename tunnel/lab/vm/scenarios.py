@@ -83,6 +83,11 @@ class Results:
         lab.on_close(copy)
 
 
+def step(what: str, **fields: Any) -> None:
+    """A progress line in the job's log: where a slow or failed scenario was."""
+    log.info("vm.step", step=what, **fields)
+
+
 def _start_espgw(*gateways: EspgwGateway) -> None:
     """Start several espgw daemons at once: each start is mostly Python importing, in parallel."""
     import threading
@@ -201,6 +206,7 @@ def interop(results: Results, case: Interop) -> None:
         pair = Pair(lab, mine, theirs, GatewaySettings(log_level="info")).start()
         check(not lab.untunnelled_reachable(), "hostA reaches hostB without a tunnel")
 
+        step("initiate", by="espgw" if case.espgw_initiates else "strongSwan")
         started = time.monotonic()
         pair.initiate(case.espgw_initiates, timeout=60)
         e, s = pair.wait_pair(60, "the CHILD SA on both sides")
@@ -214,19 +220,22 @@ def interop(results: Results, case: Interop) -> None:
               f"the kernel holds strongSwan's SAs: {states} vs espgw {e['spi_in']}/{e['spi_out']}")
         check(all((st["encap"] == "espinudp") == case.encap for st in states), f"kernel encap: {states}")
 
+        step("ping and TCP both ways")
         for src, dst in ((lab.hostA, lab.hostB), (lab.hostB, lab.hostA)):
             ping = lab.ping(src, dst.addr4, count=5, interval=0.2, wait=3)
             check(ping.ok, f"ping {src.role} -> {dst.role}: {ping.output}")
         transfers = {}
         for src, dst, size, seed in ((lab.hostA, lab.hostB, 256 << 10, 1), (lab.hostB, lab.hostA, 128 << 10, 2)):
             sent, received, seconds = tcp_transfer(src, dst, dst.addr4, size, seed=seed)
-            check(sent == received and sent.startswith(f"{size} "), f"TCP {src.role} -> {dst.role}: {sent} / {received}")
+            check(sent == received and sent.startswith(f"{size} "),
+                  f"TCP {src.role} -> {dst.role}: {sent} / {received}")
             transfers[f"{src.role}->{dst.role}"] = {"bytes": size, "seconds": seconds}
         figures["tcp"] = transfers
         packets = sum(st["packets"] for st in xfrm_states(lab, lab.gwB))
         check(packets > 0, "the kernel's SAs carried no packets")
 
         # CHILD rekeys: strongSwan's (swanctl --rekey), then espgw's own (rekey_time), under a ping
+        step("CHILD rekeys by strongSwan, then espgw")
         pinger = PingStream(lab, lab.hostA, lab.hostB.addr4, interval=0.1)
         before = pair.swan_log().count("CREATE_CHILD_SA")
         out = pair.swan.rekey(child="net")
@@ -239,12 +248,14 @@ def interop(results: Results, case: Interop) -> None:
         e3, _ = pair.wait_pair(30, "espgw's CHILD rekey to settle", differs_from=e2)
         time.sleep(1)
         ping_figures = pinger.stop()
-        figures["rekeys"] = {"ping": ping_figures, "create_child_sa_lines": pair.swan_log().count("CREATE_CHILD_SA") - before}
+        figures["rekeys"] = {"ping": ping_figures,
+                             "create_child_sa_lines": pair.swan_log().count("CREATE_CHILD_SA") - before}
         check(ping_figures["lost"] == 0 and ping_figures["answered"] > 10, f"ping across the rekeys: {ping_figures}")
         wait_until(lambda: pair.kernel_spis() == {int(e3["spi_in"], 16), int(e3["spi_out"], 16)}, 20,
                    "the kernel to drop the rekeyed SAs", interval=0.5, on_timeout=pair.logs)
 
         if case.dpd:
+            step("DPD both ways")
             # one-way traffic: only the receiving gateway hears ESP, the sending one must check
             one_way_udp(lab.hostA, lab.hostB, seconds=4)
             log_text = pair.swan_log()
@@ -252,11 +263,13 @@ def interop(results: Results, case: Interop) -> None:
             check(re.search(r"generating INFORMATIONAL response \d+ \[ \]", log_text), "strongSwan did not answer")
             one_way_udp(lab.hostB, lab.hostA, seconds=5)
             log_text = pair.swan_log()
-            check(re.search(r"generating INFORMATIONAL request \d+ \[ \]", log_text), "no liveness check from strongSwan")
+            check(re.search(r"generating INFORMATIONAL request \d+ \[ \]", log_text),
+                  "no liveness check from strongSwan")
             check(re.search(r"parsed INFORMATIONAL response \d+ \[ \]", log_text), "espgw did not answer")
             check(len(pair.gw.ike_sas()) == 1 and len(pair.swan.list_sas()) == 1, "the SAs survived DPD")
             figures["dpd"] = "both ways"
 
+        step("delete", by="espgw" if case.espgw_deletes else "strongSwan")
         if case.espgw_deletes:
             pair.gw.request("terminate", ike=mine.name)
         else:
@@ -285,6 +298,7 @@ def _handshakes(results: Results, count: int, initiate: Callable[[int], None], w
     """Bring the tunnel up ``count`` times (down again in between, up at the end)."""
     seconds = []
     for n in range(count):
+        step("handshake under netem", n=n + 1, of=count)
         started = time.monotonic()
         initiate(n)
         wait_up()
@@ -309,6 +323,7 @@ def _stream_through_rekeys(lab: Lab, rekeyed: Callable[[], bool], min_seconds: f
     """A paced TCP stream and a 10/s ping hostA -> hostB until ``rekeyed()`` (and min_seconds)."""
     stream = TcpStream(lab.hostA, lab.hostB, lab.hostB.addr4, seconds=max_seconds, rate=24 << 10, port=port,
                        timeout=300)
+    step("stream and ping through the rekeys")
     pinger = PingStream(lab, lab.hostA, lab.hostB.addr4, interval=0.1)
     started = time.monotonic()
     stream.start()
@@ -335,8 +350,8 @@ def chaos_espgw(results: Results, handshakes: int = 3, transfer: int = 256 << 10
         gw_a = EspgwGateway(lab, lab.gwA, [a], _chaos_settings(), name="espgw-gwA")
         gw_b = EspgwGateway(lab, lab.gwB, [b], _chaos_settings(), name="espgw-gwB")
         _start_espgw(gw_a, gw_b)
-        for gw in (lab.gwA, lab.gwB):
-            set_netem(lab, gw, *NETEM)
+        for node in (lab.gwA, lab.gwB):
+            set_netem(lab, node, *NETEM)
 
         def up() -> Any:
             return wait_until(lambda: len(gw_a.children()) == 1 and len(gw_b.children()) == 1, 90,
@@ -351,6 +366,7 @@ def chaos_espgw(results: Results, handshakes: int = 3, transfer: int = 256 << 10
 
         pcap_a, pcap_b = lab.workdir / "in-gwA.pcap", lab.workdir / "in-gwB.pcap"
         with capture_esp_in(lab, lab.gwA, pcap_a), capture_esp_in(lab, lab.gwB, pcap_b):
+            step("TCP transfer under netem", bytes=transfer)
             sent, received, seconds = tcp_transfer(lab.hostA, lab.hostB, lab.hostB.addr4, transfer, seed=3, timeout=300)
             check(sent == received and sent.startswith(f"{transfer} "), f"TCP under netem: {sent} / {received}")
             figures["tcp"] = {"bytes": transfer, "seconds": seconds, "intact": True}
@@ -409,6 +425,7 @@ def chaos_strongswan(results: Results, handshakes: int = 2, transfer: int = 256 
 
         pcap_a, pcap_b = lab.workdir / "in-gwA.pcap", lab.workdir / "in-gwB.pcap"
         with capture_esp_in(lab, lab.gwA, pcap_a), capture_esp_in(lab, lab.gwB, pcap_b):
+            step("TCP transfer under netem", bytes=transfer)
             sent, received, seconds = tcp_transfer(lab.hostA, lab.hostB, lab.hostB.addr4, transfer, seed=4, timeout=300)
             check(sent == received and sent.startswith(f"{transfer} "), f"TCP under netem: {sent} / {received}")
             figures["tcp"] = {"bytes": transfer, "seconds": seconds, "intact": True}
