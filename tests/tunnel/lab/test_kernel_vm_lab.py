@@ -9,10 +9,10 @@ lab lock: ``flock /tmp/espgw-lab.lock .venv/bin/python -m pytest -m lab tests/tu
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
-from conftest import IN_CI
 from tunnel.lab.vm.guest import Guest, JobResult, unavailable_reason
 
 pytestmark = [pytest.mark.lab, pytest.mark.strongswan]
@@ -23,7 +23,7 @@ SCENARIO_TIMEOUT = 300
 def guest(tmp_path_factory):
     reason = unavailable_reason()
     if reason:
-        if IN_CI:
+        if os.environ.get("CI") == "true":  # as tests/conftest.py: CI must run every lab test
             pytest.fail(f"CI must run the kernel lab, but this machine {reason}")
         pytest.skip(f"kernel lab: {reason}")
     with Guest(tmp_path_factory.mktemp("kernel-vm")) as vm:
@@ -39,16 +39,12 @@ def run(guest: Guest, name: str) -> JobResult:
     return result
 
 
-def test_guest_has_kernel_esp_and_netem(guest):
-    figures = run(guest, "smoke").figures()
-    assert figures["rtt_min_ms"] >= 19
-
-
 @pytest.mark.parametrize("scenario", ["interop-gcm-raw-espgw-init", "interop-cbc-udp-swan-init",
                                       "interop-chacha-udp-espgw-init"])
 def test_interop_with_strongswan_on_kernel_esp(guest, scenario):
     figures = run(guest, scenario).figures()
-    assert figures["rekeys"]["ping"]["lost"] == 0
+    if figures["case"]["rekeys"]:
+        assert figures["rekeys"]["ping"]["lost"] == 0 and figures["rekeys"]["create_child_sa_lines"] >= 4
     algs = {alg for sa in figures["kernel_sas"] for alg in sa["algs"]}
     expected = {"gcm": "rfc4106(gcm(aes))", "cbc": "cbc(aes)", "chacha": "rfc7539esp(chacha20,poly1305)"}
     assert expected[figures["case"]["suite"]] in algs
@@ -65,6 +61,9 @@ def test_chaos_espgw_to_espgw(guest):
 def test_chaos_espgw_to_strongswan_kernel(guest):
     figures = run(guest, "chaos-strongswan").figures()
     assert figures["anti_replay"]["espgw_gwA"]["only_duplicates_dropped"]
+    kernel = figures["anti_replay"]["kernel_gwB"]  # espgw never reuses a sequence number either
+    assert kernel["xfrm_errors"].get("XfrmInStateSeqError", 0) <= kernel["true_duplicates"]
+    assert figures["rekey"]["child_rekeys"] == 1 and figures["rekey"]["ike_rekeys"] == 1
     assert figures["tcp"]["intact"] and figures["rekey"]["stream"]["intact"]
 
 

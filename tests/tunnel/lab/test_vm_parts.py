@@ -71,3 +71,10 @@ def test_unknown_command_line_scenario_is_refused(capsys):
     with pytest.raises(SystemExit):
         cli.main(["run", "no-such-scenario"])
     assert "unknown scenario" in capsys.readouterr().err
+
+
+def test_record_takes_only_passed_chaos_scenarios(tmp_path):
+    for name, ok in (("chaos-espgw", True), ("chaos-strongswan", False), ("interop-x", True)):
+        (tmp_path / "results" / name).mkdir(parents=True)
+        (tmp_path / "results" / name / "figures.json").write_text(json.dumps({"ok": ok, "n": 1}))
+    assert cli.recorded_figures(tmp_path) == {"espgw": {"ok": True, "n": 1}}

@@ -3,6 +3,7 @@
   python -m tunnel.lab.vm list
   python -m tunnel.lab.vm run SCENARIO [SCENARIO...] [--out DIR] [--record]
   python -m tunnel.lab.vm shell 'COMMAND'
+  python -m tunnel.lab.vm record DIR        (the chaos figures of an earlier run's results folder)
 
 Takes the lab lock (/tmp/espgw-lab.lock) while the guest runs: emulation needs a whole core.
 ``--record`` merges the chaos scenarios' figures into bench/results/reliability.json (key
@@ -46,6 +47,17 @@ def record(figures: dict[str, dict], path: Path = RELIABILITY) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def recorded_figures(folder: Path) -> dict[str, dict]:
+    """The figures of the chaos scenarios that passed, from an io folder or its results folder."""
+    results = folder / "results" if (folder / "results").is_dir() else folder
+    found = {}
+    for path in sorted(results.glob("chaos-*/figures.json")):
+        figures = json.loads(path.read_text())
+        if figures.get("ok"):
+            found[path.parent.name.removeprefix("chaos-")] = figures
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tunnel.lab.vm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,10 +71,20 @@ def main(argv: list[str] | None = None) -> int:
     shell = sub.add_parser("shell", help="boot the guest and run a shell command in it")
     shell.add_argument("cmd")
     shell.add_argument("--out", type=Path)
+    rec = sub.add_parser("record", help=f"merge the chaos figures of a results folder into {RELIABILITY.name}")
+    rec.add_argument("folder", type=Path, help="an io folder (or its results/ folder) of an earlier run")
     args = parser.parse_args(argv)
 
     if args.command == "list":
         print("\n".join(scenario_names()))
+        return 0
+    if args.command == "record":
+        found = recorded_figures(args.folder)
+        if not found:
+            print(f"no passed chaos scenario in {args.folder}", file=sys.stderr)
+            return 1
+        record(found)
+        print(f"recorded {', '.join(found)} in {RELIABILITY}", file=sys.stderr)
         return 0
     if args.command == "run":
         unknown = [s for s in args.scenarios if s not in scenario_names()]

@@ -138,8 +138,8 @@ def unavailable_reason() -> str | None:
         return f"needs /lib/modules/{kver} (linux-image-amd64)"
     if _static_busybox() is None:
         return "needs a static busybox (apt-get install busybox-static)"
-    if not Path(sys.executable).is_relative_to("/") or not _SAFE_PATH.match(str(REPO)):
-        return f"the project's path {REPO} must be plain (letters, digits, ._+-/)"
+    if not _SAFE_PATH.match(str(REPO)) or not _SAFE_PATH.match(sys.executable):
+        return f"the project's path {REPO} and its Python {sys.executable} must be plain (letters, digits, ._+-/)"
     return None
 
 

@@ -93,6 +93,7 @@ class TcpStream:
         self.sent = self.received = ""
         self.errors: list[str] = []
         self.elapsed: float | None = None
+        self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> TcpStream:
@@ -137,7 +138,7 @@ class TcpStream:
                 if self.size is not None and total >= self.size:
                     break
                 if self.seconds is not None:
-                    if elapsed >= self.seconds:
+                    if elapsed >= self.seconds or self._stop.is_set():
                         break
                     if total > self.rate * elapsed:
                         time.sleep(0.01)
@@ -150,6 +151,10 @@ class TcpStream:
             conn.recv(1)  # the sink closes once it has read everything
         self.elapsed = round(time.monotonic() - started, 2)
         self.sent = f"{total} {digest.hexdigest()}"
+
+    def stop(self) -> None:
+        """End a timed stream early (it still closes cleanly, and result() checks it)."""
+        self._stop.set()
 
     def result(self) -> tuple[str, str]:
         for thread in self._threads:
