@@ -269,6 +269,8 @@ class Guest:
             raise GuestError(f"the kernel lab cannot run here: {reason}")
         self.io.mkdir(parents=True, exist_ok=True)
         (self.io / "jobs").mkdir(exist_ok=True)
+        for old in (self.io / "jobs").iterdir():  # a reused folder: the agent must not rerun them
+            old.unlink()
         (self.io / "results").mkdir(exist_ok=True)
         for stale in ("agent.ready", "guest.rc"):
             (self.io / stale).unlink(missing_ok=True)

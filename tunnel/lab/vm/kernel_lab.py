@@ -219,6 +219,19 @@ def set_netem(lab: Lab, gw: Gateway, *params: str) -> None:
         lab.run(gw, "tc", "qdisc", "add", "dev", gw.wan_iface, "root", "netem", "limit", "10000", *params)
 
 
+@contextlib.contextmanager
+def ike_blocked(lab: Lab, gw: Gateway) -> Iterator[None]:
+    """Drop every IKE datagram the gateway sends to port 500 while the block runs."""
+    table = "inet espgw_vmlab"
+    lab.run(gw, "nft", "-f", "-", input=f"add table {table}\n"
+            f"add chain {table} out {{ type filter hook output priority 0; }}\n"
+            f'add rule {table} out oifname "{gw.wan_iface}" udp dport 500 counter drop\n')
+    try:
+        yield
+    finally:
+        lab.run(gw, "nft", "delete", "table", *table.split(), check=False)
+
+
 def netem_stats(lab: Lab, gw: Gateway) -> str:
     return lab.run(gw, "tc", "-s", "qdisc", "show", "dev", gw.wan_iface).stdout
 
