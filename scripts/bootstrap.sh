@@ -34,10 +34,13 @@ python_env() {
 
 # The lab's tools: strongSwan 5.9.8 (the reference peer), iproute2/nftables for the
 # namespaces and loss, iperf3/tcpdump/tshark for traffic, debootstrap for strongSwan 6, and
-# strongSwan's pki to cross-check the certificates espgw makes.
+# strongSwan's pki to cross-check the certificates espgw makes. The kernel lab (tunnel/lab/vm)
+# boots Debian's kernel under QEMU emulation (this machine's kernel has no ESP and no netem), with
+# busybox as the guest's initramfs.
 SYSTEM_PKGS=(python3-venv iproute2 iputils-ping nftables iperf3 tcpdump tshark debootstrap curl util-linux
              strongswan-swanctl charon-systemd libcharon-extra-plugins
-             libstrongswan-standard-plugins strongswan-pki)
+             libstrongswan-standard-plugins strongswan-pki
+             qemu-system-x86 linux-image-amd64 busybox-static cpio kmod)
 
 system_pkgs() {
     if [[ $(id -u) -ne 0 ]]; then
