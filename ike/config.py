@@ -133,7 +133,7 @@ class ConnectionConfig:
     fragmentation: str = "yes"  # yes | accept | force | no
     fragment_size: int = 1280  # bytes of the whole IP datagram, strongSwan's default for IPv4
     keyingtries: int = 1
-    mobike: bool = False  # espgw does not implement MOBIKE; never announced
+    mobike: bool = True  # RFC 4555, on by default as in strongSwan (ike.tasks.ike_mobike)
     unique: str = "no"
 
     def child(self, name: str) -> ChildConfig:

@@ -40,6 +40,7 @@ from ike.tasks.child_rekey import ChildRekey
 from ike.tasks.ike_auth import IkeAuth
 from ike.tasks.ike_delete import IkeDelete
 from ike.tasks.ike_init import IkeInit, init_error_reply
+from ike.tasks.ike_mobike import IkeMobike
 from ike.tasks.ike_rekey import IkeRekey
 from ike.tasks.states import ChildState, IkeState
 
@@ -648,6 +649,27 @@ class IkeEndpoint:
     def remove_connection(self, connection: str) -> None:
         """Forget a connection (terminate its SAs first): nothing restarts or accepts it again."""
         self.connections.pop(connection, None)
+
+    def roaming_sas(self) -> list[tuple[int, Address, Address]]:
+        """(unique id, local, remote) of the established IKE SAs we initiated with MOBIKE: the ones
+        whose local address the daemon watches (RFC 4555: the initiator moves the SA)."""
+        return [(sa.unique_id, sa.local, sa.remote) for sa in self.sas.values()
+                if sa.state == IkeState.ESTABLISHED and sa.mobike and sa.initiator and not sa.silent]
+
+    def roam(self, unique_id: int, local_ip: str, now: float) -> bool:
+        """Our address towards the peer of IKE SA ``unique_id`` is now ``local_ip``: tell the peer
+        (UPDATE_SA_ADDRESSES, RFC 4555 s3.5). False if there is no such MOBIKE SA."""
+        sa = next((s for s in self.sas.values() if s.unique_id == unique_id and s.state == IkeState.ESTABLISHED
+                   and s.mobike), None)
+        if sa is None:
+            return False
+        if sa.local[0] != local_ip:
+            sa.log("local_address_changed", old=sa.local[0], new=local_ip)
+            sa.local = (local_ip, sa.local[1])
+            if not any(isinstance(t, IkeMobike) and t.kind == "update" for t in sa.queue):
+                sa.queue_task(IkeMobike("update"), now)
+        self._settle(now)
+        return True
 
     def note_inbound_esp(self, inbound_spi: int, now: float) -> None:
         sa = self.child_index.get(inbound_spi)

@@ -78,6 +78,12 @@ class IkeSaContext(Protocol):
     peer_deleted_spis: set[int] | frozenset[int]
     delete_after_response: str | None
     silent: bool
+    # MOBIKE (ike.tasks.ike_mobike): negotiated, the peer's additional addresses, the last NAT
+    # detection hash of our address the peer sent, and (source, destination) of the request in hand
+    mobike: bool
+    peer_addresses: tuple[str, ...]
+    nat_mapping: bytes | None
+    request_addresses: tuple[Address, Address]
 
     @property
     def name(self) -> str: ...
@@ -114,6 +120,7 @@ class IkeSaContext(Protocol):
     def mark_redundant(self, now: float) -> None: ...
     def finish_colliding_rekey(self, now: float) -> None: ...
     def drop_successor(self) -> None: ...
+    def addresses_moved(self, now: float) -> None: ...
 
 
 class Task:
