@@ -91,12 +91,13 @@ class IkeSa(TaskManager):
     """State, keys and CHILD SAs of one IKE SA; the message handling is in TaskManager."""
 
     # slots: a gateway holds thousands of these; an instance dict of ~55 entries costs ~1.5 KB more
-    __slots__ = ("attempt", "auth_methods", "candidates", "children", "chosen", "config", "created", "established_at",
-                 "expire_at", "half_open_key", "held_events", "host", "indexed_name", "init_request",
-                 "init_response", "initiated", "initiator", "keys", "last_inbound", "local", "local_id", "mobike",
-                 "nat_local", "nat_mapping", "nat_remote", "neg", "peer_addresses", "request_addresses", "ni", "nr", "peer_deleted_spis", "peer_fragmentation", "peer_key",
-                 "proposal_name", "reauth_at", "redundant_until", "rekey_at", "rekeyed_from", "remote", "remote_id",
-                 "replaces", "silent", "spi_i", "spi_r", "state", "dropped", "timer_at", "timer_entry", "unique_id",
+    __slots__ = ("attempt", "auth_methods", "candidates", "children", "chosen", "config", "created", "dropped",
+                 "established_at", "expire_at", "half_open_key", "held_events", "host", "indexed_name",
+                 "init_request", "init_response", "initiated", "initiator", "keys", "last_inbound", "local",
+                 "local_id", "mobike", "nat_local", "nat_mapping", "nat_remote", "neg", "ni", "nr", "peer_addresses",
+                 "peer_deleted_spis", "peer_fragmentation", "peer_key", "proposal_name", "reauth_at",
+                 "redundant_until", "rekey_at", "rekeyed_from", "remote", "remote_id", "replaces",
+                 "request_addresses", "silent", "spi_i", "spi_r", "state", "timer_at", "timer_entry", "unique_id",
                  "__weakref__")
 
     def __init__(self, host: Host, config: ConnectionConfig, *, initiator: bool, local: Address, remote: Address,

@@ -29,8 +29,9 @@ from pyroute2 import IPRoute
 from esp.sadb import SADatabase
 from ike.config import ConnectionConfig
 from ike.endpoint import IkeEndpoint
-from ike.events import Address, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed
+from ike.events import Address, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaMoved, IkeSaUp, NegotiationFailed
 from tunnel.daemon import status
+from tunnel.daemon.roaming import Roaming
 from tunnel.daemon.traps import Traps
 from tunnel.daemon.vici import ViciDaemon
 from tunnel.dataplane.child import ChildPath, inner_mtu, send_with_mtu
@@ -52,7 +53,6 @@ log = structlog.get_logger("espgw")
 
 BATCH = 64
 HOUSEKEEPING_INTERVAL = 1.0
-NAT_KEEPALIVE_INTERVAL = 20.0  # strongSwan's charon.keep_alive default
 # Handshakes churn through short-lived buffers (messages, DH values); glibc keeps freed heap
 # memory mapped until told otherwise, so the daemon gives it back to the kernel now and then.
 TRIM_INTERVAL = 10.0
@@ -124,7 +124,8 @@ class Gateway:
         self.selector = selectors.DefaultSelector()
         self._stopping = False
         self._next_housekeeping = self.started
-        self._next_keepalive = self.started + NAT_KEEPALIVE_INTERVAL
+        self._next_keepalive = self.started + self.settings.keep_alive
+        self.roaming = Roaming(self)  # MOBIKE: our address changes, SAs that moved
         self._next_trim = self.started + TRIM_INTERVAL
         self._wakeup_r = self._wakeup_w = -1
         # The devices and sockets (tun, gro, receiver, routes, raw_v4, udp, control: see the class
@@ -429,6 +430,8 @@ class Gateway:
                 self.nat_keepalives[event.unique_id] = (event.local, event.remote)
             log.info("ike_sa.up", connection=event.name, id=event.unique_id, remote=event.remote,
                      proposal=event.proposal, initiator=event.initiator)
+        elif isinstance(event, IkeSaMoved):
+            self.roaming.on_moved(event)
         elif isinstance(event, IkeSaDown):
             self.ike_sa_names.pop(event.unique_id, None)
             self.nat_keepalives.pop(event.unique_id, None)
@@ -562,8 +565,9 @@ class Gateway:
         if now >= self._next_trim:
             self._next_trim = now + TRIM_INTERVAL
             release_free_memory()
+        self.roaming.check(now)
         if now >= self._next_keepalive:
-            self._next_keepalive = now + NAT_KEEPALIVE_INTERVAL
+            self._next_keepalive = now + self.settings.keep_alive
             for local, remote in self.nat_keepalives.values():
                 self.udp.send_keepalive((remote[0], remote[1]), (local[0], local[1]))
 

@@ -74,6 +74,8 @@ class GatewayConfig:
     cookie_threshold: int = 10
     half_open_per_ip: int = 5
     half_open_limit: int = 5000
+    # NAT keepalives (RFC 3948 s2.3) every keep_alive behind a NAT, strongswan.conf's charon.keep_alive
+    keep_alive: float = 20.0
 
 
 @dataclass
@@ -438,7 +440,7 @@ def _parse_gateway(table: _Table) -> GatewayConfig:
     defaults = GatewayConfig()
     table.allow({"tun_name", "mtu", "control_socket", "vici_socket", "log_level", "log_format", "esp_encap",
                  "raw_esp_tx", "queue_size", "retransmit_timeout", "retransmit_base", "retransmit_tries",
-                 "cookie_threshold", "half_open_per_ip", "half_open_limit"})
+                 "cookie_threshold", "half_open_per_ip", "half_open_limit", "keep_alive"})
     return GatewayConfig(
         tun_name=table.get("tun_name", _tun_name, defaults.tun_name),
         mtu=table.get("mtu", _int_range(576, 65535), defaults.mtu),
@@ -455,6 +457,7 @@ def _parse_gateway(table: _Table) -> GatewayConfig:
         cookie_threshold=table.get("cookie_threshold", _int_range(0, 1_000_000), defaults.cookie_threshold),
         half_open_per_ip=table.get("half_open_per_ip", _int_range(1, 1_000_000), defaults.half_open_per_ip),
         half_open_limit=table.get("half_open_limit", _int_range(1, 1_000_000), defaults.half_open_limit),
+        keep_alive=table.get("keep_alive", _positive_duration, defaults.keep_alive),
     )
 
 
