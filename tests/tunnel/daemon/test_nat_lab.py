@@ -1,0 +1,162 @@
+"""The laptop behind a real cafe NAT (``tunnel.lab.nat``): espgw on the laptop, the office gateway
+espgw or strongSwan 5.9.8. NAT detection moves IKE and ESP to UDP 4500, keepalives hold the
+mapping at the configured interval, a restarted NAT (new public port) is survived, and MOBIKE
+moves the SAs when the laptop changes networks (same SPIs, no new handshake, ping back within 2 s).
+
+One lab for the module; per office gateway one set-up (``office`` fixture), its tests in order.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tunnel.lab.espgw import EspgwGateway, GatewaySettings, tcp_transfer, wait_until
+from tunnel.lab.nat import (FIRST_PORTS, HOTEL_PUBLIC, LAPTOP_HOTEL_IP, LAPTOP_INNER, CafeLab, laptop_connection,
+                            office_connection)
+from tunnel.lab.strongswan import StrongSwan
+
+pytestmark = [pytest.mark.lab]
+
+DASHBOARD = "10.0.5.9"
+KEEP_ALIVE = 2.0
+DPD = 3.0  # the laptop's liveness checks, which also watch its NAT mapping (MOBIKE)
+RESTART_PORTS = (30000, 30999)
+
+
+def _kept(office: Office, before: dict, after: dict) -> None:
+    """The IKE SA survived (no new handshake); so did the CHILD SA where the office can move it.
+    strongSwan's kernel-libipsec cannot change an installed SA's addresses: charon rekeys the
+    CHILD SA instead (ike_mobike.c: update NOT_SUPPORTED), under the same IKE SA."""
+    assert after["spi_i"] == before["spi_i"], "a new IKE handshake"
+    if office.kind == "espgw":
+        assert (after["child_in"], after["child_out"]) == (before["child_in"], before["child_out"])
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with CafeLab() as lab:
+        lab.add_hotel()
+        yield lab
+
+
+class Office:
+    """The office gateway (espgw or strongSwan) and the laptop's espgw, as one set-up."""
+
+    def __init__(self, lab: CafeLab, kind: str):
+        self.lab, self.kind = lab, kind
+        self.espgw: EspgwGateway | None = None
+        self.swan: StrongSwan | None = None
+        if kind == "espgw":
+            self.espgw = EspgwGateway(lab, lab.gwB, [office_connection()], GatewaySettings(log_level="debug"),
+                                      name="office").start()
+        else:
+            self.swan = StrongSwan(lab, lab.gwB, kind, [office_connection()]).start()
+        settings = GatewaySettings(log_level="debug", keep_alive=KEEP_ALIVE, tun_name="espgw1")
+        self.laptop = EspgwGateway(lab, lab.hostA, [laptop_connection(dpd_delay=DPD)], settings,
+                                   name=f"laptop-{kind}").start()
+
+    def peer(self) -> dict:
+        """The office's view of the laptop: address, port, SPIs of IKE SA and CHILD SA."""
+        if self.espgw is not None:
+            (sa,) = self.espgw.ike_sas()
+            (child,) = sa["children"]
+            return {"addr": sa["remote_addr"], "port": int(sa["remote_port"]), "nat": sa["nat_remote"],
+                    "spi_i": sa["spi_i"], "child_in": child["spi_in"], "child_out": child["spi_out"],
+                    "esp_remote": tuple(child["remote"])}
+        assert self.swan is not None
+        (sa,) = self.swan.list_sas()
+        child = [c for c in sa["child-sas"].values() if c.get("state") == "INSTALLED"][-1]  # the newest
+        return {"addr": sa["remote-host"], "port": int(sa["remote-port"]), "nat": sa.get("nat-remote") == "yes",
+                "spi_i": sa["initiator-spi"], "child_in": child["spi-in"], "child_out": child["spi-out"],
+                "esp_remote": (sa["remote-host"], int(sa["remote-port"]))}
+
+    def logs(self) -> str:
+        office = self.espgw.log_tail(80) if self.espgw else (self.swan.log_tail(80) if self.swan else "")
+        return f"--- laptop\n{self.laptop.log_tail(80)}\n--- office ({self.kind})\n{office}"
+
+    def close(self) -> None:
+        self.laptop.stop()
+        if self.espgw is not None:
+            self.espgw.stop()
+        if self.swan is not None:
+            self.swan.stop()
+
+
+@pytest.fixture(scope="module", params=["espgw", "5.9"])
+def office(request, lab):
+    lab.move_to_cafe()
+    lab.restart_nat(FIRST_PORTS)
+    office = Office(lab, request.param)
+    try:
+        office.laptop.request("initiate", child="dashboard")
+        wait_until(lambda: office.laptop.children(), 15, "the laptop's CHILD SA", on_timeout=office.logs)
+        yield office
+    finally:
+        print(office.logs())  # shown for a failed test
+        office.close()
+
+
+def _ping(lab: CafeLab, count: int = 3):
+    return lab.ping(lab.laptop, DASHBOARD, count=count, interval=0.2, source=LAPTOP_INNER)
+
+
+def _ping_back_within(lab: CafeLab, seconds: float) -> float:
+    """Ping until a reply comes; how long it took (raises after ``seconds`` + 10)."""
+    start = time.monotonic()
+    while time.monotonic() - start < seconds + 10:
+        if lab.ping(lab.laptop, DASHBOARD, count=1, wait=0.25, source=LAPTOP_INNER).received:
+            return time.monotonic() - start
+    raise AssertionError("no ping reply after the change")
+
+
+def test_nat_detected_and_ike_and_esp_on_udp_4500(lab, office):
+    (sa,) = office.laptop.ike_sas()
+    assert sa["nat_local"] and sa["local_port"] == 4500 and sa["remote_port"] == 4500
+    assert sa["local_addr"] == "192.168.1.7" and sa["mobike"]
+    peer = office.peer()
+    assert peer["addr"] == lab.cafe.wan_addr4 and peer["nat"]
+    assert FIRST_PORTS[0] <= peer["port"] <= FIRST_PORTS[1]  # the cafe router's public port
+    (child,) = office.laptop.children()
+    assert child["encap"] and child["spi_in"] == peer["child_out"]
+    assert _ping(lab).ok
+    sent, received = tcp_transfer(lab, lab.laptop, lab.hostB, DASHBOARD, 200_000)
+    assert sent == received
+
+
+def test_keepalives_are_sent_at_the_configured_interval(lab, office):
+    pcap = lab.workdir / f"keepalive-{office.kind}.pcap"
+    with lab.capture(lab.cafe, lab.cafe.wan_iface, pcap, bpf="udp port 4500"):
+        time.sleep(3 * KEEP_ALIVE + 0.5)
+    times = lab.count_keepalives(str(pcap))
+    assert len(times) >= 3, times
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert all(KEEP_ALIVE - 0.3 <= g <= KEEP_ALIVE + 1.2 for g in gaps), gaps
+
+
+def test_a_restarted_nat_with_new_ports_is_survived(lab, office):
+    before = office.peer()
+    lab.restart_nat(RESTART_PORTS)
+    took = _ping_back_within(lab, 2 * DPD + 4)
+    after = wait_until(lambda: (p := office.peer())["port"] >= RESTART_PORTS[0] and p, 10,
+                       "the office to learn the new port", on_timeout=office.logs)
+    assert after["addr"] == lab.cafe.wan_addr4 and after["port"] <= RESTART_PORTS[1]
+    _kept(office, before, after)
+    assert _ping(lab).ok, took
+
+
+def test_mobike_moves_the_sas_to_the_hotel_network(lab, office):
+    assert _ping(lab).ok
+    before = office.peer()
+    lab.move_to_hotel()
+    assert lab.laptop_source_towards(lab.office.wan_addr4) == LAPTOP_HOTEL_IP
+    took = _ping_back_within(lab, 2.0)
+    after = office.peer()
+    assert after["addr"] == HOTEL_PUBLIC, after
+    _kept(office, before, after)
+    (sa,) = office.laptop.ike_sas()
+    assert sa["local_addr"] == LAPTOP_HOTEL_IP
+    assert took <= 2.0, f"the ping came back after {took:.1f} s"
+    sent, received = tcp_transfer(lab, lab.laptop, lab.hostB, DASHBOARD, 100_000)
+    assert sent == received
