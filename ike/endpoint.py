@@ -651,10 +651,13 @@ class IkeEndpoint:
         self.connections.pop(connection, None)
 
     def roaming_sas(self) -> list[tuple[int, Address, Address]]:
-        """(unique id, local, remote) of the established IKE SAs we initiated with MOBIKE: the ones
-        whose local address the daemon watches (RFC 4555: the initiator moves the SA)."""
+        """(unique id, local, remote) of the established IKE SAs we initiated with MOBIKE from a
+        connection without a concrete local address (``%any``: a roaming client): the ones whose
+        local address the daemon watches (RFC 4555: the initiator moves the SA). A gateway bound to
+        configured addresses stays on them whatever source the kernel would prefer."""
         return [(sa.unique_id, sa.local, sa.remote) for sa in self.sas.values()
-                if sa.state == IkeState.ESTABLISHED and sa.mobike and sa.initiator and not sa.silent]
+                if sa.state == IkeState.ESTABLISHED and sa.mobike and sa.initiator and not sa.silent
+                and not concrete_addrs(sa.config.local_addrs)]
 
     def roam(self, unique_id: int, local_ip: str, now: float) -> bool:
         """Our address towards the peer of IKE SA ``unique_id`` is now ``local_ip``: tell the peer

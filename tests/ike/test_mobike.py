@@ -91,6 +91,19 @@ def test_no_child_move_while_the_new_address_does_not_answer_the_check():
     assert not [s for s in pair.b.sas.values() if s.established]
 
 
+def test_only_clients_without_a_fixed_local_address_are_watched_for_roaming():
+    pair = _pair()
+    _up(pair)
+    assert pair.a.roaming_sas() == []  # site-to-site: local_addrs names the address
+    a, b = mirrored()
+    pair = Pair([a], [b])
+    ua, _ = _up(pair)
+    a.local_addrs = ["%any"]  # a laptop's connection: from wherever it is
+    ((uid, local, remote),) = pair.a.roaming_sas()
+    assert uid == ua and remote[0] == B_IP
+    assert pair.b.roaming_sas() == []  # the responder never starts a move
+
+
 def test_roam_without_mobike_is_refused():
     pair = _pair(mobike=False)
     ua, _ = _up(pair)
