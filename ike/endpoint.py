@@ -674,6 +674,22 @@ class IkeEndpoint:
         self._settle(now)
         return True
 
+    def esp_from(self, inbound_spi: int, src: Address, now: float) -> bool:
+        """Authentic ESP-in-UDP for CHILD SA ``inbound_spi`` came from ``src``, not from the IKE SA's
+        peer address: a peer behind a NAT whose mapping changed (RFC 3948 s2.2; the kernel's
+        XFRM_MSG_MAPPING that charon follows). The SA follows if the peer is behind a NAT and we
+        are not; with MOBIKE only a new port of the same address (a new address is a move, which
+        only UPDATE_SA_ADDRESSES and its return routability check may make). True if it moved."""
+        sa = self.child_index.get(inbound_spi)
+        if (sa is None or sa.state != IkeState.ESTABLISHED or not sa.nat_remote or sa.nat_local
+                or src == sa.remote or (sa.mobike and src[0] != sa.remote[0])):
+            return False
+        sa.log("peer_address_changed", old=sa.remote, new=src, by="esp")
+        sa.remote = src
+        sa.addresses_moved(now)
+        self._settle(now)
+        return True
+
     def note_inbound_esp(self, inbound_spi: int, now: float) -> None:
         sa = self.child_index.get(inbound_spi)
         if sa is not None and now > sa.last_inbound:

@@ -220,3 +220,31 @@ def test_a_wrong_cookie2_in_the_answer_proves_nothing():
     reply.payloads = [NotifyPayload(NotifyType.COOKIE2, task.cookie2)]
     task.process(sa, reply, b"", src, dst, 0.0)
     assert sa.moved == [0.0]
+
+
+def test_esp_from_a_new_port_moves_an_sa_whose_peer_is_behind_a_nat():
+    a, b = mirrored(b_remote_addrs=["%any"])
+    pair = Pair([a], [b])
+    pair.wire.tamper = _Nat(10000)
+    pair.ips[NAT_IP] = pair.a
+    _up(pair)
+    (b_child,) = pair.of("b", ChildSaUp)
+    spi = b_child.inbound_spi
+    # with MOBIKE only a new port of the same address; a new address needs UPDATE_SA_ADDRESSES
+    assert not pair.b.esp_from(spi, ("203.0.113.50", 14500), pair.now)
+    assert pair.b.esp_from(spi, (NAT_IP, 31000), pair.now)
+    pair._collect()
+    (moved,) = pair.of("b", IkeSaMoved)
+    assert moved.remote == (NAT_IP, 31000) and moved.child_spis == (spi,)
+    assert not pair.b.esp_from(spi, (NAT_IP, 31000), pair.now)  # already there
+    assert not pair.b.esp_from(12345, (NAT_IP, 31001), pair.now)  # no such SA
+    (a_child,) = pair.of("a", ChildSaUp)
+    assert not pair.a.esp_from(a_child.inbound_spi, ("203.0.113.50", 4500), pair.now)  # we are the NATed side
+
+
+def test_esp_from_elsewhere_does_not_move_an_sa_without_a_nat():
+    pair = _pair(mobike=False)
+    _up(pair)
+    (b_child,) = pair.of("b", ChildSaUp)
+    assert not pair.b.esp_from(b_child.inbound_spi, ("203.0.113.50", 4500), pair.now)
+    assert pair.of("b", IkeSaMoved) == []

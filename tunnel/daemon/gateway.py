@@ -389,10 +389,9 @@ class Gateway:
 
     def _on_udp(self, fd: int) -> None:
         seen: dict[int, Any] = {}
-        runs, others = self.udp.read_esp_batch(fd, BATCH)
-        receive = self.receiver.receive
-        for packets, ecn in runs:
-            receive(packets, ecn, seen)
+        sources: list = []  # each run's sender: a peer behind a NAT may come from a new port
+        runs, others = self.udp.read_esp_batch(fd, BATCH, sources)
+        self.roaming.receive_runs(runs, sources, seen)
         self.gro.flush()
         self._note_alive(seen)
         if others:

@@ -10,6 +10,10 @@ Two jobs, for ``tunnel.daemon.gateway``:
   route events: it sees every cause of a new source address (addresses, routes, rules, links)
   the same way, costs one netlink round trip a second only while such SAs exist, and a move is
   noticed within a second, inside the 2 s a ping may take to resume.
+* **ESP from a new address.** ESP-in-UDP that opens on a CHILD SA but came from another address
+  or port than the SA's peer (a NAT that gave the peer a new mapping) is offered to IKE
+  (``IkeEndpoint.esp_from``), which moves the SA if the peer is behind a NAT (as charon does on
+  the kernel's mapping events); the data path learns it from the next authentic packet.
 * **The SA moved.** IKE's ``IkeSaMoved`` (after an update, the responder's return routability
   check, or a NAT mapping change) points the CHILD SAs' ESP at the new outer addresses: each
   ``ChildPath`` gets a transmit function for them, and the NAT keepalives follow.
@@ -36,6 +40,8 @@ class Gateway(Protocol):
 
     ike: Any
     children: dict[int, Any]
+    receiver: Any
+    clock: Any
     raw_v4: Any
     raw_v6: Any
     udp: Any
@@ -66,6 +72,31 @@ class Roaming:
         self.route_source = route_source  # a test may ask something else than the kernel
         self.next_check = 0.0
         self.moves = 0  # IKE SAs whose CHILD SAs were pointed at new addresses
+        self.refused: set[tuple[int, Address]] = set()  # (SPI, source) IKE would not move to
+
+    def receive_runs(self, runs: list[tuple[list[bytes], int]], sources: list, seen: dict) -> None:
+        """Decapsulate ESP-in-UDP runs (``UdpIkeSockets.read_esp_batch`` with sources); a run from
+        another address than its SA's peer is decapsulated on its own, and if it was authentic
+        IKE hears of the new address."""
+        gw = self.gateway
+        receive, children = gw.receiver.receive, gw.children
+        for (packets, ecn), src in zip(runs, sources, strict=True):
+            spi = int.from_bytes(packets[0][:4], "big")
+            path = children.get(spi)
+            if path is None or not path.encap or _same_peer(path.remote, src):
+                receive(packets, ecn, seen)
+                continue
+            own: dict = {}
+            receive(packets, ecn, own)
+            seen.update(own)
+            if spi in own and (spi, src) not in self.refused:
+                now = gw.clock()
+                if gw.ike.esp_from(spi, (src[0], src[1]), now):
+                    gw.pump(now)
+                else:
+                    if len(self.refused) > 1024:
+                        self.refused.clear()
+                    self.refused.add((spi, (src[0], src[1])))
 
     def check(self, now: float) -> None:
         """Housekeeping: start a MOBIKE update for every SA whose local address is stale."""
@@ -107,6 +138,11 @@ class Roaming:
         self.moves += 1
         log.info("roaming.sa_moved", connection=event.name, id=event.unique_id, local=_text(event.local),
                  remote=_text(event.remote), encap=event.encap, children=moved)
+
+
+def _same_peer(remote: Address, src: Address) -> bool:
+    """Whether ESP from ``src`` comes from the SA's peer (its IKE port 500 means ESP on 4500)."""
+    return src[0] == remote[0] and (src[1] == remote[1] or (remote[1] == 500 and src[1] == 4500))
 
 
 def _text(addr: Address) -> str:

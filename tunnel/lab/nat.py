@@ -121,6 +121,7 @@ class CafeLab(Lab):
             eth1 = ipr.link_lookup(ifname="eth1")[0]
             ipr.addr("add", index=eth1, address=LAPTOP_HOTEL_IP, prefixlen=HOTEL_LAN_PREFIX)
             ipr.link("set", index=eth1, state="up")
+            ipr.flush_addr(index=eth0)  # the cafe's DHCP lease is gone with its Wi-Fi
             ipr.link("set", index=eth0, state="down")
             ipr.route("replace", dst="default", gateway=HOTEL_ROUTER_LAN)
 
@@ -129,6 +130,8 @@ class CafeLab(Lab):
         with NetNS(self.hostA.ns) as ipr:
             eth0 = ipr.link_lookup(ifname="eth0")[0]
             ipr.link("set", index=eth0, state="up")
+            if not ipr.get_addr(index=eth0, family=2):
+                ipr.addr("add", index=eth0, address=LAPTOP_CAFE_IP, prefixlen=self.hostA.ip4.network.prefixlen)
             ipr.route("replace", dst="default", gateway=CAFE_ROUTER_LAN)
             for eth1 in ipr.link_lookup(ifname="eth1"):
                 ipr.flush_addr(index=eth1)
