@@ -169,9 +169,12 @@ def test_keepalives_are_sent_at_the_configured_interval(lab, office):
     with lab.capture(lab.cafe, lab.cafe.wan_iface, pcap, bpf="udp port 4500"):
         time.sleep(3 * KEEP_ALIVE + 0.5)
     times = lab.count_keepalives(str(pcap))
-    assert len(times) >= 3, times
+    # charon sends one only when it sent nothing else for keep_alive: its liveness checks (DPD)
+    # stretch the gaps; espgw sends them on the interval
+    longest = KEEP_ALIVE + 1.2 if office.laptop is not None else DPD + 1.2
+    assert len(times) >= (3 if office.laptop is not None else 2), times
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    assert all(KEEP_ALIVE - 0.3 <= g <= KEEP_ALIVE + 1.2 for g in gaps), gaps
+    assert all(KEEP_ALIVE - 0.3 <= g <= longest for g in gaps), gaps
 
 
 def test_a_restarted_nat_with_new_ports_is_survived(lab, office):
