@@ -200,6 +200,10 @@ def test_mobike_moves_the_sas_to_the_hotel_network(lab, office):
     assert after["addr"] == HOTEL_PUBLIC, after
     _kept(office, before, after)
     assert office.mine()["addr"] == LAPTOP_HOTEL_IP
+    if office.espgw is not None:  # the office checked the new path (COOKIE2) before moving ESP there
+        text = office.espgw.log_path.read_text(errors="replace")
+        check = text.rfind('"kind": "routability", "local": ["192.0.2.2", 4500], "remote": ["198.51.100.1"')
+        assert 0 <= check < text.rfind('"remote": "198.51.100.1['), "no return routability check"
     assert took <= 2.0, f"the ping came back after {took:.1f} s"
     sent, received = tcp_transfer(lab, lab.laptop, lab.hostB, DASHBOARD, 100_000)
     assert sent == received
