@@ -137,7 +137,7 @@ class ConnectionConfig:
     fragmentation: str = "yes"  # yes | accept | force | no
     fragment_size: int = 1280  # bytes of the whole IP datagram, strongSwan's default for IPv4
     keyingtries: int = 1
-    mobike: bool = False  # espgw does not implement MOBIKE; never announced
+    mobike: bool = True  # RFC 4555, on by default as in strongSwan (ike.tasks.ike_mobike)
     unique: str = "no"
     vips: list[str] = field(default_factory=list)  # virtual IPs to request: 0.0.0.0 / :: = any
     pools: list[str] = field(default_factory=list)  # names of the address pools to lend from

@@ -41,6 +41,7 @@ from ike.tasks.child_rekey import ChildRekey
 from ike.tasks.ike_auth import IkeAuth
 from ike.tasks.ike_delete import IkeDelete
 from ike.tasks.ike_init import IkeInit, init_error_reply
+from ike.tasks.ike_mobike import IkeMobike
 from ike.tasks.ike_rekey import IkeRekey
 from ike.tasks.states import ChildState, IkeState
 
@@ -719,6 +720,46 @@ class IkeEndpoint:
         """Forget a connection (terminate its SAs first): nothing restarts or accepts it again."""
         self.connections.pop(connection, None)
         self._resolving.pop(connection, None)
+
+    def roaming_sas(self) -> list[tuple[int, Address, Address]]:
+        """(unique id, local, remote) of the established IKE SAs we initiated with MOBIKE from a
+        connection without a concrete local address (``%any``: a roaming client): the ones whose
+        local address the daemon watches (RFC 4555: the initiator moves the SA). A gateway bound to
+        configured addresses stays on them whatever source the kernel would prefer."""
+        return [(sa.unique_id, sa.local, sa.remote) for sa in self.sas.values()
+                if sa.state == IkeState.ESTABLISHED and sa.mobike and sa.initiator and not sa.silent
+                and not concrete_addrs(sa.config.local_addrs)]
+
+    def roam(self, unique_id: int, local_ip: str, now: float) -> bool:
+        """Our address towards the peer of IKE SA ``unique_id`` is now ``local_ip``: tell the peer
+        (UPDATE_SA_ADDRESSES, RFC 4555 s3.5). False if there is no such MOBIKE SA."""
+        sa = next((s for s in self.sas.values() if s.unique_id == unique_id and s.state == IkeState.ESTABLISHED
+                   and s.mobike), None)
+        if sa is None:
+            return False
+        if sa.local[0] != local_ip:
+            sa.log("local_address_changed", old=sa.local[0], new=local_ip)
+            sa.local = (local_ip, sa.local[1])
+            if not any(isinstance(t, IkeMobike) and t.kind == "update" for t in sa.queue):
+                sa.queue_task(IkeMobike("update"), now)
+        self._settle(now)
+        return True
+
+    def esp_from(self, inbound_spi: int, src: Address, now: float) -> bool:
+        """Authentic ESP-in-UDP for CHILD SA ``inbound_spi`` came from ``src``, not from the IKE SA's
+        peer address: a peer behind a NAT whose mapping changed (RFC 3948 s2.2; the kernel's
+        XFRM_MSG_MAPPING that charon follows). The SA follows if the peer is behind a NAT and we
+        are not; with MOBIKE only a new port of the same address (a new address is a move, which
+        only UPDATE_SA_ADDRESSES and its return routability check may make). True if it moved."""
+        sa = self.child_index.get(inbound_spi)
+        if (sa is None or sa.state != IkeState.ESTABLISHED or not sa.nat_remote or sa.nat_local
+                or src == sa.remote or (sa.mobike and src[0] != sa.remote[0])):
+            return False
+        sa.log("peer_address_changed", old=sa.remote, new=src, by="esp")
+        sa.remote = src
+        sa.addresses_moved(now)
+        self._settle(now)
+        return True
 
     def note_inbound_esp(self, inbound_spi: int, now: float) -> None:
         sa = self.child_index.get(inbound_spi)

@@ -39,6 +39,20 @@ class IkeSaDown:
 
 
 @dataclass(frozen=True, slots=True)
+class IkeSaMoved:
+    """The IKE SA's outer addresses changed (MOBIKE, a new NAT mapping): ESP of its CHILD SAs
+    (``child_spis``, inbound) now goes from ``local`` to ``remote``."""
+
+    name: str
+    unique_id: int
+    local: Address
+    remote: Address
+    encap: bool
+    nat_local: bool
+    child_spis: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ChildSaUp:
     """A CHILD SA pair to install: inbound (our SPI) and outbound (the peer's SPI)."""
 

@@ -23,7 +23,7 @@ from ike.config import ConnectionConfig
 from ike.crypto.keys import IkeKeys
 from ike.crypto.proposals import Negotiated, format_proposal
 from ike.crypto.skcipher import SkCipher
-from ike.events import Address, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, LeaseAssigned, LeaseReleased
+from ike.events import Address, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaMoved, IkeSaUp, LeaseAssigned, LeaseReleased
 from ike.pools import AddressPool, IPAddress
 from ike.sa.outbox import (ChildAdded, ChildRemoved, ChildrenMoved, DropSuccessor, Established, Gone, Outbox,
                            Reauthenticate, Registered, ReplaceDuplicates)
@@ -37,6 +37,7 @@ from ike.tasks.ike_delete import IkeDelete
 from ike.tasks.ike_dpd import IkeDpd
 from ike.tasks.followup_ke import FollowupResponder, exchange_task
 from ike.tasks.ike_intermediate import Intermediate
+from ike.tasks.ike_mobike import IkeMobike
 from ike.tasks.ike_rekey import IkeRekey
 from ike.tasks.states import IKE_TRANSITIONS, LIVE_CHILD_STATES, ChildState, IkeState, advance
 
@@ -94,14 +95,14 @@ class IkeSa(TaskManager):
     """State, keys and CHILD SAs of one IKE SA; the message handling is in TaskManager."""
 
     # slots: a gateway holds thousands of these; an instance dict of ~55 entries costs ~1.5 KB more
-    __slots__ = ("attempt", "auth_methods", "candidates", "children", "chosen", "config", "created", "established_at",
-                 "expire_at", "followup", "half_open_key", "held_events", "host", "indexed_name", "init_request",
-                 "init_response", "initiated", "initiator", "intermediate", "keys", "last_inbound", "local", "local_id",
-                 "local_vips", "nat_local",
-                 "nat_remote", "neg", "ni", "nr", "peer_deleted_spis", "peer_fragmentation", "peer_key",
-                 "proposal_name", "reauth_at", "redundant_until", "rekey_at", "rekeyed_from", "remote", "remote_id",
-                 "remote_vips", "replaces", "silent", "spi_i", "spi_r", "state", "dropped", "timer_at", "timer_entry",
-                 "unique_id",
+    __slots__ = ("attempt", "auth_methods", "candidates", "children", "chosen", "config", "created", "dropped",
+                 "established_at", "expire_at", "followup", "half_open_key", "held_events", "host",
+                 "indexed_name", "init_request", "init_response", "initiated", "initiator", "intermediate",
+                 "keys", "last_inbound", "local", "local_id", "local_vips", "mobike", "nat_local",
+                 "nat_mapping", "nat_remote", "neg", "ni", "nr", "peer_addresses", "peer_deleted_spis",
+                 "peer_fragmentation", "peer_key", "proposal_name", "reauth_at", "redundant_until", "rekey_at",
+                 "rekeyed_from", "remote", "remote_id", "remote_vips", "replaces", "request_addresses",
+                 "silent", "spi_i", "spi_r", "state", "timer_at", "timer_entry", "unique_id",
                  "__weakref__")
 
     def __init__(self, host: Host, config: ConnectionConfig, *, initiator: bool, local: Address, remote: Address,
@@ -130,6 +131,10 @@ class IkeSa(TaskManager):
         self.peer_fragmentation = False
         self.intermediate: Intermediate | None = None  # IKE_INTERMEDIATE key exchanges (RFC 9370)
         self.followup: FollowupResponder | None = None  # a peer's CREATE_CHILD_SA awaiting IKE_FOLLOWUP_KE
+        self.mobike = False  # RFC 4555 negotiated (ike.tasks.ike_mobike)
+        self.peer_addresses: tuple[str, ...] = ()  # the peer's ADDITIONAL_*_ADDRESS list
+        self.nat_mapping: bytes | None = None  # the peer's last NAT_DETECTION_DESTINATION_IP hash
+        self.request_addresses: tuple[Address, Address] = (remote, local)  # of the request in hand
         self.proposal_name = ""  # strongSwan-style, e.g. "aes256gcm16-prfsha256-ecp256"
         self.chosen: Proposal | None = None  # the selected IKE proposal
         # timers
@@ -362,6 +367,15 @@ class IkeSa(TaskManager):
     def encap(self) -> bool:
         return self.config.encap or self.nat_local or self.nat_remote
 
+    def addresses_moved(self, now: float) -> None:
+        """The outer addresses changed (MOBIKE, a NAT mapping): the CHILD SAs' ESP follows."""
+        if self.state != IkeState.ESTABLISHED:
+            return
+        self.log("ike_sa_moved", local=self.local, remote=self.remote, nat_local=self.nat_local,
+                 nat_remote=self.nat_remote)
+        self.emit(IkeSaMoved(self.name, self.unique_id, self.local, self.remote, self.encap, self.nat_local,
+                             tuple(self.children)))
+
     # --- IKE rekeying ------------------------------------------------------------------------------
     def rekeyed_sa(self, *, initiator: bool, spi_i: bytes, spi_r: bytes, ni: bytes, nr: bytes, chosen: Proposal,
                    neg: Negotiated, keys: IkeKeys, now: float) -> IkeSa:
@@ -376,6 +390,7 @@ class IkeSa(TaskManager):
         new.auth_methods = self.auth_methods
         new.nat_local, new.nat_remote = self.nat_local, self.nat_remote
         new.peer_fragmentation = self.peer_fragmentation
+        new.mobike, new.peer_addresses, new.nat_mapping = self.mobike, self.peer_addresses, self.nat_mapping
         new.rekeyed_from = self.unique_id
         self._share_leases(new, now)
         new.set_established(now)
@@ -535,7 +550,9 @@ class IkeSa(TaskManager):
                 self.queue_task(ChildRekey(child), now)
         if (self.config.dpd_delay > 0 and self.active is None and not self.queue
                 and now >= self.last_inbound + self.config.dpd_delay):
-            self.queue_task(IkeDpd(), now)
+            # behind a NAT with MOBIKE, the liveness check also watches our NAT mapping (as charon)
+            mapped = self.mobike and self.initiator and self.nat_local
+            self.queue_task(IkeMobike("check") if mapped else IkeDpd(), now)
 
     def key_row(self) -> dict | None:
         """This SA's SK_e*/SK_a* for a Wireshark decryption table; only for an explicit key
@@ -562,6 +579,7 @@ class IkeSa(TaskManager):
             "remote_id": str(self.remote_id) if self.remote_id else None, "proposal": self.proposal_name,
             "local_auth": self.auth_methods[0], "remote_auth": self.auth_methods[1],
             "nat_local": self.nat_local, "nat_remote": self.nat_remote, "established": self.established_at,
+            "mobike": self.mobike, "peer_addresses": list(self.peer_addresses),
             "rekey_at": self.rekey_at, "expire_at": self.expire_at,
             "local_vips": [str(v) for v in self.local_vips],
             "remote_vips": [str(address) for _, address in self.remote_vips],

@@ -118,11 +118,14 @@ class TaskManager:
             return [whole]
         return [codec.seal(msg, cipher, sa.rng)]
 
-    def send(self, packets: Sequence[bytes]) -> None:
+    def send(self, packets: Sequence[bytes], to: tuple[Address, Address] | None = None) -> None:
+        """To the SA's peer, or ``to`` = (source, destination) of the request a response answers
+        (RFC 7296 s2.11: a response goes where its request came from)."""
         sa = self._sa()
         out = sa.host.outbox.datagrams
+        local, remote = (sa.local, sa.remote) if to is None else (to[1], to[0])
         for data in packets:
-            out.append(Datagram(data, sa.local, sa.remote))
+            out.append(Datagram(data, local, remote))
 
     def send_once(self, exchange: ExchangeType, payloads: list[Payload]) -> None:
         """A request sent without waiting for (or retransmitting) an answer: for the last words
@@ -232,16 +235,19 @@ class TaskManager:
             self.inner_error = exc
             return None
 
-    def _peer_moved(self, src: Address, dst: Address) -> None:
+    def _peer_moved(self, src: Address, dst: Address, now: float) -> None:
         """Follow a peer that floats to port 4500 (RFC 7296 s2.23) or whose NAT mapping changed;
         only called for authenticated messages."""
         sa = self._sa()
         if dst[1] == NAT_T_PORT and sa.local[1] != NAT_T_PORT:
             sa.local = (sa.local[0], NAT_T_PORT)
+        if sa.mobike:  # RFC 4555: only UPDATE_SA_ADDRESSES moves a MOBIKE SA (ike.tasks.ike_mobike)
+            return
         if src != sa.remote and (sa.nat_remote or sa.nat_local or
                                  (src[0] == sa.remote[0] and src[1] == NAT_T_PORT)):
             sa.log("peer_address_changed", old=sa.remote, new=src)
             sa.remote = src
+            sa.addresses_moved(now)  # a new NAT mapping: the CHILD SAs' ESP follows
 
     def _receive_response(self, raw: bytes, msg: codec.Message, src: Address, dst: Address, now: float) -> None:
         sa = self._sa()
@@ -259,7 +265,7 @@ class TaskManager:
             return
         if msg.exchange != ExchangeType.IKE_SA_INIT:
             sa.last_inbound = now
-            self._peer_moved(src, dst)
+            self._peer_moved(src, dst, now)
         task = self.active.task
         self.active = None
         self.my_mid += 1
@@ -293,7 +299,7 @@ class TaskManager:
             sk = codec.encrypted_payload(msg)
             if not isinstance(sk, SkfPayload) or sk.number == 1:
                 sa.log("retransmitting_response", mid=msg.message_id)
-                self.send(self.last_response[1:])
+                self.send(self.last_response[1:], (src, dst))
             return
         if msg.message_id != self.peer_mid:
             self._drop("unexpected message ID", mid=msg.message_id, expected=self.peer_mid)
@@ -302,7 +308,8 @@ class TaskManager:
         if full is None and self.inner_error is None:
             return
         sa.last_inbound = now
-        self._peer_moved(src, dst)
+        self._peer_moved(src, dst, now)
+        sa.request_addresses = (src, dst)
         payloads: list[Payload] = [self._error_answer(msg)] if full is None else respond(sa, full, now)
         if sa.state == IkeState.DEAD:
             return
@@ -312,7 +319,7 @@ class TaskManager:
             sa.init_response = packets[0]
         self.last_response = (msg.message_id, *packets)
         self.peer_mid += 1
-        self.send(packets)
+        self.send(packets, (src, dst))
         self._install_pending_keys()
         if self.delete_after_response is not None:
             reason, self.delete_after_response = self.delete_after_response, None

@@ -87,6 +87,12 @@ class IkeSaContext(Protocol):
     followup: FollowupResponder | None  # the peer's CREATE_CHILD_SA awaiting IKE_FOLLOWUP_KE
     local_vips: tuple[IPAddress, ...]  # our virtual IPs (client)
     remote_vips: tuple[tuple[str, IPAddress], ...]  # (pool, address) lent to the peer (gateway)
+    # MOBIKE (ike.tasks.ike_mobike): negotiated, the peer's additional addresses, the last NAT
+    # detection hash of our address the peer sent, and (source, destination) of the request in hand
+    mobike: bool
+    peer_addresses: tuple[str, ...]
+    nat_mapping: bytes | None
+    request_addresses: tuple[Address, Address]
 
     @property
     def name(self) -> str: ...
@@ -125,6 +131,7 @@ class IkeSaContext(Protocol):
     def drop_successor(self) -> None: ...
     def pool(self, name: str) -> AddressPool | None: ...
     def take_over_leases(self, now: float) -> None: ...
+    def addresses_moved(self, now: float) -> None: ...
 
 
 class Task:

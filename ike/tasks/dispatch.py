@@ -6,7 +6,7 @@ from ike.codec.constants import ExchangeType, NotifyType, ProtocolId
 from ike.codec.message import Message
 from ike.codec.payloads import DeletePayload, NotifyPayload, Payload, SaPayload
 from ike.tasks import (child_create, child_delete, child_rekey, followup_ke, ike_auth, ike_delete, ike_init,
-                       ike_intermediate, ike_rekey)
+                       ike_intermediate, ike_mobike, ike_rekey)
 from ike.tasks.base import IkeSaContext
 
 
@@ -47,5 +47,7 @@ def _informational(sa: IkeSaContext, msg: Message, now: float) -> list[Payload]:
     child_deletes = [d for d in deletes if d.protocol in (ProtocolId.ESP, ProtocolId.AH)]
     if child_deletes:
         out += child_delete.respond_child_deletes(sa, child_deletes, now)
+    if sa.established and not ike_mobike.MOBIKE_NOTIFIES.isdisjoint(msg.notifies()):
+        out += ike_mobike.respond_mobike(sa, msg, now)
     ike_auth.respond_error_notifies(sa, msg)
     return out

@@ -29,7 +29,7 @@ from ike.crypto.keys import psk_auth, signed_octets
 from ike.crypto.signatures import (SignatureError, parse_hash_algorithms, scheme_for_identifier, sign_auth,
                                    verify_auth)
 from ike.events import Address, NegotiationFailed
-from ike.tasks import ike_config
+from ike.tasks import ike_config, ike_mobike
 from ike.tasks.base import DONE, IkeSaContext, Outcome, Task, destroy, shared
 from ike.tasks.child_create import (ChildFailure, ChildOffer, PacketTs, abandon, accept_answer, answer_offer,
                                     failure_event,
@@ -185,6 +185,7 @@ class IkeAuth(Task):
             self.offer = make_offer(sa, self.child_config, in_auth=True, packet_ts=self.packet_ts)
             out.append(NotifyPayload(NotifyType.ESP_TFC_PADDING_NOT_SUPPORTED))
             out += offer_payloads(self.offer)
+        out += ike_mobike.auth_payloads(sa)
         return out
 
     def _fail(self, sa: IkeSaContext, notify: str, text: str, tell_peer: bool = False) -> Outcome:
@@ -209,6 +210,7 @@ class IkeAuth(Task):
         if not id_matches(sa.config.remote.id, sa.remote_id):
             return self._fail(sa, "AUTHENTICATION_FAILED",
                               f"responder identity {sa.remote_id} is not the configured one", True)
+        ike_mobike.auth_answered(sa, msg)
         sa.set_established(now)
         sa.emit(sa.ike_up_event())
         ike_config.process_reply(sa, msg)
@@ -280,6 +282,9 @@ def respond_auth(sa: IkeSaContext, msg: Message, now: float) -> list[Payload]:
         return [NotifyPayload(NotifyType.AUTHENTICATION_FAILED)]
     if cfg.unique == "replace" or (NotifyType.INITIAL_CONTACT in msg.notifies() and cfg.unique != "never"):
         sa.replace_duplicates()
+    ike_mobike.auth_answered(sa, msg)
+    if sa.mobike:
+        out += ike_mobike.auth_payloads(sa)
     sa.set_established(now)
     sa.emit(sa.ike_up_event())
     try:

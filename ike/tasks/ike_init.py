@@ -150,6 +150,8 @@ class IkeInit(Task):
             sa.nat_local, sa.nat_remote = nat
         sa.peer_fragmentation = (NotifyType.IKEV2_FRAGMENTATION_SUPPORTED in notifies
                                  and sa.config.fragmentation != "no")
+        if ipaddress.ip_address(sa.local[0]).is_unspecified and not ipaddress.ip_address(dst[0]).is_unspecified:
+            sa.local = (dst[0], sa.local[1])  # sent from a wildcard: the address the kernel chose (MOBIKE's start)
         if sa.nat_local or sa.nat_remote or sa.config.encap:  # RFC 7296 s2.23: continue on port 4500
             sa.local = (sa.local[0], NAT_T_PORT)
             if sa.remote[1] == 500:

@@ -30,10 +30,12 @@ from pyroute2 import IPRoute
 from esp.sadb import SADatabase
 from ike.config import ConnectionConfig
 from ike.endpoint import IkeEndpoint
-from ike.events import Address, AddressWanted, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed
+from ike.events import (Address, AddressWanted, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaMoved, IkeSaUp,
+                        NegotiationFailed)
 from ike.tasks.states import IkeState
 from tunnel.daemon import reload, status
 from tunnel.daemon.resolver import Resolver
+from tunnel.daemon.roaming import Roaming
 from tunnel.daemon.traps import Traps
 from tunnel.daemon.vici import ViciDaemon
 from tunnel.daemon.virtual_ip import VirtualIpClient, pool_networks
@@ -56,7 +58,6 @@ log = structlog.get_logger("espgw")
 
 BATCH = 64
 HOUSEKEEPING_INTERVAL = 1.0
-NAT_KEEPALIVE_INTERVAL = 20.0  # strongSwan's charon.keep_alive default
 # Handshakes churn through short-lived buffers (messages, DH values); glibc keeps freed heap
 # memory mapped until told otherwise, so the daemon gives it back to the kernel now and then.
 TRIM_INTERVAL = 10.0
@@ -132,7 +133,8 @@ class Gateway:
         self.selector = selectors.DefaultSelector()
         self._stopping = False
         self._next_housekeeping = self.started
-        self._next_keepalive = self.started + NAT_KEEPALIVE_INTERVAL
+        self._next_keepalive = self.started + self.settings.keep_alive
+        self.roaming = Roaming(self)  # MOBIKE: our address changes, SAs that moved
         self._next_trim = self.started + TRIM_INTERVAL
         self._wakeup_r = self._wakeup_w = -1
         # The devices and sockets (tun, gro, receiver, routes, raw_v4, udp, control: see the class
@@ -418,10 +420,9 @@ class Gateway:
 
     def _on_udp(self, fd: int) -> None:
         seen: dict[int, Any] = {}
-        runs, others = self.udp.read_esp_batch(fd, BATCH)
-        receive = self.receiver.receive
-        for packets, ecn in runs:
-            receive(packets, ecn, seen)
+        sources: list = []  # each run's sender: a peer behind a NAT may come from a new port
+        runs, others = self.udp.read_esp_batch(fd, BATCH, sources)
+        self.roaming.receive_runs(runs, sources, seen)
         self.gro.flush()
         self._note_alive(seen)
         if others:
@@ -462,6 +463,8 @@ class Gateway:
             self.journal.add(now, "ike_sa.up", event.name, f"IKE SA {event.name}[{event.unique_id}] established "
                              f"between {event.local[0]}[{event.local_id}]...{event.remote[0]}[{event.remote_id}]",
                              outcome="up")
+        elif isinstance(event, IkeSaMoved):
+            self.roaming.on_moved(event)
         elif isinstance(event, IkeSaDown):
             self.ike_sa_names.pop(event.unique_id, None)
             self.nat_keepalives.pop(event.unique_id, None)
@@ -604,8 +607,9 @@ class Gateway:
         if now >= self._next_trim:
             self._next_trim = now + TRIM_INTERVAL
             release_free_memory()
+        self.roaming.check(now)
         if now >= self._next_keepalive:
-            self._next_keepalive = now + NAT_KEEPALIVE_INTERVAL
+            self._next_keepalive = now + self.settings.keep_alive
             for local, remote in self.nat_keepalives.values():
                 self.udp.send_keepalive((remote[0], remote[1]), (local[0], local[1]))
 

@@ -70,6 +70,7 @@ def describe_ike(gw: Gateway, sa: dict, now: float) -> dict:
         "remote_addr": remote[0], "remote_port": remote[1], "remote_id": sa.get("remote_id"),
         "local_auth": sa.get("local_auth"), "remote_auth": sa.get("remote_auth"),
         "nat_local": sa.get("nat_local"), "nat_remote": sa.get("nat_remote"), "proposal": sa.get("proposal"),
+        "mobike": sa.get("mobike"), "peer_addresses": sa.get("peer_addresses", []),
         "established": _ago(sa.get("established"), now), "rekey_in": _until(sa.get("rekey_at"), now),
         "local_vips": sa.get("local_vips", []), "remote_vips": sa.get("remote_vips", []),
         "children": children,

@@ -88,13 +88,20 @@ class ChildPath:
             return False
         return self._transmit(esp, inner)
 
+    def move(self, local: tuple[str, int], remote: tuple[str, int], encap: bool,
+             transmit: Callable[[bytes, bytes], bool]) -> None:
+        """New outer addresses (MOBIKE, a new NAT mapping): the same SAs, another way out."""
+        self.local, self.remote, self.encap = local, remote, encap
+        self._transmit = transmit
+
     def describe(self, now: float) -> dict:
         """The CHILD SA for ``espgw list-sas`` (no keys)."""
         inb, out = self.inbound.counters, self.outbound.counters
         drops = {r.name.lower(): n for r, n in {**inb.drops, **out.drops}.items() if n}
         return {
             "name": self.child_name, "unique_id": self.unique_id, "state": "INSTALLED", "mode": self.mode,
-            "encap": self.encap, "proposal": self.proposal, "spi_in": f"{self.inbound_spi:08x}",
+            "encap": self.encap, "local": list(self.local), "remote": list(self.remote), "proposal": self.proposal,
+            "spi_in": f"{self.inbound_spi:08x}",
             "spi_out": f"{self.outbound_spi:08x}", "bytes_in": inb.bytes, "bytes_out": out.bytes,
             "packets_in": inb.packets, "packets_out": out.packets,
             "installed": round(now - self.installed_at, 1),

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import structlog
 
 from esp.outer import OuterIPv4
-from ike.events import ChildSaUp
+from ike.events import Address, ChildSaUp
 from tunnel.kernel.tx_ring import RingSet
 
 log = structlog.get_logger("tunnel")
@@ -97,24 +97,31 @@ def make_transmit(up: ChildSaUp, *, raw_v4, raw_v6, udp, force_udp: bool,
     With a ``batcher``, ESP-in-UDP packets wait for its ``flush()`` (GSO), and so does raw IPv4
     ESP when the batcher has TX rings; otherwise raw ESP goes at once, one syscall per packet.
     """
-    local_ip, remote_ip = up.local[0], up.remote[0]
+    return transmit_between(up.local, up.remote, up.encap, raw_v4=raw_v4, raw_v6=raw_v6, udp=udp,
+                            force_udp=force_udp, batcher=batcher)
+
+
+def transmit_between(local: Address, remote: Address, encap: bool, *, raw_v4, raw_v6, udp, force_udp: bool,
+                     batcher: TxBatcher | None = None) -> Callable[[bytes, bytes], bool]:
+    """``make_transmit`` for outer addresses given apart: an SA that moved (MOBIKE, a new NAT mapping)."""
     if batcher is None:
-        return _new_transmit(up, raw_v4=raw_v4, raw_v6=raw_v6, udp=udp, force_udp=force_udp, batcher=None)
+        return _new_transmit(local, remote, encap, raw_v4=raw_v4, raw_v6=raw_v6, udp=udp, force_udp=force_udp,
+                             batcher=None)
     # Every SA between the same two addresses shares one transmitter (one closure, one UDP queue,
     # one outer-header ID sequence): it depends on nothing else, and 10,000 SAs then cost no more.
-    key = (up.encap or force_udp, local_ip, remote_ip, up.remote[1])
+    key = (encap or force_udp, local[0], remote[0], remote[1])
     transmit = batcher.shared.get(key)
     if transmit is None:
-        transmit = batcher.shared[key] = _new_transmit(up, raw_v4=raw_v4, raw_v6=raw_v6, udp=udp,
+        transmit = batcher.shared[key] = _new_transmit(local, remote, encap, raw_v4=raw_v4, raw_v6=raw_v6, udp=udp,
                                                        force_udp=force_udp, batcher=batcher)
     return transmit
 
 
-def _new_transmit(up: ChildSaUp, *, raw_v4, raw_v6, udp, force_udp: bool,
+def _new_transmit(local_addr: Address, remote_addr: Address, encap: bool, *, raw_v4, raw_v6, udp, force_udp: bool,
                   batcher: TxBatcher | None) -> Callable[[bytes, bytes], bool]:
-    local_ip, remote_ip = up.local[0], up.remote[0]
-    if up.encap or force_udp:
-        remote = (remote_ip, up.remote[1] if up.remote[1] != 500 else NAT_T_PORT)
+    local_ip, remote_ip = local_addr[0], remote_addr[0]
+    if encap or force_udp:
+        remote = (remote_ip, remote_addr[1] if remote_addr[1] != 500 else NAT_T_PORT)
         local = (local_ip, NAT_T_PORT)
         if batcher is not None:
             return batcher.transmitter(udp, remote, local)
@@ -132,4 +139,4 @@ def _new_transmit(up: ChildSaUp, *, raw_v4, raw_v6, udp, force_udp: bool,
     return raw_v6.tunnel_sender(remote_ip)
 
 
-__all__ = ["TxBatcher", "make_transmit"]
+__all__ = ["TxBatcher", "make_transmit", "transmit_between"]

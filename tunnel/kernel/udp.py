@@ -155,12 +155,14 @@ class UdpEndpoint:
             self.counters["recv_errors"] += 1
         return out
 
-    def read_esp_batch(self, max_packets: int = 64) -> tuple[list[tuple[list[bytes], int]], list[UdpDatagram]]:
+    def read_esp_batch(self, max_packets: int = 64, sources: list | None = None
+                       ) -> tuple[list[tuple[list[bytes], int]], list[UdpDatagram]]:
         """``read_batch`` for the data path: ESP as (packets, ECN bits) per datagram read, the rest apart.
 
         A UDP GRO datagram becomes its segments in one list without a tuple or a call per
         packet; a read holding anything but ESP (an IKE message, a keepalive, a runt) goes
-        through ``_classify`` as in ``read_batch``. Returns (ESP runs, IKE datagrams).
+        through ``_classify`` as in ``read_batch``. Returns (ESP runs, IKE datagrams); with
+        ``sources``, the sender's (address, port) of each ESP run is appended to it, in order.
         """
         runs: list[tuple[list[bytes], int]] = []
         others: list[UdpDatagram] = []
@@ -184,6 +186,8 @@ class UdpEndpoint:
                 if is_esp:
                     runs.append((parts, ecn))
                     esp += len(parts)
+                    if sources is not None:
+                        sources.append(addr)
                 else:
                     classified: list[UdpDatagram] = []
                     remote, local_port = (addr[0], addr[1]), (self._local_address(ancdata), self.port)
@@ -193,6 +197,8 @@ class UdpEndpoint:
                     esp_parts = [d.data for d in classified if d.kind == "esp"]  # counted by _classify
                     if esp_parts:
                         runs.append((esp_parts, ecn))
+                        if sources is not None:
+                            sources.append(addr)
         except BlockingIOError:
             pass
         except OSError:  # ICMP port unreachable etc. reported on the socket; the next read goes on
@@ -324,8 +330,9 @@ class UdpIkeSockets:
     def read_batch(self, fd: int, max_packets: int = 64) -> list[UdpDatagram]:
         return self._by_fd[fd].read_batch(max_packets)
 
-    def read_esp_batch(self, fd: int, max_packets: int = 64) -> tuple[list[tuple[list[bytes], int]], list[UdpDatagram]]:
-        return self._by_fd[fd].read_esp_batch(max_packets)
+    def read_esp_batch(self, fd: int, max_packets: int = 64, sources: list | None = None
+                       ) -> tuple[list[tuple[list[bytes], int]], list[UdpDatagram]]:
+        return self._by_fd[fd].read_esp_batch(max_packets, sources)
 
     def endpoint(self, local: tuple[str, int] | None, remote: tuple[str, int], natt: bool) -> UdpEndpoint:
         """The endpoint to send from: bound to ``local`` (address, port), or to its wildcard."""

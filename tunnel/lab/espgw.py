@@ -42,6 +42,7 @@ class GatewaySettings:
     retransmit_timeout: float = 4.0  # strongSwan's schedule; lab tests shorten it to see a dead peer
     retransmit_base: float = 1.8
     retransmit_tries: int = 5
+    keep_alive: float = 20.0  # NAT keepalives behind a NAT (tunnel.lab.nat tests shorten it)
 
 
 def _quote(text: str) -> str:
@@ -103,12 +104,14 @@ def config_toml(conns: list[ConnectionConfig], settings: GatewaySettings, contro
              f'raw_esp_tx = "{settings.raw_esp_tx}"',
              f'log_level = "{settings.log_level}"', f'log_format = "{settings.log_format}"',
              f"queue_size = {settings.queue_size}", f"retransmit_timeout = {settings.retransmit_timeout}",
-             f"retransmit_base = {settings.retransmit_base}", f"retransmit_tries = {settings.retransmit_tries}", ""]
+             f"retransmit_base = {settings.retransmit_base}", f"retransmit_tries = {settings.retransmit_tries}",
+             f"keep_alive = {settings.keep_alive}", ""]
     for conn in conns:
         lines += [f"[connections.{conn.name}]",
                   f"local_addrs = {_list(conn.local_addrs)}", f"remote_addrs = {_list(conn.remote_addrs)}",
                   f"proposals = {_list(conn.proposals)}", f"rekey_time = {conn.rekey_time}",
                   f"dpd_delay = {conn.dpd_delay}", f"encap = {'true' if conn.encap else 'false'}",
+                  f"mobike = {'true' if conn.mobike else 'false'}",
                   *([f"over_time = {conn.over_time}"] if conn.over_time is not None else []),
                   *([f"vips = {_list(conn.vips)}"] if conn.vips else []),
                   *([f"pools = {_list(conn.pools)}"] if conn.pools else []),

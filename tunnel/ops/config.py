@@ -78,6 +78,8 @@ class GatewayConfig:
     half_open_limit: int = 5000
     # client mode: DNS servers a gateway sends go to a state file ("state") or also resolvconf(8)
     dns: str = "state"
+    # NAT keepalives (RFC 3948 s2.3) every keep_alive behind a NAT, strongswan.conf's charon.keep_alive
+    keep_alive: float = 20.0
 
 
 @dataclass
@@ -478,7 +480,7 @@ def _parse_gateway(table: _Table) -> GatewayConfig:
     defaults = GatewayConfig()
     table.allow({"tun_name", "mtu", "control_socket", "vici_socket", "log_level", "log_format", "esp_encap",
                  "raw_esp_tx", "queue_size", "retransmit_timeout", "retransmit_base", "retransmit_tries",
-                 "cookie_threshold", "half_open_per_ip", "half_open_limit", "dns"})
+                 "cookie_threshold", "half_open_per_ip", "half_open_limit", "dns", "keep_alive"})
     return GatewayConfig(
         tun_name=table.get("tun_name", _tun_name, defaults.tun_name),
         mtu=table.get("mtu", _int_range(576, 65535), defaults.mtu),
@@ -496,6 +498,7 @@ def _parse_gateway(table: _Table) -> GatewayConfig:
         half_open_per_ip=table.get("half_open_per_ip", _int_range(1, 1_000_000), defaults.half_open_per_ip),
         half_open_limit=table.get("half_open_limit", _int_range(1, 1_000_000), defaults.half_open_limit),
         dns=table.get("dns", _one_of("state", "resolvconf"), defaults.dns),
+        keep_alive=table.get("keep_alive", _positive_duration, defaults.keep_alive),
     )
 
 

@@ -39,6 +39,9 @@ class RecordingIke:
     def next_event(self):
         return self.events.pop(0) if self.events else None
 
+    def roaming_sas(self) -> list:  # no MOBIKE SAs: the roaming check has nothing to look up
+        return []
+
     def note_inbound_esp(self, spi: int, now: float) -> None:
         pass
 

@@ -29,7 +29,7 @@ def test_swanctl_conf_one_key_per_line_and_psk_as_hex():
     assert "proposals = aes256gcm16-prfsha256-ecp256, aes128-sha256-modp2048" in lines
     assert "remote_ts = 10.0.5.0/24, fd00:b::/64[6/80]" in lines
     assert "esp_proposals = aes256gcm16, aes128-sha256" in lines
-    assert {"encap = yes", "mobike = no", "dpd_delay = 10s", "rekey_time = 60s", "life_time = 90s",
+    assert {"encap = yes", "mobike = yes", "dpd_delay = 10s", "rekey_time = 60s", "life_time = 90s",
             "id = gwa.lab", "id-1 = gwa.lab", "id-2 = gwb.lab", "start_action = none"} <= set(lines)
     assert "secret = 0x" + PSK.hex() in lines
     assert text.count("{") == text.count("}")
