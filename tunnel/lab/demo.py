@@ -281,7 +281,7 @@ def _tshark_finds(pcap: Path, keydir: Path, marker: str) -> tuple[int, str]:
 def key_exchanges(proposal: str | None) -> list[str]:
     """The negotiated IKE proposal's key exchanges in order, as charon names them: the IKE_SA_INIT
     group first, then RFC 9370's additional ones (ake1..ake7), each done in an IKE_INTERMEDIATE."""
-    from tunnel.daemon.vici_messages import algorithms
+    from tunnel.ops.vici.algorithms import algorithms
 
     fields = algorithms(proposal, ike=True)
     return [str(fields[key]) for key in ("dh-group", *(f"ake{n}" for n in range(1, 8))) if key in fields]
