@@ -30,7 +30,7 @@ from esp.sadb import SADatabase
 from ike.config import ConnectionConfig
 from ike.endpoint import IkeEndpoint
 from ike.events import Address, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed
-from tunnel.daemon import status
+from tunnel.daemon import startup, status
 from tunnel.daemon.traps import Traps
 from tunnel.daemon.vici import ViciDaemon
 from tunnel.dataplane.child import ChildPath, inner_mtu, send_with_mtu
@@ -46,7 +46,7 @@ from tunnel.kernel.raw_esp import RawEspSocket
 from tunnel.kernel.udp import UdpIkeSockets
 from tunnel.ops.config import Config
 from tunnel.ops.control import ControlError, ControlServer
-from tunnel.ops.log import configure_logging
+from tunnel.ops.log import configure_from_config
 
 log = structlog.get_logger("espgw")
 
@@ -419,6 +419,7 @@ class Gateway:
             log.error("initiate_failed", connection=conn, child=child, error=str(exc))
 
     def _on_event(self, event: Any, now: float) -> None:
+        # the IKE core logs each SA's ike_sa_established/child_sa_established/..._down: not again here
         if isinstance(event, ChildSaUp):
             self._install_child(event, now)
         elif isinstance(event, ChildSaDown):
@@ -427,12 +428,9 @@ class Gateway:
             self.ike_sa_names[event.unique_id] = event.name
             if event.nat_local:
                 self.nat_keepalives[event.unique_id] = (event.local, event.remote)
-            log.info("ike_sa.up", connection=event.name, id=event.unique_id, remote=event.remote,
-                     proposal=event.proposal, initiator=event.initiator)
         elif isinstance(event, IkeSaDown):
             self.ike_sa_names.pop(event.unique_id, None)
             self.nat_keepalives.pop(event.unique_id, None)
-            log.info("ike_sa.down", connection=event.name, id=event.unique_id, reason=event.reason)
         elif isinstance(event, NegotiationFailed):
             self.failures.append({"connection": event.name, "stage": event.stage, "notify": event.notify,
                                   "message": event.message, "child": event.child_name})
@@ -470,10 +468,6 @@ class Gateway:
             self.policy.bind_inbound(path.lineage, path.inbound)
             self.inbound_ok.clear()
             self.pending[up.inbound_spi] = path
-        log.info("child_sa.up", connection=up.ike_name, child=up.child_name, id=up.unique_id,
-                 spi_in=f"{up.inbound_spi:08x}", spi_out=f"{up.outbound_spi:08x}", proposal=up.proposal,
-                 encap=up.encap or self.force_udp, local_ts=[str(t) for t in up.local_ts],
-                 remote_ts=[str(t) for t in up.remote_ts], rekeyed_from=up.rekeyed_from)
         self._flush_trap(up, path)
 
     def _join_lineage(self, path: ChildPath) -> None:
@@ -530,8 +524,6 @@ class Gateway:
             self.retiring.append((now + REKEY_GRACE, path))
         else:
             self._retire(path)
-        log.info("child_sa.down", connection=down.ike_name, child=down.child_name, id=down.unique_id,
-                 spi_in=f"{down.inbound_spi:08x}", reason=down.reason)
 
     def _retire(self, path: ChildPath) -> None:
         """Forget an SA for good; its counters live on in the gateway's totals."""
@@ -639,14 +631,16 @@ def _local_addresses() -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
 
 def run(config: Config) -> int:
     """Run the gateway in the foreground until SIGTERM or Ctrl-C; the exit status."""
-    configure_logging(config.gateway.log_level, config.gateway.log_format)
+    configure_from_config(config.gateway.log_level, config.gateway.log_format)  # --log-* flags win
     gateway = Gateway(config)
     try:
         gateway.open()
-    except (OSError, ControlError) as exc:
-        log.error("startup_failed", error=str(exc))
+    except (OSError, ControlError, ValueError) as exc:
+        problem = startup.diagnose(exc, config)  # names the address, interface or capability
+        log.error("startup_failed", resource=problem.resource, error=problem.message, fix=problem.fix)
         gateway.close()
         return 1
+    startup.check_forwarding(config, [str(a) for a in _local_addresses()])
     try:
         gateway.run()
     finally:

@@ -152,15 +152,26 @@ def cmd_run(args: argparse.Namespace, start: DaemonStarter | None = None) -> int
     config = load_config(args.config)
     if args.socket:
         config.gateway.control_socket = args.socket
-    from tunnel.ops.log import configure_logging
+    from tunnel.ops.log import configure_from_config, set_command_line
 
-    configure_logging(args.log_level or config.gateway.log_level, args.log_format or config.gateway.log_format)
+    set_command_line(args.log_level, args.log_format)  # the flags win over the file, also on reload
+    configure_from_config(config.gateway.log_level, config.gateway.log_format)
+    _log_config_warnings(config)
     return start(config) or EXIT_OK
+
+
+def _log_config_warnings(config: Config) -> None:
+    import structlog
+
+    for warning in config.warnings:
+        structlog.get_logger("espgw").warning("config.warning", problem=warning)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     print(describe_config(config))
+    for warning in config.warnings:
+        print(f"espgw: warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -172,7 +172,7 @@ def _refuse_certificates(name: str, section: Message) -> None:
 def _validate(data: dict[str, object], allow_no_connection: bool = False) -> Config:
     """The configuration loader's verdict on ``data``."""
     try:
-        return parse_config_data(data, SOURCE, require_connections=not allow_no_connection)
+        return parse_config_data(data, SOURCE, require_connections=not allow_no_connection, text_values=True)
     except ConfigError as exc:
         raise ViciConfigError(exc.problems) from None
 
