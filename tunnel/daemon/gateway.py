@@ -30,7 +30,7 @@ from esp.sadb import SADatabase
 from ike.config import ConnectionConfig
 from ike.endpoint import IkeEndpoint
 from ike.events import Address, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, NegotiationFailed
-from tunnel.daemon import startup, status
+from tunnel.daemon import metrics, startup, status
 from tunnel.daemon.traps import Traps
 from tunnel.daemon.vici import ViciDaemon
 from tunnel.dataplane.child import ChildPath, inner_mtu, send_with_mtu
@@ -115,6 +115,7 @@ class Gateway:
         self.ike_sa_names: dict[int, str] = {}
         self.nat_keepalives: dict[int, tuple[Address, Address]] = {}
         self.failures: deque[dict] = deque(maxlen=20)
+        self.event_counts = metrics.EventCounts()  # handshakes, failures, rekeys (for the metrics endpoint)
         self.drop_log = DropLog(clock)
         # The loop polls one epoll set: fd -> zero-argument handler. The control server keeps its
         # own selector (its clients come and go), watched here as one more fd.
@@ -420,6 +421,7 @@ class Gateway:
 
     def _on_event(self, event: Any, now: float) -> None:
         # the IKE core logs each SA's ike_sa_established/child_sa_established/..._down: not again here
+        self.event_counts.add(event)
         if isinstance(event, ChildSaUp):
             self._install_child(event, now)
         elif isinstance(event, ChildSaDown):
@@ -633,8 +635,11 @@ def run(config: Config) -> int:
     """Run the gateway in the foreground until SIGTERM or Ctrl-C; the exit status."""
     configure_from_config(config.gateway.log_level, config.gateway.log_format)  # --log-* flags win
     gateway = Gateway(config)
+    metrics_server = None
     try:
         gateway.open()
+        if config.gateway.metrics:  # served from this loop, read between its turns (tunnel.daemon.metrics)
+            metrics_server = metrics.serve(gateway, gateway.clock)
     except (OSError, ControlError, ValueError) as exc:
         problem = startup.diagnose(exc, config)  # names the address, interface or capability
         log.error("startup_failed", resource=problem.resource, error=problem.message, fix=problem.fix)
@@ -644,5 +649,7 @@ def run(config: Config) -> int:
     try:
         gateway.run()
     finally:
+        if metrics_server is not None:
+            metrics_server.close()
         gateway.close()
     return 0

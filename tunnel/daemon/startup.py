@@ -25,7 +25,7 @@ from pathlib import Path
 import structlog
 
 from ike.config import ConnectionConfig
-from tunnel.ops.config import Config
+from tunnel.ops.config import Config, split_host_port
 from tunnel.ops.control import ControlError
 
 log = structlog.get_logger("espgw")
@@ -69,6 +69,8 @@ def diagnose(exc: BaseException, config: Config, proc: Path = PROC) -> StartupPr
     if "UdpEndpoint.__init__" in frames:
         where = frames["UdpEndpoint.__init__"]
         return _udp_bind(code, str(where.get("local_addr")), int(where.get("port") or 0), config, proc)
+    if "MetricsServer.__init__" in frames:
+        return _metrics_bind(code, config, proc)
     if "RawEspSocket.__init__" in frames:
         return _raw_socket(code, str(frames["RawEspSocket.__init__"].get("local_addr")), config, proc)
     if "TunDevice.create" in frames:
@@ -94,7 +96,7 @@ def _endpoint(addr: str, port: int) -> str:
 def _udp_bind(code: int | None, addr: str, port: int, config: Config, proc: Path) -> StartupProblem:
     where = f"UDP {_endpoint(addr, port)}"
     if code == errno.EADDRINUSE:
-        owners = udp_port_owners(addr, port, proc)
+        owners = port_owners("udp", addr, port, proc)
         by = f" by {', '.join(owners)}" if owners else ""
         hint = (" (strongSwan's charon: stop it, e.g. `systemctl stop strongswan`)"
                 if any("charon" in owner for owner in owners) else "")
@@ -105,6 +107,23 @@ def _udp_bind(code: int | None, addr: str, port: int, config: Config, proc: Path
     if code == errno.EADDRNOTAVAIL:
         return _not_local(addr, config)
     return StartupProblem(where, f"cannot bind {where}: {os.strerror(code) if code else 'failed'}", "")
+
+
+def _metrics_bind(code: int | None, config: Config, proc: Path) -> StartupProblem:
+    address = config.gateway.metrics
+    where = f"metrics endpoint {address}"
+    if code == errno.EADDRINUSE:
+        host, port = split_host_port(address)
+        owners = port_owners("tcp", host, port, proc)
+        by = f" by {', '.join(owners)}" if owners else ""
+        return StartupProblem(where, f"TCP {address} of the {where} is already in use{by}",
+                              "choose another [gateway] metrics address or port")
+    if code == errno.EADDRNOTAVAIL:
+        return StartupProblem(where, f"the address of the {where} is not assigned to any interface here",
+                              "use one of this host's addresses, e.g. 127.0.0.1")
+    if code in (errno.EACCES, errno.EPERM):
+        return _capabilities(where, f"cannot listen at the {where}", proc, wanted=[CAP_NET_BIND_SERVICE])
+    return StartupProblem(where, f"cannot listen at the {where}: {os.strerror(code) if code else 'failed'}", "")
 
 
 def _raw_socket(code: int | None, addr: str, config: Config, proc: Path) -> StartupProblem:
@@ -209,11 +228,12 @@ def _capabilities(resource: str, message: str, proc: Path, wanted: list[int] | N
 # ----------------------------------------------------------------------------- /proc/net/udp
 
 
-def udp_port_owners(addr: str, port: int, proc: Path = PROC) -> list[str]:
-    """"NAME (pid N)" of each process holding a UDP socket that conflicts with binding
-    ``addr``:``port`` (same port, and the same address or a wildcard on either side)."""
+def port_owners(protocol: str, addr: str, port: int, proc: Path = PROC) -> list[str]:
+    """"NAME (pid N)" of each process holding a ``protocol`` ("udp" or "tcp": listening) socket
+    that conflicts with binding ``addr``:``port`` (same port, same address or a wildcard on either
+    side), from /proc/net/{udp,udp6,tcp,tcp6} and /proc/*/fd (other users' need root to see)."""
     inodes = set()
-    for table in ("udp", "udp6"):
+    for table in (protocol, protocol + "6"):
         try:
             lines = (proc / "net" / table).read_text().splitlines()[1:]
         except OSError:
@@ -226,7 +246,8 @@ def udp_port_owners(addr: str, port: int, proc: Path = PROC) -> list[str]:
                 bound, bound_port = _decode_proc_address(fields[1])
             except ValueError:
                 continue
-            if bound_port == port and _conflicts(addr, bound) and fields[9] != "0":
+            listening = protocol == "udp" or fields[3] == "0A"  # TCP_LISTEN
+            if bound_port == port and listening and _conflicts(addr, bound) and fields[9] != "0":
                 inodes.add(fields[9])
     return _socket_owners(inodes, proc) if inodes else []
 

@@ -42,6 +42,7 @@ class GatewaySettings:
     retransmit_timeout: float = 4.0  # strongSwan's schedule; lab tests shorten it to see a dead peer
     retransmit_base: float = 1.8
     retransmit_tries: int = 5
+    metrics: str = ""  # the Prometheus endpoint, "HOST:PORT" in the gateway's namespace; "" for none
 
 
 def _quote(text: str) -> str:
@@ -103,7 +104,8 @@ def config_toml(conns: list[ConnectionConfig], settings: GatewaySettings, contro
              f'raw_esp_tx = "{settings.raw_esp_tx}"',
              f'log_level = "{settings.log_level}"', f'log_format = "{settings.log_format}"',
              f"queue_size = {settings.queue_size}", f"retransmit_timeout = {settings.retransmit_timeout}",
-             f"retransmit_base = {settings.retransmit_base}", f"retransmit_tries = {settings.retransmit_tries}", ""]
+             f"retransmit_base = {settings.retransmit_base}", f"retransmit_tries = {settings.retransmit_tries}",
+             *([f"metrics = {_quote(settings.metrics)}"] if settings.metrics else []), ""]
     for conn in conns:
         lines += [f"[connections.{conn.name}]",
                   f"local_addrs = {_list(conn.local_addrs)}", f"remote_addrs = {_list(conn.remote_addrs)}",

@@ -512,9 +512,10 @@ def _parse_gateway(table: _Table) -> GatewayConfig:
 
 
 def split_host_port(text: str) -> tuple[str, int]:
-    """``"127.0.0.1:9469"`` or ``"[::1]:9469"`` into an IP address and a port; ValueError if not."""
+    """``"127.0.0.1:9469"`` or ``"[::1]:9469"`` into an IP address and a port (0: any free one,
+    for tests); ValueError if not."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(text)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -528,8 +529,8 @@ def _listen_address(value: Any) -> str:
         return ""  # off
     if isinstance(value, str):
         try:
-            split_host_port(value)
-            return value
+            if split_host_port(value)[1] > 0:
+                return value
         except ValueError:
             pass
     raise _Bad('an address and port like "127.0.0.1:9469" or "[::1]:9469" (or "" for none)')

@@ -76,9 +76,9 @@ def test_port_owners_see_wildcards_and_ipv6():
         holders.append(sock)
     try:
         v4_port, v6_port = (s.getsockname()[1] for s in holders)
-        assert startup.udp_port_owners("192.0.2.1", v4_port)  # a wildcard bind holds every address
-        assert startup.udp_port_owners("::1", v6_port) and startup.udp_port_owners("::", v6_port)
-        assert startup.udp_port_owners("::1", v4_port) == []  # other family
+        assert startup.port_owners("udp", "192.0.2.1", v4_port)  # a wildcard bind holds every address
+        assert startup.port_owners("udp", "::1", v6_port) and startup.port_owners("udp", "::", v6_port)
+        assert startup.port_owners("udp", "::1", v4_port) == []  # other family
     finally:
         for sock in holders:
             sock.close()
