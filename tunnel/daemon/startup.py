@@ -181,14 +181,21 @@ def interface_kind(name: str, sys_class_net: Path = SYS_CLASS_NET) -> str | None
 
 
 def _control_socket(text: str, config: Config) -> StartupProblem:
-    path = config.gateway.control_socket
-    if "already listening" in text:
-        fix = "stop the other espgw (`espgw status --socket PATH` shows it), or use another control_socket"
-    elif "Permission denied" in text or "Read-only" in text:
-        fix = "run as root, or set [gateway] control_socket (or --socket) to a path in a writable directory"
+    """The control socket's or the vici socket's (both are unix sockets bound the same way)."""
+    vici = config.gateway.vici_socket
+    if vici and vici in text and config.gateway.control_socket not in text:
+        name, setting = "vici socket", '[gateway] vici_socket (or "" for none)'
+        path = vici
     else:
-        fix = "set [gateway] control_socket (or --socket) to another path"
-    return StartupProblem(f"control socket {path}", text, fix)
+        name, setting = "control socket", "[gateway] control_socket (or --socket)"
+        path = config.gateway.control_socket
+    if "already listening" in text:
+        fix = f"stop the other daemon listening there (strongSwan's charon, or another espgw), or set {setting}"
+    elif "Permission denied" in text or "Read-only" in text:
+        fix = f"run as root, or set {setting} to a path in a writable directory (the service: /run/espgw/)"
+    else:
+        fix = f"set {setting} to another path"
+    return StartupProblem(f"{name} {path}", f"{name}: {text}", fix)
 
 
 # ----------------------------------------------------------------------------- capabilities

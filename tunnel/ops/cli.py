@@ -22,7 +22,7 @@ import sys
 from typing import Any
 from collections.abc import Callable, Sequence
 
-from tunnel.ops import pki
+from tunnel.ops import pki, service
 from tunnel.ops.config import DEFAULT_CONTROL_SOCKET, Config, ConfigError, load_config
 from tunnel.ops.control import ControlError, DaemonUnreachable, control_request
 
@@ -119,6 +119,7 @@ def build_parser(start_daemon: DaemonStarter | None = None,
     keys.set_defaults(func=cmd_keys)
 
     pki.add_arguments(commands).set_defaults(func=pki.main)
+    service.add_arguments(commands).set_defaults(func=service.main)  # espgw install-service
 
     demo = commands.add_parser("demo", help="build the two-gateway namespace lab and show the tunnel working")
     demo.set_defaults(func=functools.partial(cmd_demo, start=start_demo))

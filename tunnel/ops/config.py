@@ -443,7 +443,8 @@ class _Table:
     def keys(self) -> list[str]:
         return list(self.data)
 
-    def allow(self, known: set[str], prefixes: tuple[str, ...] = (), unimplemented: dict[str, str] | None = None) -> None:
+    def allow(self, known: set[str], prefixes: tuple[str, ...] = (),
+              unimplemented: dict[str, str] | None = None) -> None:
         for key in self.data:
             if unimplemented and key in unimplemented:
                 self.problem(key, f"not implemented by espgw: {unimplemented[key]}")

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.lab
 
 METRICS = "127.0.0.1:9469"  # each namespace has its own loopback: both gateways use it
 SCRAPE = ("import sys, urllib.request; "
-          "sys.stdout.write(urllib.request.urlopen('http://%s/metrics', timeout=5).read().decode())" % METRICS)
+          f"sys.stdout.write(urllib.request.urlopen('http://{METRICS}/metrics', timeout=5).read().decode())")
 
 
 @pytest.fixture(scope="module")

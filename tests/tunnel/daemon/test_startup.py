@@ -136,7 +136,7 @@ def test_interface_kind(tmp_path):
 
 def test_control_socket_and_anything_else():
     problem = startup.diagnose(ControlError("another daemon is already listening at /run/espgw/espgw.sock"), CONFIG)
-    assert problem.resource == "control socket /run/espgw/espgw.sock" and "stop the other espgw" in problem.fix
+    assert problem.resource == "control socket /run/espgw/espgw.sock" and "stop the other daemon" in problem.fix
     problem = startup.diagnose(OSError(errno.EIO, "Input/output error"), CONFIG)
     assert str(problem) == "cannot start: Input/output error"
 
@@ -228,3 +228,9 @@ def test_run_reports_a_startup_error_without_traceback_and_the_flags_win(tmp_pat
     assert "startup_failed" in err and "UDP 0.0.0.0:500 is already in use" in err
     assert not err.lstrip().startswith("{")  # console, not the file's JSON
     assert "stopped" not in err and "config.warning" not in err  # info and warning: below --log-level error
+
+
+def test_vici_socket_failures_name_the_vici_socket():
+    problem = startup.diagnose(ControlError("cannot listen at /var/run/charon.vici: Permission denied"), CONFIG)
+    assert problem.resource == "vici socket /var/run/charon.vici"
+    assert "vici_socket" in problem.fix and "/run/espgw/" in problem.fix

@@ -283,7 +283,8 @@ def test_good_addresses_and_host_names_pass(addrs):
 
 
 @pytest.mark.parametrize("key, value, expected", [
-    ("gateway.mtu", '"1400"', "expected an integer from 576 to 65535, written as a number without quotes, got \"1400\""),
+    ("gateway.mtu", '"1400"',
+     'expected an integer from 576 to 65535, written as a number without quotes, got "1400"'),
     ("gateway.queue_size", '"64"', "expected an integer from 0 to 65536, written as a number without quotes"),
     ("gateway.retransmit_base", '"2"', "expected a number of at least 1"),
     ("connections.office.local_port", '"500"', "expected an integer from 1 to 65535, written as a number"),
