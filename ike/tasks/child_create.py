@@ -280,7 +280,6 @@ class ChildCreate(Task):
                 return POSTPONE
             abandon(sa, exc)
             sa.emit(failure_event(sa, "CREATE_CHILD_SA", exc, self.config.name))
-            sa.log("child_sa_failed", child=self.config.name, notify=exc.notify.name, error=str(exc))
             return DONE
         if child.outbound_spi in sa.peer_deleted_spis:
             sa.log("child_sa_deleted_before_installed", child=child.name, spi_out=f"{child.outbound_spi:08x}")
@@ -295,7 +294,6 @@ def respond_create(sa: IkeSaContext, msg: Message, now: float) -> list[Payload]:
         payloads, child = answer_offer(sa, msg, now, in_auth=False)
     except ChildFailure as exc:
         sa.emit(failure_event(sa, "CREATE_CHILD_SA", exc, None))
-        sa.log("child_sa_failed", notify=exc.notify.name, error=str(exc))
         return [NotifyPayload(int(exc.notify), exc.data)]
     sa.add_child(child)
     return payloads

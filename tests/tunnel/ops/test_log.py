@@ -100,9 +100,16 @@ def test_command_line_flags_win_over_the_file(command_line):
 
 
 def test_one_event_per_sa_happening():
-    """The IKE core logs ike_sa_established/child_sa_established/..._down; the daemon does not
-    log them again under other names (issue 18 found child_sa_established and child_sa.up)."""
+    """The IKE core logs ike_sa_established/child_sa_established/..._down and the daemon does not
+    log them again under other names (issue 18 found child_sa_established and child_sa.up); a failed
+    negotiation is the daemon's negotiation_failed (from the core's NegotiationFailed event) only."""
     from pathlib import Path
-    source = (Path(__file__).resolve().parents[3] / "tunnel" / "daemon" / "gateway.py").read_text()
+    root = Path(__file__).resolve().parents[3]
+    gateway = (root / "tunnel" / "daemon" / "gateway.py").read_text()
     for duplicate in ('"child_sa.up"', '"child_sa.down"', '"ike_sa.up"', '"ike_sa.down"'):
-        assert duplicate not in source
+        assert duplicate not in gateway
+    assert '"negotiation_failed"' in gateway
+    core = "".join((root / "ike" / "tasks" / name).read_text() for name in ("ike_init.py", "ike_auth.py",
+                                                                            "child_create.py"))
+    for duplicate in ('"ike_sa_init_failed"', '"ike_auth_failed"', '"child_sa_failed"'):
+        assert duplicate not in core
