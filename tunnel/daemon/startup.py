@@ -82,6 +82,10 @@ def diagnose(exc: BaseException, config: Config, proc: Path = PROC) -> StartupPr
                               "check that no other route for the children's remote_ts conflicts (`ip route`)")
     if code in (errno.EPERM, errno.EACCES):
         return _capabilities("privileges", f"permission denied: {_strerror(exc)}", proc)
+    if isinstance(exc, ValueError):  # ipaddress on a local_addrs entry the daemon cannot bind
+        return StartupProblem("local_addrs", f"cannot bind IKE and ESP sockets: {exc}",
+                              "the daemon binds local_addrs itself: give this host's IP addresses (or %any), "
+                              "not host names or ranges")
     return StartupProblem("gateway", f"cannot start: {_strerror(exc)}", "")
 
 

@@ -277,7 +277,7 @@ def parse_addrs(value: Any) -> list[str]:
     for addr in addrs:
         if is_any_addr(addr) or _is_address_or_subnet(addr) or _is_address_range(addr) or is_host_name(addr):
             continue
-        raise _Bad(f"{_ADDRS_EXPECTED}; {addr!r} is none of these")
+        raise _Bad(f"{_ADDRS_EXPECTED}; {addr!r} is none of these", show_value=False)
     return addrs
 
 
@@ -735,7 +735,7 @@ def _parse_secrets(table: _Table) -> list[_Secret]:
         if psk is not None:
             if len(psk) < MIN_PSK_BYTES:  # its length only: the secret itself is never shown
                 section.warning("secret", f"the PSK is {len(psk)} bytes; use at least {MIN_PSK_BYTES} random bytes "
-                                          '(e.g. secret = "0s" + the output of `openssl rand -base64 32`)')
+                                          '(e.g. `openssl rand -base64 32`, written as secret = "0s<its output>")')
             secrets.append(_Secret(section.path, ids, psk))
     return secrets
 

@@ -139,6 +139,8 @@ def test_control_socket_and_anything_else():
     assert problem.resource == "control socket /run/espgw/espgw.sock" and "stop the other daemon" in problem.fix
     problem = startup.diagnose(OSError(errno.EIO, "Input/output error"), CONFIG)
     assert str(problem) == "cannot start: Input/output error"
+    problem = startup.diagnose(ValueError("'gw-a.lab' does not appear to be an IPv4 or IPv6 address"), CONFIG)
+    assert problem.resource == "local_addrs" and "not host names or ranges" in problem.fix
 
 
 # ----------------------------------------------------------------------------- forwarding
