@@ -351,3 +351,13 @@ def test_metrics_and_ip_forward_settings():
     assert split_host_port("[::1]:9469") == ("::1", 9469)
     for bad in ('"localhost:9469"', '"::1:9469"', '"127.0.0.1"', '"127.0.0.1:0"', '"127.0.0.1:70000"'):
         assert any("gateway.metrics: expected" in p for p in errors_of(f"[gateway]\nmetrics = {bad}\n" + MINIMAL))
+
+
+def test_check_prints_the_warning_and_succeeds(tmp_path, capsys):
+    from tunnel.ops import cli
+    path = tmp_path / "espgw.toml"
+    path.write_text(MINIMAL.replace(f'secret = "{PSK_TEXT}"', 'secret = "abc"'))
+    assert cli.main(["check", "-c", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{path}: OK")
+    assert err.startswith(f"espgw: warning: {path}: secrets.ike-office.secret: the PSK is 3 bytes") and "abc" not in err
