@@ -236,3 +236,17 @@ def test_vici_socket_failures_name_the_vici_socket():
     problem = startup.diagnose(ControlError("cannot listen at /var/run/charon.vici: Permission denied"), CONFIG)
     assert problem.resource == "vici socket /var/run/charon.vici"
     assert "vici_socket" in problem.fix and "/run/espgw/" in problem.fix
+
+
+def test_the_frames_diagnose_looks_for_exist():
+    """diagnose() recognises a step by the qualified name of the function that raised: a rename
+    of these would quietly turn named errors back into bare errnos."""
+    from tunnel.daemon.metrics import MetricsServer
+    from tunnel.kernel import raw_esp, routes, tun, udp
+    assert udp.UdpEndpoint.__init__.__qualname__ == "UdpEndpoint.__init__"
+    assert "local_addr" in udp.UdpEndpoint.__init__.__code__.co_varnames
+    assert raw_esp.RawEspSocket.__init__.__qualname__ == "RawEspSocket.__init__"
+    assert tun.TunDevice.create.__qualname__ == "TunDevice.create"
+    assert "name" in tun.TunDevice.create.__code__.co_varnames
+    assert routes.RouteTable.add.__qualname__.startswith("RouteTable.")
+    assert MetricsServer.__init__.__qualname__ == "MetricsServer.__init__"
