@@ -299,7 +299,7 @@ class IkeSa(TaskManager):
             child.proposal, child.inbound_keymat, child.outbound_keymat, child.rekeyed_from))
         self.log("child_sa_established", child=child.name, child_id=child.unique_id, spi_in=f"{child.inbound_spi:08x}",
                  spi_out=f"{child.outbound_spi:08x}", proposal=child.proposal, encap=self.encap,
-                 rekeyed_from=None if child.rekeyed_from is None else f"{child.rekeyed_from:08x}",
+                 rekeyed_from=child.rekeyed_from,  # the inbound SPI it replaces, as a number
                  local_ts=[str(t) for t in child.local_ts], remote_ts=[str(t) for t in child.remote_ts])
 
     def remove_child(self, child: ChildSa, reason: str) -> None:
