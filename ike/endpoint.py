@@ -137,6 +137,7 @@ class IkeEndpoint:
         self.cookies = CookieJar(rng, now)
         self.outbox = Outbox()
         self.drops = self.outbox.drops
+        self.counts = self.outbox.counts  # retransmits, DPD results (Outbox.counts)
         self.sas: dict[bytes, IkeSa] = {}  # by our SPI
         # responder SAs not yet authenticated, by (SPIi, peer IP): the port is left out so that one
         # request (or one cookie) replayed from other ports, or with other payloads, is not a new SA

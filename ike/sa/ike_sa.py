@@ -345,8 +345,9 @@ class IkeSa(TaskManager):
             self.remote, self.encap, (child.rekey_at - child.established) if child.rekey_at else 0.0,
             _finite(child.expire_at - child.established), child.config.replay_window, child.config.tfc_padding,
             child.proposal, child.inbound_keymat, child.outbound_keymat, child.rekeyed_from))
-        self.log("child_sa_established", child=child.name, spi_in=f"{child.inbound_spi:08x}",
-                 spi_out=f"{child.outbound_spi:08x}", proposal=child.proposal,
+        self.log("child_sa_established", child=child.name, child_id=child.unique_id, spi_in=f"{child.inbound_spi:08x}",
+                 spi_out=f"{child.outbound_spi:08x}", proposal=child.proposal, encap=self.encap,
+                 rekeyed_from=child.rekeyed_from,  # the inbound SPI it replaces, as a number
                  local_ts=[str(t) for t in child.local_ts], remote_ts=[str(t) for t in child.remote_ts])
 
     def remove_child(self, child: ChildSa, reason: str) -> None:
@@ -355,7 +356,8 @@ class IkeSa(TaskManager):
         child.forget_keys()
         self.host.outbox.items.append(ChildRemoved(self, child.inbound_spi, child.config, reason))
         self.emit(ChildSaDown(self.name, child.name, child.unique_id, child.inbound_spi, child.outbound_spi, reason))
-        self.log("child_sa_down", child=child.name, spi_in=f"{child.inbound_spi:08x}", reason=reason)
+        self.log("child_sa_down", child=child.name, child_id=child.unique_id, spi_in=f"{child.inbound_spi:08x}",
+                 reason=reason)
 
     def child_by_outbound(self, spi: int) -> ChildSa | None:
         for child in self.children.values():

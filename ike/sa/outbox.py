@@ -98,6 +98,8 @@ class Outbox:
     items: list[object] = field(default_factory=list)  # events and notes, in the order they happened
     drops: dict[str, int] = field(default_factory=dict)
     touched: dict[IkeSa, None] = field(default_factory=dict)  # SAs whose deadlines may have moved
+    # what happened how often, for the daemon's metrics: retransmits, dpd_alive, dpd_dead
+    counts: dict[str, int] = field(default_factory=dict)
 
     def take(self) -> list[object]:
         items, self.items = self.items, []
@@ -105,3 +107,6 @@ class Outbox:
 
     def count_drop(self, reason: str) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + 1
+
+    def count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1

@@ -31,6 +31,7 @@ from ike.tasks.dispatch import respond
 from ike.tasks.followup_ke import FollowupKe
 from ike.tasks.ike_auth import IkeAuth
 from ike.tasks.ike_delete import IkeDelete
+from ike.tasks.ike_dpd import IkeDpd
 from ike.tasks.states import IkeState
 
 if TYPE_CHECKING:  # the IKE SA is this class's subclass; annotations only
@@ -169,9 +170,12 @@ class TaskManager:
         action = active.retransmit.on_timer(now)
         if action == Retransmit.RESEND:
             sa.log("retransmit", mid=active.message_id, attempt=active.retransmit.retransmits)
+            sa.host.outbox.count("retransmits")
             self.send(active.retransmit.packets)
         elif action == Retransmit.GIVE_UP:
             sa.log("peer_unresponsive", mid=active.message_id)
+            if isinstance(active.task, IkeDpd):
+                sa.host.outbox.count("dpd_dead")
             outcome = active.task.timed_out(sa, now)
             sa.destroy(outcome.reason or "dead peer", now)
             return True
@@ -270,6 +274,8 @@ class TaskManager:
         self.active = None
         self.my_mid += 1
         outcome = task.process(sa, full, raw, src, dst, now)
+        if isinstance(task, IkeDpd):
+            sa.host.outbox.count("dpd_alive")
         if sa.peer_deleted_spis:
             sa.peer_deleted_spis = frozenset()  # the empty frozenset is one shared object
         self._apply(task, outcome, now)

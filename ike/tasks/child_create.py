@@ -332,7 +332,6 @@ class ChildCreate(Task):
     def _failed(self, sa: IkeSaContext, exc: ChildFailure) -> Outcome:
         abandon(sa, exc)
         sa.emit(failure_event(sa, "CREATE_CHILD_SA", exc, self.config.name))
-        sa.log("child_sa_failed", child=self.config.name, notify=exc.notify.name, error=str(exc))
         return DONE
 
     def _followup_failed(self, sa: IkeSaContext, notify: NotifyType, text: str, now: float, by_peer: bool) -> Outcome:
@@ -356,7 +355,6 @@ def respond_create(sa: IkeSaContext, msg: Message, now: float) -> list[Payload]:
         payloads, neg, complete = negotiate_offer(sa, msg, now, in_auth=False)
     except ChildFailure as exc:
         sa.emit(failure_event(sa, "CREATE_CHILD_SA", exc, None))
-        sa.log("child_sa_failed", notify=exc.notify.name, error=str(exc))
         return [NotifyPayload(int(exc.notify), exc.data)]
     if neg.additional_ke:
         def installed(sa_: IkeSaContext, secrets: list[bytes], now_: float) -> list[Payload]:

@@ -190,7 +190,6 @@ class IkeAuth(Task):
 
     def _fail(self, sa: IkeSaContext, notify: str, text: str, tell_peer: bool = False) -> Outcome:
         sa.emit(NegotiationFailed(sa.name, "IKE_AUTH", notify, text))
-        sa.log("ike_auth_failed", notify=notify, error=text)
         if tell_peer:  # the responder thinks the SA is up: tell it, once (as strongSwan does)
             sa.send_once(ExchangeType.INFORMATIONAL, [NotifyPayload(NotifyType.AUTHENTICATION_FAILED)])
         return destroy("auth failed")
@@ -220,7 +219,6 @@ class IkeAuth(Task):
             except ChildFailure as exc:
                 abandon(sa, exc)
                 sa.emit(failure_event(sa, "IKE_AUTH", exc, self.offer.config.name))
-                sa.log("child_sa_failed", child=self.offer.config.name, notify=exc.notify.name, error=str(exc))
             else:
                 sa.add_child(child)
         sa.auth_done()
@@ -258,7 +256,6 @@ def respond_auth(sa: IkeSaContext, msg: Message, now: float) -> list[Payload]:
     if cfg is None or reason is not None:
         text = f"peer {idi} not authenticated: {reason}" if cfg else f"no connection accepts identity {idi}"
         sa.emit(NegotiationFailed(cfg.name if cfg else sa.name, "IKE_AUTH", "AUTHENTICATION_FAILED", text))
-        sa.log("ike_auth_failed", peer_id=str(idi), error=text)
         sa.delete_after_response = "auth failed"
         return [NotifyPayload(NotifyType.AUTHENTICATION_FAILED)]
     sa.config = cfg
@@ -277,7 +274,6 @@ def respond_auth(sa: IkeSaContext, msg: Message, now: float) -> list[Payload]:
     except SignatureError as exc:
         text = f"cannot sign our AUTH: {exc}"
         sa.emit(NegotiationFailed(cfg.name, "IKE_AUTH", "AUTHENTICATION_FAILED", text))
-        sa.log("ike_auth_failed", peer_id=str(idi), error=text)
         sa.delete_after_response = "auth failed"
         return [NotifyPayload(NotifyType.AUTHENTICATION_FAILED)]
     if cfg.unique == "replace" or (NotifyType.INITIAL_CONTACT in msg.notifies() and cfg.unique != "never"):
@@ -298,7 +294,6 @@ def respond_auth(sa: IkeSaContext, msg: Message, now: float) -> list[Payload]:
             payloads, child = answer_offer(sa, msg, now, in_auth=True)
         except ChildFailure as exc:
             sa.emit(failure_event(sa, "IKE_AUTH", exc, None))
-            sa.log("child_sa_failed", notify=exc.notify.name, error=str(exc))
             out.append(NotifyPayload(int(exc.notify), exc.data))
         else:
             sa.add_child(child)

@@ -97,7 +97,6 @@ class IkeInit(Task):
 
     def _fail(self, sa: IkeSaContext, notify: str, text: str) -> Outcome:
         sa.emit(NegotiationFailed(sa.name, "IKE_SA_INIT", notify, text))
-        sa.log("ike_sa_init_failed", notify=notify, error=text)
         return destroy("negotiation failed")
 
     def process(self, sa: IkeSaContext, msg: codec.Message, raw: bytes, src: Address, dst: Address,

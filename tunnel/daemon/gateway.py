@@ -33,7 +33,7 @@ from ike.endpoint import IkeEndpoint
 from ike.events import (Address, AddressWanted, ChildSaDown, ChildSaUp, IkeSaDown, IkeSaMoved, IkeSaUp,
                         NegotiationFailed)
 from ike.tasks.states import IkeState
-from tunnel.daemon import reload, status
+from tunnel.daemon import metrics, reload, startup, status
 from tunnel.daemon.resolver import Resolver
 from tunnel.daemon.roaming import Roaming
 from tunnel.daemon.traps import Traps
@@ -52,7 +52,7 @@ from tunnel.kernel.raw_esp import RawEspSocket
 from tunnel.kernel.udp import UdpIkeSockets
 from tunnel.ops.config import Config, ConfigError, load_config
 from tunnel.ops.control import ControlError, ControlServer
-from tunnel.ops.log import configure_logging, is_secret_key
+from tunnel.ops.log import configure_from_config, is_secret_key
 
 log = structlog.get_logger("espgw")
 
@@ -124,6 +124,7 @@ class Gateway:
         self.nat_keepalives: dict[int, tuple[Address, Address]] = {}
         self.failures: deque[dict] = deque(maxlen=20)
         self._init_operations(resolver)
+        self.event_counts = metrics.EventCounts()  # handshakes, failures, rekeys (for the metrics endpoint)
         self.drop_log = DropLog(clock)
         # The loop polls one epoll set: fd -> zero-argument handler. The control server keeps its
         # own selector (its clients come and go), watched here as one more fd.
@@ -450,6 +451,8 @@ class Gateway:
             log.error("initiate_failed", connection=conn, child=child, error=str(exc))
 
     def _on_event(self, event: Any, now: float) -> None:
+        # the IKE core logs each SA's ike_sa_established/child_sa_established/..._down: not again here
+        self.event_counts.add(event)
         if isinstance(event, ChildSaUp):
             self._install_child(event, now)
         elif isinstance(event, ChildSaDown):
@@ -458,8 +461,6 @@ class Gateway:
             self.ike_sa_names[event.unique_id] = event.name
             if event.nat_local:
                 self.nat_keepalives[event.unique_id] = (event.local, event.remote)
-            log.info("ike_sa.up", connection=event.name, id=event.unique_id, remote=event.remote,
-                     proposal=event.proposal, initiator=event.initiator)
             self.journal.add(now, "ike_sa.up", event.name, f"IKE SA {event.name}[{event.unique_id}] established "
                              f"between {event.local[0]}[{event.local_id}]...{event.remote[0]}[{event.remote_id}]",
                              outcome="up")
@@ -468,7 +469,6 @@ class Gateway:
         elif isinstance(event, IkeSaDown):
             self.ike_sa_names.pop(event.unique_id, None)
             self.nat_keepalives.pop(event.unique_id, None)
-            log.info("ike_sa.down", connection=event.name, id=event.unique_id, reason=event.reason)
             self.journal.add(now, "ike_sa.down", event.name,
                              f"IKE SA {event.name}[{event.unique_id}] down: {event.reason}")
         elif isinstance(event, NegotiationFailed):
@@ -508,10 +508,6 @@ class Gateway:
             self.policy.bind_inbound(path.lineage, path.inbound)
             self.inbound_ok.clear()
             self.pending[up.inbound_spi] = path
-        log.info("child_sa.up", connection=up.ike_name, child=up.child_name, id=up.unique_id,
-                 spi_in=f"{up.inbound_spi:08x}", spi_out=f"{up.outbound_spi:08x}", proposal=up.proposal,
-                 encap=up.encap or self.force_udp, local_ts=[str(t) for t in up.local_ts],
-                 remote_ts=[str(t) for t in up.remote_ts], rekeyed_from=up.rekeyed_from)
         self.journal.add(now, "child_sa.up", up.ike_name, f"CHILD SA {up.child_name}{{{up.unique_id}}} established "
                          f"with SPIs {up.inbound_spi:08x}_i {up.outbound_spi:08x}_o and TS "
                          f"{' '.join(map(str, up.local_ts))} === {' '.join(map(str, up.remote_ts))}",
@@ -572,8 +568,6 @@ class Gateway:
             self.retiring.append((now + REKEY_GRACE, path))
         else:
             self._retire(path)
-        log.info("child_sa.down", connection=down.ike_name, child=down.child_name, id=down.unique_id,
-                 spi_in=f"{down.inbound_spi:08x}", reason=down.reason)
         self.journal.add(now, "child_sa.down", down.ike_name,
                          f"CHILD SA {down.child_name}{{{down.unique_id}}} down: {down.reason}", child=down.child_name)
 
@@ -776,8 +770,10 @@ class Gateway:
             for conn in new.connections:
                 conn.encap = True
         diff = reload.diff_connections(self.config.connections, new.connections, self.file_connections)
+        configure_from_config(new.gateway.log_level, new.gateway.log_format)  # --log-* flags still win
         warnings = reload.settings_needing_restart(self.settings, new.gateway, set(self.config.overrides))
         warnings += self._unbound_local_addresses(new)
+        warnings += reload.pools_needing_restart(self.config.pools, new.pools)
         for name in diff.removed:
             self._reload_step(warnings, name, self.remove_connection, name, now)
         for conn in new.connections:
@@ -945,16 +941,24 @@ def _local_addresses() -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
 
 def run(config: Config) -> int:
     """Run the gateway in the foreground until SIGTERM or Ctrl-C; the exit status."""
-    configure_logging(config.gateway.log_level, config.gateway.log_format)
+    configure_from_config(config.gateway.log_level, config.gateway.log_format)  # --log-* flags win
     gateway = Gateway(config)
+    metrics_server = None
     try:
         gateway.open()
-    except (OSError, ControlError) as exc:
-        log.error("startup_failed", error=str(exc))
+        if config.gateway.metrics:  # served from this loop, read between its turns (tunnel.daemon.metrics)
+            metrics_server = metrics.serve(gateway, gateway.clock)
+    except (OSError, ControlError, ValueError) as exc:
+        problem = startup.diagnose(exc, config)  # names the address, interface or capability
+        log.error("startup_failed", resource=problem.resource, error=problem.message, fix=problem.fix)
         gateway.close()
         return 1
+    startup.check_forwarding(config, [str(a) for a in _local_addresses()])
     try:
         gateway.run()
     finally:
+        if metrics_server is not None:
+            metrics_server.close()
         gateway.close()
     return 0
+

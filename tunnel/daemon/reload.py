@@ -26,9 +26,11 @@ _DERIVED = frozenset({"clock_offset"})
 # [gateway] settings a running daemon cannot take over: sockets, the TUN device and what the IKE
 # endpoint was built with. A reload applies the connections and reports each of these as
 # needing a restart (strongSwan's reload likewise leaves charon's own settings alone).
+# Logging is the exception: a reload applies log_level and log_format (the --log-* flags still win).
 RESTART_SETTINGS = ("tun_name", "mtu", "control_socket", "vici_socket", "esp_encap", "raw_esp_tx",
-                    "log_level", "log_format", "queue_size", "retransmit_timeout", "retransmit_base",
-                    "retransmit_tries", "cookie_threshold", "half_open_per_ip", "half_open_limit")
+                    "queue_size", "retransmit_timeout", "retransmit_base", "retransmit_tries",
+                    "cookie_threshold", "half_open_per_ip", "half_open_limit", "dns", "keep_alive",
+                    "metrics", "ip_forward")
 
 
 @dataclass
@@ -102,3 +104,13 @@ def settings_needing_restart(running: Any, new: Any, overridden: set[str] | froz
             messages.append(f"gateway.{key} changed from {was!r} to {now!r}: takes effect after a restart "
                             f"(still {was!r})")
     return messages
+
+
+def pools_needing_restart(running: list, new: list) -> list[str]:
+    """The running pools hold the leases, so a reload does not replace them: a pool the file
+    adds, removes or changes is reported as taking effect after a restart."""
+    def settings(pools: list) -> dict[str, tuple]:
+        return {p.name: (p.addrs, p.dns, p.subnets, p.grace) for p in pools}
+    old, fresh = settings(running), settings(new)
+    return [f"pools.{name}: changed in the file: takes effect after a restart (the running pool and its "
+            "leases stay)" for name in sorted(old.keys() | fresh.keys()) if old.get(name) != fresh.get(name)]

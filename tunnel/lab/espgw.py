@@ -43,6 +43,7 @@ class GatewaySettings:
     retransmit_base: float = 1.8
     retransmit_tries: int = 5
     keep_alive: float = 20.0  # NAT keepalives behind a NAT (tunnel.lab.nat tests shorten it)
+    metrics: str = ""  # the Prometheus endpoint, "HOST:PORT" in the gateway's namespace; "" for none
 
 
 def _quote(text: str) -> str:
@@ -105,7 +106,8 @@ def config_toml(conns: list[ConnectionConfig], settings: GatewaySettings, contro
              f'log_level = "{settings.log_level}"', f'log_format = "{settings.log_format}"',
              f"queue_size = {settings.queue_size}", f"retransmit_timeout = {settings.retransmit_timeout}",
              f"retransmit_base = {settings.retransmit_base}", f"retransmit_tries = {settings.retransmit_tries}",
-             f"keep_alive = {settings.keep_alive}", ""]
+             f"keep_alive = {settings.keep_alive}",
+             *([f"metrics = {_quote(settings.metrics)}"] if settings.metrics else []), ""]
     for conn in conns:
         lines += [f"[connections.{conn.name}]",
                   f"local_addrs = {_list(conn.local_addrs)}", f"remote_addrs = {_list(conn.remote_addrs)}",

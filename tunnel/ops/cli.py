@@ -24,7 +24,7 @@ import time
 from typing import Any
 from collections.abc import Callable, Sequence
 
-from tunnel.ops import pki
+from tunnel.ops import pki, service
 from tunnel.ops.config import DEFAULT_CONTROL_SOCKET, Config, ConfigError, load_config
 from tunnel.ops.control import ControlError, DaemonUnreachable, control_request
 
@@ -137,6 +137,7 @@ def build_parser(start_daemon: DaemonStarter | None = None,
     keys.set_defaults(func=cmd_keys)
 
     pki.add_arguments(commands).set_defaults(func=pki.main)
+    service.add_arguments(commands).set_defaults(func=service.main)  # espgw install-service
 
     demo = commands.add_parser("demo", help="build the two-gateway namespace lab and show the tunnel working")
     demo.set_defaults(func=functools.partial(cmd_demo, start=start_demo))
@@ -190,17 +191,28 @@ def cmd_run(args: argparse.Namespace, start: DaemonStarter | None = None) -> int
     config = load_config(args.config)
     if args.socket:
         config.gateway.control_socket = args.socket
-    from tunnel.ops.log import configure_logging
+    from tunnel.ops.log import configure_from_config, set_command_line
 
     if args.socket:
         config.overrides["control_socket"] = args.socket  # a reload keeps it
-    configure_logging(args.log_level or config.gateway.log_level, args.log_format or config.gateway.log_format)
+    set_command_line(args.log_level, args.log_format)  # the flags win over the file, also on reload
+    configure_from_config(config.gateway.log_level, config.gateway.log_format)
+    _log_config_warnings(config)
     return start(config) or EXIT_OK
+
+
+def _log_config_warnings(config: Config) -> None:
+    import structlog
+
+    for warning in config.warnings:
+        structlog.get_logger("espgw").warning("config.warning", problem=warning)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     print(describe_config(config))
+    for warning in config.warnings:
+        print(f"espgw: warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 

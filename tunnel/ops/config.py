@@ -43,6 +43,15 @@ DEFAULT_CONTROL_SOCKET = "/run/espgw/espgw.sock"
 DEFAULT_VICI_SOCKET = "/var/run/charon.vici"  # where swanctl and the vici package look first; "" disables
 
 
+# Keys swanctl.conf has and espgw parses, but whose effect espgw does not implement: refused by
+# name (with why) rather than silently ignored. Values that are refused likewise: see _parse_child.
+UNIMPLEMENTED_CONNECTION_KEYS = {
+    "dpd_timeout": "IKEv2 declares a peer dead when its retransmissions go unanswered "
+                   "([gateway] retransmit_*); strongSwan uses dpd_timeout for IKEv1 only. Remove it",
+}
+MIN_PSK_BYTES = 16  # shorter PSKs pass with a warning: an offline guess of a short secret is cheap
+
+
 class ConfigError(Exception):
     """The configuration is unusable; ``problems`` lists each one as ``file: key: message``."""
 
@@ -80,6 +89,11 @@ class GatewayConfig:
     dns: str = "state"
     # NAT keepalives (RFC 3948 s2.3) every keep_alive behind a NAT, strongswan.conf's charon.keep_alive
     keep_alive: float = 20.0
+    # "HOST:PORT" of the Prometheus metrics endpoint (tunnel.daemon.metrics); "" for none
+    metrics: str = ""
+    # IP forwarding for the families the selectors use: None checks and warns at start, True
+    # enables it (writes /proc/sys), False skips the check (the gateway protects only itself)
+    ip_forward: bool | None = None
 
 
 @dataclass
@@ -92,6 +106,8 @@ class Config:
     pools: list[AddressPool] = field(default_factory=list)  # virtual IP pools (``[pools.NAME]``)
     # [gateway] keys the command line set (espgw run --socket): a reload keeps them
     overrides: dict[str, Any] = field(default_factory=dict)
+    # "file: key: message" for what works but is unwise (a short PSK); never the secret itself
+    warnings: list[str] = field(default_factory=list)
 
     def connection(self, name: str) -> ConnectionConfig:
         for conn in self.connections:
@@ -127,14 +143,19 @@ def parse_config(text: str, source: str = "<config>") -> Config:
 
 
 def parse_config_data(data: dict[str, Any], source: str, require_connections: bool = True,
-                      credential_source: credentials.CredentialSource | None = None) -> Config:
+                      credential_source: credentials.CredentialSource | None = None,
+                      text_values: bool = False) -> Config:
     """Validate the tables of a config (as ``tomllib`` reads them; vici's load-conn builds the
     same shape). A file without connections is refused unless its ``[gateway]`` enables the vici
     socket, through which they arrive later; ``require_connections=False`` never asks for one.
     Certificates and keys come from ``credential_source`` (vici: what its clients loaded), by
-    default from the files next to ``source``."""
+    default from the files next to ``source``.
+
+    Types are strict: a TOML file writes a number as a number (``mtu = "1400"`` is an error).
+    vici carries every value as text, so ``text_values=True`` reads decimal strings as numbers."""
     problems: list[str] = []
-    root = _Table(data, "", source, problems)
+    warnings: list[str] = []
+    root = _Table(data, "", source, problems, warnings, text_values)
     root.allow({"gateway", "connections", "secrets", "pools"})
     gateway = _parse_gateway(root.table("gateway"))
     secrets = _parse_secrets(root.table("secrets"))
@@ -161,7 +182,7 @@ def parse_config_data(data: dict[str, Any], source: str, require_connections: bo
     _check_pool_references(conns, connections, pools)
     if problems:
         raise ConfigError(problems)
-    return Config(source, gateway, connections, psk_sources, pools)
+    return Config(source, gateway, connections, psk_sources, pools, warnings=warnings)
 
 
 # ----------------------------------------------------------------------------- value parsers
@@ -231,28 +252,47 @@ def parse_list(value: Any) -> list[str]:
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$)({_LABEL})(\.{_LABEL})*\.?$")
+_ADDRS_EXPECTED = "IP addresses, subnets, ranges (first-last), host names or %any"
+
+
+def is_host_name(text: str) -> bool:
+    """A syntactically valid DNS name (RFC 1123). The last label must not be all digits
+    (RFC 3696 s2), so "192.0.2.256" is a bad address, not a name to look up."""
+    if not _HOSTNAME.match(text):
+        return False
+    return not text.rstrip(".").rsplit(".", 1)[-1].isdigit()
+
+
+def _is_address_range(text: str) -> bool:
+    first, sep, last = text.partition("-")
+    if not sep:
+        return False
+    try:
+        low, high = ipaddress.ip_address(first.strip()), ipaddress.ip_address(last.strip())
+    except ValueError:
+        return False
+    return low.version == high.version and int(low) <= int(high)
+
+
+def _is_address_or_subnet(text: str) -> bool:
+    try:
+        if "/" in text:
+            ipaddress.ip_network(text, strict=False)
+        else:
+            ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_addrs(value: Any) -> list[str]:
-    """``local_addrs``/``remote_addrs``: IPs, subnets, ranges, host names or ``%any``."""
+    """``local_addrs``/``remote_addrs``: IPs, subnets, ranges, host names or ``%any``. Host names
+    are looked up when a connection is initiated, so here only their syntax is checked."""
     addrs = parse_list(value)
     for addr in addrs:
-        if is_any_addr(addr):
+        if is_any_addr(addr) or _is_address_or_subnet(addr) or _is_address_range(addr) or is_host_name(addr):
             continue
-        try:
-            if "-" in addr and not _HOSTNAME.match(addr):
-                first, last = addr.split("-", 1)
-                ipaddress.ip_address(first.strip())
-                ipaddress.ip_address(last.strip())
-            elif "/" in addr:
-                ipaddress.ip_network(addr, strict=False)
-            else:
-                ipaddress.ip_address(addr)
-            continue
-        except ValueError:
-            pass
-        if not _HOSTNAME.match(addr):
-            raise _Bad("IP addresses, subnets, ranges, host names or %any")
+        raise _Bad(f"{_ADDRS_EXPECTED}; {addr!r} is none of these", show_value=False)
     return addrs
 
 
@@ -344,11 +384,12 @@ def _one_of(*choices: str) -> Callable[[Any], str]:
 
 def _int_range(low: int, high: int) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value)
         if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
             return value
+        if isinstance(value, str) and value.strip().isdigit():
+            raise _Bad(f"an integer from {low} to {high}, written as a number without quotes")
         raise _Bad(f"an integer from {low} to {high}")
+    parse.numeric = True  # type: ignore[attr-defined]  # vici's text values are read as numbers
     return parse
 
 
@@ -421,11 +462,14 @@ _MISSING = object()
 class _Table:
     """One TOML table with its dotted path; records problems instead of raising."""
 
-    def __init__(self, data: Any, path: str, source: str, problems: list[str]):
+    def __init__(self, data: Any, path: str, source: str, problems: list[str], warnings: list[str] | None = None,
+                 text_values: bool = False):
         self.data = data if isinstance(data, dict) else {}
         self.path = path
         self.source = source
         self.problems = problems
+        self.warnings = warnings if warnings is not None else []
+        self.text_values = text_values  # vici: every value arrives as text
         if not isinstance(data, dict):
             self.problem("", "expected a table")
 
@@ -435,12 +479,18 @@ class _Table:
     def problem(self, key: str, message: str) -> None:
         self.problems.append(f"{self.source}: {self.key_path(key)}: {message}")
 
+    def warning(self, key: str, message: str) -> None:
+        self.warnings.append(f"{self.source}: {self.key_path(key)}: {message}")
+
     def keys(self) -> list[str]:
         return list(self.data)
 
-    def allow(self, known: set[str], prefixes: tuple[str, ...] = ()) -> None:
+    def allow(self, known: set[str], prefixes: tuple[str, ...] = (),
+              unimplemented: dict[str, str] | None = None) -> None:
         for key in self.data:
-            if key not in known and not key.startswith(prefixes):
+            if unimplemented and key in unimplemented:
+                self.problem(key, f"not implemented by espgw: {unimplemented[key]}")
+            elif key not in known and not key.startswith(prefixes):
                 self.problem(key, f"unknown key (espgw understands: {', '.join(sorted(known))})")
 
     def table(self, key: str) -> _Table:
@@ -448,7 +498,7 @@ class _Table:
         if not isinstance(value, dict):
             self.problem(key, "expected a table")
             value = {}
-        return _Table(value, self.key_path(key), self.source, self.problems)
+        return _Table(value, self.key_path(key), self.source, self.problems, self.warnings, self.text_values)
 
     def get(self, key: str, parse: Callable[[Any], Any], default: Any = _MISSING) -> Any:
         if key not in self.data:
@@ -457,6 +507,8 @@ class _Table:
                 return None
             return default
         value = self.data[key]
+        if self.text_values and getattr(parse, "numeric", False) and isinstance(value, str) and value.isdigit():
+            value = int(value)
         try:
             return parse(value)
         except _Bad as bad:
@@ -480,7 +532,8 @@ def _parse_gateway(table: _Table) -> GatewayConfig:
     defaults = GatewayConfig()
     table.allow({"tun_name", "mtu", "control_socket", "vici_socket", "log_level", "log_format", "esp_encap",
                  "raw_esp_tx", "queue_size", "retransmit_timeout", "retransmit_base", "retransmit_tries",
-                 "cookie_threshold", "half_open_per_ip", "half_open_limit", "dns", "keep_alive"})
+                 "cookie_threshold", "half_open_per_ip", "half_open_limit", "dns", "keep_alive",
+                 "metrics", "ip_forward"})
     return GatewayConfig(
         tun_name=table.get("tun_name", _tun_name, defaults.tun_name),
         mtu=table.get("mtu", _int_range(576, 65535), defaults.mtu),
@@ -499,7 +552,34 @@ def _parse_gateway(table: _Table) -> GatewayConfig:
         half_open_limit=table.get("half_open_limit", _int_range(1, 1_000_000), defaults.half_open_limit),
         dns=table.get("dns", _one_of("state", "resolvconf"), defaults.dns),
         keep_alive=table.get("keep_alive", _positive_duration, defaults.keep_alive),
+        metrics=table.get("metrics", _listen_address, defaults.metrics),
+        ip_forward=table.get("ip_forward", parse_bool, defaults.ip_forward),
     )
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:9469"`` or ``"[::1]:9469"`` into an IP address and a port (0: any free one,
+    for tests); ValueError if not."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(text)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(text)  # an IPv6 address needs its brackets: "[::1]:9469"
+    return str(ipaddress.ip_address(host)), int(port)
+
+
+def _listen_address(value: Any) -> str:
+    if value == "":
+        return ""  # off
+    if isinstance(value, str):
+        try:
+            if split_host_port(value)[1] > 0:
+                return value
+        except ValueError:
+            pass
+    raise _Bad('an address and port like "127.0.0.1:9469" or "[::1]:9469" (or "" for none)')
 
 
 def _positive_duration(value: Any) -> float:
@@ -526,13 +606,13 @@ def _tun_name(value: Any) -> str:
 
 CONNECTION_KEYS = {
     "local_addrs", "remote_addrs", "local_port", "remote_port", "proposals", "version", "encap",
-    "dpd_delay", "dpd_timeout", "rekey_time", "over_time", "reauth_time", "fragmentation",
+    "dpd_delay", "rekey_time", "over_time", "reauth_time", "fragmentation",
     "keyingtries", "mobike", "unique", "local", "remote", "children", "vips", "pools",
 }
 
 
 def _parse_connection(table: _Table, name: str) -> ConnectionConfig | None:
-    table.allow(CONNECTION_KEYS, prefixes=("local-", "remote-"))
+    table.allow(CONNECTION_KEYS, prefixes=("local-", "remote-"), unimplemented=UNIMPLEMENTED_CONNECTION_KEYS)
     start = len(table.problems)
     defaults = ConnectionConfig(name, [], [], AuthConfig(), AuthConfig())
     version = table.get("version", _int_range(0, 2), 2)
@@ -550,7 +630,6 @@ def _parse_connection(table: _Table, name: str) -> ConnectionConfig | None:
         remote_port=table.get("remote_port", _int_range(1, 65535), defaults.remote_port),
         encap=table.get("encap", parse_bool, defaults.encap),
         dpd_delay=table.get("dpd_delay", parse_duration, defaults.dpd_delay),
-        dpd_timeout=table.get("dpd_timeout", parse_duration, defaults.dpd_timeout),
         rekey_time=table.get("rekey_time", parse_duration, defaults.rekey_time),
         over_time=table.get("over_time", parse_duration, defaults.over_time),
         reauth_time=table.get("reauth_time", parse_duration, defaults.reauth_time),
@@ -649,6 +728,12 @@ def _parse_child(table: _Table, name: str) -> ChildConfig | None:
     if child.life_time is not None and child.rekey_time and child.life_time <= child.rekey_time:
         table.problem("life_time", "expected more than rekey_time, so the SA is rekeyed before it expires")
         return None
+    # espgw installs a child's trap when it starts and keeps it; it cannot trap a child later
+    for key, other in (("dpd_action", "clear or restart"), ("close_action", "none or start")):
+        if getattr(child, key) == "trap" and child.start_action != "trap":
+            table.problem(key, f'not implemented by espgw: "trap" works only with start_action = "trap" '
+                               f"(traps are installed at start); expected {other}")
+            return None
     return child
 
 
@@ -730,6 +815,9 @@ def _tfc_padding(value: Any) -> int:
     return _int_range(0, 65535)(value)
 
 
+_tfc_padding.numeric = True  # type: ignore[attr-defined]
+
+
 def _check_unique_children(conns: _Table, connections: list[ConnectionConfig]) -> None:
     # `espgw initiate --child NAME` must name exactly one child
     seen: dict[str, str] = {}
@@ -768,6 +856,9 @@ def _parse_secrets(table: _Table) -> list[_Secret]:
                 ids.extend(section.get(key, parse_list, []))
         psk = section.get("secret", parse_psk)
         if psk is not None:
+            if len(psk) < MIN_PSK_BYTES:  # its length only: the secret itself is never shown
+                section.warning("secret", f"the PSK is {len(psk)} bytes; use at least {MIN_PSK_BYTES} random bytes "
+                                          '(e.g. `openssl rand -base64 32`, written as secret = "0s<its output>")')
             secrets.append(_Secret(section.path, ids, psk))
     return secrets
 

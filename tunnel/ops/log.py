@@ -1,5 +1,10 @@
 """Logging set-up: structlog to stderr, human-readable on a terminal, JSON lines otherwise.
 
+The level and format come from the command line (``espgw run --log-level/--log-format``), else the
+configuration file's ``[gateway] log_level/log_format``, else the defaults (info, auto). The command
+line is recorded once (:func:`set_command_line`) and :func:`configure_from_config` applies it over
+whatever file is read, so the daemon's start and any later reload keep the flags.
+
 The cores keep key material out of their events; :func:`redact_secrets` is the last line of
 defence for anything that slips through under a secret-looking key name.
 """
@@ -42,6 +47,29 @@ def redact_secrets(logger: Any, method_name: str, event_dict: MutableMapping[str
     """structlog processor: replace any value whose key looks secret, also in nested dicts."""
     return {key: (REDACTED if key != "event" and is_secret_key(key) else _redact(value))
             for key, value in event_dict.items()}
+
+
+# what `espgw run` was given on its command line; None: not given, the file decides
+_command_line: dict[str, str | None] = {"level": None, "format": None}
+
+
+def set_command_line(level: str | None = None, fmt: str | None = None) -> None:
+    """Record the command line's logging flags, which win over every configuration file read later."""
+    if level is not None and level not in LEVELS:
+        raise ValueError(f"log level must be one of {', '.join(LEVELS)}, got {level!r}")
+    if fmt is not None and fmt not in FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    _command_line.update(level=level, format=fmt)
+
+
+def effective_settings(file_level: str | None, file_format: str | None) -> tuple[str, str]:
+    """(level, format): the command line's flag, else the file's setting, else the default."""
+    return (_command_line["level"] or file_level or "info", _command_line["format"] or file_format or "auto")
+
+
+def configure_from_config(file_level: str | None, file_format: str | None, stream: TextIO | None = None) -> None:
+    """Configure logging from a configuration file's settings, the command line's flags winning."""
+    configure_logging(*effective_settings(file_level, file_format), stream=stream)
 
 
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:

@@ -12,7 +12,9 @@ from cryptography.x509.oid import NameOID
 
 from ike.config import AuthConfig, ChildConfig, ConnectionConfig, TrafficSelector
 from ike.crypto.certs import LocalCredential
-from tunnel.daemon.reload import diff_connections, fingerprint, same_connection, settings_needing_restart
+from ike.pools import AddressPool
+from tunnel.daemon.reload import (diff_connections, fingerprint, pools_needing_restart, same_connection,
+                                   settings_needing_restart)
 from tunnel.ops.config import GatewayConfig
 
 
@@ -85,3 +87,11 @@ def test_gateway_settings_that_need_a_restart_are_named():
     assert messages == ["gateway.tun_name changed from 'espgw0' to 'espgw1': takes effect after a restart "
                         "(still 'espgw0')"]
     assert settings_needing_restart(running, dataclasses.replace(running)) == []
+
+
+def test_changed_pools_are_named_as_needing_a_restart():
+    running = [AddressPool("rw", "10.3.0.0/28"), AddressPool("old", "10.4.0.0/28")]
+    new = [AddressPool("rw", "10.3.0.0/27"), AddressPool("add", "10.5.0.0/28")]
+    names = [m.split(":")[0] for m in pools_needing_restart(running, new)]
+    assert names == ["pools.add", "pools.old", "pools.rw"]
+    assert pools_needing_restart(running, [AddressPool("rw", "10.3.0.0/28"), AddressPool("old", "10.4.0.0/28")]) == []

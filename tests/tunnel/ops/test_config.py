@@ -275,3 +275,107 @@ def test_vici_socket_default_and_a_file_without_connections():
     assert parse_config('[gateway]\nvici_socket = "/run/espgw/vici"\n').connections == []
     with pytest.raises(ConfigError, match="expected at least one connection table"):
         parse_config('[gateway]\nvici_socket = ""\n')
+
+
+# ----------------------------------------------------------------------------- issue 18: check validates strictly
+
+
+def with_remote(addrs: str) -> str:
+    return MINIMAL.replace('remote_addrs = "192.0.2.2"', f"remote_addrs = {addrs}")
+
+
+@pytest.mark.parametrize("addrs", ['"192.0.2.256"', '"1.2.3"', '"10.0.0.1-10.0.0.300"', '"10.0.0.0/33"',
+                                   '"gw_b.lab"', '"-gw.lab"', '"fe80::zz"', '"gw-b.lab, 192.0.2.999"',
+                                   '"10.0.0.9-10.0.0.1"', '"10.0.0.1-2001:db8::1"'])
+def test_bad_addresses_are_refused(addrs):
+    joined = "\n".join(errors_of(with_remote(addrs)))
+    assert "espgw.toml: connections.office.remote_addrs: expected IP addresses, subnets, ranges" in joined, joined
+
+
+@pytest.mark.parametrize("addrs", ['"gw-b.lab"', '"gw-b.example.net."', '"vpn1"', '"192.0.2.2, 2001:db8::2"',
+                                   '"10.0.0.0/8"', '"10.0.0.1-10.0.0.9"', '"%any"', '["gw-b.lab", "192.0.2.2"]'])
+def test_good_addresses_and_host_names_pass(addrs):
+    # host names are resolved when the connection is initiated; check accepts any valid DNS name
+    text = with_remote(addrs).replace('id = "192.0.2.2"', 'id = "%any"')
+    assert parse_config(text).connections[0].remote_addrs
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("gateway.mtu", '"1400"',
+     'expected an integer from 576 to 65535, written as a number without quotes, got "1400"'),
+    ("gateway.queue_size", '"64"', "expected an integer from 0 to 65536, written as a number without quotes"),
+    ("gateway.retransmit_base", '"2"', "expected a number of at least 1"),
+    ("connections.office.local_port", '"500"', "expected an integer from 1 to 65535, written as a number"),
+    ("connections.office.children.lan.replay_window", '"32"', "expected an integer from 0 to 1048576, written"),
+    ("gateway.ip_forward", "1", "expected yes or no"),
+    ("gateway.metrics", "9469", "expected an address and port like"),
+])
+def test_types_are_strict(key, value, expected):
+    table, _, name = key.rpartition(".")
+    if table == "gateway":
+        text = f"[gateway]\n{name} = {value}\n" + MINIMAL
+    else:
+        anchor = 'remote_addrs = "192.0.2.2"' if table == "connections.office" else 'local_ts = "10.0.0.0/24"'
+        text = MINIMAL.replace(anchor, f"{anchor}\n{name} = {value}")
+    problems = errors_of(text)
+    assert any(p.startswith(f"espgw.toml: {key}: {expected}") for p in problems), problems
+
+
+def test_vici_text_values_are_read_as_numbers():
+    """vici carries every value as text: there "500" is the number 500, as in swanctl."""
+    from tunnel.ops.config import parse_config_data
+    data = {"connections": {"c": {"remote_addrs": "192.0.2.2", "local_port": "4500", "keyingtries": "3",
+                                  "children": {"lan": {"local_ts": "10.0.0.0/24", "remote_ts": "10.0.5.0/24",
+                                                       "replay_window": "32", "tfc_padding": "mtu"}}}},
+            "secrets": {"ike-c": {"secret": PSK_TEXT}}}
+    conn = parse_config_data(data, "vici", text_values=True).connections[0]
+    assert (conn.local_port, conn.keyingtries, conn.children[0].replay_window) == (4500, 3, 32)
+    assert conn.children[0].tfc_padding == 1500
+    with pytest.raises(ConfigError, match="local_port: expected an integer"):
+        parse_config_data(data, "espgw.toml")
+
+
+@pytest.mark.parametrize("secret, length", [('"abc"', 3), ('"0x0102"', 2), ('"0sAAAAAAAAAAAAAAAAAAAA"', 15)])
+def test_short_psk_is_a_warning_without_the_secret(secret, length):
+    config = parse_config(MINIMAL.replace(f'secret = "{PSK_TEXT}"', f"secret = {secret}"), source="espgw.toml")
+    (warning,) = config.warnings
+    assert warning.startswith(f"espgw.toml: secrets.ike-office.secret: the PSK is {length} bytes; use at least 16")
+    assert secret.strip('"') not in warning and "abc" not in warning
+    assert parse_config(MINIMAL).warnings == []  # 28 bytes: fine
+
+
+def test_unimplemented_keys_and_values_are_refused_by_name():
+    text = MINIMAL.replace('remote_addrs = "192.0.2.2"', 'remote_addrs = "192.0.2.2"\ndpd_timeout = "150s"')
+    (problem,) = errors_of(text)
+    assert problem.startswith("espgw.toml: connections.office.dpd_timeout: not implemented by espgw: ")
+    for key in ("dpd_action", "close_action"):
+        problems = errors_of(MINIMAL.replace('local_ts = "10.0.0.0/24"', f'local_ts = "10.0.0.0/24"\n{key} = "trap"'))
+        assert problems == [f'espgw.toml: connections.office.children.lan.{key}: not implemented by espgw: "trap" '
+                            'works only with start_action = "trap" (traps are installed at start); expected '
+                            + ("clear or restart" if key == "dpd_action" else "none or start")]
+        trapped = MINIMAL.replace('local_ts = "10.0.0.0/24"',
+                                  f'local_ts = "10.0.0.0/24"\n{key} = "trap"\nstart_action = "trap"')
+        assert getattr(parse_config(trapped).connections[0].children[0], key) == "trap"
+    # MOBIKE is being implemented (issue 18 leaves the key accepted)
+    assert parse_config(MINIMAL.replace('remote_addrs = "192.0.2.2"', 'remote_addrs = "192.0.2.2"\nmobike = "no"'))
+
+
+def test_metrics_and_ip_forward_settings():
+    from tunnel.ops.config import split_host_port
+    gateway = parse_config('[gateway]\nmetrics = "127.0.0.1:9469"\nip_forward = true\n' + MINIMAL).gateway
+    assert (gateway.metrics, gateway.ip_forward) == ("127.0.0.1:9469", True)
+    defaults = parse_config(MINIMAL).gateway
+    assert (defaults.metrics, defaults.ip_forward) == ("", None)
+    assert split_host_port("[::1]:9469") == ("::1", 9469)
+    for bad in ('"localhost:9469"', '"::1:9469"', '"127.0.0.1"', '"127.0.0.1:0"', '"127.0.0.1:70000"'):
+        assert any("gateway.metrics: expected" in p for p in errors_of(f"[gateway]\nmetrics = {bad}\n" + MINIMAL))
+
+
+def test_check_prints_the_warning_and_succeeds(tmp_path, capsys):
+    from tunnel.ops import cli
+    path = tmp_path / "espgw.toml"
+    path.write_text(MINIMAL.replace(f'secret = "{PSK_TEXT}"', 'secret = "abc"'))
+    assert cli.main(["check", "-c", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{path}: OK")
+    assert err.startswith(f"espgw: warning: {path}: secrets.ike-office.secret: the PSK is 3 bytes") and "abc" not in err

@@ -70,3 +70,46 @@ def test_bad_arguments():
         configure_logging("loud")
     with pytest.raises(ValueError):
         configure_logging("info", "xml")
+
+
+@pytest.fixture
+def command_line(monkeypatch):
+    from tunnel.ops import log
+    monkeypatch.setattr(log, "_command_line", {"level": None, "format": None})
+    return log
+
+
+def test_command_line_flags_win_over_the_file(command_line):
+    """`espgw run --log-level error --log-format console`: the daemon configures logging from the
+    file again (at start, on reload); the flags must survive that."""
+    assert command_line.effective_settings(None, None) == ("info", "auto")
+    assert command_line.effective_settings("debug", "json") == ("debug", "json")
+    command_line.set_command_line("error", "console")
+    assert command_line.effective_settings("debug", "json") == ("error", "console")
+    stream = io.StringIO()
+    command_line.configure_from_config("debug", "json", stream=stream)
+    log = structlog.get_logger()
+    log.info("quiet")
+    log.error("loud")
+    text = stream.getvalue()
+    assert "quiet" not in text and "loud" in text and not text.startswith("{")
+    command_line.set_command_line(None, "json")  # only the format given: the file's level applies
+    assert command_line.effective_settings("warning", "console") == ("warning", "json")
+    with pytest.raises(ValueError):
+        command_line.set_command_line("loud")
+
+
+def test_one_event_per_sa_happening():
+    """The IKE core logs ike_sa_established/child_sa_established/..._down and the daemon does not
+    log them again under other names (issue 18 found child_sa_established and child_sa.up); a failed
+    negotiation is the daemon's negotiation_failed (from the core's NegotiationFailed event) only."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[3]
+    gateway = (root / "tunnel" / "daemon" / "gateway.py").read_text()
+    for duplicate in ('"child_sa.up"', '"child_sa.down"', '"ike_sa.up"', '"ike_sa.down"'):
+        assert duplicate not in gateway
+    assert '"negotiation_failed"' in gateway
+    core = "".join((root / "ike" / "tasks" / name).read_text() for name in ("ike_init.py", "ike_auth.py",
+                                                                            "child_create.py"))
+    for duplicate in ('"ike_sa_init_failed"', '"ike_auth_failed"', '"child_sa_failed"'):
+        assert duplicate not in core

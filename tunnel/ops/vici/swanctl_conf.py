@@ -218,7 +218,8 @@ def _validate(data: dict[str, object], allow_no_connection: bool = False,
     """The configuration loader's verdict on ``data``; never files: credentials come from ``credentials``."""
     try:
         return parse_config_data(data, SOURCE, require_connections=not allow_no_connection,
-                                 credential_source=credentials or StoredCredentials())
+                                 credential_source=credentials or StoredCredentials(),
+                                 text_values=True)
     except ConfigError as exc:
         raise ViciConfigError(exc.problems) from None
 
