@@ -770,7 +770,10 @@ class Gateway:
             for conn in new.connections:
                 conn.encap = True
         diff = reload.diff_connections(self.config.connections, new.connections, self.file_connections)
-        configure_from_config(new.gateway.log_level, new.gateway.log_format)  # --log-* flags still win
+        logging = (new.gateway.log_level, new.gateway.log_format)
+        if logging != (self.settings.log_level, self.settings.log_format):
+            configure_from_config(*logging)  # the --log-* flags still win
+            self.settings.log_level, self.settings.log_format = logging
         warnings = reload.settings_needing_restart(self.settings, new.gateway, set(self.config.overrides))
         warnings += self._unbound_local_addresses(new)
         warnings += reload.pools_needing_restart(self.config.pools, new.pools)

@@ -106,8 +106,9 @@ def test_one_event_per_sa_happening():
     from pathlib import Path
     root = Path(__file__).resolve().parents[3]
     gateway = (root / "tunnel" / "daemon" / "gateway.py").read_text()
-    for duplicate in ('"child_sa.up"', '"child_sa.down"', '"ike_sa.up"', '"ike_sa.down"'):
-        assert duplicate not in gateway
+    import re
+    for duplicate in ("child_sa.up", "child_sa.down", "ike_sa.up", "ike_sa.down"):  # as log events (the
+        assert not re.search(r'log\.\w+\(\s*"' + re.escape(duplicate) + '"', gateway)  # journal may name them)
     assert '"negotiation_failed"' in gateway
     core = "".join((root / "ike" / "tasks" / name).read_text() for name in ("ike_init.py", "ike_auth.py",
                                                                             "child_create.py"))
