@@ -194,6 +194,12 @@ class IkeAuth(Task):
             sa.send_once(ExchangeType.INFORMATIONAL, [NotifyPayload(NotifyType.AUTHENTICATION_FAILED)])
         return destroy("auth failed")
 
+    def timed_out(self, sa: IkeSaContext, now: float) -> Outcome:
+        """No answer to IKE_AUTH: a failure with its reason (``espgw initiate`` and ``status`` see
+        it), then the IKE SA ends as a dead peer and keyingtries decides about another attempt."""
+        sa.emit(NegotiationFailed(sa.name, "IKE_AUTH", "TIMEOUT", "no answer to IKE_AUTH"))
+        return destroy("dead peer")
+
     def process(self, sa: IkeSaContext, msg: Message, raw: bytes, src: Address, dst: Address,
                 now: float) -> Outcome:
         idr, auth = msg.get(IdrPayload), msg.get(AuthPayload)

@@ -161,3 +161,17 @@ def test_short_retransmit_schedule_gives_up_an_unanswered_connect():
     pair.advance(3.0)  # 0.25 + 0.5 + 1 + 2 = 3.75 s
     (failed,) = pair.of("a", NegotiationFailed)
     assert failed.notify == "TIMEOUT" and pair.now < 4.5 and not pair.a.sas
+
+
+def test_an_unanswered_ike_auth_ends_with_a_timeout_failure():
+    """After IKE_SA_INIT the peer goes silent: the attempt ends with a reason (issue 18: never
+    CONNECTING for good, and `espgw initiate` sees the failure instead of waiting for its timeout)."""
+    from tests.ike.harness import NegotiationFailed
+
+    a, b = mirrored()
+    pair = Pair([a], [b], retransmit_timeout=0.25, retransmit_base=2.0, retransmit_tries=3)
+    pair.wire.tamper = lambda d: None if d.data[18] == 35 else d  # every IKE_AUTH message lost
+    pair.a.initiate("site", None, pair.now)
+    pair.advance(5.0)
+    (failed,) = pair.of("a", NegotiationFailed)
+    assert (failed.stage, failed.notify) == ("IKE_AUTH", "TIMEOUT") and not pair.a.sas
