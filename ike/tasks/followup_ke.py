@@ -31,7 +31,7 @@ from ike.crypto.proposals import ADDKE_TYPES, parse_proposals
 from ike.events import Address
 from ike.tasks.base import DONE, IkeSaContext, Outcome, Task
 from ike.tasks.child_sa import ChildSa
-from ike.tasks.ike_intermediate import method_name
+from ike.tasks.ike_intermediate import KeyExchangeRefused, answer_key_exchange, method_name
 
 LINK_LEN = 8  # the responder's link data: opaque to the initiator (strongSwan sends one byte)
 # how long we hold back our own requests for a peer's multi-exchange CREATE_CHILD_SA (a peer that
@@ -178,21 +178,14 @@ def respond_followup(sa: IkeSaContext, msg: Message, now: float) -> list[Payload
     if state is None or link is None or not hmac.compare_digest(link, state.link):
         return _refuse(sa, NotifyType.STATE_NOT_FOUND, "IKE_FOLLOWUP_KE without a matching ADDITIONAL_KEY_EXCHANGE")
     number, method = state.pending[0]
-    kes = msg.all(KePayload)
-    if len(kes) != 1:
-        return _refuse(sa, NotifyType.INVALID_SYNTAX, f"IKE_FOLLOWUP_KE with {len(kes)} KE payloads")
-    if kes[0].group != method:
-        return _refuse(sa, NotifyType.NO_PROPOSAL_CHOSEN, f"additional key exchange {number} is "
-                                                          f"{method_name(method)}, not {method_name(kes[0].group)}")
     try:
-        ke = additional_key_exchange(method, sa.rng, initiator=False)
-        secret = ke.shared_secret(kes[0].data)
-    except (InvalidKeyExchange, ValueError) as exc:
-        return _refuse(sa, NotifyType.NO_PROPOSAL_CHOSEN, f"{method_name(method)} value rejected: {exc}")
+        reply, secret = answer_key_exchange(msg, sa, number, method, "IKE_FOLLOWUP_KE")
+    except KeyExchangeRefused as refused:
+        return _refuse(sa, refused.notify, refused.text)
     state.secrets.append(secret)
     state.pending.pop(0)
     sa.log("additional_key_exchange_done", number=number, method=method_name(method), exchange="IKE_FOLLOWUP_KE")
-    answer: list[Payload] = [KePayload(method, ke.public)]
+    answer: list[Payload] = [reply]
     if state.pending:
         state.link = sa.rng(LINK_LEN)
         return [*answer, NotifyPayload(NotifyType.ADDITIONAL_KEY_EXCHANGE, state.link)]

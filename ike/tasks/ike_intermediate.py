@@ -147,6 +147,34 @@ class IkeIntermediate(Task):
         return destroy("dead peer")
 
 
+class KeyExchangeRefused(Exception):
+    """An additional key exchange request the responder cannot answer: the notify it refuses with."""
+
+    def __init__(self, notify: NotifyType, text: str):
+        super().__init__(text)
+        self.notify, self.text = notify, text
+
+
+def answer_key_exchange(msg: codec.Message, sa: IkeSaContext, number: int, method: int,
+                        exchange: str) -> tuple[KePayload, bytes]:
+    """The responder's side of additional key exchange ``number`` (IKE_INTERMEDIATE or
+    IKE_FOLLOWUP_KE alike): exactly one KE payload of the negotiated method, its value passing the
+    method's checks (FIPS 203 for ML-KEM); our KE payload and the shared secret."""
+    kes = msg.all(KePayload)
+    if len(kes) != 1:
+        raise KeyExchangeRefused(NotifyType.INVALID_SYNTAX, f"{exchange} with {len(kes)} KE payloads")
+    if kes[0].group != method:
+        raise KeyExchangeRefused(NotifyType.NO_PROPOSAL_CHOSEN, f"additional key exchange {number} is "
+                                 f"{method_name(method)}, the peer sent {method_name(kes[0].group)}")
+    try:
+        ke = additional_key_exchange(method, sa.rng, initiator=False)
+        secret = ke.shared_secret(kes[0].data)  # first: an ML-KEM responder's ciphertext comes from it
+        return KePayload(method, ke.public), secret
+    except (InvalidKeyExchange, ValueError) as exc:
+        raise KeyExchangeRefused(NotifyType.NO_PROPOSAL_CHOSEN,
+                                 f"{method_name(method)} value rejected: {exc}") from None
+
+
 def _refuse(sa: IkeSaContext, notify: NotifyType, text: str) -> list[Payload]:
     sa.emit(NegotiationFailed(sa.name, "IKE_INTERMEDIATE", notify.name, text))
     sa.log("ike_intermediate_refused", notify=notify.name, error=text)
@@ -160,19 +188,11 @@ def respond_intermediate(sa: IkeSaContext, msg: codec.Message, now: float) -> li
     if sa.state != IkeState.CONNECTING or state is None or not state.pending:
         return _refuse(sa, NotifyType.INVALID_SYNTAX, "unexpected IKE_INTERMEDIATE request")
     number, method = state.pending[0]
-    kes = msg.all(KePayload)
-    if len(kes) != 1:
-        return _refuse(sa, NotifyType.INVALID_SYNTAX, f"IKE_INTERMEDIATE request with {len(kes)} KE payloads")
-    if kes[0].group != method:
-        return _refuse(sa, NotifyType.NO_PROPOSAL_CHOSEN,
-                       f"additional key exchange {number} is {method_name(method)}, "
-                       f"the peer sent {method_name(kes[0].group)}")
     try:
-        ke = additional_key_exchange(method, sa.rng, initiator=False)
-        secret = ke.shared_secret(kes[0].data)
-    except (InvalidKeyExchange, ValueError) as exc:
-        return _refuse(sa, NotifyType.NO_PROPOSAL_CHOSEN, f"{method_name(method)} value rejected: {exc}")
-    answer: list[Payload] = [KePayload(method, ke.public)]
+        reply, secret = answer_key_exchange(msg, sa, number, method, "IKE_INTERMEDIATE request")
+    except KeyExchangeRefused as refused:
+        return _refuse(sa, refused.notify, refused.text)
+    answer: list[Payload] = [reply]
     _chain(sa, state, True, _peer_parts(msg))
     _chain(sa, state, False, _own_parts(sa, msg.message_id, True, answer))
     state.pending_keys = _next_keys(sa, secret)  # installed once the answer is sealed with the old keys
