@@ -6,7 +6,8 @@ the host: use the guest for behaviour, never for speed.
 
 The guest sees this machine's ``/`` read-only over 9p (so the project, its virtualenv and
 strongSwan are simply there), with throw-away overlays on /etc, /var, /root and /home and empty
-tmpfs /tmp and /run. One host folder, the *io folder*, is shared read-write at the same path:
+tmpfs /tmp and /run (the project is shared again at its own path, so a checkout under /tmp works).
+One host folder, the *io folder*, is shared read-write at the same path:
 the host drops job requests there and the guest's agent (``tunnel.lab.vm.agent``) writes logs,
 exit statuses and scenario results back. The initramfs is busybox plus the few modules needed to
 mount the shares; it is built afresh for each boot (it takes well under a second).
@@ -70,6 +71,10 @@ done
 [ -d $R/var/run ] && [ ! -L $R/var/run ] && mount -t tmpfs vrun $R/var/run
 mount -t tmpfs vtmp $R/var/tmp 2>/dev/null
 mkdir -p $R$IO && mount -t 9p -o $o io $R$IO || { echo "espgw-vm: io mount failed"; poweroff -f; }
+# the project again at its own path: a checkout under /tmp or /run (a CI runner's) is hidden by the tmpfs above
+PROJ=$(sed -n 's/.*espgw_repo=\([^ ]*\).*/\1/p' /proc/cmdline)
+mkdir -p $R$PROJ 2>/dev/null
+mount -t 9p -o $o,cache=loose,ro project $R$PROJ || { echo "espgw-vm: project mount failed"; poweroff -f; }
 # the kernel's module auto-loading (request_module) runs in this initramfs: forward it to the real root
 printf '#!/bin/sh\nexec /bin/chroot /newroot /sbin/modprobe "$@"\n' > /bin/modprobe-root
 chmod +x /bin/modprobe-root; echo /bin/modprobe-root > /proc/sys/kernel/modprobe
@@ -286,11 +291,14 @@ class Guest:
                 *(["-bios", str(QBOOT)] if QBOOT.exists() else []),
                 "-display", "none", "-no-reboot", "-serial", f"file:{self.console_log}", "-monitor", "none",
                 "-kernel", f"/boot/vmlinuz-{self.kver}", "-initrd", str(initrd),
-                "-append", f"console=ttyS0 quiet loglevel=3 panic=-1 reboot=t rdinit=/init espgw_io={self.io}",
+                "-append", (f"console=ttyS0 quiet loglevel=3 panic=-1 reboot=t rdinit=/init espgw_io={self.io} "
+                            f"espgw_repo={REPO}"),
                 "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
                 "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
                 "-fsdev", f"local,id=io,path={self.io},security_model=none,multidevs=remap",
-                "-device", "virtio-9p-pci,fsdev=io,mount_tag=io"]
+                "-device", "virtio-9p-pci,fsdev=io,mount_tag=io",
+                "-fsdev", f"local,id=project,path={REPO},security_model=none,readonly=on,multidevs=remap",
+                "-device", "virtio-9p-pci,fsdev=project,mount_tag=project"]
         started = time.monotonic()
         with open(self.io / "qemu.stderr", "wb") as err:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT,
