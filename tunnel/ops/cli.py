@@ -191,10 +191,9 @@ def cmd_run(args: argparse.Namespace, start: DaemonStarter | None = None) -> int
     config = load_config(args.config)
     if args.socket:
         config.gateway.control_socket = args.socket
+        config.overrides["control_socket"] = args.socket  # a reload keeps it
     from tunnel.ops.log import configure_from_config, set_command_line
 
-    if args.socket:
-        config.overrides["control_socket"] = args.socket  # a reload keeps it
     set_command_line(args.log_level, args.log_format)  # the flags win over the file, also on reload
     configure_from_config(config.gateway.log_level, config.gateway.log_format)
     _log_config_warnings(config)
