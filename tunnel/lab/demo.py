@@ -1,10 +1,11 @@
-"""``espgw demo``: the seed's scenario in network namespaces, and what an eavesdropper sees.
+"""``espgw demo``: the road warrior in network namespaces, and what an eavesdropper sees.
 
-A laptop (10.0.0.7) on a cafe LAN behind gateway A, a dashboard (10.0.5.9) on an office LAN
-behind gateway B, the gateways joined by a public link of documentation addresses. Two espgw
-gateways bring the tunnel up on demand; the laptop pings the dashboard and fetches its page while
-tcpdump records the public link and the cafe LAN. The report compares the two captures and names
-the files (pcaps, Wireshark key tables, gateway logs) left in the output directory.
+The default (``tunnel.lab.demo_roadwarrior``) tells the README's story literally: a laptop on
+cafe Wi-Fi behind the cafe's NAT router runs espgw itself, gets its tunnel address 10.0.0.7 from
+the office gateway's pool and opens the dashboard 10.0.5.9; the report reads the cafe Wi-Fi and
+the public internet as an eavesdropper would. ``--site-to-site`` (``tunnel.lab.demo_site``) runs
+the two-gateway scenario instead. This module is the command line and what both share: the
+dashboard's page, the flow table of a capture, the tshark check and the key-exchange lines.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from collections.abc import Sequence
@@ -41,8 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                         help=f"where to keep the artefacts ({DEFAULT_OUT})")
     parser.add_argument("--no-tshark", action="store_true", help="skip the decryption check with tshark")
+    parser.add_argument("--site-to-site", action="store_true",
+                        help="two gateways, the laptop behind one and the dashboard behind the other, "
+                             "instead of the laptop running espgw itself behind the cafe's NAT")
     parser.add_argument("--auth", choices=("psk", "cert"), default="psk",
-                        help="authenticate the gateways with a pre-shared key or with certificates from a fresh CA")
+                        help="authenticate both ends with a pre-shared key or with certificates from a fresh CA")
     kex = parser.add_mutually_exclusive_group()
     kex.add_argument("--proposal", metavar="IKE_PROPOSAL",
                      help="both gateways' IKE proposals, strongSwan syntax, e.g. "
@@ -69,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return run_demo(Path(args.out).resolve(), tshark=not args.no_tshark and shutil.which("tshark") is not None,
-                        auth=args.auth, proposal=args.proposal)
+                        auth=args.auth, proposal=args.proposal, site_to_site=args.site_to_site)
     except KeyboardInterrupt:
         print("\nespgw demo: interrupted; the lab is removed", file=sys.stderr)
         return 130
@@ -89,15 +92,43 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _use_certificates(conn_a, conn_b) -> None:
-    """``--auth cert``: a fresh CA, an ECDSA certificate per gateway (ids gwa.lab / gwb.lab)."""
-    from ike.config import AuthConfig
-    from tunnel.lab.lab_pki import LabPki
+def run_demo(out: Path, tshark: bool, auth: str = "psk", proposal: str | None = None,
+             site_to_site: bool = False) -> int:
+    """One scenario, its report printed; 0 when the ping and the page went through."""
+    if site_to_site:
+        from tunnel.lab.demo_site import run_site_to_site
 
-    pki = LabPki.make()
-    for conn, me, peer in ((conn_a, "gwa.lab", "gwb.lab"), (conn_b, "gwb.lab", "gwa.lab")):
-        conn.local = AuthConfig("pubkey", id=me, credential=pki.gateway(me, "ecdsa256"))
-        conn.remote = AuthConfig("pubkey", id=peer, trust=pki.trust())
+        return run_site_to_site(out, tshark, auth, proposal)
+    from tunnel.lab.demo_roadwarrior import run_road_warrior
+
+    return run_road_warrior(out, tshark, auth, proposal)
+
+
+def prepare_run(out: Path) -> None:
+    """Refuse when another demo runs; remove what a killed run left; an empty ``out``."""
+    from tunnel.lab.netns import cleanup_stale
+
+    owner = _running_owner()
+    if owner:
+        raise DemoError(f"another demo (pid {owner}) is running; wait for it or stop it")
+    cleanup_stale(LAB_PREFIX, force=True)  # what a killed run left behind
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+
+
+def serve_dashboard(lab) -> str:
+    """The dashboard's web server on hostB (HTTP_PORT), its page holding a fresh random marker."""
+    marker = f"espgw-demo-{secrets.token_hex(6)}"
+    www = lab.workdir / "www"
+    www.mkdir()
+    (www / "index.html").write_text(_PAGE.format(marker=marker))
+    server = lab.spawn(lab.hostB, sys.executable, "-u", "-m", "http.server", HTTP_PORT, "--bind",
+                       lab.hostB.addr4, "--directory", www, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert server.stdout is not None  # stdout=PIPE
+    if b"Serving HTTP" not in server.stdout.readline():
+        raise DemoError("the dashboard's web server did not start")
+    return marker
 
 
 def _proposal_problem(text: str) -> str | None:
@@ -110,65 +141,6 @@ def _proposal_problem(text: str) -> str | None:
     except ConfigError as exc:
         return next((p.removeprefix(where) for p in exc.problems if p.startswith(where)), None)
     return None
-
-
-def run_demo(out: Path, tshark: bool, auth: str = "psk", proposal: str | None = None) -> int:
-    from tunnel.lab.configs import site_to_site
-    from tunnel.lab.espgw import EspgwGateway, wait_until
-    from tunnel.lab.netns import Lab, LabError, cleanup_stale
-
-    started = time.monotonic()
-    owner = _running_owner()
-    if owner:
-        raise DemoError(f"another demo (pid {owner}) is running; wait for it or stop it")
-    cleanup_stale(LAB_PREFIX, force=True)  # what a killed run left behind
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    try:
-        lab = Lab(prefix=LAB_PREFIX, ipv6=False)
-    except LabError as exc:
-        raise DemoError(f"cannot build the lab ({exc}); is another demo running?") from None
-    with lab:
-        proposals = [proposal] if proposal else None  # both ends: the responder must accept it
-        conn_a, conn_b = (site_to_site(lab, side, name="office", proposals=proposals) for side in ("A", "B"))
-        conn_a.children[0].start_action = "trap"  # the laptop's first packet brings the tunnel up
-        if auth == "cert":
-            _use_certificates(conn_a, conn_b)
-        gw_a = EspgwGateway(lab, lab.gwA, [conn_a], name="gatewayA")
-        gw_b = EspgwGateway(lab, lab.gwB, [conn_b], name="gatewayB")
-        try:
-            for gw in (gw_b, gw_a):
-                gw.start()
-            marker = f"espgw-demo-{secrets.token_hex(6)}"
-            www = lab.workdir / "www"
-            www.mkdir()
-            (www / "index.html").write_text(_PAGE.format(marker=marker))
-            server = lab.spawn(lab.hostB, sys.executable, "-u", "-m", "http.server", HTTP_PORT, "--bind",
-                               lab.hostB.addr4, "--directory", www, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-            assert server.stdout is not None  # stdout=PIPE
-            if b"Serving HTTP" not in server.stdout.readline():
-                raise DemoError("the dashboard's web server did not start")
-            public, lan = out / "public.pcap", out / "cafe-lan.pcap"
-            with lab.capture(lab.gwA, lab.gwA.wan_iface, public, bpf="not arp"), \
-                    lab.capture(lab.gwA, lab.gwA.lan_iface, lan, bpf="not arp"):
-                first = lab.ping(lab.hostA, lab.hostB.addr4, count=1, wait=3)
-                ping = lab.ping(lab.hostA, lab.hostB.addr4, count=3, interval=0.2)
-                url = f"http://{lab.hostB.addr4}:{HTTP_PORT}/"
-                fetch = lab.run(lab.hostA, "curl", "-s", "-m", "5", "-w", r"\n%{http_code} %{size_download}",
-                                url, check=False) if shutil.which("curl") else None
-            keys = [gw.cli("keys", "--wireshark", str(out / "wireshark"), check=False) for gw in (gw_a, gw_b)]
-            (ike,) = wait_until(gw_a.ike_sas, 2, "gateway A's IKE SA")
-        finally:
-            for gw in (gw_a, gw_b):
-                gw.stop()
-                if gw.log_path.exists():
-                    shutil.copy(gw.log_path, out / f"{gw.name}.log")
-    page_ok, fetch_line = _fetch_outcome(fetch, marker, url)
-    report = _report(lab, ike, first, ping, page_ok, fetch_line, public, lan, marker, out, keys,
-                     tshark and public.exists(), time.monotonic() - started, show_key_exchanges=proposal is not None)
-    print(report)
-    return 0 if page_ok and ping.ok else 1
 
 
 def _running_owner() -> int | None:
@@ -190,7 +162,7 @@ _PAGE = """<!doctype html>
 """
 
 
-def _fetch_outcome(fetch, marker: str, url: str) -> tuple[bool, str]:
+def fetch_outcome(fetch, marker: str, url: str) -> tuple[bool, str]:
     if fetch is None:
         return False, "curl is not installed: no page fetched"
     body, _, status = fetch.stdout.rpartition("\n")
@@ -201,7 +173,7 @@ def _fetch_outcome(fetch, marker: str, url: str) -> tuple[bool, str]:
     return found, f"{url}  HTTP 200, {size} bytes, marker {'found' if found else 'MISSING'}"
 
 
-def _flows(pcap: Path) -> tuple[list[tuple[str, int, int]], bytes]:
+def outer_flows(pcap: Path) -> tuple[list[tuple[str, int, int]], bytes]:
     """Each flow of an outer capture as (description, packets, bytes), and all captured bytes."""
     flows: Counter = Counter()
     sizes: Counter = Counter()
@@ -233,29 +205,7 @@ def _flows(pcap: Path) -> tuple[list[tuple[str, int, int]], bytes]:
     return [(key, flows[key], sizes[key]) for key in flows], bytes(everything)
 
 
-def _needles(lab, lan: Path, marker: str) -> list[tuple[str, bytes]]:
-    """What would give the conversation away: inner addresses, the TCP ports, the page."""
-    a, b = lab.hostA.addr4, lab.hostB.addr4
-    needles = [(f"laptop address {a}", socket.inet_aton(a)), (f"dashboard address {b}", socket.inet_aton(b)),
-               (f"address pair {a} -> {b}", socket.inet_aton(a) + socket.inet_aton(b))]
-    ports = _client_ports(lan, b)
-    if ports:
-        needles.append((f"TCP ports {ports[0]} -> {ports[1]}", struct.pack("!HH", *ports)))
-    needles += [(f'page marker "{marker}"', marker.encode()), ('"Office dashboard"', b"Office dashboard"),
-                (f'"Host: {b}:{HTTP_PORT}"', f"Host: {b}:{HTTP_PORT}".encode())]
-    return needles
-
-
-def _client_ports(lan: Path, server: str) -> tuple[int, int] | None:
-    with open(lan, "rb") as f:
-        for _, buf in dpkt.pcap.Reader(f):
-            ip = dpkt.ethernet.Ethernet(buf).data
-            if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.tcp.TCP) and socket.inet_ntoa(ip.dst) == server:
-                return ip.data.sport, ip.data.dport
-    return None
-
-
-def _tshark_finds(pcap: Path, keydir: Path, marker: str) -> tuple[int, str]:
+def tshark_finds(pcap: Path, keydir: Path, marker: str) -> tuple[int, str]:
     """Decrypt the public capture with the exported tables; frames whose plaintext holds the marker."""
     home = keydir.parent / ".tshark-home"
     profile = home / ".config" / "wireshark"
@@ -287,7 +237,7 @@ def key_exchanges(proposal: str | None) -> list[str]:
     return [str(fields[key]) for key in ("dh-group", *(f"ake{n}" for n in range(1, 8))) if key in fields]
 
 
-def _key_exchange_lines(ike: dict, public: Path) -> list[str]:
+def key_exchange_lines(ike: dict, public: Path) -> list[str]:
     """Which key exchanges keyed the tunnel (the IKE SA's negotiated proposal), checked against
     the IKE_INTERMEDIATE exchanges the public capture holds, and what that means for a recording."""
     from tunnel.lab.ike_pcap import read_ike_frames
@@ -311,65 +261,7 @@ def _key_exchange_lines(ike: dict, public: Path) -> list[str]:
     return lines
 
 
-def _report(lab, ike, first, ping, page_ok, fetch_line, public, lan, marker, out, keys, tshark, elapsed,
-            show_key_exchanges: bool = False) -> str:
-    child = (ike.get("children") or [{}])[0]
-    w = 12
-    lines = [
-        "espgw demo: a laptop on a cafe LAN reaches the office dashboard through two espgw gateways",
-        "",
-        f"  {'laptop':<{w}}{lab.hostA.addr4:<11}cafe LAN {lab.gwA.lan_net4}, behind gateway A {lab.gwA.wan_addr4}",
-        f"  {'dashboard':<{w}}{lab.hostB.addr4:<11}office LAN {lab.gwB.lan_net4}, behind gateway B {lab.gwB.wan_addr4}",
-        f"  {'public link':<{w}}{lab.gwA.wan4.network} (RFC 5737 documentation addresses)",
-        "",
-        f"  {'tunnel':<{w}}IKE SA {ike.get('proposal')}, CHILD SA {child.get('name')} ESP {child.get('proposal')}",
-        f"  {'':<{w}}{' '.join(child.get('local_ts', []))} === {' '.join(child.get('remote_ts', []))}, "
-        f"SPIs {child.get('spi_out')} (out) / {child.get('spi_in')} (in)",
-        f"  {'ping':<{w}}{ping.received}/{ping.transmitted} replies, rtt avg {ping.rtt_avg_ms} ms"
-        + (f" (the first ping, which brought the tunnel up: {first.rtt_avg_ms} ms)" if first.received else
-           " (the first ping, sent while the tunnel came up, was lost)"),
-        f"  {'page':<{w}}{fetch_line}",
-        "",
-        f"what an eavesdropper on the public link sees ({public.name}):",
-    ]
-    flows, public_bytes = _flows(public)
-    lines += [f"  {key:<44}{packets:>5} packets {size:>7} bytes" for key, packets, size in flows]
-    if show_key_exchanges:  # --proposal / --pq: the default run's report stays as it was
-        lines += [""] + _key_exchange_lines(ike, public)
-    lan_bytes = b"".join(buf for _, buf in dpkt.pcap.Reader(open(lan, "rb")))
-    lines += ["", "  searching the captured bytes for the conversation   public link   cafe LAN"]
-    leaked = 0
-    for label, needle in _needles(lab, lan, marker):
-        hits_public, hits_lan = public_bytes.count(needle), lan_bytes.count(needle)
-        leaked += hits_public
-        lines.append(f"    {label:<48}{hits_public:>8}{hits_lan:>11}")
-    lines.append(f"  none of it on the public link ({len(public_bytes)} bytes captured), all of it on the "
-                 f"cafe LAN ({len(lan_bytes)} bytes)" if not leaked else f"  LEAK: {leaked} hits on the public link")
-    keydir = out / "wireshark"
-    exported = all(k.returncode == 0 for k in keys)
-    if tshark and exported:
-        frames, err = _tshark_finds(public, keydir, marker)
-        lines.append(f"  with the exported keys, tshark decrypts {public.name} and finds the page in {frames} frame(s)"
-                     if frames else
-                     f"  tshark did not find the page with the exported keys ({err[-200:] or 'no match'})")
-    lines += [
-        "",
-        f"files in {out}:",
-        f"  {public.name:<18}the public link (encrypted)",
-        f"  {lan.name:<18}the cafe LAN (in the clear)",
-        f"  {'wireshark/':<18}esp_sa and ikev2_decryption_table from both gateways"
-        + ("" if exported else " (export FAILED: " + "; ".join(k.stderr.strip() for k in keys if k.returncode) + ")"),
-        f"  {'gatewayA.log':<18}gateway A's log (JSON lines)",
-        f"  {'gatewayB.log':<18}gateway B's log",
-        "  to look inside: copy wireshark/* into ~/.config/wireshark/, then",
-        f"    wireshark -o esp.enable_encryption_decode:TRUE -r {public}",
-        "",
-        f"done in {elapsed:.1f} s; the namespaces are removed",
-    ]
-    return "\n".join(lines)
-
-
-__all__ = ["main", "run_demo", "DemoError"]
+__all__ = ["main", "run_demo", "DemoError", "prepare_run", "serve_dashboard"]
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
