@@ -242,8 +242,8 @@ def _summary(flows: list[tuple[Flow, int, int]], other: int, near: str, office: 
     first = ", ".join(sorted({f.what for f, _ in on_500}))
     text = f"  only {near} <-> {office}: "
     if on_500:
-        text += (f"the {sum(n for _, n in on_500)} {first} packets on UDP 500 (the cleartext key exchange: "
-                 "nonces and public keys, nothing of the traffic),\n  then ")
+        text += (f"the {sum(n for _, n in on_500)} {first} packets on UDP 500 (the cleartext key exchange:\n"
+                 "  nonces and public keys, nothing of the traffic), then ")
     text += f"{sum(n for _, n in on_4500)} packets on UDP 4500 (IKE and ESP-in-UDP, encrypted)"
     return text if not rest else f"  ALSO SEEN: {rest} packet(s) outside the tunnel's flows (listed above)"
 
@@ -284,7 +284,8 @@ def _report(run: Run, out: Path, tshark: bool, elapsed: float, show_key_exchange
         f"  {'IKE SA':<{w}}{sa.get('local_addr')}:{sa.get('local_port')} -> {sa.get('remote_addr')}:"
         f"{sa.get('remote_port')}, {nat}; the office sees {run.office_sa.get('remote_addr')}:"
         f"{run.office_sa.get('remote_port')}",
-        f"  {'':<{w}}{sa.get('proposal')}",
+        f"  {'':<{w}}{sa.get('proposal')}, {sa.get('local_id')} ({sa.get('local_auth')}) / "
+        f"{sa.get('remote_id')} ({sa.get('remote_auth')})",
         f"  {'CHILD SA':<{w}}{' '.join(child.get('local_ts', []))} === {' '.join(child.get('remote_ts', []))}, "
         f"ESP {child.get('proposal')}, SPIs {child.get('spi_out')} (out) / {child.get('spi_in')} (in)",
         f"  {'ping':<{w}}{run.ping.received}/{run.ping.transmitted} replies, rtt avg {run.ping.rtt_avg_ms} ms",
