@@ -38,3 +38,19 @@ def test_pq_and_proposal_exclude_each_other(capsys):
         demo.main(["--pq", "--proposal", demo.PQ_PROPOSAL])
     assert stop.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_site_to_site_is_a_flag_and_the_road_warrior_the_default(monkeypatch, tmp_path):
+    from tunnel.lab import demo_roadwarrior, demo_site
+
+    ran = []
+    monkeypatch.setattr(demo_site, "run_site_to_site", lambda *a: ran.append(("site", *a)) or 0)
+    monkeypatch.setattr(demo_roadwarrior, "run_road_warrior", lambda *a: ran.append(("rw", *a)) or 0)
+    assert demo.run_demo(tmp_path, False, "cert", demo.PQ_PROPOSAL, site_to_site=True) == 0
+    assert demo.run_demo(tmp_path, True) == 0
+    assert ran == [("site", tmp_path, False, "cert", demo.PQ_PROPOSAL), ("rw", tmp_path, True, "psk", None)]
+
+
+def test_site_to_site_takes_the_same_options(capsys):
+    assert demo.main(["--site-to-site", "--auth", "cert", "--proposal", "aes256gcm16-prfsha384-mlkem768"]) == 2
+    assert "ML-KEM only as an additional key exchange" in capsys.readouterr().err
