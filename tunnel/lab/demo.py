@@ -37,7 +37,8 @@ class DemoError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="espgw demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="espgw demo", description="The road warrior in network namespaces "
+                                     "(or two gateways), and what an eavesdropper sees.")
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                         help=f"where to keep the artefacts ({DEFAULT_OUT})")
     parser.add_argument("--no-tshark", action="store_true", help="skip the decryption check with tshark")
@@ -48,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="authenticate both ends with a pre-shared key or with certificates from a fresh CA")
     kex = parser.add_mutually_exclusive_group()
     kex.add_argument("--proposal", metavar="IKE_PROPOSAL",
-                     help="both gateways' IKE proposals, strongSwan syntax, e.g. "
+                     help="both ends' IKE proposals, strongSwan syntax, e.g. "
                           "aes256gcm16-prfsha256-x25519-ke1_mlkem768 (default: espgw's)")
     kex.add_argument("--pq", action="store_const", dest="proposal", const=PQ_PROPOSAL,
                      help=f"post-quantum hybrid key exchange: --proposal {PQ_PROPOSAL}")

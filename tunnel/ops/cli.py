@@ -139,7 +139,9 @@ def build_parser(start_daemon: DaemonStarter | None = None,
     pki.add_arguments(commands).set_defaults(func=pki.main)
     service.add_arguments(commands).set_defaults(func=service.main)  # espgw install-service
 
-    demo = commands.add_parser("demo", help="build the two-gateway namespace lab and show the tunnel working")
+    demo = commands.add_parser("demo", help="namespace lab: a laptop behind a cafe NAT opens the office dashboard "
+                                            "through espgw; what an eavesdropper sees (--site-to-site: two gateways)",
+                                 add_help=False)  # `espgw demo --help` reaches the demo's own options
     demo.set_defaults(func=functools.partial(cmd_demo, start=start_demo))
     return parser
 

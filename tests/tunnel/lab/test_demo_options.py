@@ -54,3 +54,13 @@ def test_site_to_site_is_a_flag_and_the_road_warrior_the_default(monkeypatch, tm
 def test_site_to_site_takes_the_same_options(capsys):
     assert demo.main(["--site-to-site", "--auth", "cert", "--proposal", "aes256gcm16-prfsha384-mlkem768"]) == 2
     assert "ML-KEM only as an additional key exchange" in capsys.readouterr().err
+
+
+def test_espgw_demo_help_shows_the_demos_options(capsys):
+    from tunnel import main as espgw_main
+
+    with pytest.raises(SystemExit) as stop:
+        espgw_main.main(["demo", "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: espgw demo" in out and "--site-to-site" in out and "--pq" in out
