@@ -4,36 +4,25 @@ The default (``tunnel.lab.demo_roadwarrior``) tells the README's story literally
 cafe Wi-Fi behind the cafe's NAT router runs espgw itself, gets its tunnel address 10.0.0.7 from
 the office gateway's pool and opens the dashboard 10.0.5.9; the report reads the cafe Wi-Fi and
 the public internet as an eavesdropper would. ``--site-to-site`` (``tunnel.lab.demo_site``) runs
-the two-gateway scenario instead. This module is the command line and what both share: the
-dashboard's page, the flow table of a capture, the tshark check and the key-exchange lines.
+the two-gateway scenario instead; ``tunnel.lab.demo_common`` holds what both share. This module
+is the command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import shutil
 import signal
-import socket
-import struct
-import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 from collections.abc import Sequence
 
-import dpkt
+from tunnel.lab.demo_common import LAB_PREFIX, DemoError, key_exchanges
 
 DEFAULT_OUT = "/tmp/espgw-demo"
-LAB_PREFIX = "egdemo"  # fixed, so a crashed run's namespaces are found and removed next time
-HTTP_PORT = 8080
 # --pq: the hybrid strongSwan's docs and espgw's README show (classic ECP-384, then ML-KEM-768)
 PQ_PROPOSAL = "aes256gcm16-prfsha384-ecp384-ke1_mlkem768"
-
-
-class DemoError(Exception):
-    """The demo could not run; the message says why."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,33 +94,6 @@ def run_demo(out: Path, tshark: bool, auth: str = "psk", proposal: str | None = 
     return run_road_warrior(out, tshark, auth, proposal)
 
 
-def prepare_run(out: Path) -> None:
-    """Refuse when another demo runs; remove what a killed run left; an empty ``out``."""
-    from tunnel.lab.netns import cleanup_stale
-
-    owner = _running_owner()
-    if owner:
-        raise DemoError(f"another demo (pid {owner}) is running; wait for it or stop it")
-    cleanup_stale(LAB_PREFIX, force=True)  # what a killed run left behind
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-
-
-def serve_dashboard(lab) -> str:
-    """The dashboard's web server on hostB (HTTP_PORT), its page holding a fresh random marker."""
-    marker = f"espgw-demo-{secrets.token_hex(6)}"
-    www = lab.workdir / "www"
-    www.mkdir()
-    (www / "index.html").write_text(_PAGE.format(marker=marker))
-    server = lab.spawn(lab.hostB, sys.executable, "-u", "-m", "http.server", HTTP_PORT, "--bind",
-                       lab.hostB.addr4, "--directory", www, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    assert server.stdout is not None  # stdout=PIPE
-    if b"Serving HTTP" not in server.stdout.readline():
-        raise DemoError("the dashboard's web server did not start")
-    return marker
-
-
 def _proposal_problem(text: str) -> str | None:
     """What espgw's config reader says of ``text`` as a connection's ``proposals``, or None."""
     from tunnel.ops.config import ConfigError, parse_config_data
@@ -144,125 +106,7 @@ def _proposal_problem(text: str) -> str | None:
     return None
 
 
-def _running_owner() -> int | None:
-    """The pid of a live (not zombie) process that owns the demo lab, if any."""
-    from tunnel.lab.netns import WORK_BASE
-
-    try:
-        pid = int((WORK_BASE / LAB_PREFIX / "owner.pid").read_text())
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, ValueError, IndexError):
-        return None
-    return pid if state not in ("Z", "X") and pid != os.getpid() else None
-
-
-_PAGE = """<!doctype html>
-<title>Office dashboard</title>
-<h1>Office dashboard</h1>
-<p>Quarterly revenue: confidential. Marker: {marker}</p>
-"""
-
-
-def fetch_outcome(fetch, marker: str, url: str) -> tuple[bool, str]:
-    if fetch is None:
-        return False, "curl is not installed: no page fetched"
-    body, _, status = fetch.stdout.rpartition("\n")
-    code, _, size = status.partition(" ")
-    if fetch.returncode != 0 or code != "200":
-        return False, f"{url} failed (curl exit {fetch.returncode}, HTTP {code or '-'})"
-    found = marker in body
-    return found, f"{url}  HTTP 200, {size} bytes, marker {'found' if found else 'MISSING'}"
-
-
-def outer_flows(pcap: Path) -> tuple[list[tuple[str, int, int]], bytes]:
-    """Each flow of an outer capture as (description, packets, bytes), and all captured bytes."""
-    flows: Counter = Counter()
-    sizes: Counter = Counter()
-    everything = bytearray()
-    with open(pcap, "rb") as f:
-        for _, buf in dpkt.pcap.Reader(f):
-            everything += buf
-            ip = dpkt.ethernet.Ethernet(buf).data
-            if not isinstance(ip, dpkt.ip.IP):
-                continue
-            src, dst = socket.inet_ntoa(ip.src), socket.inet_ntoa(ip.dst)
-            payload = bytes(buf)[14 + ip.hl * 4:]
-            if ip.p == 50 and len(payload) >= 8:
-                spi, seq = struct.unpack("!II", payload[:8])
-                what = f"ESP       SPI {spi:08x}"
-            elif ip.p == 17 and len(payload) >= 8:
-                sport, dport = struct.unpack("!HH", payload[:4])
-                if 4500 in (sport, dport) and payload[8:12] != bytes(4) and len(payload) > 9:
-                    what = f"ESP/UDP   SPI {struct.unpack('!I', payload[8:12])[0]:08x}"
-                elif {sport, dport} & {500, 4500}:
-                    what = f"UDP {dport:<5} IKE"
-                else:
-                    what = f"UDP {sport}->{dport}"
-            else:
-                what = f"IP proto {ip.p}"
-            key = f"{src:<10} -> {dst:<10} {what}"
-            flows[key] += 1
-            sizes[key] += len(buf)
-    return [(key, flows[key], sizes[key]) for key in flows], bytes(everything)
-
-
-def tshark_finds(pcap: Path, keydir: Path, marker: str) -> tuple[int, str]:
-    """Decrypt the public capture with the exported tables; frames whose plaintext holds the marker."""
-    home = keydir.parent / ".tshark-home"
-    profile = home / ".config" / "wireshark"
-    profile.mkdir(parents=True, exist_ok=True)
-    for name in ("esp_sa", "ikev2_decryption_table"):
-        if (keydir / name).exists():
-            shutil.copy(keydir / name, profile / name)
-    env = dict(os.environ, HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"))
-    try:
-        done = subprocess.run(["tshark", "-n", "-r", str(pcap), "-o", "esp.enable_encryption_decode:TRUE",
-                               "-Y", f'frame contains "{marker}" || http', "-T", "fields", "-e", "frame.number",
-                               "-e", "http.response.code", "-e", "http.file_data"],
-                              capture_output=True, text=True, env=env, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return 0, f"tshark failed: {exc}"
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-    hits = sum(1 for line in done.stdout.splitlines() if marker in line or "\t200\t" in line)
-    marker_seen = marker in done.stdout or marker.encode().hex() in done.stdout
-    return (hits if marker_seen else 0), done.stderr.strip()
-
-
-def key_exchanges(proposal: str | None) -> list[str]:
-    """The negotiated IKE proposal's key exchanges in order, as charon names them: the IKE_SA_INIT
-    group first, then RFC 9370's additional ones (ake1..ake7), each done in an IKE_INTERMEDIATE."""
-    from tunnel.ops.vici.algorithms import algorithms
-
-    fields = algorithms(proposal, ike=True)
-    return [str(fields[key]) for key in ("dh-group", *(f"ake{n}" for n in range(1, 8))) if key in fields]
-
-
-def key_exchange_lines(ike: dict, public: Path) -> list[str]:
-    """Which key exchanges keyed the tunnel (the IKE SA's negotiated proposal), checked against
-    the IKE_INTERMEDIATE exchanges the public capture holds, and what that means for a recording."""
-    from tunnel.lab.ike_pcap import read_ike_frames
-
-    methods = key_exchanges(ike.get("proposal"))
-    if not methods:
-        return ["  key exchanges: unknown (the IKE SA names no proposal)"]
-    first, extra = methods[0], methods[1:]
-    if not extra:
-        return [f"  key exchanges: {first} only (classic: a recording is safe only while {first} is unbroken)"]
-    intermediate = len({(f.spi_i, f.message_id) for f in read_ike_frames(public)  # retransmits count once
-                        if f.exchange == "IKE_INTERMEDIATE" and not f.is_response})
-    quantum = ("hybrid post-quantum" if any(m.startswith("ML_KEM") for m in methods)
-               else "all classic: no post-quantum protection")
-    exchanges = f"{intermediate} IKE_INTERMEDIATE exchange{'s' if intermediate != 1 else ''}"
-    lines = [f"  key exchanges: {' + '.join([first] + [f'{m} (IKE_INTERMEDIATE)' for m in extra])}",
-             f"    on the wire: IKE_SA_INIT, then {exchanges} (encrypted)",
-             f"    decrypting a recording later takes breaking {' and '.join(methods)} ({quantum})"]
-    if intermediate != len(extra):
-        lines.append(f"    MISMATCH: {len(extra)} additional key exchange(s) negotiated, {intermediate} seen")
-    return lines
-
-
-__all__ = ["main", "run_demo", "DemoError", "prepare_run", "serve_dashboard"]
+__all__ = ["main", "run_demo", "DemoError", "LAB_PREFIX", "PQ_PROPOSAL", "key_exchanges"]
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -28,7 +28,7 @@ import dpkt
 
 from ike.config import AuthConfig, ChildConfig, ConnectionConfig, TrafficSelector
 from tunnel.lab.configs import LAB_PSK
-from tunnel.lab.demo import (HTTP_PORT, LAB_PREFIX, DemoError, fetch_outcome, key_exchange_lines, prepare_run,
+from tunnel.lab.demo_common import (HTTP_PORT, LAB_PREFIX, DemoError, fetch_outcome, key_exchange_lines, prepare_run,
                              serve_dashboard, tshark_finds)
 from tunnel.lab.nat import LAPTOP_INNER, CafeLab
 from tunnel.lab.netns import PingResult

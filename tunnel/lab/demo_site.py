@@ -17,7 +17,7 @@ from pathlib import Path
 
 import dpkt
 
-from tunnel.lab.demo import (HTTP_PORT, LAB_PREFIX, DemoError, fetch_outcome, key_exchange_lines, outer_flows,
+from tunnel.lab.demo_common import (HTTP_PORT, LAB_PREFIX, DemoError, fetch_outcome, key_exchange_lines, outer_flows,
                              prepare_run, serve_dashboard, tshark_finds)
 
 def _use_certificates(conn_a, conn_b) -> None:
