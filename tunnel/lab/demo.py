@@ -54,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if shutil.which(tool) is None:
             print(f"espgw demo: needs {tool} (iproute2, tcpdump) on the PATH", file=sys.stderr)
             return 1
+    from tunnel.lab.netns import LabError
     from tunnel.ops.log import configure_logging
 
     configure_logging("warning", "console")  # the lab's own chatter stays out of the report
@@ -66,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nespgw demo: interrupted; the lab is removed", file=sys.stderr)
         return 130
-    except DemoError as exc:
+    except (DemoError, LabError) as exc:  # LabError: a step of the lab failed (its message says which)
         print(f"espgw demo: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -29,9 +29,31 @@ def prepare_run(out: Path) -> None:
     if owner:
         raise DemoError(f"another demo (pid {owner}) is running; wait for it or stop it")
     cleanup_stale(LAB_PREFIX, force=True)  # what a killed run left behind
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    clear_output(out)
+
+
+# what a demo leaves in its output directory (either scenario, this version or an older one)
+OUTPUT_NAMES = {".espgw-demo", "wireshark", "public.pcap", "cafe-lan.pcap", "cafe-wifi.pcap", "internet.pcap",
+                "gatewayA.log", "gatewayB.log", "laptop.log", "office.log"}
+
+
+def clear_output(out: Path) -> None:
+    """An empty ``out``. A directory already there is emptied only if it holds nothing but a
+    demo's files: ``--out ~`` must not remove a home directory."""
+    try:
+        if out.is_dir():
+            strangers = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_NAMES)
+            if strangers:
+                raise DemoError(f"--out {out}: the directory holds files that are not a demo's "
+                                f"({', '.join(strangers[:3])}{', ...' if len(strangers) > 3 else ''}); "
+                                "choose another directory")
+            shutil.rmtree(out)
+        elif out.exists():
+            raise DemoError(f"--out {out}: not a directory")
+        out.mkdir(parents=True)
+        (out / ".espgw-demo").write_text("espgw demo output; the next run replaces this directory\n")
+    except OSError as exc:
+        raise DemoError(f"--out {out}: {exc.strerror or exc}") from None
 
 
 def serve_dashboard(lab) -> str:

@@ -64,3 +64,37 @@ def test_espgw_demo_help_shows_the_demos_options(capsys):
     assert stop.value.code == 0
     out = capsys.readouterr().out
     assert "usage: espgw demo" in out and "--site-to-site" in out and "--pq" in out
+
+
+def test_out_is_replaced_only_when_it_holds_a_demos_files(tmp_path):
+    from tunnel.lab.demo_common import DemoError, clear_output
+
+    out = tmp_path / "demo"
+    clear_output(out)  # created, with its marker
+    (out / "internet.pcap").write_bytes(b"old")
+    (out / "wireshark").mkdir()
+    clear_output(out)  # a previous run's output: replaced
+    assert sorted(p.name for p in out.iterdir()) == [".espgw-demo"]
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_text("years of work")
+    with pytest.raises(DemoError, match=r"not a demo's \(thesis\.tex\); choose another directory"):
+        clear_output(home)
+    assert (home / "thesis.tex").read_text() == "years of work"
+    with pytest.raises(DemoError, match="not a directory"):
+        clear_output(home / "thesis.tex")
+
+
+def test_a_failed_lab_step_is_an_error_line_not_a_traceback(monkeypatch, capsys):
+    from tunnel.lab.netns import LabError
+    from tunnel.ops import log
+
+    def fails(*args, **kw):
+        raise LabError("timed out after 15s waiting for the laptop's virtual IP")
+
+    monkeypatch.setattr(demo.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(demo.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.setattr(log, "configure_logging", lambda *a: None)
+    monkeypatch.setattr(demo, "run_demo", fails)
+    assert demo.main([]) == 1
+    assert capsys.readouterr().err == "espgw demo: timed out after 15s waiting for the laptop's virtual IP\n"
