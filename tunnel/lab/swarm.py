@@ -45,6 +45,7 @@ from esp.sa import NH_IPV4, InboundSA, OutboundSA
 from ike.codec.constants import NAT_T_PORT, NON_ESP_MARKER
 from ike.config import AuthConfig, ChildConfig, ConnectionConfig, TrafficSelector
 from ike.endpoint import IkeEndpoint
+from ike.pools import AddressPool
 from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, NegotiationFailed, VirtualIpsAssigned
 from tunnel.lab.configs import LAB_PSK
 from tunnel.lab.netns import Lab, LabError
@@ -57,6 +58,8 @@ CAFE2_PUBLIC_PREFIX, CAFE2_PUBLIC, OFFICE_WAN1 = 24, "198.51.100.1", "198.51.100
 NAT_TABLE = "espgw_swarm_nat"
 GATEWAY_ID = "gwb.lab"
 CONNECTION, CHILD = "rw", "rw"
+DASHBOARD, OFFICE_LAN = "10.0.5.9", "10.0.5.0/24"
+POOL = "10.3.0.0/24"  # 254 addresses
 # Handshakes in flight per cafe: below the gateway's half-open limit per address (RFC 8019,
 # ike.endpoint.HALF_OPEN_PER_IP = 5), and both cafes together below its cookie threshold (10).
 WINDOW_PER_NAT = 4
@@ -167,6 +170,30 @@ def parse_echo_reply(packet: bytes) -> tuple[str, str, int, int] | None:
         return None
     ident, seq = struct.unpack_from("!HH", packet, start + 4)
     return (str(ipaddress.IPv4Address(packet[12:16])), str(ipaddress.IPv4Address(packet[16:20])), ident, seq)
+
+
+# --- configurations ------------------------------------------------------------------------------
+
+def office_pool() -> AddressPool:
+    return AddressPool(CONNECTION, POOL)
+
+
+def office_connection(office: str) -> ConnectionConfig:
+    """The office gateway: any client identity (one PSK), a lease from the pool, the office LAN."""
+    child = ChildConfig(name=CHILD, local_ts=[TrafficSelector.from_cidr(OFFICE_LAN)], remote_ts=[],
+                        remote_dynamic=True)
+    return ConnectionConfig(name=CONNECTION, local_addrs=[office], remote_addrs=["%any"],
+                            local=AuthConfig(auth="psk", id=GATEWAY_ID), remote=AuthConfig(auth="psk", id="%any"),
+                            psk=LAB_PSK, pools=[CONNECTION], children=[child])
+
+
+def laptop_connection(local_ip: str, office: str, identity: str = "laptop.lab") -> ConnectionConfig:
+    """A real espgw client daemon's side (``vips = 0.0.0.0``), IKE from port 500 as usual."""
+    child = ChildConfig(name=CHILD, local_ts=[], remote_ts=[TrafficSelector.from_cidr(OFFICE_LAN)],
+                        local_dynamic=True)
+    return ConnectionConfig(name=CONNECTION, local_addrs=[local_ip], remote_addrs=[office],
+                            local=AuthConfig(auth="psk", id=identity), remote=AuthConfig(auth="psk", id=GATEWAY_ID),
+                            psk=LAB_PSK, vips=["0.0.0.0"], children=[child])
 
 
 # --- the clients ----------------------------------------------------------------------------------
@@ -436,5 +463,5 @@ class Swarm:
                 client.connect_seconds = now - client.connecting_since
 
 
-__all__ = ["Swarm", "SwarmClient", "SwarmLab", "client_config", "echo_request", "inside", "masquerade",
-           "parse_echo_reply"]
+__all__ = ["Swarm", "SwarmClient", "SwarmLab", "client_config", "echo_request", "inside", "laptop_connection",
+           "masquerade", "office_connection", "office_pool", "parse_echo_reply"]

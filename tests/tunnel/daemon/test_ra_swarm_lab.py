@@ -15,18 +15,13 @@ from typing import cast
 
 import pytest
 
-from ike.config import AuthConfig, ChildConfig, ConnectionConfig, TrafficSelector
-from ike.pools import AddressPool
-from tunnel.lab.configs import LAB_PSK
 from tunnel.lab.espgw import EspgwGateway, GatewaySettings, wait_until
 from tunnel.lab.netns import Gateway
-from tunnel.lab.swarm import CAFE1_CLIENTS, CAFE2_CLIENTS, GATEWAY_ID, Swarm, SwarmLab
+from tunnel.lab.swarm import (CAFE1_CLIENTS, CAFE2_CLIENTS, DASHBOARD, OFFICE_LAN, Swarm, SwarmLab, laptop_connection,
+                              office_connection, office_pool)
 
 pytestmark = [pytest.mark.lab]
 
-DASHBOARD = "10.0.5.9"
-OFFICE_LAN = "10.0.5.0/24"
-POOL = "10.3.0.0/24"  # 254 addresses
 SWARM_PER_CAFE = (49, 50)  # cafe 1 also has the real client: 100 clients in all
 CLIENTS = sum(SWARM_PER_CAFE) + 1
 LEASE = re.compile(r"^\s*(\d+\.\d+\.\d+\.\d+)\s+(online|offline)\s+'([^']*)'", re.M)
@@ -40,12 +35,8 @@ def lab():
 
 @pytest.fixture(scope="module")
 def gateway(lab):
-    child = ChildConfig(name="rw", local_ts=[TrafficSelector.from_cidr(OFFICE_LAN)], remote_ts=[],
-                        remote_dynamic=True)
-    conn = ConnectionConfig(name="rw", local_addrs=[lab.office], remote_addrs=["%any"],
-                            local=AuthConfig(auth="psk", id=GATEWAY_ID), remote=AuthConfig(auth="psk", id="%any"),
-                            psk=LAB_PSK, pools=["rw"], children=[child])
-    gw = EspgwGateway(lab, lab.gwB, [conn], GatewaySettings(), name="office", pools=[AddressPool("rw", POOL)])
+    gw = EspgwGateway(lab, lab.gwB, [office_connection(lab.office)], GatewaySettings(), name="office",
+                      pools=[office_pool()])
     gw.start()
     yield gw
     print(gw.log_tail(60))  # shown when a test failed
@@ -55,12 +46,8 @@ def gateway(lab):
 @pytest.fixture(scope="module")
 def laptop(lab, gateway):
     """The real espgw client daemon, behind cafe 1 next to the swarm."""
-    child = ChildConfig(name="rw", local_ts=[], remote_ts=[TrafficSelector.from_cidr(OFFICE_LAN)],
-                        local_dynamic=True)
-    conn = ConnectionConfig(name="rw", local_addrs=[CAFE1_CLIENTS], remote_addrs=[lab.office],
-                            local=AuthConfig(auth="psk", id="laptop.lab"), remote=AuthConfig(auth="psk", id=GATEWAY_ID),
-                            psk=LAB_PSK, vips=["0.0.0.0"], children=[child])
-    client = EspgwGateway(lab, cast(Gateway, lab.hostA), [conn], GatewaySettings(), name="laptop").start()
+    client = EspgwGateway(lab, cast(Gateway, lab.hostA), [laptop_connection(CAFE1_CLIENTS, lab.office)],
+                          GatewaySettings(), name="laptop").start()
     client.request("initiate", child="rw")
     wait_until(lambda: client.status().get("virtual_ips") and client.children(), 15,
                "the laptop's virtual IP and CHILD SA", interval=0.1, on_timeout=client.log_tail)
@@ -119,6 +106,8 @@ def test_every_ping_from_a_virtual_ip_comes_back_through_its_own_sa(lab, gateway
         assert client.inbound.counters.packets == 1, client
         assert not client.counts, (client.identity, client.counts)  # nothing foreign arrived
     assert lab.ping(lab.hostA, DASHBOARD, count=2).ok, laptop.log_tail()
+    errors = [line for line in gateway.log_path.read_text().splitlines() if '"level": "error"' in line]
+    assert errors == []
 
 
 def test_closed_clients_release_their_leases_and_get_them_back(gateway, swarm):
