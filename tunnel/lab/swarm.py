@@ -100,6 +100,9 @@ class SwarmLab(Lab):
         with NetNS(self.cafe2_ns) as ipr:  # the office's public address, through its second link
             ipr.route("add", dst=str(self.gwB.wan4.network), gateway=OFFICE_WAN1)
 
+    def __enter__(self) -> SwarmLab:
+        return self
+
     @property
     def office(self) -> str:
         return self.gwB.wan_addr4
