@@ -165,7 +165,7 @@ def test_espgw_client_to_strongswan_gateway_with_a_pool(lab, offices, version, a
         (child,) = client.children()
         assert child["local_ts"] == [f"{FIRST_VIP}/32"] and child["remote_ts"] == ["10.0.5.0/24"]
         assert child["encap"]
-        assert lab.ping(lab.laptop, DASHBOARD).ok, client.log_tail() + offices.logs()
+        assert lab.ping(lab.laptop, DASHBOARD, source=FIRST_VIP).ok, client.log_tail() + offices.logs()
         (theirs,) = swan.list_sas()
         _through_the_nat(theirs["remote-host"], lab)
         assert theirs.get("remote-vips") == [FIRST_VIP] and theirs.get("nat-remote") == "yes"
@@ -196,7 +196,7 @@ def test_strongswan_client_to_espgw_gateway(lab, offices, auth, version):
         assert child["local-ts"] == [f"{FIRST_VIP}/32"] and child.get("encap") == "yes"
         if auth == "cert":
             assert "authentication of 'gwb.lab' with ECDSA" in swan.log_text(), swan.log_tail()
-        assert lab.ping(lab.laptop, DASHBOARD).ok, swan.log_tail() + gateway.log_tail()
+        assert lab.ping(lab.laptop, DASHBOARD, source=FIRST_VIP).ok, swan.log_tail() + gateway.log_tail()
         (gw_sa,) = gateway.ike_sas()
         _through_the_nat(gw_sa["remote_addr"], lab)
         (gw_child,) = gw_sa["children"]
@@ -252,7 +252,7 @@ def test_espgw_client_to_espgw_gateway_pings_with_its_virtual_ip(lab, offices, a
         vip = _connect(client)
         assert vip["vips"] == [FIRST_VIP] and vip["dns"] == [DNS]
         assert FIRST_VIP in _addresses(lab, lab.laptop, "espgw0")
-        assert lab.ping(lab.laptop, DASHBOARD).ok, client.log_tail()
+        assert lab.ping(lab.laptop, DASHBOARD, source=FIRST_VIP).ok, client.log_tail()
         (child,) = client.children()
         assert child["local_ts"] == [f"{FIRST_VIP}/32"] and child["encap"]
         (gw_sa,) = gateway.ike_sas()
@@ -280,7 +280,7 @@ def test_everything_through_the_tunnel_keeps_the_gateway_outside(lab, gateway):
         assert routes["0.0.0.0/1"]["dev"] == "espgw0" and routes["128.0.0.0/1"]["dev"] == "espgw0"
         assert routes["0.0.0.0/1"].get("prefsrc") == FIRST_VIP
         assert routes["192.0.2.2"]["dev"] == "eth0"  # IKE and ESP stay outside the tunnel
-        assert lab.ping(lab.laptop, DASHBOARD).ok, client.log_tail()
+        assert lab.ping(lab.laptop, DASHBOARD, source=FIRST_VIP).ok, client.log_tail()
         client.request("terminate", ike="rw")
         wait_until(lambda: not _vips(client), 10, "the virtual IP to go with the IKE SA", on_timeout=client.log_tail)
         routes = {r["dst"] for r in _routes(lab, lab.laptop)}
@@ -297,6 +297,6 @@ def test_ipv4_and_ipv6_virtual_ips(lab, gateway):
         assert vip["vips"] == [FIRST_VIP, "fd00:3::1"]
         assert {FIRST_VIP, "fd00:3::1"} <= set(_addresses(lab, lab.laptop, "espgw0"))
         assert lab.ping(lab.laptop, "fd00:b::9").ok, client.log_tail()
-        assert lab.ping(lab.laptop, DASHBOARD).ok, client.log_tail()
+        assert lab.ping(lab.laptop, DASHBOARD, source=FIRST_VIP).ok, client.log_tail()
     finally:
         client.stop()
