@@ -15,6 +15,7 @@ import time
 import pytest
 
 from tunnel.lab.espgw import EspgwGateway, GatewaySettings, tcp_transfer, wait_until
+from tunnel.lab.interop import wire_summary
 from tunnel.lab.nat import (FIRST_PORTS, HOTEL_PUBLIC, LAPTOP_HOTEL_IP, LAPTOP_INNER, CafeLab, laptop_connection,
                             office_connection)
 from tunnel.lab.strongswan import StrongSwan
@@ -162,9 +163,15 @@ def test_nat_detected_and_ike_and_esp_on_udp_4500(lab, office):
     assert peer["addr"] == lab.cafe.wan_addr4 and peer["nat"]
     assert FIRST_PORTS[0] <= peer["port"] <= FIRST_PORTS[1]  # the cafe router's public port
     assert mine["encap"] and mine["child_in"] == peer["child_out"]
-    assert _ping(lab).ok
-    sent, received = tcp_transfer(lab, lab.laptop, lab.hostB, DASHBOARD, 200_000)
+    pcap = lab.workdir / f"nat-t-{office.kind}.pcap"
+    with lab.capture(lab.cafe, lab.cafe.wan_iface, pcap, bpf="not arp"):
+        assert _ping(lab).ok
+        sent, received = tcp_transfer(lab, lab.laptop, lab.hostB, DASHBOARD, 200_000)
     assert sent == received
+    # on the public side only ESP-in-UDP, also from strongSwan 6.0 with raw_esp = yes
+    wire = wire_summary(pcap)
+    assert int(peer["child_in"], 16) in wire["esp_udp"] and int(peer["child_out"], 16) in wire["esp_udp"], wire
+    assert not wire["esp_raw"] and not wire["clear"], wire
 
 
 def test_keepalives_are_sent_at_the_configured_interval(lab, office):
