@@ -2,14 +2,16 @@
 
 ``Peering`` configures both ends for one proposal pair from the same ``site_to_site`` configs,
 brings the CHILD SA up from the chosen side, waits for states on both sides to agree, and
-clears both sides afterwards. ``FastStrongSwan`` is a ``StrongSwan`` whose retransmissions give
-up within a few seconds, so dead-peer detection fits in a test. ``PacedTransfer`` keeps a TCP
-stream running for a while (across rekeys), ``one_way_udp`` sends traffic nothing answers,
-``wire_summary`` says what crossed the public link.
+clears both sides afterwards; ``peerings`` makes them for a test (a named suite or explicit
+proposals, the initiator by ROLES) and closes them after it. ``FastStrongSwan`` is a
+``StrongSwan`` whose retransmissions give up within a few seconds, so dead-peer detection fits
+in a test. ``PacedTransfer`` keeps a TCP stream running for a while (across rekeys),
+``one_way_udp`` sends traffic nothing answers, ``wire_summary`` says what crossed the public link.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import socket
@@ -19,6 +21,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,9 @@ SWAN_CHILD_ALGS = {
     "cbc": {"encr-alg": "AES_CBC", "encr-keysize": "128", "integ-alg": "HMAC_SHA2_256_128"},
     "chacha": {"encr-alg": "CHACHA20_POLY1305"},
 }
+
+
+ROLES = {"espgw-init": True, "swan-init": False}  # test ids -> whether espgw initiates
 
 
 class FastStrongSwan(StrongSwan):
@@ -162,6 +168,39 @@ class Peering:
             for sa in self.swan.list_sas():
                 self.swan.terminate(ike=sa["name"], timeout=3, check=False)
             self.swan.load_all([])
+
+
+@contextlib.contextmanager
+def peerings(lab: Lab, swan: StrongSwan) -> Iterator[Callable[..., Peering]]:
+    """A factory ``make(proposals, role, *, esp=None, **tweak) -> Peering`` (not started) for one
+    test; every peering it made is closed afterwards, its logs printed (pytest shows them when
+    the test failed).
+
+    ``proposals`` is a SUITES name or an IKE proposal string (then ``esp``, default aes256gcm16,
+    is the ESP one); ``role`` a ROLES key. ``tweak``: ConnectionConfig fields of espgw's side,
+    ``child_``-prefixed ones of its CHILD config (e.g. ``child_rekey_time=3``, ``dpd_delay=1``).
+    """
+    made: list[Peering] = []
+
+    def make(proposals: str, role: str, *, esp: str | None = None, **tweak) -> Peering:
+        p = Peering(lab, swan, proposals if proposals in SUITES else "gcm", espgw_initiates=ROLES[role])
+        if proposals not in SUITES or esp is not None:
+            ike = SUITES[proposals].ike if proposals in SUITES else proposals
+            for conn in (p.espgw_conn, p.swan_conn):
+                conn.proposals = [ike]
+                conn.children[0].esp_proposals = [esp or "aes256gcm16"]
+        for key, value in tweak.items():
+            target = p.espgw_conn.children[0] if key.startswith("child_") else p.espgw_conn
+            setattr(target, key.removeprefix("child_"), value)
+        made.append(p)
+        return p
+
+    try:
+        yield make
+    finally:
+        for p in made:
+            print(p.logs())
+            p.close()
 
 
 _ND_TYPES = range(133, 138)  # router/neighbour solicitation and advertisement, redirect

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
+from ike.config import AuthConfig
 from ike.crypto.certs import LocalCredential, PrivateKey, TrustStore
 
 KEY_TYPES = ("rsa3072", "ecdsa256", "ecdsa384", "ed25519")
@@ -132,3 +133,11 @@ def write_swanctl_files(swanctl_dir: Path, name: str, credential: LocalCredentia
         for n, crl in enumerate(trust.crls):
             (swanctl_dir / "x509crl" / f"{name}-{n}.crl").write_bytes(crl.public_bytes(PEM))
     return cert_name, cacerts
+
+
+def pubkey_auth(credential: LocalCredential, trust: TrustStore, local_id: str,
+                remote_id: str) -> tuple[AuthConfig, AuthConfig]:
+    """(local, remote) authentication by certificate: ours with ``credential`` as ``local_id``
+    (a subjectAltName of its certificate), the peer's checked against ``trust`` and ``remote_id``."""
+    return (AuthConfig("pubkey", id=local_id, credential=credential),
+            AuthConfig("pubkey", id=remote_id, trust=trust))

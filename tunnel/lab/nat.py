@@ -40,8 +40,9 @@ FIRST_PORTS = (20000, 20999)  # the cafe router's masquerade ports before a rest
 class CafeLab(Lab):
     """The lab with gwA as the cafe's NAT router and hostA as the laptop (see the module doc)."""
 
-    def __init__(self, prefix: str | None = None) -> None:
-        super().__init__(prefix, ipv6=False, lan_a4=CAFE_LAN, host_a4=LAPTOP_CAFE_IP, gw_a_lan4=CAFE_ROUTER_LAN)
+    def __init__(self, prefix: str | None = None, *, ipv6: bool = False) -> None:
+        # with ipv6 the LANs' IPv6 is routed, not translated: only for tunnelled IPv6 (inner addresses)
+        super().__init__(prefix, ipv6=ipv6, lan_a4=CAFE_LAN, host_a4=LAPTOP_CAFE_IP, gw_a_lan4=CAFE_ROUTER_LAN)
         self.hotel_ns: str | None = None
         try:
             with NetNS(self.hostA.ns) as ipr:
@@ -167,3 +168,32 @@ def office_connection(*, mobike: bool = True, name: str = "office", encap: bool 
         children=[ChildConfig(name="dashboard", local_ts=[TrafficSelector.from_cidr("10.0.5.0/24")],
                               remote_ts=[TrafficSelector.from_cidr(f"{LAPTOP_INNER}/32")])],
         mobike=mobike, encap=encap)
+
+
+# -- remote access through the cafe NAT: the laptop asks the office for a virtual IP -----------
+
+def psk_auth(local_id: str, remote_id: str) -> tuple[AuthConfig, AuthConfig]:
+    return AuthConfig(auth="psk", id=local_id), AuthConfig(auth="psk", id=remote_id)
+
+
+def rw_laptop(*, name: str = "rw", vips: tuple[str, ...] = ("0.0.0.0",), remote_ts: tuple[str, ...] = ("10.0.5.0/24",),
+              auth: tuple[AuthConfig, AuthConfig] | None = None) -> ConnectionConfig:
+    """The laptop's remote-access side: from wherever it is to the office, a virtual IP from it
+    (``vips``), its own selector ``dynamic`` (narrowed to that address). ``auth``: (local, remote),
+    PSK laptop.lab / gwb.lab unless given."""
+    local, remote = auth or psk_auth("laptop.lab", "gwb.lab")
+    child = ChildConfig(name=name, local_ts=[], remote_ts=[TrafficSelector.from_cidr(n) for n in remote_ts],
+                        local_dynamic=True)
+    return ConnectionConfig(name=name, local_addrs=["%any"], remote_addrs=["192.0.2.2"], local=local, remote=remote,
+                            psk=LAB_PSK, vips=list(vips), children=[child])
+
+
+def rw_office(*, name: str = "rw", pools: tuple[str, ...] = ("rw",), local_ts: tuple[str, ...] = ("10.0.5.0/24",),
+              auth: tuple[AuthConfig, AuthConfig] | None = None) -> ConnectionConfig:
+    """The office lending addresses from ``pools`` to laptops anywhere: the remote selector is
+    ``dynamic`` (the lent address). ``auth``: (local, remote), PSK gwb.lab / laptop.lab unless given."""
+    local, remote = auth or psk_auth("gwb.lab", "laptop.lab")
+    child = ChildConfig(name=name, local_ts=[TrafficSelector.from_cidr(n) for n in local_ts], remote_ts=[],
+                        remote_dynamic=True)
+    return ConnectionConfig(name=name, local_addrs=["192.0.2.2"], remote_addrs=["%any"], local=local, remote=remote,
+                            psk=LAB_PSK, pools=list(pools), children=[child])

@@ -13,12 +13,11 @@ import re
 import pytest
 
 from tunnel.lab.espgw import wait_until
-from tunnel.lab.interop import FastStrongSwan, Peering
+from tunnel.lab.interop import ROLES, FastStrongSwan, peerings
 from tunnel.lab.netns import Lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.strongswan]
 
-ROLES = {"espgw-init": True, "swan-init": False}
 PATH_MTU = 1280
 CASES = {
     "ecp384-mlkem768": ("aes256gcm16-prfsha384-ecp384-ke1_mlkem768",
@@ -46,23 +45,9 @@ def swan(lab):
 
 @pytest.fixture
 def peering(lab, swan):
-    made: list[Peering] = []
-
-    def make(ike: str, role: str, esp: str = "aes256gcm16", **tweak) -> Peering:
-        p = Peering(lab, swan, "gcm", espgw_initiates=ROLES[role])
-        for conn in (p.espgw_conn, p.swan_conn):
-            conn.proposals = [ike]
-            conn.children[0].esp_proposals = [esp]
-        for key, value in tweak.items():
-            target = p.espgw_conn.children[0] if key.startswith("child_") else p.espgw_conn
-            setattr(target, key.removeprefix("child_"), value)
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        print(p.logs())  # shown only when the test failed
-        p.close()
+    """make(ike, role, esp=..., **tweak) -> a Peering; closed (and its logs printed) afterwards."""
+    with peerings(lab, swan) as make:
+        yield make
 
 
 def _exchanges(log: str, direction: str, exchange: str) -> list[str]:

@@ -19,15 +19,12 @@ from ike.codec.constants import ProtocolId
 from ike.crypto.proposals import negotiated, parse_proposals
 from tunnel.lab.configs import LAB_PSK
 from tunnel.lab.espgw import tcp_transfer, wait_until
-from tunnel.lab.interop import (SUITES, SWAN_ALGS, SWAN_CHILD_ALGS, FastStrongSwan, PacedTransfer, Peering,
-                                one_way_udp, wire_summary)
+from tunnel.lab.interop import (ROLES, SUITES, SWAN_ALGS, SWAN_CHILD_ALGS, FastStrongSwan, PacedTransfer,
+                                one_way_udp, peerings, wire_summary)
 from tunnel.lab.netns import Lab
 from tunnel.lab.strongswan import StrongSwanError
 
 pytestmark = [pytest.mark.lab, pytest.mark.strongswan]
-
-ROLES = {"espgw-init": True, "swan-init": False}
-
 
 @pytest.fixture(scope="module")
 def lab():
@@ -44,21 +41,9 @@ def swan(request, lab):
 
 @pytest.fixture
 def peering(lab, swan):
-    """make(suite, role) -> a started Peering; closed (and its logs printed) afterwards."""
-    made: list[Peering] = []
-
-    def make(suite: str, role: str, **tweak) -> Peering:
-        p = Peering(lab, swan, suite, espgw_initiates=ROLES[role])
-        for key, value in tweak.items():
-            target = p.espgw_conn.children[0] if key.startswith("child_") else p.espgw_conn
-            setattr(target, key.removeprefix("child_"), value)
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        print(p.logs())  # shown only when the test failed
-        p.close()
+    """make(suite, role, **tweak) -> a Peering; closed (and its logs printed) afterwards."""
+    with peerings(lab, swan) as make:
+        yield make
 
 
 def _chosen(text: str, protocol: ProtocolId):

@@ -1,10 +1,11 @@
 """The laptop behind a real cafe NAT (``tunnel.lab.nat``): espgw on the laptop and the office gateway
-espgw or strongSwan 5.9.8, and a strongSwan 5.9.8 laptop against an espgw office. NAT detection
+espgw, strongSwan 5.9.8 or 6.0, and a strongSwan 5.9.8 or 6.0 laptop against an espgw office. NAT detection
 moves IKE and ESP to UDP 4500, keepalives hold the mapping at the configured interval, a restarted
 NAT (new public port) is survived, and MOBIKE moves the SAs when the laptop changes networks (same
 SPIs, no new handshake, ping back within 2 s).
 
-One lab for the module; per office gateway one set-up (``office`` fixture), its tests in order.
+One lab for the module; per pair of peers one set-up (``office`` fixture), its tests in order. PSK
+only: certificates and virtual IPs through this NAT are test_remote_access_lab.py's.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 import pytest
 
 from tunnel.lab.espgw import EspgwGateway, GatewaySettings, tcp_transfer, wait_until
+from tunnel.lab.interop import wire_summary
 from tunnel.lab.nat import (FIRST_PORTS, HOTEL_PUBLIC, LAPTOP_HOTEL_IP, LAPTOP_INNER, CafeLab, laptop_connection,
                             office_connection)
 from tunnel.lab.strongswan import StrongSwan
@@ -27,11 +29,12 @@ RESTART_PORTS = (30000, 30999)
 
 
 def _kept(office: Office, before: dict, after: dict) -> None:
-    """The IKE SA survived (no new handshake); so did the CHILD SA where the office can move it.
-    strongSwan's kernel-libipsec cannot change an installed SA's addresses: charon rekeys the
-    CHILD SA instead (ike_mobike.c: update NOT_SUPPORTED), under the same IKE SA."""
+    """The IKE SA survived (no new handshake); so did the CHILD SA where both ends can move it.
+    strongSwan's kernel-libipsec (5.9.8 and 6.0, on either end) cannot change an installed SA's
+    addresses: charon rekeys the CHILD SA instead (ike_mobike.c: update NOT_SUPPORTED), under the
+    same IKE SA."""
     assert after["spi_i"] == before["spi_i"], "a new IKE handshake"
-    if office.kind == "espgw":
+    if office.swan is None and office.swan_laptop is None:
         assert (after["child_in"], after["child_out"]) == (before["child_in"], before["child_out"])
 
 
@@ -50,9 +53,9 @@ class SwanLaptop(StrongSwan):
 
 
 class Office:
-    """The office gateway and the laptop, as one set-up. ``kind``: "espgw" (both espgw), "5.9"
-    (a strongSwan 5.9.8 office, an espgw laptop) or "swan-laptop" (an espgw office, a strongSwan
-    5.9.8 laptop)."""
+    """The office gateway and the laptop, as one set-up. ``kind``: "espgw" (both espgw), "5.9" or
+    "6.0" (a strongSwan office, an espgw laptop), "swan5.9-laptop" or "swan6.0-laptop" (an espgw
+    office, a strongSwan laptop)."""
 
     def __init__(self, lab: CafeLab, kind: str):
         self.lab, self.kind = lab, kind
@@ -60,13 +63,14 @@ class Office:
         self.swan: StrongSwan | None = None
         self.laptop: EspgwGateway | None = None
         self.swan_laptop: StrongSwan | None = None
-        if kind == "5.9":
+        if kind in ("5.9", "6.0"):
             self.swan = StrongSwan(lab, lab.gwB, kind, [office_connection()]).start()
         else:
             self.espgw = EspgwGateway(lab, lab.gwB, [office_connection()], GatewaySettings(log_level="debug"),
                                       name="office").start()
-        if kind == "swan-laptop":
-            self.swan_laptop = SwanLaptop(lab, lab.hostA, "5.9", [laptop_connection(dpd_delay=DPD)]).start()
+        if kind.startswith("swan"):
+            version = kind.removeprefix("swan").removesuffix("-laptop")
+            self.swan_laptop = SwanLaptop(lab, lab.hostA, version, [laptop_connection(dpd_delay=DPD)]).start()
         else:
             settings = GatewaySettings(log_level="debug", keep_alive=KEEP_ALIVE, tun_name="espgw1")
             self.laptop = EspgwGateway(lab, lab.hostA, [laptop_connection(dpd_delay=DPD)], settings,
@@ -125,7 +129,7 @@ class Office:
                 charon.stop()
 
 
-@pytest.fixture(scope="module", params=["espgw", "5.9", "swan-laptop"])
+@pytest.fixture(scope="module", params=["espgw", "5.9", "6.0", "swan5.9-laptop", "swan6.0-laptop"])
 def office(request, lab):
     lab.move_to_cafe()
     lab.restart_nat(FIRST_PORTS)
@@ -159,9 +163,15 @@ def test_nat_detected_and_ike_and_esp_on_udp_4500(lab, office):
     assert peer["addr"] == lab.cafe.wan_addr4 and peer["nat"]
     assert FIRST_PORTS[0] <= peer["port"] <= FIRST_PORTS[1]  # the cafe router's public port
     assert mine["encap"] and mine["child_in"] == peer["child_out"]
-    assert _ping(lab).ok
-    sent, received = tcp_transfer(lab, lab.laptop, lab.hostB, DASHBOARD, 200_000)
+    pcap = lab.workdir / f"nat-t-{office.kind}.pcap"
+    with lab.capture(lab.cafe, lab.cafe.wan_iface, pcap, bpf="not arp"):
+        assert _ping(lab).ok
+        sent, received = tcp_transfer(lab, lab.laptop, lab.hostB, DASHBOARD, 200_000)
     assert sent == received
+    # on the public side only ESP-in-UDP, also from strongSwan 6.0 with raw_esp = yes
+    wire = wire_summary(pcap)
+    assert int(peer["child_in"], 16) in wire["esp_udp"] and int(peer["child_out"], 16) in wire["esp_udp"], wire
+    assert not wire["esp_raw"] and not wire["clear"], wire
 
 
 def test_keepalives_are_sent_at_the_configured_interval(lab, office):
