@@ -266,7 +266,7 @@ class ViciDaemon:
         for pool in pools:
             held = self.gw.ike.pools.get(pool.name)
             if held is not None and held.addrs == pool.addrs:  # same range: keep the leases
-                held.dns, held.subnets = pool.dns, pool.subnets
+                held.dns, held.subnets, held.nbns, held.netmask = pool.dns, pool.subnets, pool.nbns, pool.netmask
             else:
                 self.gw.ike.set_pool(pool)
             log.info("vici.pool_loaded", pool=pool.name, addrs=pool.addrs, size=pool.size)

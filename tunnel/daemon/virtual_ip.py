@@ -10,7 +10,8 @@ Everything added is removed when the IKE SA goes (an IKE rekey hands it to the n
 DNS servers received are logged and written to a state file (``<tun>-vip.json`` next to the
 control socket; ``espgw status`` shows it): never into /etc/resolv.conf. With the gateway setting
 ``dns = "resolvconf"`` they are also handed to ``resolvconf -a <tun>.espgw`` (and taken back with
-``resolvconf -d``), which keeps the host's own resolver configuration intact.
+``resolvconf -d``), which keeps the host's own resolver configuration intact. NetBIOS name
+servers (INTERNAL_IP4_NBNS) are logged and written to the state file alike, and nothing more.
 
 Gateway (a connection with ``pools``): the pools' ranges are routed into the TUN, so the LAN's
 answers to a virtual IP reach the CHILD SA whose remote selector is that address.
@@ -68,6 +69,7 @@ class _Client:
     gateway: str  # the peer's outer address
     vips: tuple[str, ...]
     dns: tuple[str, ...]
+    nbns: tuple[str, ...] = ()  # NetBIOS name servers: recorded like DNS, never applied to the host
     children: dict[int, list[str]] = field(default_factory=dict)  # inbound SPI -> routed networks
 
 
@@ -115,7 +117,7 @@ class VirtualIpClient:
 
     def _assigned(self, event: VirtualIpsAssigned) -> None:
         remote = self.remotes.get(event.ike_unique_id, ("", 0))
-        client = _Client(event.ike_name, remote[0], event.vips, event.dns)
+        client = _Client(event.ike_name, remote[0], event.vips, event.dns, event.nbns)
         old = self.clients.pop(event.ike_unique_id, None)
         if old is not None:
             self._release(old)
@@ -125,7 +127,7 @@ class VirtualIpClient:
                 self._address("add", vip)
             self.addresses[vip] = self.addresses.get(vip, 0) + 1
         log.info("virtual_ip.assigned", connection=event.ike_name, vips=list(event.vips), dns=list(event.dns),
-                 subnets=list(event.subnets), dns_mode=self.dns_mode)
+                 subnets=list(event.subnets), nbns=list(event.nbns), dns_mode=self.dns_mode)
         self._write_state()
         if self.dns_mode == "resolvconf" and client.dns:
             self._resolvconf(client.dns)
@@ -188,7 +190,7 @@ class VirtualIpClient:
 
     # --- status ---------------------------------------------------------------------------------
     def status(self) -> list[dict]:
-        return [{"connection": c.name, "ike_id": uid, "vips": list(c.vips), "dns": list(c.dns),
+        return [{"connection": c.name, "ike_id": uid, "vips": list(c.vips), "dns": list(c.dns), "nbns": list(c.nbns),
                  "routes": sorted({n for nets in c.children.values() for n in nets})}
                 for uid, c in self.clients.items()]
 

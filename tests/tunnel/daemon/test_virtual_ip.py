@@ -9,6 +9,7 @@ from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, IkeSaUp, VirtualIpsAss
 from ike.pools import AddressPool
 from tunnel.daemon import virtual_ip
 from tunnel.daemon.virtual_ip import VirtualIpClient, pool_networks, route_networks
+from tunnel.ops.cli import render_status
 from tests.ike.harness import connection
 
 
@@ -92,3 +93,19 @@ def test_route_networks_and_pool_networks():
     assert [str(n) for n in pool_networks([gw], pools)] == [
         "10.3.0.1/32", "10.3.0.2/31", "10.3.0.4/30", "10.3.0.8/30", "10.3.0.12/31", "10.3.0.14/32"]
     assert virtual_ip.log is not None
+
+
+def test_nbns_servers_are_recorded_like_dns_and_never_applied(tmp_path, monkeypatch):
+    client = VirtualIpClient("espgw0", tmp_path / "espgw0-vip.json", dns_mode="resolvconf")
+    FakeKernel(client)
+    handed: list[tuple] = []
+    monkeypatch.setattr(client, "_resolvconf", handed.append)
+    client.on_event(_up())
+    client.on_event(VirtualIpsAssigned("rw", 1, ("10.3.0.1",), ("10.0.5.53",), (), ("10.0.5.5",)))
+    (status,) = client.status()
+    assert status["nbns"] == ["10.0.5.5"] and status["dns"] == ["10.0.5.53"]
+    state = json.loads((tmp_path / "espgw0-vip.json").read_text())
+    assert state["virtual_ips"][0]["nbns"] == ["10.0.5.5"]
+    assert handed == [("10.0.5.53",)]  # resolvconf hears of the DNS servers only
+    text = render_status({"virtual_ips": client.status()})
+    assert "DNS 10.0.5.53, NBNS 10.0.5.5, routes -" in text
