@@ -41,6 +41,31 @@ log = structlog.get_logger("espgw")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _HALVES = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}
 _IFA_F_NODAD = 0x02
+_RTNH_F_DEAD_OR_LINKDOWN = 0x01 | 0x10
+
+
+def _hop(route: Any) -> dict:
+    """The next hop of a route read from the kernel: oif, gateway (the first of a multipath
+    route), and its type for comparing with what we want."""
+    hop = {"oif": route.get_attr("RTA_OIF"), "gateway": route.get_attr("RTA_GATEWAY"), "type": route["type"]}
+    multipath = route.get_attr("RTA_MULTIPATH")
+    if hop["oif"] is None and multipath:
+        first = multipath[0]
+        hop["oif"], hop["gateway"] = first["oif"], first.get_attr("RTA_GATEWAY")
+    return hop
+
+
+def _unreachable(gateway: str) -> dict:
+    address = ipaddress.ip_address(gateway)
+    return {"dst": gateway, "dst_len": address.max_prefixlen, "family": 10 if address.version == 6 else 2,
+            "type": "unreachable"}
+
+
+def _same_path(present: dict, want: dict) -> bool:
+    if want.get("type") == "unreachable":
+        return present.get("type") == 7  # RTN_UNREACHABLE
+    return present.get("type") == 1 and present.get("oif") == want["oif"] and \
+        (present.get("gateway") or None) == (want.get("gateway") or None)
 
 
 def pool_networks(connections: list[ConnectionConfig], pools: list[Any]) -> list[IPNetwork]:
@@ -232,25 +257,80 @@ class VirtualIpClient:
         next hop it has now (the host route added here is removed with the last such route)."""
         if gateway in self.host_routes:
             return
-        address = ipaddress.ip_address(gateway)
         with IPRoute() as ipr:
-            found = ipr.route("get", dst=gateway)
-            if not found:
+            path, present = self._outside_path(ipr, gateway)
+            if path is None:
                 raise RouteError(113, f"no route to the gateway {gateway}")
-            route = found[0]
-            spec: dict[str, Any] = {"dst": gateway, "dst_len": address.max_prefixlen,
-                                    "family": 10 if address.version == 6 else 2, "oif": route.get_attr("RTA_OIF")}
-            via = route.get_attr("RTA_GATEWAY")
-            if via:
-                spec["gateway"] = via
+            if present is not None:  # the host has such a route already: leave it alone
+                return
             try:
-                ipr.route("add", **spec)
+                ipr.route("add", **path)
             except NetlinkError as exc:
-                if exc.code != 17:  # EEXIST: the host has such a route already: leave it alone
+                if exc.code != 17:  # EEXIST: as above
                     raise
                 return
-        self.host_routes[gateway] = spec
-        log.info("virtual_ip.gateway_route_added", gateway=gateway, via=via or "direct")
+        self.host_routes[gateway] = path
+        log.info("virtual_ip.gateway_route_added", gateway=gateway, via=path.get("gateway") or "direct")
+
+    def follow_gateway_paths(self) -> None:
+        """Housekeeping (each second, before roaming looks for a new source address): the host
+        route to each gateway follows the path the host has now outside the tunnel. When the
+        laptop changes networks its old next hop goes (the kernel drops routes through a link
+        that went down) and the gateway would be routed into its own tunnel: the route is set
+        through the new next hop, or, while there is none, to ``unreachable`` so that IKE and ESP
+        fail at once instead of looping through the TUN."""
+        if not self.host_routes:
+            return
+        try:
+            with IPRoute() as ipr:
+                for gateway, spec in list(self.host_routes.items()):
+                    self._follow(ipr, gateway, spec)
+        except (OSError, NetlinkError, RouteError) as exc:
+            log.error("virtual_ip.gateway_route_failed", error=str(exc))
+
+    def _follow(self, ipr: Any, gateway: str, spec: dict) -> None:
+        path, present = self._outside_path(ipr, gateway, ours=True)
+        want = path if path is not None else _unreachable(gateway)
+        if present is not None and _same_path(present, want):
+            return
+        ipr.route("replace", **want)
+        self.host_routes[gateway] = want
+        log.info("virtual_ip.gateway_route_moved", gateway=gateway,
+                 via=want.get("gateway") or ("unreachable" if path is None else "direct"), oif=want.get("oif"))
+
+    def _outside_path(self, ipr: Any, gateway: str, ours: bool = False) -> tuple[dict | None, dict | None]:
+        """(the route spec to ``gateway`` outside the TUN, the /32 or /128 route to it there is
+        now): a longest-prefix match over the main table, leaving out routes into our TUN and
+        (``ours``) the host route we added, which may be stale."""
+        address = ipaddress.ip_address(gateway)
+        family = 10 if address.version == 6 else 2
+        tun = set(ipr.link_lookup(ifname=self.tun_name))
+        best: tuple[tuple[int, int], dict] | None = None
+        present = None
+        for route in ipr.get_routes(family=family, table=254):
+            dst_len = route["dst_len"]
+            dst = route.get_attr("RTA_DST") or ("::" if family == 10 else "0.0.0.0")
+            if address not in ipaddress.ip_network(f"{dst}/{dst_len}", strict=False):
+                continue
+            hop = _hop(route)
+            if dst_len == address.max_prefixlen:
+                present = hop
+                if ours:
+                    continue
+            if route["type"] != 1 or hop.get("oif") in tun or hop.get("oif") is None:  # 1: RTN_UNICAST
+                continue
+            if route["flags"] & _RTNH_F_DEAD_OR_LINKDOWN:
+                continue
+            key = (dst_len, -(route.get_attr("RTA_PRIORITY") or 0))
+            if best is None or key > best[0]:
+                best = (key, hop)
+        if best is None:
+            return None, present
+        spec: dict[str, Any] = {"dst": gateway, "dst_len": address.max_prefixlen, "family": family,
+                                "oif": best[1]["oif"]}
+        if best[1].get("gateway"):
+            spec["gateway"] = best[1]["gateway"]
+        return spec, present
 
     def _drop_host_routes(self) -> None:
         for gateway, spec in list(self.host_routes.items()):
