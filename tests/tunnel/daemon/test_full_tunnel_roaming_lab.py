@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ OFFICE = "192.0.2.2"
 POOL = "10.3.0.0/28"
 VIP = "10.3.0.1"
 TUN = "espgw1"
+DNS, NBNS = "10.0.5.53", "10.0.5.54"
 DPD = 3.0
 
 
@@ -55,8 +57,10 @@ class Setup:
 
     def __init__(self, lab: CafeLab):
         self.lab = lab
+        pool = AddressPool("rw", POOL, dns=(ipaddress.ip_address(DNS),), nbns=(ipaddress.IPv4Address(NBNS),),
+                           netmask=ipaddress.IPv4Address("255.255.255.240"))
         self.office = EspgwGateway(lab, lab.gwB, [office_connection()], GatewaySettings(log_level="debug"),
-                                   name="ft-office", pools=[AddressPool("rw", POOL)]).start()
+                                   name="ft-office", pools=[pool]).start()
         settings = GatewaySettings(log_level="debug", tun_name=TUN, keep_alive=2.0)
         self.laptop = EspgwGateway(lab, lab.hostA, [laptop_connection()], settings, name="ft-laptop").start()
 
@@ -94,7 +98,10 @@ def test_full_tunnel_routes_and_the_gateway_outside(setup):
     wait_until(lambda: setup.laptop.children() and setup.laptop.status().get("virtual_ips"), 15,
                "the laptop's virtual IP and CHILD SA", on_timeout=setup.logs)
     (vip,) = setup.laptop.status()["virtual_ips"]
-    assert vip["vips"] == [VIP]
+    assert (vip["vips"], vip["dns"], vip["nbns"]) == ([VIP], [DNS], [NBNS])
+    assert f"DNS {DNS}, NBNS {NBNS}," in setup.laptop.cli("status").stdout
+    state = json.loads((Path(setup.laptop.socket).parent / f"{TUN}-vip.json").read_text())
+    assert state["virtual_ips"][0]["nbns"] == [NBNS]
     assert VIP in setup.tun_addresses()
     routes = setup.routes()
     for half in ("0.0.0.0/1", "128.0.0.0/1"):
@@ -150,3 +157,49 @@ def test_on_exit_every_route_and_address_is_removed(setup):
     wait_until(lambda: not setup.office.ike_sas(), 10, "the office's SA to go", on_timeout=setup.logs)
     office_routes = json.loads(setup.lab.run(setup.lab.office, "ip", "-j", "route", "show").stdout)
     assert any(r["dst"] == VIP and r.get("dev") == "espgw0" for r in office_routes), office_routes
+
+
+SWANCTL_EXTRA = """
+connections {
+  extra {
+    remote_addrs = %any
+    pools = extra
+    local { auth = psk
+            id = gwb.lab }
+    remote { auth = psk
+             id = other.lab }
+    children { net { local_ts = 10.0.5.0/24 } }
+  }
+}
+pools {
+  extra { addrs = 10.4.0.0/30 }
+}
+secrets {
+  ike-extra { id = other.lab
+              secret = 0x00112233445566778899aabbccddeeff }
+}
+"""
+
+
+def test_vici_pool_routes_go_with_the_pool(setup, tmp_path):
+    """swanctl --load-all on the office: the loaded pool's range is routed into the TUN once a
+    loaded connection lends from it, and the route goes when a later --load-all drops both."""
+    conf = tmp_path / "swanctl.conf"
+
+    def load_all(text: str) -> subprocess.CompletedProcess:
+        conf.write_text(text)
+        return subprocess.run(["swanctl", "--load-all", "--file", str(conf), "--uri",
+                               f"unix://{setup.office.socket}.vici"], capture_output=True, text=True, timeout=20)
+
+    def office_routes() -> set[str]:
+        return {r["dst"] for r in json.loads(setup.lab.run(setup.lab.office, "ip", "-j", "route", "show").stdout)
+                if r.get("dev") == "espgw0"}
+    done = load_all(SWANCTL_EXTRA)
+    assert "loaded pool 'extra'" in done.stdout and "loaded connection 'extra'" in done.stdout, \
+        done.stdout + done.stderr
+    assert {"10.4.0.1", "10.4.0.2"} <= office_routes()
+    done = load_all("")
+    assert "extra" not in subprocess.run(["swanctl", "--list-pools", "--uri", f"unix://{setup.office.socket}.vici"],
+                                         capture_output=True, text=True, timeout=20).stdout, done.stdout + done.stderr
+    routes = office_routes()
+    assert not {"10.4.0.1", "10.4.0.2"} & routes and VIP in routes, routes  # the file's pool keeps its own
