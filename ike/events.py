@@ -104,13 +104,15 @@ class NegotiationFailed:
 @dataclass(frozen=True, slots=True)
 class VirtualIpsAssigned:
     """Client side: the gateway's CFG_REPLY (RFC 7296 s2.19), for the daemon to put the addresses
-    on its TUN and route through it. Addresses, DNS servers and subnets as text."""
+    on its TUN and route through it. Addresses, DNS servers, subnets and NetBIOS name servers as
+    text."""
 
     ike_name: str
     ike_unique_id: int
     vips: tuple[str, ...]
     dns: tuple[str, ...] = ()
     subnets: tuple[str, ...] = ()
+    nbns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,14 +43,17 @@ class _Lease:
 @dataclass
 class AddressPool:
     """One named pool: ``addrs`` as swanctl writes it (``10.3.0.0/28`` or ``a-b``), and the DNS
-    servers and subnets (INTERNAL_IP4/6_SUBNET: what the client may reach through the tunnel)
-    handed out with its addresses."""
+    servers, subnets (INTERNAL_IP4/6_SUBNET: what the client may reach through the tunnel),
+    NetBIOS name servers (INTERNAL_IP4_NBNS) and IPv4 netmask (INTERNAL_IP4_NETMASK) handed out
+    with its addresses."""
 
     name: str
     addrs: str
     dns: tuple[IPAddress, ...] = ()
     subnets: tuple[IPNetwork, ...] = ()
     grace: float = DEFAULT_GRACE
+    nbns: tuple[ipaddress.IPv4Address, ...] = ()
+    netmask: ipaddress.IPv4Address | None = None
     first: IPAddress = field(init=False)
     size: int = field(init=False)
     _unused: int = field(init=False, default=0)  # offsets below this were handed out once
@@ -59,6 +62,10 @@ class AddressPool:
 
     def __post_init__(self) -> None:
         self.first, self.size = parse_pool_range(self.addrs)
+
+    def attributes(self) -> tuple:
+        """What a client is told besides its address (a reload compares it)."""
+        return self.dns, self.subnets, self.nbns, self.netmask
 
     @property
     def limited(self) -> bool:

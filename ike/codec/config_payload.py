@@ -4,6 +4,9 @@
 that any payload re-encodes as it came); this module reads its attributes strictly and builds the
 CFG_REQUEST a client sends and the CFG_REPLY a gateway answers with.
 
+RESERVED fields are sent as zero and ignored on receipt (RFC 7296 s3.15): the CFG Type's three
+bytes and the attribute type's top bit are dropped by ``CpPayload.parse``.
+
 Every attribute of RFC 7296 s3.15.1 has fixed lengths (0 = "give me one", else the value): a
 known attribute with another length makes the payload malformed (``ConfigPayloadError``, answered
 with INVALID_SYNTAX as strongSwan does when it parses one). Unknown attributes are kept in
@@ -15,6 +18,7 @@ caller logs it), so the size of an answer never follows the size of a request.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ike.codec.constants import CfgAttr, CfgType
@@ -49,6 +53,7 @@ class ConfigAttributes:
     addresses: list[IPAddress] = field(default_factory=list)
     netmask: ipaddress.IPv4Address | None = None
     dns: list[IPAddress] = field(default_factory=list)
+    nbns: list[IPAddress] = field(default_factory=list)
     subnets: list[IPNetwork] = field(default_factory=list)
     wants: set[int] = field(default_factory=set)
     unknown: list[tuple[int, bytes]] = field(default_factory=list)
@@ -109,6 +114,8 @@ def parse_config(cp: CpPayload) -> ConfigAttributes:
             out.netmask = ipaddress.IPv4Address(value)
         elif attr in (CfgAttr.INTERNAL_IP4_DNS, CfgAttr.INTERNAL_IP6_DNS):
             out.dns.append(_address(value))
+        elif attr == CfgAttr.INTERNAL_IP4_NBNS:
+            out.nbns.append(_address(value))
         elif attr in (CfgAttr.INTERNAL_IP4_SUBNET, CfgAttr.INTERNAL_IP6_SUBNET):
             out.subnets.append(_subnet(attr, value))
     return out
@@ -132,9 +139,13 @@ def build_request(vips: list[IPAddress]) -> CpPayload:
     return CpPayload(CfgType.CFG_REQUEST, attrs)
 
 
-def build_reply(addresses: list[IPAddress], dns: list[IPAddress], subnets: list[IPNetwork]) -> CpPayload:
-    """A gateway's CFG_REPLY: the assigned addresses, then the pool's DNS servers and subnets."""
+def build_reply(addresses: list[IPAddress], dns: list[IPAddress], subnets: list[IPNetwork],
+                nbns: Sequence[IPAddress] = (), netmask: ipaddress.IPv4Address | None = None) -> CpPayload:
+    """A gateway's CFG_REPLY: the assigned addresses, the IPv4 netmask (only beside an IPv4
+    address, RFC 7296 s3.15.1), then the pool's DNS servers, subnets and NetBIOS name servers."""
     attrs = [_address_attribute(a) for a in addresses]
+    if netmask is not None and any(a.version == 4 for a in addresses):
+        attrs.append((CfgAttr.INTERNAL_IP4_NETMASK, netmask.packed))
     for server in dns:
         attrs.append((CfgAttr.INTERNAL_IP4_DNS if server.version == 4 else CfgAttr.INTERNAL_IP6_DNS, server.packed))
     for net in subnets:
@@ -142,4 +153,5 @@ def build_reply(addresses: list[IPAddress], dns: list[IPAddress], subnets: list[
             attrs.append((CfgAttr.INTERNAL_IP4_SUBNET, net.network_address.packed + net.netmask.packed))
         else:
             attrs.append((CfgAttr.INTERNAL_IP6_SUBNET, net.network_address.packed + bytes([net.prefixlen])))
+    attrs += [(CfgAttr.INTERNAL_IP4_NBNS, server.packed) for server in nbns if server.version == 4]
     return CpPayload(CfgType.CFG_REPLY, attrs)

@@ -441,13 +441,13 @@ class CpPayload(Payload):
 
     @classmethod
     def parse(cls, body: bytes) -> CpPayload:
+        # the three RESERVED bytes after CFG Type are ignored on receipt (RFC 7296 s3.15)
         _need(body, 4, "CP")
         pos, attrs = 4, []
         while pos < len(body):
             _need(body[pos:], 4, "CP attribute")
             attr_type, length = struct.unpack_from("!HH", body, pos)
-            if attr_type & 0x8000:
-                raise MalformedPayload("CP attribute with the reserved bit set")
+            attr_type &= 0x7FFF  # the reserved bit: sent as zero, ignored on receipt (RFC 7296 s3.15.1)
             _need(body[pos + 4:], length, "CP attribute value")
             attrs.append((attr_type, bytes(body[pos + 4:pos + 4 + length])))
             pos += 4 + length

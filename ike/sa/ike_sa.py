@@ -219,6 +219,10 @@ class IkeSa(TaskManager):
     def pool(self, name: str) -> AddressPool | None:
         return self.host.pools.get(name)
 
+    def count_drop(self, reason: str) -> None:
+        """Something of the peer's ignored, by reason (the daemon's drop counters)."""
+        self.host.outbox.count_drop(reason)
+
     def take_over_leases(self, now: float) -> None:
         """This SA replaces its duplicates (INITIAL_CONTACT, unique = replace): their leases go
         offline now, before it asks for its own, so a reconnecting client gets its address back."""

@@ -18,7 +18,7 @@ import ipaddress
 
 from ike.codec.config_payload import (MAX_ATTRIBUTES, ConfigAttributes, ConfigPayloadError, IPAddress,
                                       build_reply, build_request, cfg_type_name, parse_config)
-from ike.codec.constants import CfgType, NotifyType
+from ike.codec.constants import CfgAttr, CfgType, NotifyType
 from ike.codec.message import Message
 from ike.codec.payloads import CpPayload, NotifyPayload, Payload
 from ike.config import ChildConfig, TrafficSelector
@@ -106,9 +106,11 @@ def process_reply(sa: IkeSaContext, msg: Message) -> None:
         sa.log("virtual_ip_failed", error="CFG_REPLY without an address")
         return
     sa.local_vips = vips
-    sa.log("virtual_ip_assigned", vips=[str(v) for v in vips], dns=[str(d) for d in got.dns])
+    sa.log("virtual_ip_assigned", vips=[str(v) for v in vips], dns=[str(d) for d in got.dns],
+           nbns=[str(n) for n in got.nbns], netmask=str(got.netmask) if got.netmask else None)
     sa.emit(VirtualIpsAssigned(sa.name, sa.unique_id, tuple(str(v) for v in vips),
-                               tuple(str(d) for d in got.dns), tuple(str(n) for n in got.subnets)))
+                               tuple(str(d) for d in got.dns), tuple(str(n) for n in got.subnets),
+                               tuple(str(n) for n in got.nbns)))
 
 
 # --- responder -----------------------------------------------------------------------------------
@@ -126,6 +128,7 @@ def _read_request(sa: IkeSaContext, msg: Message) -> ConfigAttributes | None:
     except ConfigPayloadError as exc:
         raise ConfigFailure(NotifyType.INVALID_SYNTAX, f"malformed CFG_REQUEST: {exc}") from None
     if request.dropped:
+        sa.count_drop("cp_attributes_capped")
         sa.log("cp_attributes_capped", read=MAX_ATTRIBUTES, dropped=request.dropped)
     return request
 
@@ -170,10 +173,16 @@ def respond_config(sa: IkeSaContext, msg: Message, now: float) -> list[Payload]:
     if not assigned:
         raise ConfigFailure(NotifyType.INTERNAL_ADDRESS_FAILURE,
                             f"no virtual IP for {identity} (pools {', '.join(p.name for p in pools)})")
+    # as charon: the attributes of every pool that lent an address, whatever the client asked for;
+    # an INTERNAL_IP4_NETMASK request is answered only when the pool sets ``netmask``
     lent_from = {pool.name: pool for pool in used}.values()
     dns = [d for pool in lent_from for d in pool.dns]
     subnets = [n for pool in lent_from for n in pool.subnets]
-    return [build_reply(assigned, dns, subnets)]
+    nbns = [n for pool in lent_from for n in pool.nbns]
+    netmask = next((pool.netmask for pool in lent_from if pool.netmask is not None and pool.version == 4), None)
+    if netmask is None and request is not None and CfgAttr.INTERNAL_IP4_NETMASK in request.wants:
+        sa.log("virtual_ip_netmask_not_configured", pools=[p.name for p in lent_from])
+    return [build_reply(assigned, dns, subnets, nbns, netmask)]
 
 
 def failure_payloads(sa: IkeSaContext, exc: ConfigFailure) -> list[Payload]:

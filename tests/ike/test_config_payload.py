@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import struct
 
 import pytest
 
@@ -48,3 +49,19 @@ def test_unknown_attributes_are_kept_and_many_are_capped():
     many = CpPayload(CfgType.CFG_REQUEST, [(CfgAttr.INTERNAL_IP4_DNS, b"")] * 1000)
     got = parse_config(CpPayload.parse(many.body()))
     assert got.dropped == 1000 - MAX_ATTRIBUTES
+
+
+def test_reserved_fields_are_sent_as_zero_and_ignored_on_receipt():
+    """RFC 7296 s3.15: the three RESERVED bytes after CFG Type and the attribute's reserved bit
+    are set to zero when sent and ignored when received (strongSwan does not check them either)."""
+    attr = struct.pack("!HH", 0x8000 | CfgAttr.INTERNAL_IP4_ADDRESS, 4) + bytes([10, 3, 0, 9])
+    dns = struct.pack("!HH", 0x8000 | CfgAttr.INTERNAL_IP4_DNS, 0)
+    body = bytes([CfgType.CFG_REQUEST, 0xAB, 0xCD, 0xEF]) + attr + dns
+    cp = CpPayload.parse(body)
+    assert cp.attributes == [(CfgAttr.INTERNAL_IP4_ADDRESS, bytes([10, 3, 0, 9])), (CfgAttr.INTERNAL_IP4_DNS, b"")]
+    got = parse_config(cp)
+    assert got.addresses == [ip("10.3.0.9")] and got.wants == {CfgAttr.INTERNAL_IP4_DNS}
+    sent = cp.body()
+    assert sent[1:4] == bytes(3) and not sent[4] & 0x80 and not sent[12] & 0x80
+    # a hand-built attribute type with the bit set still goes out with it cleared
+    assert not CpPayload(CfgType.CFG_REPLY, [(0x8000 | CfgAttr.INTERNAL_IP4_DNS, bytes(4))]).body()[4] & 0x80

@@ -149,6 +149,7 @@ class Gateway:
         # client mode: virtual IPs on the TUN, their routes and DNS servers (tunnel.daemon.virtual_ip)
         self.virtual_ips = VirtualIpClient(self.settings.tun_name, Path(self.settings.control_socket).parent
                                            / f"{self.settings.tun_name}-vip.json", self.settings.dns)
+        self.pool_routes: set[str] = set()  # gateway mode: the pools' networks routed into the TUN
 
     # --- set-up and tear-down ---------------------------------------------------------------
     def open(self) -> None:
@@ -190,9 +191,7 @@ class Gateway:
     def _install_routes(self) -> None:
         """Route every child's remote subnets into the TUN, sourced from our address in its local subnets."""
         own = _local_addresses()
-        for net in pool_networks(self.config.connections, list(self.ike.pools.values())):  # to virtual IPs
-            if str(net) not in self.routes.routes:
-                self.routes.add(str(net))
+        self.sync_pool_routes()  # to virtual IPs
         for conn in self.config.connections:
             if conn.vips:  # a client's routes come with its virtual IP (tunnel.daemon.virtual_ip)
                 continue
@@ -258,16 +257,42 @@ class Gateway:
         self.ike.remove_connection(name)
         self.traps.remove(conn)
         self.config.connections.remove(conn)
-        still_routed = {str(net) for c in self.config.connections for child in c.children for ts in child.remote_ts
-                        for net in ipaddress.summarize_address_range(ts.start_addr, ts.end_addr)}
+        still_routed = self._selector_networks() | self._pool_networks()
         for child in conn.children:
             for ts in child.remote_ts:
                 for net in ipaddress.summarize_address_range(ts.start_addr, ts.end_addr):
                     if str(net) not in still_routed and str(net) in self.routes.routes:
                         self.routes.remove(str(net))
+        self.sync_pool_routes()  # its pools may be used by no connection now
         self.pump(now)
         log.info("connection.removed", connection=name)
         return conn
+
+    def _selector_networks(self) -> set[str]:
+        """The networks routed for the gateway-mode connections' remote selectors."""
+        return {str(net) for c in self.config.connections if not c.vips for child in c.children
+                for ts in child.remote_ts for net in ipaddress.summarize_address_range(ts.start_addr, ts.end_addr)}
+
+    def _pool_networks(self) -> set[str]:
+        return {str(net) for net in pool_networks(self.config.connections, list(self.ike.pools.values()))}
+
+    def sync_pool_routes(self) -> None:
+        """Route into the TUN the pools some connection lends from, and no other: a pool unloaded
+        (vici), replaced by another range, or left without a connection (a reload, unload-conn)
+        loses its route, unless a remote selector still needs that network."""
+        wanted = self._pool_networks()
+        stale = self.pool_routes - wanted
+        if stale:
+            needed = self._selector_networks()
+            for net in sorted(stale):
+                self.pool_routes.discard(net)
+                if net not in needed and net in self.routes.routes:
+                    self.routes.remove(net)
+                    log.info("pool.route_removed", dst=net)
+        for net in sorted(wanted - self.pool_routes):
+            if net not in self.routes.routes:
+                self.routes.add(net)
+            self.pool_routes.add(net)
 
     def close(self) -> None:
         """Delete our IKE SAs at the peer (best effort), then release every resource."""

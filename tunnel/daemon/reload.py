@@ -110,7 +110,7 @@ def pools_needing_restart(running: list, new: list) -> list[str]:
     """The running pools hold the leases, so a reload does not replace them: a pool the file
     adds, removes or changes is reported as taking effect after a restart."""
     def settings(pools: list) -> dict[str, tuple]:
-        return {p.name: (p.addrs, p.dns, p.subnets, p.grace) for p in pools}
+        return {p.name: (p.addrs, p.grace, *p.attributes()) for p in pools}
     old, fresh = settings(running), settings(new)
     return [f"pools.{name}: changed in the file: takes effect after a restart (the running pool and its "
             "leases stay)" for name in sorted(old.keys() | fresh.keys()) if old.get(name) != fresh.get(name)]

@@ -9,7 +9,10 @@ Two jobs, for ``tunnel.daemon.gateway``:
   and sends UPDATE_SA_ADDRESSES from the new address. A timer was chosen over netlink address and
   route events: it sees every cause of a new source address (addresses, routes, rules, links)
   the same way, costs one netlink round trip a second only while such SAs exist, and a move is
-  noticed within a second, inside the 2 s a ping may take to resume.
+  noticed within a second, inside the 2 s a ping may take to resume. A full-tunnel client's host
+  route to the gateway (``tunnel.daemon.virtual_ip``) is moved to the new next hop first, so
+  the look-up answers with the new path and never with the tunnel (a virtual IP as source is
+  ignored anyway).
 * **ESP from a new address.** ESP-in-UDP that opens on a CHILD SA but came from another address
   or port than the SA's peer (a NAT that gave the peer a new mapping) is offered to IKE
   (``IkeEndpoint.esp_from``), which moves the SA if the peer is behind a NAT (as charon does on
@@ -26,6 +29,7 @@ from typing import Any, Protocol
 
 import structlog
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from ike.events import Address, IkeSaMoved
 from tunnel.dataplane.transmit import transmit_between
@@ -48,6 +52,7 @@ class Gateway(Protocol):
     udp_out: Any
     force_udp: bool
     nat_keepalives: dict[int, tuple[Address, Address]]
+    virtual_ips: Any  # tunnel.daemon.virtual_ip.VirtualIpClient
 
     def pump(self, now: float) -> None: ...
 
@@ -57,7 +62,7 @@ def route_source(peer: str) -> str | None:
     try:
         with IPRoute() as ipr:
             routes = ipr.route("get", dst=peer)
-    except OSError:  # unreachable: no route at all (the laptop between two networks)
+    except (OSError, NetlinkError):  # unreachable: no route at all (the laptop between two networks)
         return None
     for route in routes:
         src = route.get_attr("RTA_PREFSRC")
@@ -104,15 +109,17 @@ class Roaming:
             return
         self.next_check = now + CHECK_INTERVAL
         gw = self.gateway
+        gw.virtual_ips.follow_gateway_paths()  # a full tunnel's host route first: it is the path asked about
         roaming = gw.ike.roaming_sas()
         if not roaming:
             return
+        own_vips = set(gw.virtual_ips.addresses)  # a source inside our own tunnel is never a new path
         sources: dict[str, str | None] = {}
         for unique_id, local, remote in roaming:
             if remote[0] not in sources:
                 sources[remote[0]] = self.route_source(remote[0])
             src = sources[remote[0]]
-            if src is None or src == local[0] or ipaddress.ip_address(src).version != \
+            if src is None or src == local[0] or src in own_vips or ipaddress.ip_address(src).version != \
                     ipaddress.ip_address(local[0]).version:
                 continue
             log.info("roaming.local_address_changed", id=unique_id, old=local[0], new=src, peer=remote[0])

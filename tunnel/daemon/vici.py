@@ -59,6 +59,8 @@ class Gateway(status.Gateway, Protocol):
 
     def remove_connection(self, name: str, now: float) -> ConnectionConfig: ...
 
+    def sync_pool_routes(self) -> None: ...
+
 
 @dataclass
 class _Waiter:
@@ -264,11 +266,11 @@ class ViciDaemon:
         for pool in pools:
             held = self.gw.ike.pools.get(pool.name)
             if held is not None and held.addrs == pool.addrs:  # same range: keep the leases
-                held.dns, held.subnets = pool.dns, pool.subnets
+                held.dns, held.subnets, held.nbns, held.netmask = pool.dns, pool.subnets, pool.nbns, pool.netmask
             else:
                 self.gw.ike.set_pool(pool)
             log.info("vici.pool_loaded", pool=pool.name, addrs=pool.addrs, size=pool.size)
-        return OK
+        return self._pool_routes("load-pool")
 
     def _unload_pool(self, message: Message) -> EncodableMessage:
         name = _text(message, "name")
@@ -282,6 +284,15 @@ class ViciDaemon:
         except ViciConfigError as exc:
             return _failed(exc.errmsg)
         self.gw.ike.remove_pool(name)
+        return self._pool_routes("unload-pool")
+
+    def _pool_routes(self, command: str) -> EncodableMessage:
+        """The TUN routes follow the pools in use (a replaced range, an unloaded pool)."""
+        try:
+            self.gw.sync_pool_routes()
+        except OSError as exc:
+            log.error("vici.pool_route_failed", command=command, error=str(exc))
+            return _failed(f"{command}: pool routes: {exc}")
         return OK
 
     def _get_pools(self, message: Message) -> EncodableMessage:

@@ -10,7 +10,8 @@ Everything added is removed when the IKE SA goes (an IKE rekey hands it to the n
 DNS servers received are logged and written to a state file (``<tun>-vip.json`` next to the
 control socket; ``espgw status`` shows it): never into /etc/resolv.conf. With the gateway setting
 ``dns = "resolvconf"`` they are also handed to ``resolvconf -a <tun>.espgw`` (and taken back with
-``resolvconf -d``), which keeps the host's own resolver configuration intact.
+``resolvconf -d``), which keeps the host's own resolver configuration intact. NetBIOS name
+servers (INTERNAL_IP4_NBNS) are logged and written to the state file alike, and nothing more.
 
 Gateway (a connection with ``pools``): the pools' ranges are routed into the TUN, so the LAN's
 answers to a virtual IP reach the CHILD SA whose remote selector is that address.
@@ -40,6 +41,31 @@ log = structlog.get_logger("espgw")
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _HALVES = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}
 _IFA_F_NODAD = 0x02
+_RTNH_F_DEAD_OR_LINKDOWN = 0x01 | 0x10
+
+
+def _hop(route: Any) -> dict:
+    """The next hop of a route read from the kernel: oif, gateway (the first of a multipath
+    route), and its type for comparing with what we want."""
+    hop = {"oif": route.get_attr("RTA_OIF"), "gateway": route.get_attr("RTA_GATEWAY"), "type": route["type"]}
+    multipath = route.get_attr("RTA_MULTIPATH")
+    if hop["oif"] is None and multipath:
+        first = multipath[0]
+        hop["oif"], hop["gateway"] = first["oif"], first.get_attr("RTA_GATEWAY")
+    return hop
+
+
+def _unreachable(gateway: str) -> dict:
+    address = ipaddress.ip_address(gateway)
+    return {"dst": gateway, "dst_len": address.max_prefixlen, "family": 10 if address.version == 6 else 2,
+            "type": "unreachable"}
+
+
+def _same_path(present: dict, want: dict) -> bool:
+    if want.get("type") == "unreachable":
+        return present.get("type") == 7  # RTN_UNREACHABLE
+    return present.get("type") == 1 and present.get("oif") == want["oif"] and \
+        (present.get("gateway") or None) == (want.get("gateway") or None)
 
 
 def pool_networks(connections: list[ConnectionConfig], pools: list[Any]) -> list[IPNetwork]:
@@ -68,6 +94,7 @@ class _Client:
     gateway: str  # the peer's outer address
     vips: tuple[str, ...]
     dns: tuple[str, ...]
+    nbns: tuple[str, ...] = ()  # NetBIOS name servers: recorded like DNS, never applied to the host
     children: dict[int, list[str]] = field(default_factory=dict)  # inbound SPI -> routed networks
 
 
@@ -115,7 +142,7 @@ class VirtualIpClient:
 
     def _assigned(self, event: VirtualIpsAssigned) -> None:
         remote = self.remotes.get(event.ike_unique_id, ("", 0))
-        client = _Client(event.ike_name, remote[0], event.vips, event.dns)
+        client = _Client(event.ike_name, remote[0], event.vips, event.dns, event.nbns)
         old = self.clients.pop(event.ike_unique_id, None)
         if old is not None:
             self._release(old)
@@ -125,7 +152,7 @@ class VirtualIpClient:
                 self._address("add", vip)
             self.addresses[vip] = self.addresses.get(vip, 0) + 1
         log.info("virtual_ip.assigned", connection=event.ike_name, vips=list(event.vips), dns=list(event.dns),
-                 subnets=list(event.subnets), dns_mode=self.dns_mode)
+                 subnets=list(event.subnets), nbns=list(event.nbns), dns_mode=self.dns_mode)
         self._write_state()
         if self.dns_mode == "resolvconf" and client.dns:
             self._resolvconf(client.dns)
@@ -188,7 +215,7 @@ class VirtualIpClient:
 
     # --- status ---------------------------------------------------------------------------------
     def status(self) -> list[dict]:
-        return [{"connection": c.name, "ike_id": uid, "vips": list(c.vips), "dns": list(c.dns),
+        return [{"connection": c.name, "ike_id": uid, "vips": list(c.vips), "dns": list(c.dns), "nbns": list(c.nbns),
                  "routes": sorted({n for nets in c.children.values() for n in nets})}
                 for uid, c in self.clients.items()]
 
@@ -230,25 +257,80 @@ class VirtualIpClient:
         next hop it has now (the host route added here is removed with the last such route)."""
         if gateway in self.host_routes:
             return
-        address = ipaddress.ip_address(gateway)
         with IPRoute() as ipr:
-            found = ipr.route("get", dst=gateway)
-            if not found:
+            path, present = self._outside_path(ipr, gateway)
+            if path is None:
                 raise RouteError(113, f"no route to the gateway {gateway}")
-            route = found[0]
-            spec: dict[str, Any] = {"dst": gateway, "dst_len": address.max_prefixlen,
-                                    "family": 10 if address.version == 6 else 2, "oif": route.get_attr("RTA_OIF")}
-            via = route.get_attr("RTA_GATEWAY")
-            if via:
-                spec["gateway"] = via
+            if present is not None:  # the host has such a route already: leave it alone
+                return
             try:
-                ipr.route("add", **spec)
+                ipr.route("add", **path)
             except NetlinkError as exc:
-                if exc.code != 17:  # EEXIST: the host has such a route already: leave it alone
+                if exc.code != 17:  # EEXIST: as above
                     raise
                 return
-        self.host_routes[gateway] = spec
-        log.info("virtual_ip.gateway_route_added", gateway=gateway, via=via or "direct")
+        self.host_routes[gateway] = path
+        log.info("virtual_ip.gateway_route_added", gateway=gateway, via=path.get("gateway") or "direct")
+
+    def follow_gateway_paths(self) -> None:
+        """Housekeeping (each second, before roaming looks for a new source address): the host
+        route to each gateway follows the path the host has now outside the tunnel. When the
+        laptop changes networks its old next hop goes (the kernel drops routes through a link
+        that went down) and the gateway would be routed into its own tunnel: the route is set
+        through the new next hop, or, while there is none, to ``unreachable`` so that IKE and ESP
+        fail at once instead of looping through the TUN."""
+        if not self.host_routes:
+            return
+        try:
+            with IPRoute() as ipr:
+                for gateway, spec in list(self.host_routes.items()):
+                    self._follow(ipr, gateway, spec)
+        except (OSError, NetlinkError, RouteError) as exc:
+            log.error("virtual_ip.gateway_route_failed", error=str(exc))
+
+    def _follow(self, ipr: Any, gateway: str, spec: dict) -> None:
+        path, present = self._outside_path(ipr, gateway, ours=True)
+        want = path if path is not None else _unreachable(gateway)
+        if present is not None and _same_path(present, want):
+            return
+        ipr.route("replace", **want)
+        self.host_routes[gateway] = want
+        log.info("virtual_ip.gateway_route_moved", gateway=gateway,
+                 via=want.get("gateway") or ("unreachable" if path is None else "direct"), oif=want.get("oif"))
+
+    def _outside_path(self, ipr: Any, gateway: str, ours: bool = False) -> tuple[dict | None, dict | None]:
+        """(the route spec to ``gateway`` outside the TUN, the /32 or /128 route to it there is
+        now): a longest-prefix match over the main table, leaving out routes into our TUN and
+        (``ours``) the host route we added, which may be stale."""
+        address = ipaddress.ip_address(gateway)
+        family = 10 if address.version == 6 else 2
+        tun = set(ipr.link_lookup(ifname=self.tun_name))
+        best: tuple[tuple[int, int], dict] | None = None
+        present = None
+        for route in ipr.get_routes(family=family, table=254):
+            dst_len = route["dst_len"]
+            dst = route.get_attr("RTA_DST") or ("::" if family == 10 else "0.0.0.0")
+            if address not in ipaddress.ip_network(f"{dst}/{dst_len}", strict=False):
+                continue
+            hop = _hop(route)
+            if dst_len == address.max_prefixlen:
+                present = hop
+                if ours:
+                    continue
+            if route["type"] != 1 or hop.get("oif") in tun or hop.get("oif") is None:  # 1: RTN_UNICAST
+                continue
+            if route["flags"] & _RTNH_F_DEAD_OR_LINKDOWN:
+                continue
+            key = (dst_len, -(route.get_attr("RTA_PRIORITY") or 0))
+            if best is None or key > best[0]:
+                best = (key, hop)
+        if best is None:
+            return None, present
+        spec: dict[str, Any] = {"dst": gateway, "dst_len": address.max_prefixlen, "family": family,
+                                "oif": best[1]["oif"]}
+        if best[1].get("gateway"):
+            spec["gateway"] = best[1]["gateway"]
+        return spec, present
 
     def _drop_host_routes(self) -> None:
         for gateway, spec in list(self.host_routes.items()):

@@ -49,6 +49,10 @@ def pools_toml(pools: list) -> list[str]:
             out.append("dns = [" + ", ".join(f'"{d}"' for d in pool.dns) + "]")
         if pool.subnets:
             out.append("subnet = [" + ", ".join(f'"{n}"' for n in pool.subnets) + "]")
+        if getattr(pool, "nbns", ()):
+            out.append("nbns = [" + ", ".join(f'"{n}"' for n in pool.nbns) + "]")
+        if getattr(pool, "netmask", None) is not None:
+            out.append(f'netmask = "{pool.netmask}"')
     return out
 
 

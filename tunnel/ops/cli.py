@@ -480,6 +480,7 @@ def render_status(status: dict) -> str:
     for vip in _as_list(status.get("virtual_ips")):
         lines.append(f"virtual IP {', '.join(vip.get('vips', []))} from {vip.get('connection', '?')}, "
                      f"DNS {', '.join(vip.get('dns', [])) or '-'}, "
+                     + (f"NBNS {', '.join(vip['nbns'])}, " if vip.get("nbns") else "") +
                      f"routes {', '.join(vip.get('routes', [])) or '-'}")
     failures = _as_list(status.get("failures"))
     if failures:

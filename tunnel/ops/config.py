@@ -739,7 +739,7 @@ def _parse_child(table: _Table, name: str) -> ChildConfig | None:
 
 # ----------------------------------------------------------------------------- virtual IPs
 
-POOL_KEYS = {"addrs", "dns", "subnet"}
+POOL_KEYS = {"addrs", "dns", "subnet", "nbns", "netmask"}
 
 
 def _vips(value: Any) -> list[str]:
@@ -770,6 +770,27 @@ def _subnets(value: Any) -> tuple[Any, ...]:
         raise _Bad('subnets like "10.2.0.0/16"') from None
 
 
+def _nbns(value: Any) -> tuple[ipaddress.IPv4Address, ...]:
+    """NetBIOS name servers: IPv4 only, RFC 7296 has no INTERNAL_IP6_NBNS (strongSwan's 11 is
+    the one RFC 4306 had)."""
+    out = []
+    for address in _addresses(value):
+        if not isinstance(address, ipaddress.IPv4Address):
+            raise _Bad(f"IPv4 addresses ({address} is IPv6: IKEv2 has no IPv6 NetBIOS name server attribute)")
+        out.append(address)
+    return tuple(out)
+
+
+def _netmask(value: Any) -> ipaddress.IPv4Address:
+    """INTERNAL_IP4_NETMASK: a dotted IPv4 netmask (``255.255.255.0``), sent with an IPv4 address."""
+    try:
+        mask = ipaddress.IPv4Address(value if isinstance(value, str) else "")
+        ipaddress.IPv4Network(f"0.0.0.0/{mask}")
+    except ValueError:
+        raise _Bad('an IPv4 netmask like "255.255.255.0"') from None
+    return mask
+
+
 def _pool_range(value: Any) -> str:
     if not isinstance(value, str):
         raise _Bad('a subnet like "10.3.0.0/28" or a range like "10.3.0.1-10.3.0.20"')
@@ -781,8 +802,8 @@ def _pool_range(value: Any) -> str:
 
 
 def parse_pools(table: _Table) -> list[AddressPool]:
-    """``[pools.NAME]`` as swanctl.conf's pools: ``addrs``, ``dns``, ``subnet``; overlapping pools
-    are refused (one address would be lent twice)."""
+    """``[pools.NAME]`` as swanctl.conf's pools: ``addrs``, ``dns``, ``subnet``, ``nbns``,
+    ``netmask``; overlapping pools are refused (one address would be lent twice)."""
     pools = []
     for name in table.keys():
         section = table.table(name)
@@ -791,8 +812,12 @@ def parse_pools(table: _Table) -> list[AddressPool]:
         addrs = section.get("addrs", _pool_range)
         dns = section.get("dns", _addresses, ())
         subnets = section.get("subnet", _subnets, ())
+        nbns = section.get("nbns", _nbns, ())
+        netmask = section.get("netmask", _netmask, None)
+        if netmask is not None and addrs is not None and ":" in addrs:
+            section.problem("netmask", "INTERNAL_IP4_NETMASK goes with IPv4 addresses, this pool lends IPv6 ones")
         if len(table.problems) == start:
-            pools.append(AddressPool(name, addrs, dns=dns, subnets=subnets))
+            pools.append(AddressPool(name, addrs, dns=dns, subnets=subnets, nbns=nbns, netmask=netmask))
     for i, pool in enumerate(pools):
         for other in pools[:i]:
             if pool.overlaps(other):

@@ -31,9 +31,21 @@ class FakeIke:
         return self.accept
 
 
+class FakeVirtualIps:
+    """The client's virtual IPs; records when the gateway's host route was brought up to date."""
+
+    def __init__(self):
+        self.addresses: dict[str, int] = {}
+        self.followed: list[str] = []
+
+    def follow_gateway_paths(self):
+        self.followed.append("follow")
+
+
 def _gateway(ike, children=None, receive=None):
     gw = SimpleNamespace(ike=ike, children=children or {}, raw_v4=None, raw_v6=None, udp=None, udp_out=None,
-                         force_udp=False, nat_keepalives={}, clock=lambda: 5.0, pumped=[])
+                         force_udp=False, nat_keepalives={}, clock=lambda: 5.0, pumped=[],
+                         virtual_ips=FakeVirtualIps())
     gw.pump = gw.pumped.append
     gw.receiver = SimpleNamespace(receive=receive or (lambda packets, ecn, seen: None))
     return gw
@@ -96,3 +108,42 @@ def test_esp_runs_from_a_new_port_are_offered_to_ike_once_authentic():
     ike.accept = True
     r.receive_runs([([esp], 0)], [("198.51.100.1", 40001)], {})
     assert ike.esp[-1] == (spi, ("198.51.100.1", 40001)) and gw.pumped == [5.0]
+
+
+def test_the_host_route_follows_first_and_a_virtual_ip_is_never_a_new_source():
+    """A full tunnel: between networks the kernel routes the gateway into the TUN (source: the
+    virtual IP). That is not a new path: no update; the host route is brought up to date before
+    each look-up, so the next one answers with the new network's address."""
+    ike = FakeIke([(1, ("192.168.1.7", 4500), PEER)])
+    gw = _gateway(ike)
+    gw.virtual_ips.addresses["10.3.0.1"] = 1
+    r = Roaming(gw)
+    order: list[str] = []
+    gw.virtual_ips.follow_gateway_paths = lambda: order.append("follow")
+    answers = {"192.0.2.2": "10.3.0.1"}
+
+    def source(peer):
+        order.append("lookup")
+        return answers.get(peer)
+    r.route_source = source
+    r.check(10.0)
+    assert ike.roamed == [] and order == ["follow", "lookup"]
+    answers["192.0.2.2"] = "172.16.7.7"
+    r.check(10.0 + roaming.CHECK_INTERVAL)
+    assert ike.roamed == [(1, "172.16.7.7")]
+
+
+def test_no_route_at_all_is_none_not_an_exception(monkeypatch):
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    class Unreachable:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def route(self, *args, **kw):
+            raise NetlinkError(101, "Network is unreachable")
+    monkeypatch.setattr(roaming, "IPRoute", Unreachable)
+    assert roaming.route_source("192.0.2.2") is None

@@ -82,7 +82,14 @@ def test_overlapping_pools_are_refused():
     (('addrs = "10.3.0.0/28"', 'addrs = "10.3.0.20-10.3.0.1"'), "ends before it starts"),
     (('dns = ["10.2.0.53", "fd00::53"]', 'dns = ["dns.example"]'), "pools.rw.dns: expected IP addresses"),
     (('subnet = "10.2.0.0/16"', 'subnet = "10.2.0.0/40"'), "pools.rw.subnet: expected subnets"),
-    (('subnet = "10.2.0.0/16"', 'netmask = "255.255.255.0"'), "pools.rw.netmask: unknown key"),
+    (('subnet = "10.2.0.0/16"', 'dhcp = "10.2.0.1"'), "pools.rw.dhcp: unknown key"),
+    (('subnet = "10.2.0.0/16"', 'nbns = ["10.2.0.5", "fd00::5"]'),
+     "pools.rw.nbns: expected IPv4 addresses (fd00::5 is IPv6: IKEv2 has no IPv6 NetBIOS name server attribute)"),
+    (('subnet = "10.2.0.0/16"', 'netmask = "255.0.255.0"'),
+     'pools.rw.netmask: expected an IPv4 netmask like "255.255.255.0"'),
+    (('subnet = "10.2.0.0/16"', 'netmask = 24'), "pools.rw.netmask: expected an IPv4 netmask"),
+    (('addrs = "fd00:3::1-fd00:3::ff"', 'addrs = "fd00:3::1-fd00:3::ff"\nnetmask = "255.255.255.0"'),
+     "pools.rw6.netmask: INTERNAL_IP4_NETMASK goes with IPv4 addresses"),
     (('[pools.rw6]\naddrs = "fd00:3::1-fd00:3::ff"', '[pools.rw6]\ndns = "10.0.0.1"'), "pools.rw6.addrs: missing"),
 ])
 def test_bad_pools_name_the_key(change, fragment):
@@ -95,3 +102,11 @@ def test_bad_pools_name_the_key(change, fragment):
 ])
 def test_bad_vips(vips, fragment):
     assert fragment in errors(CLIENT.replace('["0.0.0.0", "%any6"]', vips))
+
+
+def test_nbns_and_netmask_as_swanctl():
+    text = GATEWAY.replace('subnet = "10.2.0.0/16"', 'subnet = "10.2.0.0/16"\nnbns = ["10.2.0.5", "10.2.0.6"]\n'
+                           'netmask = "255.255.255.240"')
+    rw = parse_config(text).pools[0]
+    assert [str(n) for n in rw.nbns] == ["10.2.0.5", "10.2.0.6"] and str(rw.netmask) == "255.255.255.240"
+    assert parse_config(GATEWAY).pools[0].nbns == () and parse_config(GATEWAY).pools[0].netmask is None

@@ -150,7 +150,8 @@ def test_pools_load_replace_unload_and_serve_connections():
 
 @pytest.mark.parametrize("message, fragment", [
     ({"rw": {"addrs": b"10.3.0.0/33"}}, "pools.rw.addrs: expected a subnet"),
-    ({"rw": {"addrs": b"10.3.0.0/28", "nbns": [b"10.0.0.1"]}}, "pools.rw.nbns: unknown key"),
+    ({"rw": {"addrs": b"10.3.0.0/28", "dhcp": [b"10.0.0.1"]}}, "pools.rw.dhcp: unknown key"),
+    ({"rw": {"addrs": b"10.3.0.0/28", "nbns": [b"fd00::1"]}}, "pools.rw.nbns: expected IPv4 addresses"),
     ({"rw": {"dns": [b"10.0.0.1"]}}, "pools.rw.addrs: missing"),
     ({"rw": b"10.3.0.0/28"}, "expected a section"),
     ({}, "at least one pool"),
@@ -180,3 +181,9 @@ def test_supported_keys_table():
     table = supported_keys()
     assert "start_action" in table["connections.<conn>.children.<child>"]
     assert "local_addrs" in table["connections.<conn>"]
+
+
+def test_load_pool_with_nbns_and_netmask():
+    (pool,) = ViciConfig().load_pool({"rw": {"addrs": b"10.3.0.0/28", "nbns": [b"10.0.0.5"],
+                                             "netmask": b"255.255.255.0"}})
+    assert [str(n) for n in pool.nbns] == ["10.0.0.5"] and str(pool.netmask) == "255.255.255.0"
