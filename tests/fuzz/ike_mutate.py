@@ -346,6 +346,8 @@ def encode(rec: Recorded, m: Mutant) -> list[bytes]:
     rng = lambda n: next(counter).to_bytes(n, "big")  # noqa: E731 - deterministic IVs: replayable inputs
     if m.fragment_limit is not None:
         return _seal_fragments(h, first, chain, rec.cipher, rng, m.fragment_limit)
+    if 4 + rec.cipher.encrypted_len(len(chain)) > 0xFFFF:
+        return []  # no SK payload holds that much (40 ML-KEM keys): only fragments can carry it
     return [_seal(h, first, chain, rec.cipher, rng)]
 
 
