@@ -76,6 +76,8 @@ def run_target(target: str, runs: int, python: str, log_dir: Path) -> dict:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         elapsed = time.monotonic() - started
     kept = [line for line in proc.stderr.splitlines() if not _PROGRESS.match(line)]
+    if proc.stdout.strip():  # atheris prints an uncaught exception's traceback on stdout
+        kept += ["--- stdout ---"] + proc.stdout.splitlines()[-200:]
     (log_dir / f"fuzz-{target}.log").write_text("\n".join(kept[-2000:]) + "\n")
     result = parse_libfuzzer(proc.stderr)
     result.update(target=target, requested_runs=runs, seconds=round(elapsed, 1),

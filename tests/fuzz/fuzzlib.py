@@ -24,7 +24,10 @@ import structlog
 FUZZ_DIR = Path(__file__).resolve().parent
 CORPUS_DIR = FUZZ_DIR / "corpus"
 CRASHES_DIR = FUZZ_DIR / "crashes"
-MUTATED_EXCHANGES = ("ike_sa_init", "ike_auth", "create_child", "rekey_child", "rekey_ike", "informational")
+# the exchange kinds of tests/fuzz/ike_conversations.py's two recorded conversations
+SITE_KINDS = ("ike_sa_init", "ike_auth", "create_child", "rekey_child", "rekey_ike", "informational")
+REMOTE_ACCESS_KINDS = ("ike_intermediate", "followup_ke", "ike_auth_cp", "mobike")
+MUTATED_EXCHANGES = SITE_KINDS + REMOTE_ACCESS_KINDS
 TARGETS = ("esp", "ike_codec", "ike_responder", "vici") + tuple(f"ike_mutate_{kind}" for kind in MUTATED_EXCHANGES)
 INSTRUMENTED_PACKAGES = ["esp", "ike", "tunnel"]  # atheris instruments whole top-level packages
 

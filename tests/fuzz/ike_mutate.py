@@ -3,48 +3,53 @@
 Not a harness itself: ``fuzz_ike_mutate_<kind>.py`` pick one kind of exchange each, so that
 ``bench.reliability_fuzz`` runs and reports every kind to its own number of executions.
 
-At import an initiator and a responder (``ikepair`` configs, with a second CHILD SA, DPD, CHILD
-and IKE rekeys) run a whole conversation in memory: IKE_SA_INIT, IKE_AUTH, CREATE_CHILD_SA for a
-new CHILD SA, CHILD rekeys started by each side, an IKE rekey, DPD both ways, a CHILD delete by
-the responder and the IKE delete. Every datagram is recorded with a snapshot of both endpoints
-taken just before its delivery, its decrypted payloads and the sender's keys.
+The messages come from two genuine in-memory conversations between an initiator and a
+responder (``ike_conversations``): site-to-site (IKE_SA_INIT, IKE_AUTH, a second CHILD SA, CHILD
+rekeys by each side, an IKE rekey, DPD both ways, deletes) and remote access with hybrid
+post-quantum keys and MOBIKE (IKE_INTERMEDIATE for ML-KEM, IKE_AUTH with virtual IPs from two
+pools, CREATE_CHILD_SA with IKE_FOLLOWUP_KE for a new CHILD SA, a CHILD rekey and an IKE rekey,
+UPDATE_SA_ADDRESSES from a new address with the return routability check). Each is recorded on
+first use: every datagram with a snapshot of both endpoints taken just before its delivery, its
+decrypted payloads and the sender's keys.
 
 An input picks one recorded message of its kind (a request or a response, from either side),
 decodes its payloads into objects and applies a list of structural mutations: drop, duplicate,
 swap or insert payloads, change the fields of SA (proposals and transforms: duplicate types,
-unknown IDs, SPI sizes), KE, Nonce, ID, AUTH, TS, Notify, Delete and CP payloads, flip the
-critical bit, change the header (message ID, flags, exchange type), corrupt the encoded chain
-(lying lengths), or cut the message into RFC 7383 fragments. The result is encrypted again with
-the sender's real keys, so it is authentic and reaches the exchange handlers, and delivered to
-the receiver restored from the snapshot; both endpoints then finish whatever follows and run
-their timers for five minutes.
+unknown IDs, SPI sizes), KE (other methods, ML-KEM lengths one byte off, values failing the
+modulus check), Nonce, ID, AUTH, TS, Notify (data of each type's length or one off: COOKIE2,
+ADDITIONAL_*_ADDRESS, UPDATE_SA_ADDRESSES, ADDITIONAL_KEY_EXCHANGE links, NAT hashes; related
+types swapped), Delete and CP payloads (type; attributes' types, lengths and counts), repeat one
+payload up to 40 times, flip the critical bit, change the header (message ID, flags, exchange
+type), corrupt the encoded chain (lying lengths), or cut the message into RFC 7383 fragments.
+The result is encrypted again with the sender's real keys, so it is authentic and reaches the
+exchange handlers, and delivered to the receiver restored from the snapshot; both endpoints then
+finish whatever follows and run their timers for five minutes.
 
 Invariants: nothing escapes and nothing is caught inside the endpoints (no "internal error" drop,
 no error-level log: ``fuzzlib.ERRORS``), ``status()`` and ``get_timer()`` work, and after those five
-minutes neither side holds an IKE SA that never completed (no state stuck in CONNECTING).
+minutes neither side holds an IKE SA that never completed (no state stuck in CONNECTING), and a
+pool's online leases are exactly the virtual IPs its live IKE SAs hold.
 """
 
 from __future__ import annotations
 
-import copyreg
 import dataclasses
 import ipaddress
 import pickle
 import struct
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.asymmetric import x25519
-
 from ike.codec import message as codec
 from ike.config import TrafficSelector
-from ike.codec.constants import ExchangeType, NotifyType, PayloadType, TransformType
+from ike.codec.constants import CfgAttr, CfgType, DhId, NotifyType, PayloadType, TransformType
 from ike.codec.payloads import (AuthPayload, CpPayload, DeletePayload, IdPayload, KePayload, NoncePayload,
                           NotifyPayload, Payload, SaPayload, TsPayload, UnknownPayload)
 from ike.crypto.proposals import Proposal, Transform
 
 import fuzzlib
+import ike_conversations
 import ikepair
-from ikepair import INITIATOR_IP, RESPONDER_IP
+from ike_conversations import ADDRESSES, Recorded
 
 INTERNAL_ERROR = "internal error"
 SETTLE_SECONDS = 300.0  # past retransmission give-up (~165 s) and the half-open timeout (30 s)
@@ -54,145 +59,8 @@ MAX_PAYLOADS = 64  # a mutated message keeps at most this many payloads (the inp
 KINDS = fuzzlib.MUTATED_EXCHANGES  # one harness module per kind
 
 
-def _pickle_x25519(key: x25519.X25519PrivateKey):
-    """Snapshots hold an initiator's key exchange between request and response; cryptography's
-    keys do not pickle by themselves."""
-    return x25519.X25519PrivateKey.from_private_bytes, (key.private_bytes_raw(),)
-
-
-copyreg.pickle(type(x25519.X25519PrivateKey.generate()), _pickle_x25519)
-
-
-# --- the genuine conversation ------------------------------------------------------------------
-
-@dataclass
-class Recorded:
-    """One genuine datagram, the state to deliver it into, and what re-sealing it needs."""
-
-    kind: str
-    data: bytes
-    src: tuple[str, int]
-    dst: tuple[str, int]
-    now: float
-    snapshot: bytes  # pickle of (initiator, responder) just before delivery
-    cipher: object  # the sender's outbound SkCipher (None for IKE_SA_INIT)
-    header: codec.Message
-    payloads: list[Payload]  # decoded (inner) payloads
-
-
-def _kind(msg: codec.Message, payloads: list[Payload]) -> str:
-    if msg.exchange == ExchangeType.IKE_SA_INIT:
-        return "ike_sa_init"
-    if msg.exchange == ExchangeType.IKE_AUTH:
-        return "ike_auth"
-    if msg.exchange == ExchangeType.CREATE_CHILD_SA:
-        sa = next((p for p in payloads if isinstance(p, SaPayload)), None)
-        if sa is not None and sa.proposals and sa.proposals[0].protocol == 1:
-            return "rekey_ike"
-        if any(isinstance(p, NotifyPayload) and p.notify_type == NotifyType.REKEY_SA for p in payloads):
-            return "rekey_child"
-        return "create_child"
-    return "informational"
-
-
-def _configs():
-    init = ikepair.initiator_config()
-    resp = ikepair.responder_config()
-    for cfg, local, remote in ((init, "10.3.0.0/16", "10.4.0.0/16"), (resp, "10.4.0.0/16", "10.3.0.0/16")):
-        second = dataclasses.replace(cfg.children[0], name="second", local_ts=[TrafficSelector.from_cidr(local)],
-                                     remote_ts=[TrafficSelector.from_cidr(remote)])
-        cfg.children.append(second)
-        cfg.dpd_delay = 100.0
-    init.rekey_time = 400.0  # the initiator rekeys the IKE SA; the responder never starts one
-    # rekeys with PFS, so that CREATE_CHILD_SA carries KE payloads to mutate too
-    init.children[0].esp_proposals = resp.children[0].esp_proposals = ["aes128gcm16-x25519"]
-    return init, resp
-
-
-def _cipher(sender, receiver, msg: codec.Message):
-    """The keys ``msg`` is sealed with: the sender's outbound cipher, or the same keys as the
-    receiver's inbound one (a responder that deleted its SA right after answering has none)."""
-    ours, theirs = (msg.spi_i, msg.spi_r) if msg.initiator else (msg.spi_r, msg.spi_i)
-    sa = sender.sas.get(ours)
-    if sa is not None and sa.keys is not None:
-        return sa.cipher_out
-    sa = receiver.sas.get(theirs)
-    return sa.cipher_in if sa is not None and sa.keys is not None else None
-
-
-def _installed_child(ep, name: str) -> int:
-    """The inbound SPI of the installed CHILD SA ``name`` (from the public status)."""
-    for ike in ep.status():
-        for child in ike["children"]:
-            if child["name"] == name and str(child["state"]).lower().endswith("installed"):
-                return int(child["inbound_spi"], 16)
-    raise AssertionError(f"no installed CHILD SA {name}")
-
-
-def _record() -> list[Recorded]:
-    init, resp = _configs()
-    a = ikepair.endpoint(init, 7296)
-    b = ikepair.endpoint(resp, 4303)
-    by_ip = {INITIATOR_IP: a, RESPONDER_IP: b}
-    script: list[Recorded] = []
-    queue: list = []
-    kinds: dict[tuple, str] = {}  # a request's kind, for its response
-
-    def collect(now: float) -> None:
-        """Queue what both sent, with the sender's keys read now (an SA may be gone by delivery)."""
-        for ep, peer in ((a, b), (b, a)):
-            for d in ep.datagrams_to_send(now):
-                msg = codec.decode(d.data)
-                cipher, payloads = None, msg.payloads
-                if msg.exchange != ExchangeType.IKE_SA_INIT:
-                    cipher = _cipher(ep, peer, msg)
-                    sk = codec.encrypted_payload(msg)
-                    payloads = codec.decode_chain(sk.first_inner, codec.open_sk(d.data, msg, cipher))
-                queue.append((d, msg, cipher, payloads))
-
-    def pump(now: float) -> None:
-        collect(now)
-        while queue:
-            d, msg, cipher, payloads = queue.pop(0)
-            snapshot = pickle.dumps((a, b), protocol=pickle.HIGHEST_PROTOCOL)
-            key = (msg.spi_i, msg.message_id, msg.initiator != msg.response)  # the request's sender
-            kind = kinds.pop(key, None) if msg.response else None
-            kind = kind or _kind(msg, payloads)
-            if not msg.response:
-                kinds[key] = kind
-            script.append(Recorded(kind, d.data, d.src, d.dst, now, snapshot, cipher,
-                                   codec.parse_header(d.data), payloads))
-            by_ip[d.dst[0]].receive_datagram(d.data, d.src, d.dst, now)
-            collect(now)
-        ikepair.drain(a)
-        ikepair.drain(b)
-
-    a.initiate("site", None, 0.0)  # IKE_SA_INIT, IKE_AUTH, CREATE_CHILD_SA for "second"
-    pump(0.0)
-    a.rekey_child(_installed_child(a, "net"), 10.0)
-    pump(10.0)
-    b.rekey_child(_installed_child(b, "net"), 20.0)
-    pump(20.0)
-    a.handle_timer(121.0)  # DPD from both sides (nothing arrived since 20 s)
-    b.handle_timer(121.0)
-    pump(121.0)
-    now = 121.0
-    while not any(r.kind == "rekey_ike" for r in script) and now < 500.0:  # rekey_time 400 s, jittered
-        now = a.get_timer() or now + 10.0
-        a.handle_timer(now)
-        b.handle_timer(now)
-        pump(now)
-    b.terminate_child("second", now + 1.0)
-    pump(now + 1.0)
-    a.terminate_ike("site", now + 2.0)
-    pump(now + 2.0)
-    kinds = {r.kind for r in script}
-    assert kinds == set(KINDS), f"the genuine conversation missed {set(KINDS) - kinds}"
-    return script
-
-
-SCRIPT = _record()
-BY_KIND = {kind: [r for r in SCRIPT if r.kind == kind] for kind in KINDS}
+def records(kind: str) -> list[Recorded]:
+    return ike_conversations.records(kind)
 
 
 # --- input reading -----------------------------------------------------------------------------
@@ -226,6 +94,33 @@ class Reader:
 
 NOTIFY_TYPES = [int(t) for t in NotifyType]
 TRANSFORM_TYPES = [int(t) for t in TransformType] + [0, 6, 13, 241, 255]
+KE_METHODS = [DhId.ML_KEM_512, DhId.ML_KEM_768, DhId.ML_KEM_1024, DhId.CURVE25519, DhId.ECP256, DhId.MODP2048, 0]
+# ML-KEM-768/1024 encapsulation keys (1184, 1568) and ciphertexts (1088, 1568), one byte off, x25519
+KE_LENGTHS = [1184, 1088, 1568, 1183, 1185, 1087, 1089, 1567, 1569, 800, 768, 32, 0, 1]
+CFG_TYPES = [int(t) for t in CfgType] + [0, 5, 255]
+CFG_ATTRIBUTES = [int(t) for t in CfgAttr] + [0, 5, 9, 11, 16, 25, 0x4000, 0x7FFF]
+# an IPv4 address (4), with a netmask or prefix (8, 5), an IPv6 address with prefix (17), and wrong
+CFG_LENGTHS = [0, 4, 8, 16, 17, 5, 3, 1, 20, 255]
+NOTIFY_DATA_LENGTHS = {
+    NotifyType.UPDATE_SA_ADDRESSES: (0, 1, 4),
+    NotifyType.NO_ADDITIONAL_ADDRESSES: (0, 1, 4),
+    NotifyType.COOKIE2: (16, 0, 1, 7, 8, 64, 65, 300),
+    NotifyType.ADDITIONAL_IP4_ADDRESS: (4, 0, 3, 5, 16),
+    NotifyType.ADDITIONAL_IP6_ADDRESS: (16, 0, 4, 15, 17),
+    NotifyType.ADDITIONAL_KEY_EXCHANGE: (8, 0, 1, 7, 9, 255),
+    NotifyType.NAT_DETECTION_SOURCE_IP: (20, 0, 19, 21, 32),
+    NotifyType.NAT_DETECTION_DESTINATION_IP: (20, 0, 19, 21, 32),
+}
+RELATED_NOTIFIES = {
+    NotifyType.ADDITIONAL_IP4_ADDRESS: (NotifyType.ADDITIONAL_IP6_ADDRESS, NotifyType.NO_ADDITIONAL_ADDRESSES),
+    NotifyType.ADDITIONAL_IP6_ADDRESS: (NotifyType.ADDITIONAL_IP4_ADDRESS, NotifyType.NO_ADDITIONAL_ADDRESSES),
+    NotifyType.NO_ADDITIONAL_ADDRESSES: (NotifyType.ADDITIONAL_IP4_ADDRESS, NotifyType.UPDATE_SA_ADDRESSES),
+    NotifyType.UPDATE_SA_ADDRESSES: (NotifyType.NO_ADDITIONAL_ADDRESSES, NotifyType.COOKIE2,
+                                     NotifyType.MOBIKE_SUPPORTED),
+    NotifyType.COOKIE2: (NotifyType.COOKIE, NotifyType.UPDATE_SA_ADDRESSES, NotifyType.ADDITIONAL_KEY_EXCHANGE),
+    NotifyType.ADDITIONAL_KEY_EXCHANGE: (NotifyType.COOKIE2, NotifyType.REKEY_SA, NotifyType.INVALID_KE_PAYLOAD,
+                                         NotifyType.STATE_NOT_FOUND),
+}
 
 
 def _transform(r: Reader) -> Transform:
@@ -272,6 +167,56 @@ def _selector(r: Reader) -> TrafficSelector:
     return TrafficSelector(start, end, r.u8(), r.u16(), r.u16())
 
 
+def _resize(data: bytes, length: int, r: Reader) -> bytes:
+    """``data`` cut or extended (with input bytes, then 0xFF) to exactly ``length`` bytes."""
+    if length <= len(data):
+        return data[:length]
+    extra = r.take(length - len(data))
+    return data + extra + b"\xff" * (length - len(data) - len(extra))
+
+
+def _mutate_ke(p: KePayload, r: Reader) -> None:
+    op = r.u8() % 5
+    if op == 0:
+        p.group = r.u16()
+    elif op == 1:
+        p.data = p.data[:r.u16() % (len(p.data) + 1)] + r.take(600)
+    elif op == 2:  # another known method: ML-KEM for a DH value, a DH group for an ML-KEM one
+        p.group = r.pick(KE_METHODS)
+    elif op == 3:  # an ML-KEM encapsulation key or ciphertext length, or one byte off either
+        p.data = _resize(p.data, r.pick(KE_LENGTHS), r)
+    else:  # the right length, a coefficient out of range (FIPS 203 modulus check) or a forged value
+        if p.data:
+            pos, n = r.u16() % len(p.data), r.u8() % 4 + 1
+            p.data = (p.data[:pos] + bytes([r.u8() | 0xF0]) * n + p.data[pos + n:])[:len(p.data)]
+
+
+def _attribute(r: Reader) -> tuple[int, bytes]:
+    return r.pick(CFG_ATTRIBUTES), _resize(b"", r.pick(CFG_LENGTHS), r)
+
+
+def _mutate_cp(p: CpPayload, r: Reader) -> None:
+    """CP payloads: the type, and the attributes' types, lengths and counts."""
+    attributes = list(p.attributes)
+    op = r.u8() % 7
+    i = r.u8() % len(attributes) if attributes else 0
+    if op == 0:
+        p.cfg_type = r.pick(CFG_TYPES)
+    elif op == 1:
+        attributes += [_attribute(r) for _ in range(r.u8() % 4 + 1)]
+    elif op == 2 and attributes:
+        del attributes[i]
+    elif op == 3 and attributes:  # many of one: counts past what a client or pool expects
+        attributes[i:i] = [attributes[i]] * (r.u8() % 40 + 1)
+    elif op == 4 and attributes:
+        attributes[i] = (r.pick(CFG_ATTRIBUTES), attributes[i][1])
+    elif op == 5 and attributes:
+        attributes[i] = (attributes[i][0], _resize(attributes[i][1], r.pick(CFG_LENGTHS), r))
+    elif op == 6:
+        attributes = []
+    p.attributes = attributes[:MAX_PAYLOADS]
+
+
 def _mutate_fields(p: Payload, r: Reader) -> Payload:
     """A copy of ``p`` with one field changed the way its type allows."""
     p = dataclasses.replace(p)
@@ -279,10 +224,7 @@ def _mutate_fields(p: Payload, r: Reader) -> Payload:
         p.proposals = list(p.proposals)
         _mutate_sa(p, r)
     elif isinstance(p, KePayload):
-        if r.u8() & 1:
-            p.group = r.u16()
-        else:
-            p.data = p.data[:r.u16() % (len(p.data) + 1)] + r.take(600)
+        _mutate_ke(p, r)
     elif isinstance(p, NoncePayload):
         p.data = r.take(300)
     elif isinstance(p, IdPayload):
@@ -301,19 +243,22 @@ def _mutate_fields(p: Payload, r: Reader) -> Payload:
             selectors = [_selector(r)] if r.u8() & 1 else []
         p.selectors = selectors
     elif isinstance(p, NotifyPayload):
-        op = r.u8() % 3
+        op = r.u8() % 5
         if op == 0:
             p.notify_type = r.pick(NOTIFY_TYPES) if r.u8() & 1 else r.u16()
         elif op == 1:
             p.data = r.take(300)
-        else:
+        elif op == 2:
             p.protocol, p.spi = r.u8() % 5, r.take(17)
+        elif op == 3:  # the data this type carries, at a length just right or just wrong
+            p.data = _resize(p.data, r.pick(NOTIFY_DATA_LENGTHS.get(p.notify_type, (0, 1, 4, 16))), r)
+        else:  # the same data under a related type (IPv4 <-> IPv6 address, COOKIE <-> COOKIE2...)
+            p.notify_type = r.pick(RELATED_NOTIFIES.get(p.notify_type, NOTIFY_TYPES))
     elif isinstance(p, DeletePayload):
         p.protocol, p.spi_size = r.u8() % 5, r.pick([0, 4, 8, 3])
         p.spis = [r.take(8) for _ in range(r.u8() % 4)]
     elif isinstance(p, CpPayload):
-        p.cfg_type = r.u8() % 5
-        p.attributes = list(p.attributes) + [(r.u16() & 0x7FFF, r.take(40)) for _ in range(r.u8() % 4)]
+        _mutate_cp(p, r)
     else:
         p = UnknownPayload(payload_type=p.type, data=r.take(300), critical=p.critical)
     return p
@@ -333,7 +278,7 @@ def mutate(rec: Recorded, r: Reader) -> Mutant:
     header = codec.Message(h.spi_i, h.spi_r, h.exchange, h.message_id, h.initiator, h.response, [])
     m = Mutant(header, payloads, [])
     for _ in range(r.u8() % (MAX_MUTATIONS + 1)):
-        op = r.u8() % 10
+        op = r.u8() % 11
         i = r.u8() % len(payloads) if payloads else 0
         if op == 0 and payloads:
             del payloads[i]
@@ -361,6 +306,8 @@ def mutate(rec: Recorded, r: Reader) -> Mutant:
                 header.exchange = r.pick([34, 35, 36, 37, 38, 43, 0, 255])
         elif op == 8:
             m.chain_edits.append((r.u8() % 3, r.u16(), r.u8()))
+        elif op == 10 and payloads:  # many of one (ADDITIONAL_*_ADDRESS past the 16 kept, KE, CP...)
+            payloads[i:i] = [payloads[i]] * (r.u8() % 40 + 1)
         else:
             m.fragment_limit = 68 + r.u16() % 1200
         del payloads[MAX_PAYLOADS:]
@@ -399,6 +346,8 @@ def encode(rec: Recorded, m: Mutant) -> list[bytes]:
     rng = lambda n: next(counter).to_bytes(n, "big")  # noqa: E731 - deterministic IVs: replayable inputs
     if m.fragment_limit is not None:
         return _seal_fragments(h, first, chain, rec.cipher, rng, m.fragment_limit)
+    if 4 + rec.cipher.encrypted_len(len(chain)) > 0xFFFF:
+        return []  # no SK payload holds that much (40 ML-KEM keys): only fragments can carry it
     return [_seal(h, first, chain, rec.cipher, rng)]
 
 
@@ -428,33 +377,45 @@ def _seal_fragments(h: codec.Message, first: int, chain: bytes, cipher, rng, lim
 
 def run_one(kind: str, data: bytes) -> None:
     fuzzlib.ERRORS.clear()
-    records = BY_KIND[kind]
+    recorded = records(kind)
     r = Reader(data)
-    rec = records[r.u8() % len(records)]
+    rec = recorded[r.u8() % len(recorded)]
     a, b = pickle.loads(rec.snapshot)
     for ep in (a, b):  # the conversation had DPD; settling without it costs a fifth of the time
         for cfg in ep.connections.values():
             cfg.dpd_delay = 0.0
-    by_ip = {INITIATOR_IP: a, RESPONDER_IP: b}
-    receiver = by_ip[rec.dst[0]]
+    receiver = (a, b)[ADDRESSES[rec.dst[0]]]
     for datagram in encode(rec, mutate(rec, r)):
         receiver.receive_datagram(datagram, rec.src, rec.dst, rec.now)
-    _settle(a, b, by_ip, rec.now)
+    _settle(a, b, rec.now)
     for ep in (a, b):
         assert ep.drops.get(INTERNAL_ERROR, 0) == 0 and not fuzzlib.ERRORS, \
             f"exception inside an endpoint: {ep.drops} {fuzzlib.ERRORS}"
         stuck = [s for s in ep.status() if str(s["state"]).lower().endswith("connecting")]
         assert not stuck, f"IKE SA stuck connecting after {SETTLE_SECONDS:.0f} s: {stuck}"
+        _check_leases(ep)
 
 
-def _settle(a, b, by_ip, now: float) -> None:
+def _check_leases(ep) -> None:
+    """Every online lease of a pool is held by a live IKE SA, and every address an SA holds is an
+    online lease: nothing leaked, nothing lent twice."""
+    if not ep.pools:
+        return
+    online = sorted(lease["address"] for pool in ep.pools.values() for lease in pool.leases()
+                    if lease["status"] == "online")
+    held = sorted({vip for sa in ep.status() for vip in sa["remote_vips"]})
+    assert online == held, f"pool leases online {online} but live IKE SAs hold {held}"
+
+
+def _settle(a, b, now: float) -> None:
     """Let both endpoints finish what follows, then run their timers for SETTLE_SECONDS."""
     end = now + SETTLE_SECONDS
     for _ in range(400):
         moved = False
         for ep in (a, b):
             for d in ep.datagrams_to_send(now):
-                target = by_ip.get(d.dst[0])
+                index = ADDRESSES.get(d.dst[0])
+                target = None if index is None else (a, b)[index]
                 if target is not None:
                     target.receive_datagram(d.data, d.src, d.dst, now)
                     moved = True
@@ -477,9 +438,9 @@ def seeds(kind: str) -> dict[str, bytes]:
     """Per recorded message of the kind: delivered re-encoded but unchanged, and one mutation of
     each family (the fuzzer takes it from there)."""
     out = {}
-    for k, rec in enumerate(BY_KIND[kind]):
-        name = f"{k}-{'resp' if rec.header.response else 'req'}-{'i' if rec.src[0] == INITIATOR_IP else 'r'}"
+    for k, rec in enumerate(records(kind)):
+        name = f"{k}-{'resp' if rec.header.response else 'req'}-{'ir'[ADDRESSES[rec.src[0]]]}"
         out[f"{name}-same"] = bytes([k, 0])
-        for op in range(10):
+        for op in range(11):
             out[f"{name}-op{op}"] = bytes([k, 1, op, 0, 1, 2, 3, 4, 5, 6, 7])
     return out
