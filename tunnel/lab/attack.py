@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Iterable, Iterator
 
+import dpkt
+
 IPPROTO_ESP = 50
 IPPROTO_UDP = 17
 IPPROTO_FRAGMENT = 44
@@ -33,15 +35,6 @@ _LAB_RANGES = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/2
 
 
 # --- packet builders ------------------------------------------------------------------------------
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def ipv4_packets(src: str, dst: str, proto: int, payload: bytes, *, ident: int = 0, ttl: int = 64,
                  mtu: int = LINK_MTU) -> list[bytes]:
     """``payload`` in one IPv4 packet, or in fragments of at most ``mtu`` bytes when it is larger."""
@@ -54,7 +47,7 @@ def ipv4_packets(src: str, dst: str, proto: int, payload: bytes, *, ident: int =
         flags_offset = (0x2000 if more else 0) | (index * chunk // 8)
         header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(piece), ident, flags_offset, ttl, proto, 0,
                              addrs[:4], addrs[4:])
-        header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+        header = header[:10] + struct.pack("!H", dpkt.in_cksum(header)) + header[12:]
         packets.append(header + piece)
     return packets
 
@@ -92,7 +85,7 @@ def udp_datagram(src: str, dst: str, sport: int, dport: int, payload: bytes) -> 
     else:
         pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, IPPROTO_UDP, length)
     header = struct.pack("!HHHH", sport, dport, length, 0)
-    checksum = _checksum(pseudo + header + payload) or 0xFFFF
+    checksum = dpkt.in_cksum(pseudo + header + payload) or 0xFFFF
     return struct.pack("!HHHH", sport, dport, length, checksum) + payload
 
 

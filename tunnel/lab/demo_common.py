@@ -89,6 +89,14 @@ _PAGE = """<!doctype html>
 """
 
 
+def stop_keeping_logs(gateways, out: Path) -> None:
+    """Stop the demo's espgw daemons and keep each one's log in the output directory."""
+    for gw in gateways:
+        gw.stop()
+        if gw.log_path.exists():
+            shutil.copy(gw.log_path, out / f"{gw.name}.log")
+
+
 def fetch_outcome(fetch, marker: str, url: str) -> tuple[bool, str]:
     if fetch is None:
         return False, "curl is not installed: no page fetched"

@@ -29,7 +29,7 @@ import dpkt
 from ike.config import AuthConfig, ChildConfig, ConnectionConfig, TrafficSelector
 from tunnel.lab.configs import LAB_PSK
 from tunnel.lab.demo_common import (HTTP_PORT, LAB_PREFIX, DemoError, fetch_outcome, key_exchange_lines, prepare_run,
-                             serve_dashboard, tshark_finds)
+                             serve_dashboard, stop_keeping_logs, tshark_finds)
 from tunnel.lab.nat import LAPTOP_INNER, CafeLab
 from tunnel.lab.netns import PingResult
 
@@ -143,10 +143,7 @@ def run_road_warrior(out: Path, tshark: bool, auth: str = "psk", proposal: str |
             (laptop_sa,) = wait_until(laptop.ike_sas, 2, "the laptop's IKE SA")
             (office_sa,) = wait_until(office.ike_sas, 2, "the office's IKE SA")
         finally:
-            for gw in (laptop, office):
-                gw.stop()
-                if gw.log_path.exists():
-                    shutil.copy(gw.log_path, out / f"{gw.name}.log")
+            stop_keeping_logs((laptop, office), out)
     page_ok, fetch_line = fetch_outcome(fetch, marker, url)
     run = Run(lab, laptop_sa, office_sa, ping, page_ok, fetch_line, _inner_endpoint(fetch), cafe, internet,
               marker, keys)

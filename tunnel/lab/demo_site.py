@@ -18,7 +18,7 @@ from pathlib import Path
 import dpkt
 
 from tunnel.lab.demo_common import (HTTP_PORT, LAB_PREFIX, DemoError, fetch_outcome, key_exchange_lines, outer_flows,
-                             prepare_run, serve_dashboard, tshark_finds)
+                             prepare_run, serve_dashboard, stop_keeping_logs, tshark_finds)
 
 def _use_certificates(conn_a, conn_b) -> None:
     """``--auth cert``: a fresh CA, an ECDSA certificate per gateway (ids gwa.lab / gwb.lab)."""
@@ -65,10 +65,7 @@ def run_site_to_site(out: Path, tshark: bool, auth: str = "psk", proposal: str |
             keys = [gw.cli("keys", "--wireshark", str(out / "wireshark"), check=False) for gw in (gw_a, gw_b)]
             (ike,) = wait_until(gw_a.ike_sas, 2, "gateway A's IKE SA")
         finally:
-            for gw in (gw_a, gw_b):
-                gw.stop()
-                if gw.log_path.exists():
-                    shutil.copy(gw.log_path, out / f"{gw.name}.log")
+            stop_keeping_logs((gw_a, gw_b), out)
     page_ok, fetch_line = fetch_outcome(fetch, marker, url)
     report = _report(lab, ike, first, ping, page_ok, fetch_line, public, lan, marker, out, keys,
                      tshark and public.exists(), time.monotonic() - started, show_key_exchanges=proposal is not None)

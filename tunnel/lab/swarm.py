@@ -33,6 +33,8 @@ import os
 import selectors
 import socket
 import struct
+
+import dpkt
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -146,22 +148,13 @@ def inside(ns: str) -> Iterator[None]:
 
 # --- the ICMP echo carried inside each client's SA -----------------------------------------------
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def echo_request(src: str, dst: str, ident: int, seq: int, payload: bytes = b"espgw-swarm") -> bytes:
     """An IPv4 ICMP echo request, checksums filled in (the gateway's kernel checks them)."""
     icmp = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + payload
-    icmp = icmp[:2] + struct.pack("!H", _checksum(icmp)) + icmp[4:]
+    icmp = icmp[:2] + struct.pack("!H", dpkt.in_cksum(icmp)) + icmp[4:]
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), ident, 0, 64, socket.IPPROTO_ICMP, 0,
                          ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
-    return header[:10] + struct.pack("!H", _checksum(header)) + header[12:] + icmp
+    return header[:10] + struct.pack("!H", dpkt.in_cksum(header)) + header[12:] + icmp
 
 
 def parse_echo_reply(packet: bytes) -> tuple[str, str, int, int] | None:
