@@ -223,7 +223,8 @@ def _flow_lines(flows: list[tuple[Flow, int, int]], other: int) -> list[str]:
         what = flow.what + (" (cleartext key exchange)" if flow.what == "IKE_SA_INIT" else
                             " (encrypted)" if flow.what in IKE_EXCHANGES.values() else "")
         ends = (f"{flow.src}:{flow.sport}", f"{flow.dst}:{flow.dport}") if flow.sport else (flow.src, flow.dst)
-        lines.append(f"  {ends[0]:<18} -> {ends[1]:<18} {what:<36}{packets:>4} packets {size:>7} bytes")
+        unit = "packet " if packets == 1 else "packets"
+        lines.append(f"  {ends[0]:<18} -> {ends[1]:<18} {what:<36}{packets:>4} {unit} {size:>7} bytes")
     if other:
         lines.append(f"  {other} frame(s) that are not IPv4")
     return lines
