@@ -55,10 +55,14 @@ def _hop(route: Any) -> dict:
     return hop
 
 
-def _unreachable(gateway: str) -> dict:
+def _host_route(gateway: str) -> dict[str, Any]:
+    """The destination part of a host route to ``gateway`` (a /32 or /128)."""
     address = ipaddress.ip_address(gateway)
-    return {"dst": gateway, "dst_len": address.max_prefixlen, "family": 10 if address.version == 6 else 2,
-            "type": "unreachable"}
+    return {"dst": gateway, "dst_len": address.max_prefixlen, "family": 10 if address.version == 6 else 2}
+
+
+def _unreachable(gateway: str) -> dict:
+    return {**_host_route(gateway), "type": "unreachable"}
 
 
 def _same_path(present: dict, want: dict) -> bool:
@@ -283,12 +287,12 @@ class VirtualIpClient:
             return
         try:
             with IPRoute() as ipr:
-                for gateway, spec in list(self.host_routes.items()):
-                    self._follow(ipr, gateway, spec)
+                for gateway in list(self.host_routes):
+                    self._follow(ipr, gateway)
         except (OSError, NetlinkError, RouteError) as exc:
             log.error("virtual_ip.gateway_route_failed", error=str(exc))
 
-    def _follow(self, ipr: Any, gateway: str, spec: dict) -> None:
+    def _follow(self, ipr: Any, gateway: str) -> None:
         path, present = self._outside_path(ipr, gateway, ours=True)
         want = path if path is not None else _unreachable(gateway)
         if present is not None and _same_path(present, want):
@@ -302,8 +306,8 @@ class VirtualIpClient:
         """(the route spec to ``gateway`` outside the TUN, the /32 or /128 route to it there is
         now): a longest-prefix match over the main table, leaving out routes into our TUN and
         (``ours``) the host route we added, which may be stale."""
-        address = ipaddress.ip_address(gateway)
-        family = 10 if address.version == 6 else 2
+        spec: dict[str, Any] = _host_route(gateway)
+        address, family = ipaddress.ip_address(gateway), spec["family"]
         tun = set(ipr.link_lookup(ifname=self.tun_name))
         best: tuple[tuple[int, int], dict] | None = None
         present = None
@@ -326,8 +330,7 @@ class VirtualIpClient:
                 best = (key, hop)
         if best is None:
             return None, present
-        spec: dict[str, Any] = {"dst": gateway, "dst_len": address.max_prefixlen, "family": family,
-                                "oif": best[1]["oif"]}
+        spec["oif"] = best[1]["oif"]
         if best[1].get("gateway"):
             spec["gateway"] = best[1]["gateway"]
         return spec, present
