@@ -50,27 +50,3 @@ def _wan(gw: Gateway, ipv6: bool) -> str:
     if addr is None:
         raise LabError(f"{gw.role} has no IPv6 address on the public link")
     return addr
-
-
-def road_warrior(lab: Lab, *, name: str = "rw", vips: tuple[str, ...] = ("0.0.0.0",),
-                 remote_ts: tuple[str, ...] | None = None, psk: bytes = LAB_PSK) -> ConnectionConfig:
-    """The laptop in gwA's namespace asking gwB for a virtual IP (``vips``): its own selector is
-    ``dynamic`` (the virtual IP), the remote one LAN B unless given. Ids laptop.lab / gwb.lab."""
-    nets = remote_ts if remote_ts is not None else (str(lab.gwB.lan_net4),)
-    child = ChildConfig(name=name, local_ts=[], remote_ts=[TrafficSelector.from_cidr(n) for n in nets],
-                        local_dynamic=True)
-    return ConnectionConfig(name=name, local_addrs=[lab.gwA.wan_addr4], remote_addrs=[lab.gwB.wan_addr4],
-                            local=AuthConfig(auth="psk", id="laptop.lab"), remote=AuthConfig(auth="psk", id="gwb.lab"),
-                            psk=psk, vips=list(vips), children=[child])
-
-
-def road_warrior_gateway(lab: Lab, *, name: str = "rw", pools: tuple[str, ...] = ("rw",),
-                         local_ts: tuple[str, ...] | None = None, psk: bytes = LAB_PSK) -> ConnectionConfig:
-    """gwB lending virtual IPs from ``pools`` to laptop.lab, connecting from anywhere: the remote
-    selector is ``dynamic`` (the lent address), the local one LAN B unless given."""
-    nets = local_ts if local_ts is not None else (str(lab.gwB.lan_net4),)
-    child = ChildConfig(name=name, local_ts=[TrafficSelector.from_cidr(n) for n in nets], remote_ts=[],
-                        remote_dynamic=True)
-    return ConnectionConfig(name=name, local_addrs=[lab.gwB.wan_addr4], remote_addrs=["%any"],
-                            local=AuthConfig(auth="psk", id="gwb.lab"), remote=AuthConfig(auth="psk", id="laptop.lab"),
-                            psk=psk, pools=list(pools), children=[child])

@@ -33,12 +33,11 @@ import os
 import selectors
 import socket
 import struct
-
-import dpkt
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import dpkt
 import structlog
 from pyroute2 import NetNS, netns
 
@@ -183,9 +182,10 @@ def office_connection(office: str) -> ConnectionConfig:
                             psk=LAB_PSK, pools=[CONNECTION], children=[child])
 
 
-def laptop_connection(local_ip: str, office: str, identity: str = "laptop.lab") -> ConnectionConfig:
+def laptop_connection(local_ip: str, office: str, identity: str = "laptop.lab",
+                      remote_ts: str = OFFICE_LAN) -> ConnectionConfig:
     """A real espgw client daemon's side (``vips = 0.0.0.0``), IKE from port 500 as usual."""
-    child = ChildConfig(name=CHILD, local_ts=[], remote_ts=[TrafficSelector.from_cidr(OFFICE_LAN)],
+    child = ChildConfig(name=CHILD, local_ts=[], remote_ts=[TrafficSelector.from_cidr(remote_ts)],
                         local_dynamic=True)
     return ConnectionConfig(name=CONNECTION, local_addrs=[local_ip], remote_addrs=[office],
                             local=AuthConfig(auth="psk", id=identity), remote=AuthConfig(auth="psk", id=GATEWAY_ID),
@@ -195,13 +195,9 @@ def laptop_connection(local_ip: str, office: str, identity: str = "laptop.lab") 
 # --- the clients ----------------------------------------------------------------------------------
 
 def client_config(identity: str, local_ip: str, gateway: str, remote_ts: str) -> ConnectionConfig:
-    """One swarm client: any IPv4 virtual IP, the office LAN through the tunnel, IKE on 4500."""
-    child = ChildConfig(name=CHILD, local_ts=[], remote_ts=[TrafficSelector.from_cidr(remote_ts)],
-                        local_dynamic=True)
-    return ConnectionConfig(name=CONNECTION, local_addrs=[local_ip], remote_addrs=[gateway],
-                            local=AuthConfig(auth="psk", id=identity), remote=AuthConfig(auth="psk", id=GATEWAY_ID),
-                            psk=LAB_PSK, vips=["0.0.0.0"], children=[child], local_port=NAT_T_PORT,
-                            remote_port=NAT_T_PORT)
+    """One swarm client: a laptop's connection with IKE on 4500 from the first message."""
+    return replace(laptop_connection(local_ip, gateway, identity, remote_ts), local_port=NAT_T_PORT,
+                   remote_port=NAT_T_PORT)
 
 
 @dataclass(eq=False)

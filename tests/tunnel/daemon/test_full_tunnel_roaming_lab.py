@@ -10,6 +10,7 @@ One lab (its own CafeLab) for the module, the tests in order: connect, roam, exi
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import subprocess
@@ -18,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from ike.config import AuthConfig, ChildConfig, ConnectionConfig, TrafficSelector
+from ike.config import ConnectionConfig
 from ike.pools import AddressPool
-from tunnel.lab.configs import LAB_PSK
 from tunnel.lab.espgw import EspgwGateway, GatewaySettings, wait_until
-from tunnel.lab.nat import CAFE_ROUTER_LAN, HOTEL_PUBLIC, HOTEL_ROUTER_LAN, LAPTOP_HOTEL_IP, CafeLab
+from tunnel.lab.nat import (CAFE_ROUTER_LAN, HOTEL_PUBLIC, HOTEL_ROUTER_LAN, LAPTOP_HOTEL_IP, CafeLab, rw_laptop,
+                            rw_office)
 
 pytestmark = [pytest.mark.lab]
 
@@ -37,19 +38,11 @@ DPD = 3.0
 
 def laptop_connection() -> ConnectionConfig:
     """Everything through the office: a virtual IP from it, remote selector 0.0.0.0/0."""
-    child = ChildConfig(name="all", local_ts=[], remote_ts=[TrafficSelector.from_cidr("0.0.0.0/0")],
-                        local_dynamic=True)
-    return ConnectionConfig(name="office", local_addrs=["%any"], remote_addrs=[OFFICE],
-                            local=AuthConfig(auth="psk", id="laptop.lab"), remote=AuthConfig(auth="psk", id="gwb.lab"),
-                            psk=LAB_PSK, vips=["0.0.0.0"], children=[child], mobike=True, dpd_delay=DPD)
+    return dataclasses.replace(rw_laptop(name="all", remote_ts=("0.0.0.0/0",)), dpd_delay=DPD)
 
 
 def office_connection() -> ConnectionConfig:
-    child = ChildConfig(name="all", local_ts=[TrafficSelector.from_cidr("0.0.0.0/0")], remote_ts=[],
-                        remote_dynamic=True)
-    return ConnectionConfig(name="office", local_addrs=[OFFICE], remote_addrs=["%any"],
-                            local=AuthConfig(auth="psk", id="gwb.lab"), remote=AuthConfig(auth="psk", id="laptop.lab"),
-                            psk=LAB_PSK, pools=["rw"], children=[child], mobike=True)
+    return rw_office(name="all", local_ts=("0.0.0.0/0",))
 
 
 class Setup:
