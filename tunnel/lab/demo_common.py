@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
-import struct
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import Any
 
 import dpkt
 
@@ -108,36 +108,25 @@ def fetch_outcome(fetch, marker: str, url: str) -> tuple[bool, str]:
     return found, f"{url}  HTTP 200, {size} bytes, marker {'found' if found else 'MISSING'}"
 
 
-def outer_flows(pcap: Path) -> tuple[list[tuple[str, int, int]], bytes]:
-    """Each flow of an outer capture as (description, packets, bytes), and all captured bytes."""
-    flows: Counter = Counter()
+def count_flows(pcap: Path, classify: Callable[[dpkt.ip.IP], Hashable]
+                ) -> tuple[list[tuple[Any, int, int]], int, bytes]:
+    """Each IPv4 flow of a capture, as ``classify`` names it, with its packets and bytes, in order
+    of first appearance; the number of other frames (not IPv4); and every captured byte."""
+    packets: Counter = Counter()
     sizes: Counter = Counter()
+    other = 0
     everything = bytearray()
     with open(pcap, "rb") as f:
         for _, buf in dpkt.pcap.Reader(f):
             everything += buf
             ip = dpkt.ethernet.Ethernet(buf).data
             if not isinstance(ip, dpkt.ip.IP):
+                other += 1
                 continue
-            src, dst = socket.inet_ntoa(ip.src), socket.inet_ntoa(ip.dst)
-            payload = bytes(buf)[14 + ip.hl * 4:]
-            if ip.p == 50 and len(payload) >= 8:
-                spi, seq = struct.unpack("!II", payload[:8])
-                what = f"ESP       SPI {spi:08x}"
-            elif ip.p == 17 and len(payload) >= 8:
-                sport, dport = struct.unpack("!HH", payload[:4])
-                if 4500 in (sport, dport) and payload[8:12] != bytes(4) and len(payload) > 9:
-                    what = f"ESP/UDP   SPI {struct.unpack('!I', payload[8:12])[0]:08x}"
-                elif {sport, dport} & {500, 4500}:
-                    what = f"UDP {dport:<5} IKE"
-                else:
-                    what = f"UDP {sport}->{dport}"
-            else:
-                what = f"IP proto {ip.p}"
-            key = f"{src:<10} -> {dst:<10} {what}"
-            flows[key] += 1
-            sizes[key] += len(buf)
-    return [(key, flows[key], sizes[key]) for key in flows], bytes(everything)
+            flow = classify(ip)
+            packets[flow] += 1
+            sizes[flow] += len(buf)
+    return [(flow, packets[flow], sizes[flow]) for flow in packets], other, bytes(everything)
 
 
 def tshark_finds(pcap: Path, keydir: Path, marker: str) -> tuple[int, str]:

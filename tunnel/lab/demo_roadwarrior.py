@@ -19,7 +19,6 @@ import shutil
 import socket
 import struct
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,8 @@ import dpkt
 
 from ike.config import AuthConfig, ChildConfig, ConnectionConfig, TrafficSelector
 from tunnel.lab.configs import LAB_PSK
-from tunnel.lab.demo_common import (HTTP_PORT, LAB_PREFIX, DemoError, fetch_outcome, key_exchange_lines, prepare_run,
-                             serve_dashboard, stop_keeping_logs, tshark_finds)
+from tunnel.lab.demo_common import (HTTP_PORT, LAB_PREFIX, DemoError, count_flows, fetch_outcome, key_exchange_lines,
+                                    prepare_run, serve_dashboard, stop_keeping_logs, tshark_finds)
 from tunnel.lab.nat import LAPTOP_INNER, CafeLab
 from tunnel.lab.netns import PingResult
 
@@ -200,21 +199,7 @@ def _classify(ip: dpkt.ip.IP) -> Flow:
 def read_capture(pcap: Path) -> tuple[list[tuple[Flow, int, int]], int, bytes]:
     """Each IPv4 flow as (flow, packets, bytes) in order of first appearance, the number of other
     frames (not IPv4), and every captured byte."""
-    packets: Counter = Counter()
-    sizes: Counter = Counter()
-    other = 0
-    everything = bytearray()
-    with open(pcap, "rb") as f:
-        for _, buf in dpkt.pcap.Reader(f):
-            everything += buf
-            ip = dpkt.ethernet.Ethernet(buf).data
-            if not isinstance(ip, dpkt.ip.IP):
-                other += 1
-                continue
-            flow = _classify(ip)
-            packets[flow] += 1
-            sizes[flow] += len(buf)
-    return [(flow, packets[flow], sizes[flow]) for flow in packets], other, bytes(everything)
+    return count_flows(pcap, _classify)
 
 
 def _flow_lines(flows: list[tuple[Flow, int, int]], other: int) -> list[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import dpkt
 
-from tunnel.lab.demo_common import (HTTP_PORT, LAB_PREFIX, DemoError, fetch_outcome, key_exchange_lines, outer_flows,
+from tunnel.lab.demo_common import (HTTP_PORT, LAB_PREFIX, DemoError, count_flows, fetch_outcome, key_exchange_lines,
                              prepare_run, serve_dashboard, stop_keeping_logs, tshark_finds)
 
 def _use_certificates(conn_a, conn_b) -> None:
@@ -113,7 +113,7 @@ def _report(lab, ike, first, ping, page_ok, fetch_line, public, lan, marker, out
         "",
         f"what an eavesdropper on the public link sees ({public.name}):",
     ]
-    flows, public_bytes = outer_flows(public)
+    flows, _, public_bytes = count_flows(public, _public_flow)
     lines += [f"  {key:<44}{packets:>5} packets {size:>7} bytes" for key, packets, size in flows]
     if show_key_exchanges:  # --proposal / --pq: the default run's report stays as it was
         lines += [""] + key_exchange_lines(ike, public)
@@ -150,3 +150,22 @@ def _report(lab, ike, first, ping, page_ok, fetch_line, public, lan, marker, out
     return "\n".join(lines)
 
 __all__ = ["run_site_to_site"]
+
+
+def _public_flow(ip: dpkt.ip.IP) -> str:
+    """One packet of the public link, described for the report's flow table."""
+    src, dst = socket.inet_ntoa(ip.src), socket.inet_ntoa(ip.dst)
+    payload = bytes(ip.data)
+    if ip.p == 50 and len(payload) >= 8:
+        what = f"ESP       SPI {struct.unpack('!I', payload[:4])[0]:08x}"
+    elif ip.p == 17 and len(payload) >= 8:
+        sport, dport = struct.unpack("!HH", payload[:4])
+        if 4500 in (sport, dport) and payload[8:12] != bytes(4) and len(payload) > 9:
+            what = f"ESP/UDP   SPI {struct.unpack('!I', payload[8:12])[0]:08x}"
+        elif {sport, dport} & {500, 4500}:
+            what = f"UDP {dport:<5} IKE"
+        else:
+            what = f"UDP {sport}->{dport}"
+    else:
+        what = f"IP proto {ip.p}"
+    return f"{src:<10} -> {dst:<10} {what}"
