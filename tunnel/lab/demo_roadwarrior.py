@@ -41,12 +41,16 @@ IKE_EXCHANGES = {34: "IKE_SA_INIT", 35: "IKE_AUTH", 36: "CREATE_CHILD_SA", 37: "
 
 class DemoCafe(CafeLab):
     """The cafe lab under the demo's fixed prefix. CafeLab puts 10.0.0.7 on the laptop's loopback
-    (its tests use it as a fixed selector); here it comes from the office's pool, so it goes."""
+    (its tests use it as a fixed selector); here it comes from the office's pool, so it goes.
+    The laptop and the office send each datagram as its own frame, so the captures hold what a
+    wire would carry (see ``Lab.segment_on_send``)."""
 
     def __init__(self) -> None:
         super().__init__(LAB_PREFIX)
         try:
             self.run(self.laptop, "ip", "addr", "del", f"{LAPTOP_INNER}/32", "dev", "lo")
+            self.segment_on_send(self.laptop, self.laptop.iface)
+            self.segment_on_send(self.office, self.office.wan_iface)
         except BaseException:
             self.close()
             raise

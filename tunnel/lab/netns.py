@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import ipaddress
 import json
 import os
@@ -30,6 +31,7 @@ from collections.abc import Iterator, Sequence
 
 import structlog
 from pyroute2 import NetNS, netns
+from pyroute2.ethtool import Ethtool
 
 log = structlog.get_logger(__name__)
 
@@ -340,6 +342,20 @@ class Lab:
             time.sleep(0.05)  # let the last packets of the block reach the socket
             self.stop(proc, sig=signal.SIGINT)
 
+    def segment_on_send(self, ns: str | Host | Gateway, iface: str) -> None:
+        """``iface`` cuts UDP GSO super-packets (espgw sends ESP-in-UDP batches so) into datagrams
+        before they leave, as a NIC puts them on a wire. A veth otherwise hands the whole
+        super-packet to its peer, and a capture there shows several datagrams as one frame, which
+        tshark cannot decrypt."""
+        with inside(_ns_name(ns)):
+            ethtool = Ethtool()
+            try:
+                features = ethtool.get_features(iface)
+                features.features["tx-udp-segmentation"].enable = False
+                ethtool.set_features(iface, features)
+            finally:
+                ethtool.close()
+
     def set_loss(self, ns: str | Host | Gateway, iface: str, percent: float,
                  direction: str = "egress") -> None:
         """Drop percent% of packets leaving (egress) or entering (ingress) iface; 0 removes it.
@@ -573,3 +589,27 @@ def _close_open_labs() -> None:
     for lab in list(_open_labs):
         with contextlib.suppress(Exception):
             lab.close()
+
+
+# --- entering a namespace: a socket opened there, a device set up there ------------------------
+
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise LabError(f"setns failed: {os.strerror(err)}")
+
+
+@contextlib.contextmanager
+def inside(ns: str) -> Iterator[None]:
+    """Run the block in network namespace ``ns`` (this thread only). A socket opened here stays
+    in ``ns`` after the block: that is how one process serves clients of several namespaces."""
+    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{ns}") as there:
+        _setns(there.fileno())
+        try:
+            yield
+        finally:
+            _setns(home.fileno())

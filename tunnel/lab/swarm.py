@@ -27,14 +27,13 @@ them all on the cafe's one public address with different ports.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import ipaddress
 import os
 import selectors
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 import dpkt
@@ -49,7 +48,7 @@ from ike.endpoint import IkeEndpoint
 from ike.pools import AddressPool
 from ike.events import ChildSaDown, ChildSaUp, IkeSaDown, NegotiationFailed, VirtualIpsAssigned
 from tunnel.lab.configs import LAB_PSK
-from tunnel.lab.netns import Lab, LabError
+from tunnel.lab.netns import Lab, LabError, inside
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +64,6 @@ POOL = "10.3.0.0/24"  # 254 addresses
 # ike.endpoint.HALF_OPEN_PER_IP = 5), and both cafes together below its cookie threshold (10).
 WINDOW_PER_NAT = 4
 RETRANSMIT_TIMEOUT = 1.0  # the lab's links lose nothing; a lost message should not cost 4 s
-_CLONE_NEWNET = 0x40000000
 _IKE_SPI_BYTES = 8
 
 
@@ -120,29 +118,6 @@ def masquerade(lab: Lab, ns: str, wan: str) -> None:
               f"add chain ip {NAT_TABLE} post {{ type nat hook postrouting priority srcnat; }}",
               f'add rule ip {NAT_TABLE} post oifname "{wan}" counter masquerade']
     lab.run(ns, "nft", "-f", "-", input="\n".join(script) + "\n")
-
-
-# --- entering a namespace just to open a socket there ---------------------------------------------
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise LabError(f"setns failed: {os.strerror(err)}")
-
-
-@contextlib.contextmanager
-def inside(ns: str) -> Iterator[None]:
-    """Run the block in network namespace ``ns`` (this thread only). A socket opened here stays
-    in ``ns`` after the block: that is how one process serves clients of several namespaces."""
-    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{ns}") as there:
-        _setns(there.fileno())
-        try:
-            yield
-        finally:
-            _setns(home.fileno())
 
 
 # --- the ICMP echo carried inside each client's SA -----------------------------------------------
